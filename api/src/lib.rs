@@ -1,0 +1,1 @@
+//! Lifeboat's Kubernetes API, group `lifeboat.dev`, version `v1alpha1`.

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Shared settings for Lifeboat's development scripts. Source it; do not run it.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO_ROOT
+
+# Versions of everything the scripts build from source. Changing one here
+# invalidates exactly that part of the cache, nothing else.
+export KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
+export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+export HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+
+# Built binaries live outside the repository, keyed by version, so a fresh
+# clone (and CI on the same machine) reuses them.
+export LIFEBOAT_CACHE="${LIFEBOAT_CACHE:-/var/cache/lifeboat}"
+export LIFEBOAT_BIN_CACHE="$LIFEBOAT_CACHE/bin"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Runs a long command, printing a heartbeat every 30 s so a 30-minute build
+# does not look hung.
+with_heartbeat() {
+  local label="$1"; shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+      log "$label: still working ($((SECONDS - start)) s)"
+    fi
+  done
+  wait "$pid"
+}
