@@ -1,1 +1,125 @@
-fn main() {}
+use std::process::ExitCode;
+
+use lifeboat_node_exporter::cli::{self, Command, Mode, Options};
+use lifeboat_node_exporter::containerd::Containerd;
+use lifeboat_node_exporter::report::{Report, TERMINATION_MESSAGE_LIMIT, exit};
+use lifeboat_node_exporter::{Error, export, inventory, socket};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // The engine's HTTP client is built without a crypto provider of its
+    // own; the binary picks ring for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match cli::parse(&args, |name| std::env::var(name).ok()) {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("node-exporter {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("node-exporter: {error}\n\n{}", cli::USAGE);
+            // Where the termination log goes is itself an argument that may
+            // not have parsed: only the default is tried.
+            let report = Report::run_failed(&error);
+            write_termination_message(
+                std::path::Path::new("/dev/termination-log"),
+                &report.termination_message(TERMINATION_MESSAGE_LIMIT),
+            );
+            return exit_code(exit::USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return exit_code(exit::OTHER);
+        }
+    };
+    exit_code(runtime.block_on(run(&options)))
+}
+
+async fn run(options: &Options) -> i32 {
+    let containerd = match connect(options).await {
+        Ok(containerd) => containerd,
+        Err(error) => {
+            tracing::error!(reason = error.reason(), %error, "no containerd");
+            let report = Report::run_failed(&error);
+            write_termination_message(
+                &options.termination_log,
+                &report.termination_message(TERMINATION_MESSAGE_LIMIT),
+            );
+            return report.exit_code();
+        }
+    };
+    match options.mode {
+        Mode::Export => {
+            let report = export::run(&containerd, options).await;
+            let message = report.termination_message(TERMINATION_MESSAGE_LIMIT);
+            // Also on stdout, whole, for humans and for `kubectl logs`.
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            write_termination_message(&options.termination_log, &message);
+            report.exit_code()
+        }
+        Mode::Inventory => match inventory::run(&containerd, options).await {
+            Ok(listing) => {
+                println!("{}", serde_json::to_string(&listing).unwrap_or_default());
+                write_termination_message(
+                    &options.termination_log,
+                    &inventory::termination_message(&listing, TERMINATION_MESSAGE_LIMIT),
+                );
+                if listing.missing.is_empty() || options.images.is_empty() {
+                    exit::OK
+                } else {
+                    exit::NOT_ON_NODE
+                }
+            }
+            Err(error) => {
+                tracing::error!(reason = error.reason(), %error, "inventory failed");
+                let report = Report::run_failed(&error);
+                write_termination_message(
+                    &options.termination_log,
+                    &report.termination_message(TERMINATION_MESSAGE_LIMIT),
+                );
+                report.exit_code()
+            }
+        },
+    }
+}
+
+async fn connect(options: &Options) -> Result<Containerd, Error> {
+    let path = socket::detect(
+        options.socket.as_deref(),
+        &options.host_root,
+        socket::is_unix_socket,
+    )?;
+    tracing::info!(socket = %path.display(), namespace = %options.namespace, "connecting to containerd");
+    Containerd::connect(&path, &options.namespace).await
+}
+
+fn write_termination_message(path: &std::path::Path, message: &str) {
+    // Outside Kubernetes the file may not exist: that must not turn a
+    // successful export into a failure.
+    if let Err(error) = std::fs::write(path, message) {
+        tracing::warn!(path = %path.display(), %error, "could not write the termination message");
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

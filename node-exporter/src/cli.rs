@@ -1,0 +1,279 @@
+//! Command line and environment. Parsed by hand: a dozen flags do not need a
+//! parser crate in a binary that ships to every node.
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+
+pub const USAGE: &str = "\
+Usage:
+  node-exporter export --image SRC[=DEST]... [options]
+  node-exporter inventory [--image SRC]... [options]
+
+Pushes images out of this node's containerd content store into a registry
+(export), or lists which images and blobs the node holds (inventory).
+
+SRC is an image reference (registry/repo:tag, repo@sha256:...) or a bare digest
+(an index, manifest or config digest, as in a pod's imageID). DEST is the full
+target reference; without it the image goes to --target-registry, and without
+that back to SRC's own registry.
+
+Options:
+  --image SRC[=DEST]        image to export or inspect; repeatable
+                            [env NODE_EXPORTER_IMAGES, separated by commas or spaces]
+  --target-registry HOST[/PREFIX]
+                            default destination registry [env NODE_EXPORTER_TARGET_REGISTRY]
+  --docker-config PATH      mounted dockerconfigjson with registry credentials
+                            [env NODE_EXPORTER_DOCKER_CONFIG]
+  --plain-http HOST         talk plain HTTP to this registry host; repeatable
+                            [env NODE_EXPORTER_PLAIN_HTTP, comma separated]
+  --no-rebuild              fail instead of rebuilding discarded layers
+  --snapshotter NAME        snapshotter holding unpacked layers (default: from labels, else overlayfs)
+  --socket PATH             containerd socket [env CONTAINERD_ADDRESS]
+                            (default: first found of containerd, k3s/RKE2, k0s, microk8s paths)
+  --host-root PATH          where the host's / is mounted, for socket detection [default /]
+  --namespace NS            containerd namespace [default k8s.io]
+  --termination-log PATH    where to write the JSON result [default /dev/termination-log]
+  -h, --help                this text
+  -V, --version             version
+
+Exit codes: 0 ok, 1 other failure, 2 usage, 3 image not (completely) on this node,
+4 push failed, 5 no containerd on this node.
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Export,
+    Inventory,
+}
+
+/// One `--image` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageArg {
+    pub source: String,
+    pub destination: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub images: Vec<ImageArg>,
+    pub target_registry: Option<String>,
+    pub docker_config: Option<PathBuf>,
+    pub plain_http: Vec<String>,
+    pub allow_rebuild: bool,
+    pub snapshotter: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub host_root: PathBuf,
+    pub namespace: String,
+    pub termination_log: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// Parses arguments (without the program name); `env` looks up environment
+/// variables, which flags override (list flags add to them).
+pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, Error> {
+    let mut args = args.iter();
+    let mode = match args.next().map(String::as_str) {
+        Some("export") => Mode::Export,
+        Some("inventory") => Mode::Inventory,
+        Some("-h" | "--help" | "help") => return Ok(Command::Help),
+        Some("-V" | "--version") => return Ok(Command::Version),
+        Some(other) => return Err(usage(format!("unknown command {other:?}"))),
+        None => return Err(usage("missing command (export or inventory)".into())),
+    };
+    let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let mut options = Options {
+        mode,
+        images: Vec::new(),
+        target_registry: env_nonempty("NODE_EXPORTER_TARGET_REGISTRY"),
+        docker_config: env_nonempty("NODE_EXPORTER_DOCKER_CONFIG").map(PathBuf::from),
+        plain_http: split_list(&env("NODE_EXPORTER_PLAIN_HTTP").unwrap_or_default()),
+        allow_rebuild: true,
+        snapshotter: None,
+        socket: env_nonempty("CONTAINERD_ADDRESS").map(PathBuf::from),
+        host_root: env_nonempty("NODE_EXPORTER_HOST_ROOT")
+            .map_or_else(|| PathBuf::from("/"), PathBuf::from),
+        namespace: crate::containerd::K8S_NAMESPACE.to_owned(),
+        termination_log: env_nonempty("NODE_EXPORTER_TERMINATION_LOG")
+            .map_or_else(|| PathBuf::from("/dev/termination-log"), PathBuf::from),
+    };
+    let mut image_args: Vec<String> = split_list(&env("NODE_EXPORTER_IMAGES").unwrap_or_default());
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, Error> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => args
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| usage(format!("{flag} needs a value"))),
+            }
+        };
+        match flag {
+            "--image" => image_args.push(value()?),
+            "--target-registry" => options.target_registry = Some(value()?),
+            "--docker-config" => options.docker_config = Some(value()?.into()),
+            "--plain-http" => options.plain_http.extend(split_list(&value()?)),
+            "--no-rebuild" => options.allow_rebuild = false,
+            "--snapshotter" => options.snapshotter = Some(value()?),
+            "--socket" => options.socket = Some(value()?.into()),
+            "--host-root" => options.host_root = value()?.into(),
+            "--namespace" => options.namespace = value()?,
+            "--termination-log" => options.termination_log = value()?.into(),
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            other => return Err(usage(format!("unknown option {other:?}"))),
+        }
+    }
+    options.images = image_args
+        .iter()
+        .map(|a| parse_image_arg(a))
+        .collect::<Result<_, _>>()?;
+    if options.mode == Mode::Export && options.images.is_empty() {
+        return Err(usage("export needs at least one --image".into()));
+    }
+    if options.mode == Mode::Inventory && options.images.iter().any(|i| i.destination.is_some()) {
+        return Err(usage("inventory takes no =DEST".into()));
+    }
+    Ok(Command::Run(options))
+}
+
+fn parse_image_arg(arg: &str) -> Result<ImageArg, Error> {
+    let (source, destination) = match arg.split_once('=') {
+        Some((source, destination)) => (source, Some(destination)),
+        None => (arg, None),
+    };
+    if source.is_empty() || destination.is_some_and(str::is_empty) {
+        return Err(usage(format!("bad --image {arg:?}")));
+    }
+    Ok(ImageArg {
+        source: source.to_owned(),
+        destination: destination.map(str::to_owned),
+    })
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn usage(message: String) -> Error {
+    Error::Usage(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn run(command: Command) -> Options {
+        match command {
+            Command::Run(options) => options,
+            other => panic!("expected options, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_export_flags_in_both_spellings() {
+        let options = run(parse(
+            &args(&[
+                "export",
+                "--image",
+                "nginx:1=backup:5000/nginx",
+                "--image=sha256:abc",
+                "--target-registry=backup:5000/m",
+                "--plain-http",
+                "backup:5000,other:5000",
+                "--no-rebuild",
+                "--socket",
+                "/s.sock",
+                "--termination-log=/tmp/t",
+            ]),
+            no_env,
+        )
+        .unwrap());
+        assert_eq!(options.mode, Mode::Export);
+        assert_eq!(
+            options.images,
+            vec![
+                ImageArg {
+                    source: "nginx:1".into(),
+                    destination: Some("backup:5000/nginx".into())
+                },
+                ImageArg {
+                    source: "sha256:abc".into(),
+                    destination: None
+                },
+            ]
+        );
+        assert_eq!(options.target_registry.as_deref(), Some("backup:5000/m"));
+        assert_eq!(options.plain_http, vec!["backup:5000", "other:5000"]);
+        assert!(!options.allow_rebuild);
+        assert_eq!(options.socket, Some(PathBuf::from("/s.sock")));
+        assert_eq!(options.termination_log, PathBuf::from("/tmp/t"));
+        assert_eq!(options.namespace, "k8s.io");
+    }
+
+    #[test]
+    fn environment_supplies_defaults_and_images() {
+        let env = |name: &str| match name {
+            "NODE_EXPORTER_IMAGES" => Some("a:1, b:2\nc:3".to_owned()),
+            "CONTAINERD_ADDRESS" => Some("/env.sock".to_owned()),
+            _ => None,
+        };
+        let options = run(parse(&args(&["export", "--socket", "/flag.sock"]), env).unwrap());
+        assert_eq!(options.images.len(), 3);
+        assert_eq!(options.socket, Some(PathBuf::from("/flag.sock")));
+        assert_eq!(
+            options.termination_log,
+            PathBuf::from("/dev/termination-log")
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            vec![],
+            vec!["frobnicate"],
+            vec!["export"],
+            vec!["export", "--image"],
+            vec!["export", "--image", "a="],
+            vec!["export", "--image", "a", "--bogus"],
+            vec!["inventory", "--image", "a=b"],
+        ] {
+            let result = parse(&args(&bad), no_env);
+            assert!(
+                matches!(result, Err(Error::Usage(_))),
+                "{bad:?}: {result:?}"
+            );
+        }
+        assert_eq!(parse(&args(&["--help"]), no_env).unwrap(), Command::Help);
+        assert_eq!(
+            parse(&args(&["inventory", "-V"]), no_env).unwrap(),
+            Command::Version
+        );
+        assert!(matches!(
+            parse(&args(&["inventory"]), no_env),
+            Ok(Command::Run(_))
+        ));
+    }
+}

@@ -1,0 +1,300 @@
+//! A thin client for the parts of containerd's gRPC API node-exporter uses:
+//! images, content, leases, snapshots and the diff service.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use containerd_client::services::v1::{
+    CreateRequest as CreateLeaseRequest, DeleteContentRequest, DeleteRequest, DiffRequest,
+    GetImageRequest, Image, Info, InfoRequest, ListImagesRequest, ReadContentRequest,
+    content_client::ContentClient,
+    diff_client::DiffClient,
+    images_client::ImagesClient,
+    leases_client::LeasesClient,
+    snapshots::{
+        RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+        snapshots_client::SnapshotsClient,
+    },
+};
+use containerd_client::types::Mount;
+use futures::{Stream, StreamExt};
+use registry_transfer::{Descriptor, Digest};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::error::Error;
+
+/// The namespace the CRI plugin (and so the kubelet) keeps images in.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+
+/// containerd keeps a compressed layer's uncompressed digest (its diff ID)
+/// in this label once it has been unpacked or produced by the differ.
+pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
+/// A connection to containerd scoped to one namespace and, while rebuilding,
+/// to one lease that keeps new content and views from being collected.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    lease: Option<String>,
+}
+
+impl Containerd {
+    pub async fn connect(socket: &Path, namespace: &str) -> Result<Containerd, Error> {
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| Error::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                })?;
+        Ok(Containerd {
+            channel,
+            namespace: namespace.to_owned(),
+            lease: None,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let metadata = request.metadata_mut();
+        if let Ok(namespace) = self.namespace.parse() {
+            metadata.insert("containerd-namespace", namespace);
+        }
+        if let Some(lease) = self.lease.as_ref().and_then(|l| l.parse().ok()) {
+            metadata.insert("containerd-lease", lease);
+        }
+        request
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<Image>, Error> {
+        let response = ImagesClient::new(self.channel.clone())
+            .list(self.request(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(Error::containerd("Images.List"))?;
+        Ok(response.into_inner().images)
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<Option<Image>, Error> {
+        let request = self.request(GetImageRequest {
+            name: name.to_owned(),
+        });
+        match ImagesClient::new(self.channel.clone()).get(request).await {
+            Ok(response) => Ok(response.into_inner().image),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(Error::containerd("Images.Get")(status)),
+        }
+    }
+
+    /// The content store's record of a blob, or `None` when it is absent.
+    pub async fn info(&self, digest: &str) -> Result<Option<Info>, Error> {
+        let request = self.request(InfoRequest {
+            digest: digest.to_owned(),
+        });
+        match ContentClient::new(self.channel.clone()).info(request).await {
+            Ok(response) => Ok(response.into_inner().info),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(Error::containerd("Content.Info")(status)),
+        }
+    }
+
+    pub async fn has(&self, digest: &str) -> Result<bool, Error> {
+        Ok(self.info(digest).await?.is_some())
+    }
+
+    /// Streams a blob in the chunks containerd sends (1 MiB in 1.6/1.7).
+    pub async fn read_stream(
+        &self,
+        digest: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        let request = self.request(ReadContentRequest {
+            digest: digest.to_owned(),
+            offset: 0,
+            size: 0,
+        });
+        let digest_owned = digest.to_owned();
+        let response = ContentClient::new(self.channel.clone())
+            .read(request)
+            .await
+            .map_err(|status| missing_or(status, &digest_owned, "Content.Read"))?;
+        Ok(response.into_inner().map(move |chunk| {
+            chunk
+                .map(|c| Bytes::from(c.data))
+                .map_err(|status| missing_or(status, &digest_owned, "Content.Read"))
+        }))
+    }
+
+    /// Reads a small blob (manifest, index, config) whole; refuses anything
+    /// over `max_bytes` so a wrong digest cannot blow up memory.
+    pub async fn read_small(&self, digest: &str, max_bytes: u64) -> Result<Bytes, Error> {
+        let info = self
+            .info(digest)
+            .await?
+            .ok_or_else(|| Error::ContentMissing {
+                digest: digest.to_owned(),
+            })?;
+        let size = u64::try_from(info.size).unwrap_or(0);
+        if size > max_bytes {
+            return Err(Error::InvalidManifest {
+                digest: digest.to_owned(),
+                reason: format!("{size} bytes is too large for a manifest or config"),
+            });
+        }
+        let mut stream = std::pin::pin!(self.read_stream(digest).await?);
+        let mut whole = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            whole.extend_from_slice(&chunk?);
+        }
+        Ok(Bytes::from(whole))
+    }
+
+    pub async fn delete_content(&self, digest: &str) -> Result<(), Error> {
+        ContentClient::new(self.channel.clone())
+            .delete(self.request(DeleteContentRequest {
+                digest: digest.to_owned(),
+            }))
+            .await
+            .map_err(Error::containerd("Content.Delete"))?;
+        Ok(())
+    }
+
+    /// Creates a lease that expires by itself after `ttl`, so content and
+    /// snapshot views created under it vanish even if this process is killed
+    /// before it can clean up. Returns a client that works under the lease.
+    pub async fn with_new_lease(&self, id: &str, ttl: chrono::Duration) -> Result<Self, Error> {
+        let expires = (chrono::Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), expires)]);
+        LeasesClient::new(self.channel.clone())
+            .create(self.request(CreateLeaseRequest {
+                id: id.to_owned(),
+                labels,
+            }))
+            .await
+            .map_err(Error::containerd("Leases.Create"))?;
+        Ok(Containerd {
+            lease: Some(id.to_owned()),
+            ..self.clone()
+        })
+    }
+
+    /// Releases this client's lease; what only it held becomes garbage.
+    pub async fn release_lease(&self) -> Result<(), Error> {
+        let Some(id) = &self.lease else {
+            return Ok(());
+        };
+        let mut request = Request::new(DeleteRequest {
+            id: id.clone(),
+            sync: false,
+        });
+        if let Ok(namespace) = self.namespace.parse() {
+            request
+                .metadata_mut()
+                .insert("containerd-namespace", namespace);
+        }
+        LeasesClient::new(self.channel.clone())
+            .delete(request)
+            .await
+            .map_err(Error::containerd("Leases.Delete"))?;
+        Ok(())
+    }
+
+    pub async fn snapshot_exists(&self, snapshotter: &str, key: &str) -> Result<bool, Error> {
+        let request = self.request(StatSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: key.to_owned(),
+        });
+        match SnapshotsClient::new(self.channel.clone())
+            .stat(request)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == Code::NotFound => Ok(false),
+            Err(status) => Err(Error::containerd("Snapshots.Stat")(status)),
+        }
+    }
+
+    /// A read-only view of a committed snapshot, returned as the mounts the
+    /// differ needs.
+    pub async fn view(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<Mount>, Error> {
+        let response = SnapshotsClient::new(self.channel.clone())
+            .view(self.request(ViewSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: key.to_owned(),
+                parent: parent.to_owned(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(Error::containerd("Snapshots.View"))?;
+        Ok(response.into_inner().mounts)
+    }
+
+    pub async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<(), Error> {
+        SnapshotsClient::new(self.channel.clone())
+            .remove(self.request(RemoveSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: key.to_owned(),
+            }))
+            .await
+            .map_err(Error::containerd("Snapshots.Remove"))?;
+        Ok(())
+    }
+
+    /// Asks the diff service for the layer that turns `lower` into `upper`,
+    /// written into the content store as `media_type`.
+    pub async fn diff(
+        &self,
+        lower: Vec<Mount>,
+        upper: Vec<Mount>,
+        media_type: &str,
+        writer_ref: &str,
+    ) -> Result<Descriptor, Error> {
+        let response = DiffClient::new(self.channel.clone())
+            .diff(self.request(DiffRequest {
+                left: lower,
+                right: upper,
+                media_type: media_type.to_owned(),
+                r#ref: writer_ref.to_owned(),
+                labels: HashMap::new(),
+                source_date_epoch: None,
+            }))
+            .await
+            .map_err(Error::containerd("Diff.Diff"))?;
+        let produced = response
+            .into_inner()
+            .diff
+            .ok_or_else(|| Error::Containerd {
+                operation: "Diff.Diff",
+                status: tonic::Status::internal("no descriptor in response"),
+            })?;
+        let digest = Digest::parse(&produced.digest).ok_or_else(|| Error::Containerd {
+            operation: "Diff.Diff",
+            status: tonic::Status::internal(format!("bad digest {:?}", produced.digest)),
+        })?;
+        Ok(Descriptor {
+            media_type: produced.media_type,
+            digest,
+            size: u64::try_from(produced.size).unwrap_or(0),
+        })
+    }
+}
+
+fn missing_or(status: tonic::Status, digest: &str, operation: &'static str) -> Error {
+    if status.code() == Code::NotFound {
+        Error::ContentMissing {
+            digest: digest.to_owned(),
+        }
+    } else {
+        Error::Containerd { operation, status }
+    }
+}

@@ -1,0 +1,249 @@
+//! The `export` command: each requested image from containerd to a registry.
+
+use crate::cli::{ImageArg, Options};
+use crate::containerd::Containerd;
+use crate::error::Error;
+use crate::image::{self, ImageState, Plan};
+use crate::oci::Platform;
+use crate::push::{self, PushTarget};
+use crate::rebuild;
+use crate::reference::{self, Query, Reference};
+use crate::report::{ImageResult, Report, Status};
+use crate::source::ContainerdSource;
+
+/// How long content made while rebuilding survives if node-exporter dies
+/// before it releases its lease.
+const LEASE_TTL_HOURS: i64 = 2;
+
+/// Exports every requested image, one after the other, and never stops at a
+/// failed one: each gets its own result.
+pub async fn run(containerd: &Containerd, options: &Options) -> Report {
+    let mut results = Vec::with_capacity(options.images.len());
+    for arg in &options.images {
+        let result = match export_one(containerd, arg, options).await {
+            Ok(result) => result,
+            Err((target, error)) => {
+                tracing::error!(image = %arg.source, reason = error.reason(), %error, "export failed");
+                ImageResult::failed(&arg.source, target, &error)
+            }
+        };
+        if result.status != Status::Failed {
+            tracing::info!(
+                image = %result.image,
+                status = ?result.status,
+                target = result.target.as_deref().unwrap_or_default(),
+                digest = result.digest.as_deref().unwrap_or_default(),
+                original_digest = result.original_digest.as_deref().unwrap_or_default(),
+                incomplete_index = result.incomplete_index.as_deref().unwrap_or_default(),
+                bytes = result.bytes,
+                "exported"
+            );
+        }
+        results.push(result);
+    }
+    Report::new(results)
+}
+
+type Failure = (Option<String>, Error);
+
+async fn export_one(
+    containerd: &Containerd,
+    arg: &ImageArg,
+    options: &Options,
+) -> Result<ImageResult, Failure> {
+    let query = Query::parse(&arg.source).map_err(|e| (None, e))?;
+    let located = image::locate(containerd, &query)
+        .await
+        .map_err(|e| (None, e))?;
+    let target = target_for(&query, located.name.as_ref(), arg, options).map_err(|e| (None, e))?;
+    let target_name = Some(target.to_string());
+    let fail = |e: Error| (target_name.clone(), e);
+    tracing::info!(
+        image = %arg.source,
+        found = %located.descriptor.digest,
+        media_type = %located.descriptor.media_type,
+        target = %target,
+        "found image in containerd"
+    );
+    let state = image::inspect(containerd, &located.descriptor)
+        .await
+        .map_err(fail)?;
+    let plan = image::decide(&state, &Platform::current()).map_err(fail)?;
+    let push_target = PushTarget {
+        plain_http: options.plain_http.iter().any(|h| *h == target.registry),
+        reference: target,
+        docker_config: options.docker_config.clone(),
+    };
+    let mut result = ImageResult {
+        image: arg.source.clone(),
+        status: Status::Preserved,
+        target: target_name.clone(),
+        digest: None,
+        original_digest: None,
+        incomplete_index: None,
+        platform: None,
+        rebuilt_layers: 0,
+        bytes: 0,
+        reason: None,
+        message: None,
+    };
+    match plan {
+        Plan::Exact { root } => {
+            let source = ContainerdSource::new(containerd.clone(), root.clone());
+            let pushed = push_verified(&source, &push_target).await.map_err(fail)?;
+            result.digest = Some(pushed.digest.to_string());
+            result.bytes = pushed.bytes_uploaded;
+        }
+        Plan::PlatformOnly {
+            index,
+            manifest,
+            platform,
+        } => {
+            tracing::warn!(
+                index = %index.digest,
+                manifest = %manifest.digest,
+                platform = platform.as_deref().unwrap_or("unknown"),
+                "the node holds only part of the index: pushing one platform's manifest, not the index"
+            );
+            let source = ContainerdSource::new(containerd.clone(), manifest);
+            let pushed = push_verified(&source, &push_target).await.map_err(fail)?;
+            result.digest = Some(pushed.digest.to_string());
+            result.bytes = pushed.bytes_uploaded;
+            result.incomplete_index = Some(index.digest.to_string());
+            result.platform = platform;
+        }
+        Plan::Rebuild {
+            index,
+            manifest,
+            platform,
+            missing_layers,
+        } => {
+            let content = manifest_content(&state, &manifest).map_err(fail)?;
+            if !options.allow_rebuild {
+                let digest = missing_layers
+                    .first()
+                    .and_then(|i| content.manifest.layers.get(*i))
+                    .map(|layer| layer.digest.clone())
+                    .unwrap_or_default();
+                return Err(fail(Error::RebuildDenied { digest }));
+            }
+            let lease_id = format!("lifeboat-node-exporter-{}", random_suffix());
+            let leased = containerd
+                .with_new_lease(&lease_id, chrono::Duration::hours(LEASE_TTL_HOURS))
+                .await
+                .map_err(fail)?;
+            let outcome = async {
+                let rebuilt = rebuild::rebuild(
+                    &leased,
+                    &manifest,
+                    content,
+                    &missing_layers,
+                    options.snapshotter.as_deref(),
+                    &lease_id,
+                )
+                .await?;
+                let mut source = ContainerdSource::new(leased.clone(), rebuilt.manifest.clone())
+                    .with_document(&rebuilt.manifest, rebuilt.manifest_bytes.clone());
+                if let Some((config, bytes)) = &rebuilt.config {
+                    source = source.with_document(config, bytes.clone());
+                }
+                let pushed = push_verified(&source, &push_target).await?;
+                Ok::<_, Error>((rebuilt, pushed))
+            }
+            .await;
+            if let Err(error) = leased.release_lease().await {
+                tracing::warn!(%error, lease = %lease_id, "could not release lease; it expires by itself");
+            }
+            let (rebuilt, pushed) = outcome.map_err(fail)?;
+            tracing::warn!(
+                original = %manifest.digest,
+                rebuilt = %rebuilt.manifest.digest,
+                layers = rebuilt.layers.len(),
+                "pushed a REBUILT image: same files, different digest than the original"
+            );
+            result.status = Status::Rebuilt;
+            result.digest = Some(pushed.digest.to_string());
+            result.original_digest = Some(manifest.digest.to_string());
+            result.incomplete_index = index.map(|i| i.digest.to_string());
+            result.platform = platform;
+            result.rebuilt_layers = rebuilt.layers.len();
+            result.bytes = pushed.bytes_uploaded;
+        }
+    }
+    Ok(result)
+}
+
+/// Pushes and checks the engine pushed what was asked: a digest-exact push
+/// that came out under another digest would be a lie in the report.
+async fn push_verified(
+    source: &ContainerdSource,
+    target: &PushTarget,
+) -> Result<push::Pushed, Error> {
+    let pushed = push::push(source, target).await?;
+    if pushed.digest != source.root().digest {
+        return Err(Error::Push {
+            target: target.reference.to_string(),
+            engine_reason: None,
+            message: format!(
+                "pushed {} but expected {}",
+                pushed.digest,
+                source.root().digest
+            ),
+        });
+    }
+    Ok(pushed)
+}
+
+/// The push target for an image: a bare digest has no repository of its
+/// own, so it takes the name containerd knows it by, if any.
+fn target_for(
+    query: &Query,
+    found_name: Option<&Reference>,
+    arg: &ImageArg,
+    options: &Options,
+) -> Result<Reference, Error> {
+    let source_name = match (query, found_name) {
+        (Query::Reference(reference), _) => reference.clone(),
+        (Query::Digest(_), Some(name)) => Reference {
+            // Name the repository only: a tag found on the node is not what
+            // a digest request asked for.
+            tag: None,
+            digest: None,
+            ..name.clone()
+        },
+        (Query::Digest(digest), None) => match &arg.destination {
+            Some(destination) => Reference::parse(destination)?,
+            None => {
+                return Err(Error::InvalidReference {
+                    reference: digest.to_string(),
+                    reason: "containerd has no repository name for it; give --image DIGEST=DEST"
+                        .to_owned(),
+                });
+            }
+        },
+    };
+    reference::map_target(
+        &source_name,
+        arg.destination.as_deref(),
+        options.target_registry.as_deref(),
+    )
+}
+
+fn manifest_content<'a>(
+    state: &'a ImageState,
+    manifest: &registry_transfer::Descriptor,
+) -> Result<&'a image::ManifestContent, Error> {
+    let states: Vec<&image::ManifestState> = match state {
+        ImageState::Manifest(m) => vec![m],
+        ImageState::Index { children, .. } => children.iter().collect(),
+    };
+    states
+        .into_iter()
+        .find(|m| m.descriptor.digest == manifest.digest)
+        .and_then(|m| m.content.as_ref())
+        .ok_or_else(|| Error::ImageNotFound(manifest.digest.to_string()))
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

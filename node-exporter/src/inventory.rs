@@ -1,0 +1,191 @@
+//! The read-only `inventory` command: which images, digests and blobs this
+//! node holds. The kubelet's `node.status.images` stops at 50 entries and
+//! says nothing about discarded layers, so the operator asks the node itself.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Options;
+use crate::containerd::Containerd;
+use crate::error::Error;
+use crate::image::{self, InventoryEntry};
+use crate::oci::Platform;
+use crate::reference::Query;
+use crate::report::FORMAT_VERSION;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Inventory {
+    pub v: u32,
+    pub namespace: String,
+    pub images: Vec<InventoryEntry>,
+    /// Requested images the node does not hold (with `--image` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// Lists the requested images, or every image when none was requested.
+pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory, Error> {
+    let node = Platform::current();
+    let mut images = Vec::new();
+    let mut missing = Vec::new();
+    if options.images.is_empty() {
+        // One entry per distinct target; containerd (CRI) keeps several
+        // names (tag, repo digest, image ID) for the same image.
+        let mut by_digest: BTreeMap<String, (registry_transfer::Descriptor, Vec<String>)> =
+            BTreeMap::new();
+        for record in containerd.list_images().await? {
+            let Some(target) = &record.target else {
+                continue;
+            };
+            let Some(digest) = registry_transfer::Digest::parse(&target.digest) else {
+                continue;
+            };
+            let entry = by_digest.entry(target.digest.clone()).or_insert_with(|| {
+                let descriptor = registry_transfer::Descriptor {
+                    media_type: target.media_type.clone(),
+                    digest,
+                    size: u64::try_from(target.size).unwrap_or(0),
+                };
+                (descriptor, Vec::new())
+            });
+            entry.1.push(record.name.clone());
+        }
+        for (descriptor, names) in by_digest.into_values() {
+            match image::inspect(containerd, &descriptor).await {
+                Ok(state) => images.push(image::inventory_entry(names, &state, &node)),
+                Err(error) if error.is_not_on_node() || error.reason() == "InvalidManifest" => {
+                    tracing::debug!(%error, "skipping image record");
+                    missing.extend(names);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    } else {
+        for arg in &options.images {
+            let query = Query::parse(&arg.source)?;
+            let located = match image::locate(containerd, &query).await {
+                Ok(located) => located,
+                Err(error) if error.is_not_on_node() => {
+                    missing.push(arg.source.clone());
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let state = image::inspect(containerd, &located.descriptor).await?;
+            images.push(image::inventory_entry(
+                vec![arg.source.clone()],
+                &state,
+                &node,
+            ));
+        }
+    }
+    Ok(Inventory {
+        v: FORMAT_VERSION,
+        namespace: containerd.namespace().to_owned(),
+        images,
+        missing,
+    })
+}
+
+/// The inventory cut down to fit a termination message: digests and
+/// exportability first, names and per-manifest detail only if room remains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactInventory {
+    pub v: u32,
+    pub images: Vec<CompactEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactEntry {
+    pub digest: String,
+    pub exportable: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+pub fn termination_message(inventory: &Inventory, limit: usize) -> String {
+    let mut compact = CompactInventory {
+        v: inventory.v,
+        images: inventory
+            .images
+            .iter()
+            .map(|entry| CompactEntry {
+                digest: entry.digest.clone(),
+                exportable: entry.exportable.to_owned(),
+                name: entry
+                    .names
+                    .iter()
+                    .find(|n| !n.starts_with("sha256:"))
+                    .cloned(),
+            })
+            .collect(),
+        missing: inventory.missing.clone(),
+        omitted: 0,
+    };
+    let render = |c: &CompactInventory| serde_json::to_string(c).unwrap_or_default();
+    if render(&compact).len() <= limit {
+        return render(&compact);
+    }
+    for entry in &mut compact.images {
+        entry.name = None;
+    }
+    while render(&compact).len() > limit && !compact.missing.is_empty() {
+        compact.missing.pop();
+        compact.omitted += 1;
+    }
+    while render(&compact).len() > limit && !compact.images.is_empty() {
+        compact.images.pop();
+        compact.omitted += 1;
+    }
+    render(&compact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_inventory_fits_the_limit() {
+        let entry = |i: usize| InventoryEntry {
+            names: vec![
+                format!("sha256:{i}"),
+                format!("registry.example/team/app-{i}:v1"),
+            ],
+            digest: format!("sha256:{:064x}", i),
+            media_type: crate::oci::OCI_INDEX.into(),
+            exportable: "exact",
+            manifests: vec![],
+        };
+        let small = Inventory {
+            v: 1,
+            namespace: "k8s.io".into(),
+            images: vec![entry(1)],
+            missing: vec![],
+        };
+        let message = termination_message(&small, 4096);
+        let back: CompactInventory = serde_json::from_str(&message).unwrap();
+        assert_eq!(
+            back.images[0].name.as_deref(),
+            Some("registry.example/team/app-1:v1")
+        );
+
+        let big = Inventory {
+            images: (0..200).map(entry).collect(),
+            ..small
+        };
+        let message = termination_message(&big, 4096);
+        assert!(message.len() <= 4096);
+        let back: CompactInventory = serde_json::from_str(&message).unwrap();
+        assert_eq!(back.images.len() + back.omitted, 200);
+        assert!(back.images.iter().all(|e| e.name.is_none()));
+    }
+}
