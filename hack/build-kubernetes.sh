@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 k8s_dir="$LIFEBOAT_BIN_CACHE/kubernetes-$KUBERNETES_VERSION"
 etcd_dir="$LIFEBOAT_BIN_CACHE/etcd-$ETCD_VERSION"
-k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
 export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -57,7 +57,9 @@ prepare_kubernetes_builder() {
 }
 
 build_kubernetes() {
-  if [[ -x "$k8s_dir/kubelet" && -x "$k8s_dir/kube-apiserver" && -x "$k8s_dir/kube-controller-manager" && -x "$k8s_dir/kube-scheduler" ]]; then
+  local cmd missing=0
+  for cmd in "${k8s_cmds[@]}"; do [[ -x "$k8s_dir/$cmd" ]] || missing=1; done
+  if (( missing == 0 )); then
     return
   fi
   prepare_kubernetes_builder
