@@ -2,11 +2,44 @@
 //!
 //! Both Lifeboat binaries push images: the operator copies registry to
 //! registry, node-exporter pushes out of a node's containerd content store.
-//! The engine is written once, against [`ContentSource`]: anything that can
-//! hand out manifests by digest and stream blobs by digest. A registry is one
-//! source ([`RegistrySource`](crate)), containerd is another (implemented in
-//! node-exporter).
+//! The engine ([`Transfer`]) is written once, against [`ContentSource`]:
+//! anything that can hand out manifests by digest and stream blobs by
+//! digest. A registry is one source ([`RegistrySource`]), containerd is
+//! another (implemented in node-exporter).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), registry_transfer::TransferError> {
+//! use registry_transfer::*;
+//! install_crypto_provider();
+//! let engine = Transfer::new(TransferConfig::default(), RegistrySettings::new());
+//! let source = ImageRef::parse("docker.io/library/nginx:1.27")?;
+//! let target = RepositoryRef::parse("backup.example/mirror/nginx")?;
+//! let report = engine.copy_image(&source, &CopyRequest::new(target)).await?;
+//! println!("{} at {}", report.tag, report.digest);
+//! # Ok(()) }
+//! ```
 
+mod auth;
+mod client;
+pub mod credentials;
+mod engine;
+pub mod error;
+mod limits;
+pub mod manifest;
+pub mod reference;
+mod registry_source;
+pub mod retry;
 pub mod source;
+mod tls;
+mod upload;
 
-pub use source::{BlobStream, ContentSource, Descriptor, Digest};
+pub use client::RegistrySettings;
+pub use credentials::{Credentials, DockerConfig, Secret};
+pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision};
+pub use error::TransferError;
+pub use manifest::Platform;
+pub use reference::{ImageRef, RepositoryRef, deterministic_tag};
+pub use registry_source::RegistrySource;
+pub use retry::RetryPolicy;
+pub use source::{BlobStream, ContentSource, Descriptor, Digest, SourceErrorKind};
+pub use tls::install_crypto_provider;

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::reference::RepositoryRef;
+
 /// A content digest such as `sha256:3f1c...`, validated on construction.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
@@ -24,6 +26,12 @@ impl Digest {
         let valid = hex.len() == expected_len
             && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| Digest(s.to_owned()))
+    }
+
+    /// The digest of content whose sha256 is `hex` (64 lower-case hex digits,
+    /// as produced by `hex::encode` of a sha256 output).
+    pub(crate) fn from_sha256_hex(hex: String) -> Digest {
+        Digest(format!("sha256:{hex}"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -91,11 +99,107 @@ pub trait ContentSource: Send + Sync {
     /// discarded compressed layers. Registries answer by HEAD.
     fn has_blob(&self, descriptor: &Descriptor)
     -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    // Everything below has a default, so implementations only add what
+    // they can do better.
+
+    /// Opens a blob for streaming from byte `offset` on, to resume an
+    /// interrupted upload. The default reads from the start and drops the
+    /// first `offset` bytes; sources that can seek should override it.
+    fn open_blob_at(
+        &self,
+        descriptor: &Descriptor,
+        offset: u64,
+    ) -> impl Future<Output = Result<BlobStream<Self::Error>, Self::Error>> + Send {
+        async move {
+            let stream = self.open_blob(descriptor).await?;
+            Ok(skip_prefix(stream, offset))
+        }
+    }
+
+    /// The digest of the top-level manifest when it is known without asking
+    /// anyone (the source was opened by digest). Lets the engine answer a
+    /// warm copy with a single request to the target.
+    fn known_digest(&self) -> Option<Digest> {
+        None
+    }
+
+    /// The registry repository this source reads from, if it is one: blobs
+    /// are then mounted instead of copied when the target is the same
+    /// registry.
+    fn mount_origin(&self) -> Option<RepositoryRef> {
+        None
+    }
+
+    /// The registry host this source talks to, if any, so that the engine's
+    /// per-registry concurrency limit covers source requests too.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
+
+    /// How the engine should treat one of this source's errors.
+    fn classify_error(error: &Self::Error) -> SourceErrorKind {
+        let _ = error;
+        SourceErrorKind::Other
+    }
+}
+
+/// What kind of failure a [`ContentSource`] error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The content does not exist there: reported as `SourceNotFound`.
+    NotFound,
+    /// Trying again may work: the engine retries with backoff.
+    Transient,
+    /// Anything else: reported as `SourceUnavailable`, not retried.
+    Other,
+}
+
+/// Drops the first `offset` bytes of a stream.
+pub fn skip_prefix<E: Send + 'static>(stream: BlobStream<E>, offset: u64) -> BlobStream<E> {
+    if offset == 0 {
+        return stream;
+    }
+    let skipped = futures::stream::unfold(
+        (stream, offset),
+        |(mut stream, mut to_skip)| async move {
+            use futures::StreamExt as _;
+            loop {
+                match stream.next().await? {
+                    Ok(mut chunk) => {
+                        if to_skip >= chunk.len() as u64 {
+                            to_skip -= chunk.len() as u64;
+                            continue;
+                        }
+                        let rest = chunk.split_off(to_skip as usize);
+                        return Some((Ok(rest), (stream, 0)));
+                    }
+                    Err(e) => return Some((Err(e), (stream, to_skip))),
+                }
+            }
+        },
+    );
+    Box::pin(skipped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt as _;
+
+    #[tokio::test]
+    async fn skip_prefix_drops_exactly_the_offset() {
+        let chunks = [&b"abc"[..], b"defg", b"h"];
+        for offset in 0..=8u64 {
+            let items = chunks.map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)));
+            let stream: BlobStream<std::io::Error> = Box::pin(futures::stream::iter(items));
+            let rest: Vec<u8> = skip_prefix(stream, offset)
+                .map(|c| c.unwrap().to_vec())
+                .concat()
+                .await;
+            assert_eq!(rest, b"abcdefgh"[offset as usize..].to_vec(), "offset {offset}");
+        }
+    }
 
     #[test]
     fn digest_accepts_sha256_and_rejects_garbage() {

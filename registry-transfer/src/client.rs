@@ -1,0 +1,821 @@
+//! The registry HTTP API (distribution spec v2), one client per registry.
+//!
+//! Requests whose bodies can be replayed go through [`RegistryClient::send`],
+//! which authenticates (basic or bearer token flow, learned from the first
+//! 401), retries transient failures and honours `Retry-After`. Streaming
+//! uploads cannot be replayed, so they get their authorization up front and
+//! the upload loop in `upload.rs` decides about retries and resumption.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+
+use crate::auth::{Challenge, TokenResponse, parse_challenge};
+use crate::credentials::{Credentials, DockerConfig, Secret, normalize_registry};
+use crate::error::TransferError;
+use crate::manifest::{ACCEPT_MANIFESTS, sha256_digest};
+use crate::retry::{RetryPolicy, parse_retry_after};
+use crate::{Digest, tls};
+
+/// Manifests larger than this are refused: distribution's own limit is
+/// 4 MiB, and we hold manifests in memory.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+tokio::task_local! {
+    /// Requests made on behalf of the copy running in this task.
+    pub(crate) static COPY_REQUESTS: Arc<AtomicU64>;
+}
+
+/// How to reach registries: credentials, CA bundles, and which registries
+/// may be spoken to over plain HTTP. Keys are registry names as written in
+/// references (`docker.io` aliases are folded together).
+#[derive(Clone, Default)]
+pub struct RegistrySettings {
+    docker_config: DockerConfig,
+    plain_http: HashSet<String>,
+    ca_bundles: HashMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("docker_config", &self.docker_config)
+            .field("plain_http", &self.plain_http)
+            .field("ca_bundles", &self.ca_bundles.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RegistrySettings {
+    pub fn new() -> RegistrySettings {
+        RegistrySettings::default()
+    }
+
+    /// Adds credentials (later calls win for the same registry).
+    pub fn with_docker_config(mut self, config: DockerConfig) -> RegistrySettings {
+        self.docker_config.merge(config);
+        self
+    }
+
+    pub fn with_credentials(mut self, registry: &str, credentials: Credentials) -> RegistrySettings {
+        self.docker_config.insert(registry, credentials);
+        self
+    }
+
+    /// Allows plain HTTP to this registry. Nothing else is ever spoken to
+    /// without TLS.
+    pub fn allow_plain_http(mut self, registry: &str) -> RegistrySettings {
+        self.plain_http.insert(normalize_registry(registry));
+        self
+    }
+
+    /// Trusts the PEM certificates in `pem` (in addition to the system
+    /// roots) for this registry.
+    pub fn with_ca_bundle(mut self, registry: &str, pem: Vec<u8>) -> RegistrySettings {
+        self.ca_bundles.insert(normalize_registry(registry), pem);
+        self
+    }
+
+    pub(crate) fn client_options(&self, registry: &str) -> ClientOptions {
+        let key = normalize_registry(registry);
+        ClientOptions {
+            plain_http: self.plain_http.contains(&key),
+            ca_bundle: self.ca_bundles.get(&key).cloned(),
+            credentials: self.docker_config.credentials_for(registry),
+        }
+    }
+}
+
+pub(crate) struct ClientOptions {
+    plain_http: bool,
+    ca_bundle: Option<Vec<u8>>,
+    credentials: Credentials,
+}
+
+/// Timeouts and retries shared by all clients.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpTuning {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub max_idle_per_host: usize,
+}
+
+/// What `upload_start` achieved.
+pub(crate) enum UploadStart {
+    /// The blob was mounted from another repository: nothing to upload.
+    Mounted,
+    /// An upload session was opened at this URL.
+    Session(Url),
+}
+
+pub(crate) struct RegistryClient {
+    /// Registry name as in references, for messages and limits.
+    name: String,
+    base: Url,
+    http: reqwest::Client,
+    credentials: Credentials,
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
+    retry: RetryPolicy,
+    requests: AtomicU64,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A scope of the token flow, e.g. `repository:team/app:pull,push`.
+pub(crate) fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+pub(crate) fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+impl RegistryClient {
+    pub(crate) fn new(
+        registry: &str,
+        api_host: &str,
+        options: ClientOptions,
+        tuning: &HttpTuning,
+    ) -> Result<RegistryClient, TransferError> {
+        let scheme = if options.plain_http { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{api_host}/")).map_err(|e| {
+            TransferError::InvalidReference(format!("registry host {api_host}: {e}"))
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(tuning.connect_timeout)
+            .read_timeout(tuning.read_timeout)
+            .pool_max_idle_per_host(tuning.max_idle_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("lifeboat-registry-transfer/", env!("CARGO_PKG_VERSION")));
+        if !options.plain_http {
+            let config = tls::client_config(options.ca_bundle.as_deref())?;
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let http = builder.build().map_err(|e| {
+            TransferError::InvalidConfiguration(format!("HTTP client for {registry}: {}", e.without_url()))
+        })?;
+        Ok(RegistryClient {
+            name: registry.to_owned(),
+            base,
+            http,
+            credentials: options.credentials,
+            challenge: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+            retry: tuning.retry.clone(),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn url(&self, path: &str) -> Result<Url, TransferError> {
+        self.base.join(path).map_err(|e| TransferError::Protocol {
+            registry: self.name.clone(),
+            detail: format!("bad URL path: {e}"),
+        })
+    }
+
+    fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let _ = COPY_REQUESTS.try_with(|counter| counter.fetch_add(1, Ordering::Relaxed));
+    }
+
+    fn lock_challenge(&self) -> std::sync::MutexGuard<'_, Option<Challenge>> {
+        self.challenge.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        match &self.credentials {
+            Credentials::Anonymous => None,
+            Credentials::Basic { username, password } => {
+                let encoded = BASE64.encode(format!("{username}:{}", password.expose()));
+                let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        }
+    }
+
+    /// The `Authorization` header for `scopes`, fetching a token if the
+    /// registry uses the token flow and we have none that is still fresh.
+    pub(crate) async fn authorization(
+        &self,
+        scopes: &[String],
+    ) -> Result<Option<HeaderValue>, TransferError> {
+        let challenge = self.lock_challenge().clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.basic_header()),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let scopes: Vec<String> = if scopes.is_empty() {
+                    scope.into_iter().collect()
+                } else {
+                    scopes.to_vec()
+                };
+                let key = scopes.join(" ");
+                let cached = self.lock_tokens().get(&key).and_then(|(token, expires)| {
+                    (*expires > Instant::now() + Duration::from_secs(10)).then(|| token.clone())
+                });
+                let token = match cached {
+                    Some(token) => token,
+                    None => {
+                        let (token, lifetime) =
+                            self.fetch_token(&realm, service.as_deref(), &scopes).await?;
+                        self.lock_tokens()
+                            .insert(key, (token.clone(), Instant::now() + lifetime));
+                        token
+                    }
+                };
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| TransferError::Protocol {
+                        registry: self.name.clone(),
+                        detail: "token service returned an unusable token".into(),
+                    })?;
+                value.set_sensitive(true);
+                Ok(Some(value))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<(Secret, Duration), TransferError> {
+        let mut url = Url::parse(realm).map_err(|e| TransferError::Protocol {
+            registry: self.name.clone(),
+            detail: format!("token realm is not a URL: {e}"),
+        })?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
+        }
+        let mut request = self.http.get(url);
+        if let Some(basic) = self.basic_header() {
+            request = request.header(header::AUTHORIZATION, basic);
+        }
+        self.count_request();
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED => {
+                return Err(TransferError::Unauthorized {
+                    registry: self.name.clone(),
+                });
+            }
+            StatusCode::FORBIDDEN => {
+                return Err(TransferError::Forbidden {
+                    registry: self.name.clone(),
+                });
+            }
+            _ => return Err(self.status_error("token request", response).await),
+        }
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|_| TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: "token service answered with something that is not a token".into(),
+            })?;
+        parsed
+            .into_token()
+            .map(|(token, lifetime)| (Secret::new(token), lifetime))
+            .ok_or_else(|| TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: "token service answered without a token".into(),
+            })
+    }
+
+    /// Maps a reqwest failure, without its URL (upload URLs carry state).
+    pub(crate) fn transport_error(&self, error: reqwest::Error) -> TransferError {
+        let error = error.without_url();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if let Some(tls_error) = e.downcast_ref::<rustls::Error>() {
+                return TransferError::Tls {
+                    registry: self.name.clone(),
+                    detail: tls_error.to_string(),
+                };
+            }
+            source = e.source();
+        }
+        let detail = error_chain(&error);
+        if error.is_body() || error.is_decode() {
+            TransferError::Interrupted {
+                registry: self.name.clone(),
+                detail,
+            }
+        } else {
+            TransferError::RegistryUnavailable {
+                registry: self.name.clone(),
+                detail,
+            }
+        }
+    }
+
+    /// The error for an unexpected status; 429 and 5xx are transient.
+    pub(crate) async fn status_error(&self, operation: &str, response: Response) -> TransferError {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                return TransferError::RateLimited {
+                    registry: self.name.clone(),
+                    retry_after,
+                };
+            }
+            StatusCode::UNAUTHORIZED => {
+                return TransferError::Unauthorized {
+                    registry: self.name.clone(),
+                };
+            }
+            StatusCode::FORBIDDEN => {
+                return TransferError::Forbidden {
+                    registry: self.name.clone(),
+                };
+            }
+            _ => {}
+        }
+        // Registry error bodies are JSON `{"errors":[{code, message}]}`;
+        // keep a short excerpt for the message.
+        let body = response.bytes().await.unwrap_or_default();
+        let excerpt: String = String::from_utf8_lossy(&body[..body.len().min(300)])
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+            TransferError::RegistryUnavailable {
+                registry: self.name.clone(),
+                detail: format!("{operation}: {status} {excerpt}"),
+            }
+        } else {
+            TransferError::Rejected {
+                registry: self.name.clone(),
+                operation: operation.to_owned(),
+                status: status.as_u16(),
+                detail: excerpt,
+            }
+        }
+    }
+
+    /// Sends a replayable request with authentication (one extra round on
+    /// 401 to learn or refresh credentials). Returns whatever status came
+    /// back; only transport failures are errors.
+    async fn send_once(
+        &self,
+        scopes: &[String],
+        build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
+    ) -> Result<Response, TransferError> {
+        let mut refreshed = false;
+        loop {
+            let mut request = build()?;
+            if let Some(auth) = self.authorization(scopes).await? {
+                request = request.header(header::AUTHORIZATION, auth);
+            }
+            self.count_request();
+            let response = request.send().await.map_err(|e| self.transport_error(e))?;
+            if response.status() != StatusCode::UNAUTHORIZED || refreshed {
+                return Ok(response);
+            }
+            refreshed = true;
+            if !self.learn_challenge(response.headers(), scopes) {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Records the challenge of a 401. Returns whether retrying with
+    /// (new) credentials can help.
+    fn learn_challenge(&self, headers: &HeaderMap, scopes: &[String]) -> bool {
+        let Some(challenge) = headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge)
+        else {
+            return false;
+        };
+        if challenge == Challenge::Basic && self.credentials == Credentials::Anonymous {
+            return false;
+        }
+        let mut current = self.lock_challenge();
+        let was_known = current.as_ref() == Some(&challenge);
+        *current = Some(challenge);
+        drop(current);
+        // A 401 with a token we already had means it expired or lacks a
+        // scope: drop it so the retry fetches a new one.
+        self.lock_tokens().remove(&scopes.join(" "));
+        !was_known || matches!(*self.lock_challenge(), Some(Challenge::Bearer { .. }))
+    }
+
+    /// `send_once` with retries of transient failures (including 429 and
+    /// 5xx answers). `ok` says which statuses are answers rather than errors.
+    pub(crate) async fn send(
+        &self,
+        operation: &str,
+        scopes: &[String],
+        ok: &(dyn Fn(StatusCode) -> bool + Send + Sync),
+        build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
+    ) -> Result<Response, TransferError> {
+        self.retry
+            .run(operation, |_attempt| async {
+                let response = self.send_once(scopes, build).await?;
+                if ok(response.status()) {
+                    Ok(response)
+                } else {
+                    Err(self.status_error(operation, response).await)
+                }
+            })
+            .await
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.http.request(method, url)
+    }
+
+    /// HEAD a manifest by tag or digest: its digest, or `None` if absent.
+    pub(crate) async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+        scopes: &[String],
+    ) -> Result<Option<ManifestHead>, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(
+                "manifest HEAD",
+                scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| {
+                    Ok(self
+                        .request(Method::HEAD, url.clone())
+                        .header(header::ACCEPT, ACCEPT_MANIFESTS))
+                },
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default();
+        let size = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        match header_str(response.headers(), "docker-content-digest").and_then(|d| Digest::parse(&d)) {
+            Some(digest) => Ok(Some(ManifestHead {
+                digest,
+                media_type,
+                size,
+            })),
+            // Some registries omit the header on HEAD: fetch and hash.
+            None => Ok(self
+                .manifest_get(repository, reference, scopes)
+                .await?
+                .map(|(bytes, media_type)| ManifestHead {
+                    digest: sha256_digest(&bytes),
+                    media_type,
+                    size: bytes.len() as u64,
+                })),
+        }
+    }
+
+    /// GET a manifest's bytes exactly as stored, or `None` if absent.
+    pub(crate) async fn manifest_get(
+        &self,
+        repository: &str,
+        reference: &str,
+        scopes: &[String],
+    ) -> Result<Option<(Bytes, String)>, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(
+                "manifest GET",
+                scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| {
+                    Ok(self
+                        .request(Method::GET, url.clone())
+                        .header(header::ACCEPT, ACCEPT_MANIFESTS))
+                },
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default();
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(TransferError::InvalidManifest {
+                digest: reference.to_owned(),
+                detail: "larger than 4 MiB".into(),
+            });
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport_error(e))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(TransferError::InvalidManifest {
+                    digest: reference.to_owned(),
+                    detail: "larger than 4 MiB".into(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some((Bytes::from(body), media_type)))
+    }
+
+    /// PUT a manifest under a tag or its digest; returns the digest the
+    /// registry computed.
+    pub(crate) async fn manifest_put(
+        &self,
+        repository: &str,
+        reference: &str,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> Result<Option<Digest>, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let scopes = [push_scope(repository)];
+        let response = self
+            .send("manifest PUT", &scopes, &|s| s.is_success(), &|| {
+                Ok(self
+                    .request(Method::PUT, url.clone())
+                    .header(header::CONTENT_TYPE, media_type)
+                    .body(bytes.clone()))
+            })
+            .await?;
+        Ok(header_str(response.headers(), "docker-content-digest").and_then(|d| Digest::parse(&d)))
+    }
+
+    /// HEAD a blob: whether the repository has it.
+    pub(crate) async fn blob_exists(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        scopes: &[String],
+    ) -> Result<bool, TransferError> {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let response = self
+            .send(
+                "blob HEAD",
+                scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| Ok(self.request(Method::HEAD, url.clone())),
+            )
+            .await?;
+        Ok(response.status().is_success())
+    }
+
+    /// GET a blob from `offset` on, as a stream. `Ok(None)` if absent.
+    /// The stream starts at `offset` even if the registry ignores `Range`.
+    pub(crate) async fn blob_get(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Option<impl Stream<Item = Result<Bytes, TransferError>> + Send + 'static>, TransferError>
+    {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        let scopes = [pull_scope(repository)];
+        let response = self
+            .send(
+                "blob GET",
+                &scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| {
+                    let request = self.request(Method::GET, url.clone());
+                    Ok(if offset > 0 {
+                        request.header(header::RANGE, format!("bytes={offset}-"))
+                    } else {
+                        request
+                    })
+                },
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let already_skipped = response.status() == StatusCode::PARTIAL_CONTENT;
+        let registry = self.name.clone();
+        let stream = response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| TransferError::Interrupted {
+                registry: registry.clone(),
+                detail: error_chain(&e.without_url()),
+            })
+        });
+        let stream: crate::BlobStream<TransferError> = Box::pin(stream);
+        Ok(Some(if already_skipped || offset == 0 {
+            stream
+        } else {
+            crate::source::skip_prefix(stream, offset)
+        }))
+    }
+
+    /// Opens an upload session, or mounts the blob from `mount_from` in the
+    /// same registry when that works (201).
+    pub(crate) async fn upload_start(
+        &self,
+        repository: &str,
+        mount_from: Option<(&Digest, &str)>,
+    ) -> Result<UploadStart, TransferError> {
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
+        let mut scopes = vec![push_scope(repository)];
+        if let Some((digest, from)) = mount_from {
+            url.query_pairs_mut()
+                .append_pair("mount", digest.as_str())
+                .append_pair("from", from);
+            scopes.push(pull_scope(from));
+        }
+        let response = self
+            .send(
+                "upload start",
+                &scopes,
+                &|s| s == StatusCode::CREATED || s == StatusCode::ACCEPTED,
+                &|| {
+                    Ok(self
+                        .request(Method::POST, url.clone())
+                        .header(header::CONTENT_LENGTH, 0))
+                },
+            )
+            .await?;
+        if response.status() == StatusCode::CREATED {
+            return Ok(UploadStart::Mounted);
+        }
+        Ok(UploadStart::Session(self.location(&response)?))
+    }
+
+    fn location(&self, response: &Response) -> Result<Url, TransferError> {
+        let location = header_str(response.headers(), header::LOCATION).ok_or_else(|| {
+            TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: "upload response without Location".into(),
+            }
+        })?;
+        self.base.join(&location).map_err(|_| TransferError::Protocol {
+            registry: self.name.clone(),
+            detail: "upload Location is not a URL".into(),
+        })
+    }
+
+    /// Sends `length` bytes of `body` to an upload session: a PATCH of one
+    /// chunk, or with `digest` the final PUT that commits the blob.
+    /// Returns the session URL for the next request.
+    pub(crate) async fn upload_send(
+        &self,
+        session: &Url,
+        repository: &str,
+        start: u64,
+        length: u64,
+        commit: Option<&Digest>,
+        body: reqwest::Body,
+    ) -> Result<Url, TransferError> {
+        let scopes = [push_scope(repository)];
+        let auth = self.authorization(&scopes).await?;
+        let mut url = session.clone();
+        let request = match commit {
+            Some(digest) => {
+                url.query_pairs_mut().append_pair("digest", digest.as_str());
+                self.request(Method::PUT, url)
+            }
+            None => self.request(Method::PATCH, url).header(
+                header::CONTENT_RANGE,
+                format!("{start}-{}", (start + length).saturating_sub(1)),
+            ),
+        };
+        let mut request = request
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, length)
+            .body(body);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        self.count_request();
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let expected = if commit.is_some() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        };
+        if response.status() != expected {
+            let operation = if commit.is_some() { "upload commit" } else { "upload chunk" };
+            return Err(self.status_error(operation, response).await);
+        }
+        if commit.is_some() {
+            return Ok(session.clone());
+        }
+        self.location(&response)
+    }
+
+    /// How many bytes an upload session holds, and its current URL.
+    pub(crate) async fn upload_status(
+        &self,
+        session: &Url,
+        repository: &str,
+    ) -> Result<(u64, Url), TransferError> {
+        let scopes = [push_scope(repository)];
+        let response = self
+            .send("upload status", &scopes, &|s| s == StatusCode::NO_CONTENT, &|| {
+                Ok(self.request(Method::GET, session.clone()))
+            })
+            .await?;
+        // `Range: 0-<last byte>`. Distribution says `0-0` for both an empty
+        // session and one byte; reading it as empty is safe, because a
+        // resume from the wrong offset is refused (416) and then restarted.
+        let received = header_str(response.headers(), header::RANGE)
+            .and_then(|r| r.split_once('-').and_then(|(_, end)| end.parse::<u64>().ok()))
+            .map_or(0, |end| if end == 0 { 0 } else { end + 1 });
+        Ok((received, self.location(&response).unwrap_or_else(|_| session.clone())))
+    }
+
+    /// Abandons an upload session; best effort (the registry purges stale
+    /// sessions itself eventually).
+    pub(crate) async fn upload_cancel(&self, session: &Url, repository: &str) {
+        let scopes = [push_scope(repository)];
+        let auth = self.authorization(&scopes).await.ok().flatten();
+        let mut request = self.request(Method::DELETE, session.clone());
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        self.count_request();
+        if let Err(e) = request.send().await {
+            tracing::debug!(registry = %self.name, error = %error_chain(&e.without_url()), "upload cancel failed");
+        }
+    }
+}
+
+/// What a manifest HEAD tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// An error and its causes on one line: reqwest's own message is often just
+/// "error sending request".
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}

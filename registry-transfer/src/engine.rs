@@ -1,0 +1,720 @@
+//! The copy engine: walks an image from any [`ContentSource`] and makes the
+//! target repository hold exactly the same bytes, moving as little as it can.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt as _, TryStreamExt as _};
+
+use crate::client::{
+    COPY_REQUESTS, HttpTuning, RegistryClient, RegistrySettings, UploadStart, push_scope,
+};
+use crate::error::TransferError;
+use crate::limits::{Limiter, Permits};
+use crate::manifest::{
+    self, ManifestContent, Platform, effective_media_type, filter_index, sha256_digest, verify,
+};
+use crate::reference::{ImageRef, RepositoryRef, api_host, deterministic_tag, is_valid_tag};
+use crate::registry_source::RegistrySource;
+use crate::retry::RetryPolicy;
+use crate::source::SourceErrorKind;
+use crate::upload::{UploadPlan, upload_blob};
+use crate::{BlobStream, ContentSource, Descriptor, Digest};
+
+/// Engine-wide tuning.
+#[derive(Clone, Debug)]
+pub struct TransferConfig {
+    /// Concurrent registry operations in the whole process. A streamed blob
+    /// copy (source GET plus target upload) counts as one.
+    pub max_concurrent_requests: usize,
+    /// Concurrent operations per registry (source and target alike).
+    pub max_concurrent_per_registry: usize,
+    /// Blobs larger than this are uploaded in PATCH chunks of this size,
+    /// each a resume point; smaller ones in a single streamed PUT.
+    pub chunk_size: u64,
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    /// Longest silence on a connection before it counts as broken.
+    pub read_timeout: Duration,
+    /// How long a blob seen in a target repository is trusted to still be
+    /// there without asking again.
+    pub known_blob_ttl: Duration,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            max_concurrent_requests: 32,
+            max_concurrent_per_registry: 16,
+            chunk_size: 128 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            known_blob_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What to copy where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyRequest {
+    pub target: RepositoryRef,
+    /// The tag to set in the target. `None`: the deterministic tag of the
+    /// final digest ([`deterministic_tag`]).
+    pub tag: Option<String>,
+    /// Only these platforms of a multi-platform index (empty: all). When
+    /// this drops children, the pushed index is new and has a new digest.
+    pub platforms: Vec<Platform>,
+    /// Whether a target tag that points elsewhere may be moved.
+    pub allow_tag_move: bool,
+}
+
+impl CopyRequest {
+    pub fn new(target: RepositoryRef) -> CopyRequest {
+        CopyRequest {
+            target,
+            tag: None,
+            platforms: Vec::new(),
+            allow_tag_move: false,
+        }
+    }
+
+    pub fn with_tag(mut self, tag: impl Into<String>) -> CopyRequest {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    pub fn with_platforms(mut self, platforms: Vec<Platform>) -> CopyRequest {
+        self.platforms = platforms;
+        self
+    }
+
+    pub fn allowing_tag_move(mut self, allow: bool) -> CopyRequest {
+        self.allow_tag_move = allow;
+        self
+    }
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyReport {
+    pub target: RepositoryRef,
+    /// The tag now pointing at `digest` in the target.
+    pub tag: String,
+    /// Digest of the top-level manifest or index at the source.
+    pub source_digest: Digest,
+    /// Digest of the top-level manifest or index in the target. Equal to
+    /// `source_digest` unless a platform filter rewrote the index.
+    pub digest: Digest,
+    /// True when a platform filter dropped children, so the target index
+    /// (and its digest) differs from the source's.
+    pub index_digest_changed: bool,
+    /// The target already had everything: nothing was written.
+    pub up_to_date: bool,
+    pub manifests_copied: u32,
+    pub manifests_skipped: u32,
+    pub blobs_copied: u32,
+    pub blobs_skipped: u32,
+    pub blobs_mounted: u32,
+    /// Blob bytes streamed into the target (manifests not counted).
+    pub bytes_copied: u64,
+    /// HTTP requests this copy made (token requests included), source and
+    /// target together.
+    pub requests: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    manifests_copied: AtomicU32,
+    manifests_skipped: AtomicU32,
+    blobs_copied: AtomicU32,
+    blobs_skipped: AtomicU32,
+    blobs_mounted: AtomicU32,
+    bytes_copied: AtomicU64,
+}
+
+fn bump(counter: &AtomicU32) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What to do about the target tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TagDecision {
+    /// The tag already points at the wanted digest.
+    UpToDate,
+    /// Push (the tag is absent, or may be moved).
+    Push,
+    /// The tag points elsewhere and may not be moved.
+    Conflict(Digest),
+}
+
+/// The tag policy, pure: refuse to move a tag unless allowed.
+pub fn tag_decision(existing: Option<&Digest>, wanted: &Digest, allow_move: bool) -> TagDecision {
+    match existing {
+        None => TagDecision::Push,
+        Some(existing) if existing == wanted => TagDecision::UpToDate,
+        Some(_) if allow_move => TagDecision::Push,
+        Some(existing) => TagDecision::Conflict(existing.clone()),
+    }
+}
+
+/// Blobs recently seen in target repositories, so that a blob shared by
+/// many images is checked or mounted instead of re-sent.
+#[derive(Default)]
+struct KnownBlobs {
+    by_blob: HashMap<(String, Digest), Vec<(String, Instant)>>,
+}
+
+const KNOWN_BLOBS_MAX: usize = 100_000;
+
+impl KnownBlobs {
+    fn live<'a>(&'a self, registry: &str, digest: &Digest, ttl: Duration) -> impl Iterator<Item = &'a str> + 'a {
+        let now = Instant::now();
+        self.by_blob
+            .get(&(registry.to_owned(), digest.clone()))
+            .into_iter()
+            .flatten()
+            .filter(move |(_, seen)| now.duration_since(*seen) < ttl)
+            .map(|(repo, _)| repo.as_str())
+    }
+
+    fn remember(&mut self, registry: &str, repository: &str, digest: &Digest) {
+        if self.by_blob.len() >= KNOWN_BLOBS_MAX {
+            // A cache, not a record: forgetting only costs a HEAD later.
+            self.by_blob.clear();
+        }
+        let repos = self
+            .by_blob
+            .entry((registry.to_owned(), digest.clone()))
+            .or_default();
+        repos.retain(|(repo, _)| repo != repository);
+        repos.push((repository.to_owned(), Instant::now()));
+    }
+}
+
+/// The copy engine. Cheap to clone; clones share connections, tokens,
+/// limits and the single-flight state, so one per process is the idea.
+#[derive(Clone)]
+pub struct Transfer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TransferConfig,
+    settings: RegistrySettings,
+    tuning: HttpTuning,
+    clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
+    limiter: Limiter,
+    blob_locks: Mutex<HashMap<(String, Digest), Arc<tokio::sync::Mutex<()>>>>,
+    known: Mutex<KnownBlobs>,
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer")
+            .field("config", &self.inner.config)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing in these maps can be left half-updated by a panic.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turns a source's error into ours, keeping our own errors as they are.
+fn source_error<S: ContentSource>(error: S::Error) -> TransferError {
+    let kind = S::classify_error(&error);
+    let boxed: Box<dyn StdError + Send + Sync> = Box::new(error);
+    match boxed.downcast::<TransferError>() {
+        Ok(ours) => *ours,
+        Err(other) => {
+            let detail = crate::client::error_chain(other.as_ref());
+            match kind {
+                SourceErrorKind::NotFound => TransferError::SourceNotFound { what: detail },
+                SourceErrorKind::Transient => TransferError::SourceUnavailable {
+                    detail,
+                    transient: true,
+                },
+                SourceErrorKind::Other => TransferError::SourceUnavailable {
+                    detail,
+                    transient: false,
+                },
+            }
+        }
+    }
+}
+
+impl Transfer {
+    pub fn new(config: TransferConfig, settings: RegistrySettings) -> Transfer {
+        let tuning = HttpTuning {
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            retry: config.retry.clone(),
+            max_idle_per_host: config.max_concurrent_per_registry.max(8),
+        };
+        let limiter = Limiter::new(
+            config.max_concurrent_requests,
+            config.max_concurrent_per_registry,
+        );
+        Transfer {
+            inner: Arc::new(Inner {
+                config,
+                settings,
+                tuning,
+                clients: Mutex::new(HashMap::new()),
+                limiter,
+                blob_locks: Mutex::new(HashMap::new()),
+                known: Mutex::new(KnownBlobs::default()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &TransferConfig {
+        &self.inner.config
+    }
+
+    /// HTTP requests made so far by all copies and sources of this engine.
+    pub fn requests_made(&self) -> u64 {
+        lock(&self.inner.clients).values().map(|c| c.requests()).sum()
+    }
+
+    fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, TransferError> {
+        if let Some(client) = lock(&self.inner.clients).get(registry) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock: loading system roots takes a moment.
+        let client = Arc::new(RegistryClient::new(
+            registry,
+            api_host(registry),
+            self.inner.settings.client_options(registry),
+            &self.inner.tuning,
+        )?);
+        Ok(lock(&self.inner.clients)
+            .entry(registry.to_owned())
+            .or_insert(client)
+            .clone())
+    }
+
+    /// A registry image as a source, sharing this engine's connections.
+    pub fn registry_source(&self, image: &ImageRef) -> Result<RegistrySource, TransferError> {
+        let client = self.client(&image.repository.registry)?;
+        Ok(RegistrySource::new(client, image.clone()))
+    }
+
+    /// Copies a registry image. Without a tag in `request`, the source's
+    /// tag is used, and for a digest-only source the deterministic tag.
+    pub async fn copy_image(
+        &self,
+        source: &ImageRef,
+        request: &CopyRequest,
+    ) -> Result<CopyReport, TransferError> {
+        let registry_source = self.registry_source(source)?;
+        let mut request = request.clone();
+        if request.tag.is_none() {
+            request.tag = source.tag.clone();
+        }
+        self.copy(&registry_source, &request).await
+    }
+
+    /// Copies the image `source` was opened for into `request.target`.
+    pub async fn copy<S: ContentSource>(
+        &self,
+        source: &S,
+        request: &CopyRequest,
+    ) -> Result<CopyReport, TransferError> {
+        let counter = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let result = COPY_REQUESTS
+            .scope(counter.clone(), self.copy_inner(source, request))
+            .await;
+        let requests = counter.load(Ordering::Relaxed);
+        match &result {
+            Ok(report) => tracing::info!(
+                target = %request.target, tag = %report.tag, digest = %report.digest,
+                up_to_date = report.up_to_date, blobs_copied = report.blobs_copied,
+                blobs_mounted = report.blobs_mounted, bytes = report.bytes_copied,
+                requests, elapsed_ms = started.elapsed().as_millis() as u64, "copied"
+            ),
+            Err(e) => tracing::warn!(
+                target = %request.target, reason = e.reason(), error = %e, requests, "copy failed"
+            ),
+        }
+        result.map(|mut report| {
+            report.requests = requests;
+            report
+        })
+    }
+
+    async fn permits(&self, registries: &[Option<&str>]) -> Permits {
+        let keys: Vec<&str> = registries.iter().flatten().copied().collect();
+        self.inner.limiter.acquire(&keys).await
+    }
+
+    async fn target_manifest(
+        &self,
+        target: &RegistryClient,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, TransferError> {
+        let _permits = self.permits(&[Some(target.name())]).await;
+        let scopes = [push_scope(repository)];
+        Ok(target
+            .manifest_digest(repository, reference, &scopes)
+            .await?
+            .map(|head| head.digest))
+    }
+
+    async fn source_manifest<S: ContentSource>(
+        &self,
+        source: &S,
+        digest: &Digest,
+    ) -> Result<(Bytes, String), TransferError> {
+        let key = source.concurrency_key();
+        let _permits = self.permits(&[key.as_deref()]).await;
+        let (bytes, media_type) = source.fetch_manifest(digest).await.map_err(source_error::<S>)?;
+        verify(&bytes, digest)?;
+        Ok((bytes, media_type))
+    }
+
+    async fn push_manifest(
+        &self,
+        target: &RegistryClient,
+        repository: &str,
+        reference: &str,
+        bytes: &Bytes,
+        media_type: &str,
+        digest: &Digest,
+    ) -> Result<(), TransferError> {
+        let _permits = self.permits(&[Some(target.name())]).await;
+        let stored = target
+            .manifest_put(repository, reference, bytes, media_type)
+            .await?;
+        match stored {
+            Some(stored) if &stored != digest => Err(TransferError::DigestMismatch {
+                expected: digest.clone(),
+                actual: stored.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn copy_inner<S: ContentSource>(
+        &self,
+        source: &S,
+        request: &CopyRequest,
+    ) -> Result<CopyReport, TransferError> {
+        if let Some(tag) = &request.tag
+            && !is_valid_tag(tag)
+        {
+            return Err(TransferError::InvalidReference(format!("invalid tag {tag:?}")));
+        }
+        let target = self.client(&request.target.registry)?;
+        let repository = request.target.repository.as_str();
+        let filtering = !request.platforms.is_empty();
+        let tally = Tally::default();
+        let report = |tag: String, source_digest: Digest, digest: Digest, changed: bool, up_to_date: bool, tally: &Tally| CopyReport {
+            target: request.target.clone(),
+            tag,
+            source_digest,
+            digest,
+            index_digest_changed: changed,
+            up_to_date,
+            manifests_copied: tally.manifests_copied.load(Ordering::Relaxed),
+            manifests_skipped: tally.manifests_skipped.load(Ordering::Relaxed)
+                + u32::from(up_to_date),
+            blobs_copied: tally.blobs_copied.load(Ordering::Relaxed),
+            blobs_skipped: tally.blobs_skipped.load(Ordering::Relaxed),
+            blobs_mounted: tally.blobs_mounted.load(Ordering::Relaxed),
+            bytes_copied: tally.bytes_copied.load(Ordering::Relaxed),
+            requests: 0,
+        };
+
+        // Warm path: with the digest known and nothing to rewrite, one HEAD
+        // on the target answers "already there".
+        let mut checked: Option<(String, Option<Digest>)> = None;
+        if let (Some(known), false) = (source.known_digest(), filtering) {
+            let tag = request.tag.clone().unwrap_or_else(|| deterministic_tag(&known));
+            let existing = self.target_manifest(&target, repository, &tag).await?;
+            match tag_decision(existing.as_ref(), &known, request.allow_tag_move) {
+                TagDecision::UpToDate => {
+                    return Ok(report(tag, known.clone(), known, false, true, &tally));
+                }
+                TagDecision::Conflict(existing) => {
+                    return Err(TransferError::TagConflict {
+                        repository: request.target.to_string(),
+                        tag,
+                        existing: existing.to_string(),
+                        wanted: known,
+                    });
+                }
+                TagDecision::Push => checked = Some((tag, existing)),
+            }
+        }
+
+        let source_digest = match source.known_digest() {
+            Some(digest) => digest,
+            None => {
+                let key = source.concurrency_key();
+                let _permits = self.permits(&[key.as_deref()]).await;
+                source.resolve().await.map_err(source_error::<S>)?.digest
+            }
+        };
+        let (bytes, reported_type) = self.source_manifest(source, &source_digest).await?;
+        let media_type = effective_media_type(&bytes, &reported_type);
+        let content = manifest::parse(&bytes, &media_type, &source_digest)?;
+        let (bytes, digest, content, changed) = match (&content, filtering) {
+            (ManifestContent::Index { children }, true) => {
+                match filter_index(&bytes, &source_digest, children, &request.platforms)? {
+                    Some((new_bytes, kept)) => {
+                        let new_digest = sha256_digest(&new_bytes);
+                        (new_bytes, new_digest, ManifestContent::Index { children: kept }, true)
+                    }
+                    None => (bytes, source_digest.clone(), content, false),
+                }
+            }
+            _ => (bytes, source_digest.clone(), content, false),
+        };
+
+        let tag = request.tag.clone().unwrap_or_else(|| deterministic_tag(&digest));
+        let existing = match checked {
+            Some((checked_tag, existing)) if checked_tag == tag => existing,
+            _ => self.target_manifest(&target, repository, &tag).await?,
+        };
+        match tag_decision(existing.as_ref(), &digest, request.allow_tag_move) {
+            TagDecision::UpToDate => {
+                return Ok(report(tag, source_digest, digest, changed, true, &tally));
+            }
+            TagDecision::Conflict(existing) => {
+                return Err(TransferError::TagConflict {
+                    repository: request.target.to_string(),
+                    tag,
+                    existing: existing.to_string(),
+                    wanted: digest,
+                });
+            }
+            TagDecision::Push => {}
+        }
+
+        self.copy_content(source, &target, &request.target, &content, &tally)
+            .await?;
+        self.push_manifest(&target, repository, &tag, &bytes, &media_type, &digest)
+            .await?;
+        bump(&tally.manifests_copied);
+        Ok(report(tag, source_digest, digest, changed, false, &tally))
+    }
+
+    fn copy_content<'a, S: ContentSource>(
+        &'a self,
+        source: &'a S,
+        target: &'a Arc<RegistryClient>,
+        target_repo: &'a RepositoryRef,
+        content: &'a ManifestContent,
+        tally: &'a Tally,
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
+        let width = self.inner.config.max_concurrent_per_registry.max(1);
+        Box::pin(async move {
+            match content {
+                ManifestContent::Index { children } => {
+                    futures::stream::iter(children.iter().map(Ok))
+                        .try_for_each_concurrent(width, |child| {
+                            self.copy_child(source, target, target_repo, &child.descriptor, tally)
+                        })
+                        .await
+                }
+                ManifestContent::Image { blobs } => {
+                    futures::stream::iter(blobs.iter().map(Ok))
+                        .try_for_each_concurrent(width, |blob| {
+                            self.copy_blob(source, target, target_repo, blob, tally)
+                        })
+                        .await
+                }
+            }
+        })
+    }
+
+    async fn copy_child<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &Arc<RegistryClient>,
+        target_repo: &RepositoryRef,
+        descriptor: &Descriptor,
+        tally: &Tally,
+    ) -> Result<(), TransferError> {
+        let repository = target_repo.repository.as_str();
+        if self
+            .target_manifest(target, repository, descriptor.digest.as_str())
+            .await?
+            .is_some()
+        {
+            bump(&tally.manifests_skipped);
+            return Ok(());
+        }
+        let (bytes, reported_type) = self.source_manifest(source, &descriptor.digest).await?;
+        let reported = if reported_type.is_empty() {
+            descriptor.media_type.as_str()
+        } else {
+            reported_type.as_str()
+        };
+        let media_type = effective_media_type(&bytes, reported);
+        let content = manifest::parse(&bytes, &media_type, &descriptor.digest)?;
+        self.copy_content(source, target, target_repo, &content, tally)
+            .await?;
+        self.push_manifest(
+            target,
+            repository,
+            descriptor.digest.as_str(),
+            &bytes,
+            &media_type,
+            &descriptor.digest,
+        )
+        .await?;
+        bump(&tally.manifests_copied);
+        Ok(())
+    }
+
+    /// Single flight: one copy at a time per (target registry, blob), so a
+    /// blob shared by many concurrent copies is sent once and then found
+    /// or mounted by the others.
+    async fn copy_blob<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &Arc<RegistryClient>,
+        target_repo: &RepositoryRef,
+        descriptor: &Descriptor,
+        tally: &Tally,
+    ) -> Result<(), TransferError> {
+        let key = (target.name().to_owned(), descriptor.digest.clone());
+        let blob_lock = lock(&self.inner.blob_locks)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _flight = blob_lock.lock().await;
+            self.copy_blob_alone(source, target, target_repo, descriptor, tally)
+                .await
+        };
+        {
+            let mut locks = lock(&self.inner.blob_locks);
+            // Ours and the map's: nobody else is waiting, drop the entry.
+            if Arc::strong_count(&blob_lock) <= 2 {
+                locks.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn copy_blob_alone<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &Arc<RegistryClient>,
+        target_repo: &RepositoryRef,
+        descriptor: &Descriptor,
+        tally: &Tally,
+    ) -> Result<(), TransferError> {
+        let repository = target_repo.repository.as_str();
+        let digest = &descriptor.digest;
+        let ttl = self.inner.config.known_blob_ttl;
+        let mount_from = {
+            let known = lock(&self.inner.known);
+            if known.live(target.name(), digest, ttl).any(|r| r == repository) {
+                bump(&tally.blobs_skipped);
+                return Ok(());
+            }
+            known
+                .live(target.name(), digest, ttl)
+                .next()
+                .map(str::to_owned)
+        };
+        let mount_from = mount_from.or_else(|| {
+            source
+                .mount_origin()
+                .filter(|origin| {
+                    api_host(&origin.registry) == api_host(&target_repo.registry)
+                        && origin.repository != repository
+                })
+                .map(|origin| origin.repository)
+        });
+        let remember = || lock(&self.inner.known).remember(target.name(), repository, digest);
+
+        let source_key = source.concurrency_key();
+        let _permits = self
+            .permits(&[Some(target.name()), source_key.as_deref()])
+            .await;
+        let mut session = None;
+        if let Some(from) = &mount_from {
+            match target.upload_start(repository, Some((digest, from))).await? {
+                UploadStart::Mounted => {
+                    remember();
+                    bump(&tally.blobs_mounted);
+                    return Ok(());
+                }
+                UploadStart::Session(url) => session = Some(url),
+            }
+        }
+        let scopes = [push_scope(repository)];
+        if target.blob_exists(repository, digest, &scopes).await? {
+            if let Some(session) = &session {
+                target.upload_cancel(session, repository).await;
+            }
+            remember();
+            bump(&tally.blobs_skipped);
+            return Ok(());
+        }
+        let plan = UploadPlan {
+            client: target,
+            repository,
+            descriptor,
+            chunk_size: self.inner.config.chunk_size,
+            retry: &self.inner.config.retry,
+        };
+        let sent = upload_blob(plan, session, |offset| async move {
+            let stream = source
+                .open_blob_at(descriptor, offset)
+                .await
+                .map_err(source_error::<S>)?;
+            let stream: BlobStream<TransferError> =
+                Box::pin(stream.map(|item| item.map_err(source_error::<S>)));
+            Ok(stream)
+        })
+        .await?;
+        remember();
+        bump(&tally.blobs_copied);
+        tally.bytes_copied.fetch_add(sent, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_policy_refuses_moves_unless_allowed() {
+        let a = sha256_digest(b"a");
+        let b = sha256_digest(b"b");
+        assert_eq!(tag_decision(None, &a, false), TagDecision::Push);
+        assert_eq!(tag_decision(Some(&a), &a, false), TagDecision::UpToDate);
+        assert_eq!(tag_decision(Some(&b), &a, false), TagDecision::Conflict(b.clone()));
+        assert_eq!(tag_decision(Some(&b), &a, true), TagDecision::Push);
+    }
+
+    #[test]
+    fn known_blobs_expire_and_prefer_nothing_stale() {
+        let mut known = KnownBlobs::default();
+        let d = sha256_digest(b"x");
+        known.remember("r", "a", &d);
+        known.remember("r", "b", &d);
+        known.remember("r", "a", &d);
+        let live: Vec<&str> = known.live("r", &d, Duration::from_secs(60)).collect();
+        assert_eq!(live, vec!["b", "a"]);
+        assert_eq!(known.live("r", &d, Duration::ZERO).count(), 0);
+        assert_eq!(known.live("other", &d, Duration::from_secs(60)).count(), 0);
+    }
+}
