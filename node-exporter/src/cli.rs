@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::error::Error;
 
+/// Where Kubernetes expects the termination message.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+
 pub const USAGE: &str = "\
 Usage:
   node-exporter export --image SRC[=DEST]... [options]
@@ -102,7 +105,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             .map_or_else(|| PathBuf::from("/"), PathBuf::from),
         namespace: crate::containerd::K8S_NAMESPACE.to_owned(),
         termination_log: env_nonempty("NODE_EXPORTER_TERMINATION_LOG")
-            .map_or_else(|| PathBuf::from("/dev/termination-log"), PathBuf::from),
+            .map_or_else(|| PathBuf::from(DEFAULT_TERMINATION_LOG), PathBuf::from),
     };
     let mut image_args: Vec<String> = split_list(&env("NODE_EXPORTER_IMAGES").unwrap_or_default());
     while let Some(arg) = args.next() {
@@ -139,6 +142,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         .iter()
         .map(|a| parse_image_arg(a))
         .collect::<Result<_, _>>()?;
+    // Bad references are usage errors, caught before touching containerd.
+    for image in &options.images {
+        crate::reference::Query::parse(&image.source)?;
+        if let Some(destination) = &image.destination {
+            crate::reference::Reference::parse(destination)?;
+        }
+    }
     if options.mode == Mode::Export && options.images.is_empty() {
         return Err(usage("export needs at least one --image".into()));
     }
@@ -199,7 +209,7 @@ mod tests {
                 "export",
                 "--image",
                 "nginx:1=backup:5000/nginx",
-                "--image=sha256:abc",
+                &format!("--image=sha256:{}", "a".repeat(64)),
                 "--target-registry=backup:5000/m",
                 "--plain-http",
                 "backup:5000,other:5000",
@@ -220,7 +230,7 @@ mod tests {
                     destination: Some("backup:5000/nginx".into())
                 },
                 ImageArg {
-                    source: "sha256:abc".into(),
+                    source: format!("sha256:{}", "a".repeat(64)),
                     destination: None
                 },
             ]
@@ -258,11 +268,22 @@ mod tests {
             vec!["export", "--image"],
             vec!["export", "--image", "a="],
             vec!["export", "--image", "a", "--bogus"],
-            vec!["inventory", "--image", "a=b"],
+            vec!["inventory", "--image", "a=b:1"],
         ] {
             let result = parse(&args(&bad), no_env);
             assert!(
                 matches!(result, Err(Error::Usage(_))),
+                "{bad:?}: {result:?}"
+            );
+        }
+        for bad in [
+            vec!["export", "--image", "Bad/Ref"],
+            vec!["export", "--image", "sha256:123"],
+            vec!["export", "--image", "a=x//y"],
+        ] {
+            let result = parse(&args(&bad), no_env);
+            assert!(
+                matches!(result, Err(Error::InvalidReference { .. })),
                 "{bad:?}: {result:?}"
             );
         }

@@ -34,10 +34,10 @@ fn main() -> ExitCode {
             // not have parsed: only the default is tried.
             let report = Report::run_failed(&error);
             write_termination_message(
-                std::path::Path::new("/dev/termination-log"),
+                std::path::Path::new(cli::DEFAULT_TERMINATION_LOG),
                 &report.termination_message(TERMINATION_MESSAGE_LIMIT),
             );
-            return exit_code(exit::USAGE);
+            return exit_code(report.exit_code());
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +51,20 @@ fn main() -> ExitCode {
             return exit_code(exit::OTHER);
         }
     };
-    exit_code(runtime.block_on(run(&options)))
+    let code = runtime.block_on(run(&options));
+    tracing::info!(
+        exit_code = code,
+        peak_rss_kib = peak_rss_kib().unwrap_or(0),
+        "finished"
+    );
+    exit_code(code)
+}
+
+/// The kernel's high-water mark of this process's resident memory.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn run(options: &Options) -> i32 {
@@ -113,8 +126,13 @@ async fn connect(options: &Options) -> Result<Containerd, Error> {
 }
 
 fn write_termination_message(path: &std::path::Path, message: &str) {
-    // Outside Kubernetes the file may not exist: that must not turn a
-    // successful export into a failure.
+    // The kubelet provides the default file; outside Kubernetes it does not
+    // exist and must not be created in /dev.
+    if path == std::path::Path::new(cli::DEFAULT_TERMINATION_LOG) && !path.exists() {
+        tracing::debug!("no termination log file; result only on stdout");
+        return;
+    }
+    // A failure to write must not turn a successful export into a failure.
     if let Err(error) = std::fs::write(path, message) {
         tracing::warn!(path = %path.display(), %error, "could not write the termination message");
     }
