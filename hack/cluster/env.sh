@@ -17,8 +17,8 @@ export KUBECTL="$K8S_BIN/kubectl"
 export APISERVER_PORT=6443
 export ETCD_CLIENT_PORT=2379
 export ETCD_PEER_PORT=2380
-export SOURCE_REGISTRY="127.0.0.1:5001"   # plain HTTP, anonymous: what workloads pull from
-export BACKUP_REGISTRY="127.0.0.1:5002"   # TLS from the cluster CA + htpasswd basic auth
+export SOURCE_REGISTRY="${SOURCE_REGISTRY:-127.0.0.1:5001}"   # plain HTTP, anonymous: what workloads pull from
+export BACKUP_REGISTRY="${BACKUP_REGISTRY:-127.0.0.1:5002}"   # TLS from the cluster CA + htpasswd basic auth
 export BACKUP_REGISTRY_USER="lifeboat"
 # A fixed test password: this registry exists only on loopback for the tests.
 export BACKUP_REGISTRY_PASSWORD="lifeboat-test-password"

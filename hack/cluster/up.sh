@@ -262,8 +262,10 @@ TOML
   fi
 }
 
+declare -A reused_kubelet=()
 start_node_kubelet() {
   local node="$1" dir
+  is_running "kubelet-$node" && reused_kubelet[$node]=1
   dir="$(node_dir "$node")"
   mkdir -p "$dir/kubelet" "$dir/pod-logs"
   cat >"$dir/kubelet.yaml" <<YAML
@@ -322,9 +324,17 @@ for node in "${NODE_NAMES[@]}"; do
   start_node_kubelet "$node"
 done
 
+# Ready, as reported by a kubelet of this start: a Node object kept in etcd
+# from an earlier run still says Ready until its heartbeat goes stale.
+started_at="$(date -u -d "@$(( $(date +%s) - 1 ))" +%Y-%m-%dT%H:%M:%SZ)"
+node_ready_now() {
+  local heartbeat
+  heartbeat="$(kubectl_admin get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')"
+  [[ "${heartbeat%% *}" == True && ! "${heartbeat#* }" < "$started_at" ]]
+}
 for node in "${NODE_NAMES[@]}"; do
-  wait_for "node $node to be Ready" 120 \
-    kubectl_admin wait --for=condition=Ready "node/$node" --timeout=2s
+  if is_running "kubelet-$node" && [[ -n "${reused_kubelet[$node]:-}" ]]; then continue; fi
+  wait_for "node $node to be Ready" 120 node_ready_now "$node"
 done
 wait_for "the default service account" 60 kubectl_admin get serviceaccount default -n default
 wait_for "source registry" 30 curl -sf "http://$SOURCE_REGISTRY/v2/"

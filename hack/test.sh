@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every Lifeboat test: formatting, lints, unit and integration tests
+# (against real docker-registry and containerd processes), then the end-to-end
+# tests on the local cluster built from source. Installs and builds whatever
+# is missing first (cached under $LIFEBOAT_CACHE, so only the first run pays).
+#
+#   hack/test.sh [--keep-cluster]
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+keep_cluster=false
+[[ "${1:-}" == "--keep-cluster" ]] && keep_cluster=true
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LIFEBOAT_CACHE/cargo-target}"
+export CARGO_TERM_COLOR=never
+failed=()
+
+step() {
+  local name="$1"; shift
+  log "=== $name"
+  local start=$SECONDS
+  if "$@"; then
+    log "=== $name: ok ($((SECONDS - start)) s)"
+  else
+    log "=== $name: FAILED ($((SECONDS - start)) s)"
+    failed+=("$name")
+  fi
+}
+
+hack/install-deps.sh
+hack/build-kubernetes.sh
+
+step "cargo fmt" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --workspace --no-fail-fast
+
+source hack/cluster/env.sh
+cluster_started_here=false
+if ! kubectl_admin get --raw /readyz >/dev/null 2>&1; then
+  hack/cluster/down.sh --purge >/dev/null 2>&1 || true
+  start=$SECONDS
+  hack/cluster/up.sh
+  warm_start=$((SECONDS - start))
+  cluster_started_here=true
+  log "cluster start took ${warm_start} s"
+  step "cluster starts within 90 s" test "$warm_start" -le 90
+fi
+stop_cluster() { $cluster_started_here && ! $keep_cluster && hack/cluster/down.sh --purge; }
+trap stop_cluster EXIT
+
+hack/images/push-test-images.sh
+hack/images/lifeboat-images.sh
+for suite in tests/e2e/[0-9a-z]*.sh; do
+  [[ "$(basename "$suite")" == lib.sh ]] && continue
+  step "e2e $(basename "$suite" .sh)" bash "$suite"
+done
+
+if ((${#failed[@]} > 0)); then
+  log "failed: ${failed[*]}"
+  exit 1
+fi
+log "all tests passed"

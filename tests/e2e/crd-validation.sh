@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The generated CRDs are accepted by the real API server, the samples are
+# valid, and every object in api/tests/invalid/ is rejected with the message
+# its "# expect:" line names (schema and CEL rules evaluated by the server).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ns="crd-$RANDOM"
+echo "CRD validation on the API server (namespace $ns)"
+
+check "the CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd/"
+check "the CRDs are Established" k wait --for=condition=Established --timeout=60s \
+  crd/imagebackuppolicies.lifeboat.dev crd/imagerestores.lifeboat.dev
+k create namespace "$ns" >/dev/null
+
+for sample in "$REPO_ROOT"/config/samples/*.yaml; do
+  check "sample $(basename "$sample") is accepted" k apply -n "$ns" --dry-run=server -f "$sample"
+done
+
+rejected_with_message() {
+  local file="$1" expected out
+  expected="$(sed -n 's/^# expect: //p' "$file" | head -1)"
+  [[ -n "$expected" ]] || { echo "$file has no '# expect:' line"; return 1; }
+  if out="$(k create -n "$ns" --dry-run=server -f "$file" 2>&1)"; then
+    echo "accepted, but should have been rejected: $out"
+    return 1
+  fi
+  grep -qF -- "$expected" <<<"$out" || { echo "rejected with an unexpected message:"; echo "$out"; echo "expected: $expected"; return 1; }
+}
+invalid=("$REPO_ROOT"/api/tests/invalid/*.yaml)
+at_least_twenty() { (( ${#invalid[@]} >= 20 )) || { echo "only ${#invalid[@]} invalid objects"; return 1; }; }
+check "the table holds at least 20 invalid objects" at_least_twenty
+for file in "${invalid[@]}"; do
+  [[ -e "$file" ]] || continue
+  check "rejects $(basename "$file" .yaml)" rejected_with_message "$file"
+done
+
+# ImageRestore.spec is immutable once created.
+restore_spec_immutable() {
+  local sample="$REPO_ROOT/config/samples/restore-named-images.yaml" name
+  name="$(k create -n "$ns" -f "$sample" -o jsonpath='{.metadata.name}')" || return 1
+  local out
+  if out="$(k patch -n "$ns" imagerestore "$name" --type merge -p '{"spec":{"activeDeadlineSeconds":7}}' 2>&1)"; then
+    echo "spec change was accepted: $out"; return 1
+  fi
+  grep -qi 'immutable' <<<"$out" || { echo "unexpected message: $out"; return 1; }
+}
+check "an ImageRestore's spec cannot change" restore_spec_immutable
+
+fresh_object_not_healthy() {
+  local sample="$REPO_ROOT/config/samples/backup-policy-tenant.yaml" name gen
+  name="$(k create -n "$ns" -f "$sample" -o jsonpath='{.metadata.name}')" || return 1
+  # No operator runs here: a fresh object must not look reconciled.
+  gen="$(k get -n "$ns" imagebackuppolicy "$name" -o jsonpath='{.status.observedGeneration}')"
+  [[ -z "$gen" || "$gen" == "-1" ]] || { echo "observedGeneration is '$gen' on a fresh object"; return 1; }
+}
+check "a fresh policy does not claim to be reconciled" fresh_object_not_healthy
+check "kubectl get lifeboat lists both kinds" k get lifeboat -n "$ns"
+
+k delete namespace "$ns" --wait=false >/dev/null
+summary "CRD validation"
