@@ -31,6 +31,7 @@ Options:
   --plain-http HOST         talk plain HTTP to this registry host; repeatable
                             [env NODE_EXPORTER_PLAIN_HTTP, comma separated]
   --no-rebuild              fail instead of rebuilding discarded layers
+  --allow-tag-move          let a target tag that points at another digest be moved
   --snapshotter NAME        snapshotter holding unpacked layers (default: from labels, else overlayfs)
   --socket PATH             containerd socket [env CONTAINERD_ADDRESS]
                             (default: first found of containerd, k3s/RKE2, k0s, microk8s paths)
@@ -65,6 +66,7 @@ pub struct Options {
     pub docker_config: Option<PathBuf>,
     pub plain_http: Vec<String>,
     pub allow_rebuild: bool,
+    pub allow_tag_move: bool,
     pub snapshotter: Option<String>,
     pub socket: Option<PathBuf>,
     pub host_root: PathBuf,
@@ -74,7 +76,7 @@ pub struct Options {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
     Version,
 }
@@ -99,6 +101,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         docker_config: env_nonempty("NODE_EXPORTER_DOCKER_CONFIG").map(PathBuf::from),
         plain_http: split_list(&env("NODE_EXPORTER_PLAIN_HTTP").unwrap_or_default()),
         allow_rebuild: true,
+        allow_tag_move: false,
         snapshotter: None,
         socket: env_nonempty("CONTAINERD_ADDRESS").map(PathBuf::from),
         host_root: env_nonempty("NODE_EXPORTER_HOST_ROOT")
@@ -128,6 +131,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--docker-config" => options.docker_config = Some(value()?.into()),
             "--plain-http" => options.plain_http.extend(split_list(&value()?)),
             "--no-rebuild" => options.allow_rebuild = false,
+            "--allow-tag-move" => options.allow_tag_move = true,
             "--snapshotter" => options.snapshotter = Some(value()?),
             "--socket" => options.socket = Some(value()?.into()),
             "--host-root" => options.host_root = value()?.into(),
@@ -155,7 +159,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     if options.mode == Mode::Inventory && options.images.iter().any(|i| i.destination.is_some()) {
         return Err(usage("inventory takes no =DEST".into()));
     }
-    Ok(Command::Run(options))
+    Ok(Command::Run(Box::new(options)))
 }
 
 fn parse_image_arg(arg: &str) -> Result<ImageArg, Error> {
@@ -197,7 +201,7 @@ mod tests {
 
     fn run(command: Command) -> Options {
         match command {
-            Command::Run(options) => options,
+            Command::Run(options) => *options,
             other => panic!("expected options, got {other:?}"),
         }
     }

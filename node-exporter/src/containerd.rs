@@ -113,9 +113,18 @@ impl Containerd {
         &self,
         digest: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        self.read_stream_at(digest, 0).await
+    }
+
+    /// Streams a blob from byte `offset` on (to resume an upload).
+    pub async fn read_stream_at(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
         let request = self.request(ReadContentRequest {
             digest: digest.to_owned(),
-            offset: 0,
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
             size: 0,
         });
         let digest_owned = digest.to_owned();

@@ -5,7 +5,7 @@ use crate::containerd::Containerd;
 use crate::error::Error;
 use crate::image::{self, ImageState, Plan};
 use crate::oci::Platform;
-use crate::push::{self, PushTarget};
+use crate::push::{Pushed, Pusher};
 use crate::rebuild;
 use crate::reference::{self, Query, Reference};
 use crate::report::{ImageResult, Report, Status};
@@ -18,9 +18,20 @@ const LEASE_TTL_HOURS: i64 = 2;
 /// Exports every requested image, one after the other, and never stops at a
 /// failed one: each gets its own result.
 pub async fn run(containerd: &Containerd, options: &Options) -> Report {
+    let pusher = match Pusher::new(
+        options.docker_config.as_deref(),
+        &options.plain_http,
+        options.allow_tag_move,
+    ) {
+        Ok(pusher) => pusher,
+        Err(error) => {
+            tracing::error!(reason = error.reason(), %error, "cannot set up the registry client");
+            return Report::run_failed(&error);
+        }
+    };
     let mut results = Vec::with_capacity(options.images.len());
     for arg in &options.images {
-        let result = match export_one(containerd, arg, options).await {
+        let result = match export_one(containerd, &pusher, arg, options).await {
             Ok(result) => result,
             Err((target, error)) => {
                 tracing::error!(image = %arg.source, reason = error.reason(), %error, "export failed");
@@ -48,6 +59,7 @@ type Failure = (Option<String>, Error);
 
 async fn export_one(
     containerd: &Containerd,
+    pusher: &Pusher,
     arg: &ImageArg,
     options: &Options,
 ) -> Result<ImageResult, Failure> {
@@ -69,11 +81,6 @@ async fn export_one(
         .await
         .map_err(fail)?;
     let plan = image::decide(&state, &Platform::current()).map_err(fail)?;
-    let push_target = PushTarget {
-        plain_http: options.plain_http.iter().any(|h| *h == target.registry),
-        reference: target,
-        docker_config: options.docker_config.clone(),
-    };
     let mut result = ImageResult {
         image: arg.source.clone(),
         status: Status::Preserved,
@@ -90,8 +97,11 @@ async fn export_one(
     match plan {
         Plan::Exact { root } => {
             let source = ContainerdSource::new(containerd.clone(), root.clone());
-            let pushed = push_verified(&source, &push_target).await.map_err(fail)?;
+            let pushed = push_verified(pusher, &source, &target)
+                .await
+                .map_err(fail)?;
             result.digest = Some(pushed.digest.to_string());
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
             result.bytes = pushed.bytes_uploaded;
         }
         Plan::PlatformOnly {
@@ -106,8 +116,11 @@ async fn export_one(
                 "the node holds only part of the index: pushing one platform's manifest, not the index"
             );
             let source = ContainerdSource::new(containerd.clone(), manifest);
-            let pushed = push_verified(&source, &push_target).await.map_err(fail)?;
+            let pushed = push_verified(pusher, &source, &target)
+                .await
+                .map_err(fail)?;
             result.digest = Some(pushed.digest.to_string());
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
             result.bytes = pushed.bytes_uploaded;
             result.incomplete_index = Some(index.digest.to_string());
             result.platform = platform;
@@ -147,7 +160,7 @@ async fn export_one(
                 if let Some((config, bytes)) = &rebuilt.config {
                     source = source.with_document(config, bytes.clone());
                 }
-                let pushed = push_verified(&source, &push_target).await?;
+                let pushed = push_verified(pusher, &source, &target).await?;
                 Ok::<_, Error>((rebuilt, pushed))
             }
             .await;
@@ -163,6 +176,7 @@ async fn export_one(
             );
             result.status = Status::Rebuilt;
             result.digest = Some(pushed.digest.to_string());
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
             result.original_digest = Some(manifest.digest.to_string());
             result.incomplete_index = index.map(|i| i.digest.to_string());
             result.platform = platform;
@@ -176,13 +190,14 @@ async fn export_one(
 /// Pushes and checks the engine pushed what was asked: a digest-exact push
 /// that came out under another digest would be a lie in the report.
 async fn push_verified(
+    pusher: &Pusher,
     source: &ContainerdSource,
-    target: &PushTarget,
-) -> Result<push::Pushed, Error> {
-    let pushed = push::push(source, target).await?;
+    target: &Reference,
+) -> Result<Pushed, Error> {
+    let pushed = pusher.push(source, target).await?;
     if pushed.digest != source.root().digest {
         return Err(Error::Push {
-            target: target.reference.to_string(),
+            target: target.to_string(),
             engine_reason: None,
             message: format!(
                 "pushed {} but expected {}",
@@ -191,6 +206,15 @@ async fn push_verified(
             ),
         });
     }
+    tracing::info!(
+        target = %target,
+        tag = %pushed.tag,
+        digest = %pushed.digest,
+        blobs_copied = pushed.blobs_copied,
+        blobs_skipped = pushed.blobs_skipped,
+        bytes = pushed.bytes_uploaded,
+        "pushed"
+    );
     Ok(pushed)
 }
 
@@ -234,7 +258,7 @@ fn manifest_content<'a>(
     manifest: &registry_transfer::Descriptor,
 ) -> Result<&'a image::ManifestContent, Error> {
     let states: Vec<&image::ManifestState> = match state {
-        ImageState::Manifest(m) => vec![m],
+        ImageState::Manifest(m) => vec![m.as_ref()],
         ImageState::Index { children, .. } => children.iter().collect(),
     };
     states

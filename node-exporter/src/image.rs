@@ -50,7 +50,7 @@ impl ManifestState {
 /// What the node holds of the image a query designates.
 #[derive(Clone, Debug)]
 pub enum ImageState {
-    Manifest(ManifestState),
+    Manifest(Box<ManifestState>),
     Index {
         descriptor: Descriptor,
         children: Vec<ManifestState>,
@@ -227,9 +227,9 @@ pub async fn inspect(
         None => sniff_kind(containerd, descriptor).await?,
     };
     match kind {
-        DocumentKind::Manifest => Ok(ImageState::Manifest(
+        DocumentKind::Manifest => Ok(ImageState::Manifest(Box::new(
             inspect_manifest(containerd, descriptor.clone(), None).await?,
-        )),
+        ))),
         DocumentKind::Index => {
             if !containerd.has(descriptor.digest.as_str()).await? {
                 return Err(Error::ImageNotFound(descriptor.digest.to_string()));
@@ -426,7 +426,7 @@ pub struct InventoryManifest {
 /// The inventory line for one image, from its state.
 pub fn inventory_entry(names: Vec<String>, state: &ImageState, node: &Platform) -> InventoryEntry {
     let (descriptor, manifests): (&Descriptor, Vec<&ManifestState>) = match state {
-        ImageState::Manifest(m) => (&m.descriptor, vec![m]),
+        ImageState::Manifest(m) => (&m.descriptor, vec![m.as_ref()]),
         ImageState::Index {
             descriptor,
             children,
@@ -525,7 +525,11 @@ mod tests {
 
     #[test]
     fn complete_manifest_is_exact() {
-        let state = ImageState::Manifest(manifest('a', "amd64", Some((true, vec![true, true]))));
+        let state = ImageState::Manifest(Box::new(manifest(
+            'a',
+            "amd64",
+            Some((true, vec![true, true])),
+        )));
         assert_eq!(
             decide(&state, &amd64()).unwrap(),
             Plan::Exact {
@@ -592,7 +596,8 @@ mod tests {
 
     #[test]
     fn missing_config_or_manifest_is_not_exportable() {
-        let state = ImageState::Manifest(manifest('a', "amd64", Some((false, vec![true]))));
+        let state =
+            ImageState::Manifest(Box::new(manifest('a', "amd64", Some((false, vec![true])))));
         assert!(matches!(
             decide(&state, &amd64()),
             Err(Error::ContentMissing { .. })

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         .init();
     // The engine's HTTP client is built without a crypto provider of its
     // own; the binary picks ring for the whole process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    registry_transfer::install_crypto_provider();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match cli::parse(&args, |name| std::env::var(name).ok()) {

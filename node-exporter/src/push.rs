@@ -1,41 +1,109 @@
 //! The one place node-exporter hands an image to the shared copy engine.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use registry_transfer::Digest;
+use registry_transfer::{
+    CopyRequest, Digest, DockerConfig, RegistrySettings, RepositoryRef, Transfer, TransferConfig,
+    TransferError,
+};
 
 use crate::error::Error;
 use crate::reference::Reference;
 use crate::source::ContainerdSource;
-
-/// Where and how to push.
-#[derive(Clone, Debug)]
-pub struct PushTarget {
-    /// Repository and optional tag; without a tag the image is pushed by
-    /// digest only.
-    pub reference: Reference,
-    /// A mounted `.dockerconfigjson` with credentials for the target.
-    pub docker_config: Option<PathBuf>,
-    /// Talk plain HTTP to the target (test and in-cluster registries).
-    pub plain_http: bool,
-}
 
 /// What the engine did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
     /// The digest of the top-level manifest or index now in the registry.
     pub digest: Digest,
-    /// Bytes uploaded (blobs the registry already had are not counted).
+    /// The tag now pointing at it (the engine's deterministic tag when the
+    /// target named none).
+    pub tag: String,
+    /// Blob bytes uploaded (blobs the registry already had not counted).
     pub bytes_uploaded: u64,
+    pub blobs_copied: u32,
+    pub blobs_skipped: u32,
 }
 
-/// Pushes the image `source` resolves to, with every blob streamed from the
-/// node and verified on the way by the engine.
-pub async fn push(source: &ContainerdSource, target: &PushTarget) -> Result<Pushed, Error> {
-    let _ = source;
-    Err(Error::Push {
-        target: target.reference.to_string(),
-        engine_reason: None,
-        message: "registry-transfer does not expose a push API yet".to_owned(),
-    })
+/// The copy engine, configured once per run.
+pub struct Pusher {
+    engine: Transfer,
+    allow_tag_move: bool,
+}
+
+impl Pusher {
+    /// `docker_config` is a mounted `.dockerconfigjson`; `plain_http` lists
+    /// registries spoken to without TLS.
+    pub fn new(
+        docker_config: Option<&Path>,
+        plain_http: &[String],
+        allow_tag_move: bool,
+    ) -> Result<Pusher, Error> {
+        let mut settings = RegistrySettings::new();
+        if let Some(path) = docker_config {
+            let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                context: "cannot read docker config",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let parsed = DockerConfig::parse(&bytes)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            settings = settings.with_docker_config(parsed);
+        }
+        for host in plain_http {
+            settings = settings.allow_plain_http(host);
+        }
+        // A node Job shares the node with workloads: fewer parallel streams
+        // than the operator's default, memory stays flat either way.
+        let config = TransferConfig {
+            max_concurrent_requests: 8,
+            max_concurrent_per_registry: 4,
+            ..TransferConfig::default()
+        };
+        Ok(Pusher {
+            engine: Transfer::new(config, settings),
+            allow_tag_move,
+        })
+    }
+
+    /// Pushes the image `source` resolves to, every blob streamed from the
+    /// node and verified on the way by the engine. A target without a tag
+    /// gets the engine's deterministic tag.
+    pub async fn push(
+        &self,
+        source: &ContainerdSource,
+        target: &Reference,
+    ) -> Result<Pushed, Error> {
+        let mut request =
+            CopyRequest::new(RepositoryRef::new(&target.registry, &target.repository))
+                .allowing_tag_move(self.allow_tag_move);
+        if let Some(tag) = &target.tag {
+            request = request.with_tag(tag.clone());
+        }
+        let report = self
+            .engine
+            .copy(source, &request)
+            .await
+            .map_err(|e| engine_error(e, target))?;
+        Ok(Pushed {
+            digest: report.digest,
+            tag: report.tag,
+            bytes_uploaded: report.bytes_copied,
+            blobs_copied: report.blobs_copied,
+            blobs_skipped: report.blobs_skipped + report.blobs_mounted,
+        })
+    }
+}
+
+/// Content vanishing from the node mid-copy means the node cannot supply
+/// the image; everything else is a failed push.
+fn engine_error(error: TransferError, target: &Reference) -> Error {
+    match error {
+        TransferError::SourceNotFound { what } => Error::ContentMissing { digest: what },
+        other => Error::Push {
+            target: target.to_string(),
+            engine_reason: Some(other.reason().to_owned()),
+            message: format!("{}: {other}", other.reason()),
+        },
+    }
 }

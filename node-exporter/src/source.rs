@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use registry_transfer::{BlobStream, ContentSource, Descriptor, Digest};
+use registry_transfer::{BlobStream, ContentSource, Descriptor, Digest, SourceErrorKind};
 
 use crate::containerd::Containerd;
 use crate::error::Error;
@@ -98,5 +98,44 @@ impl ContentSource for ContainerdSource {
             return Ok(true);
         }
         self.containerd.has(descriptor.digest.as_str()).await
+    }
+
+    async fn open_blob_at(
+        &self,
+        descriptor: &Descriptor,
+        offset: u64,
+    ) -> Result<BlobStream<Error>, Error> {
+        if let Some((bytes, _)) = self.synthesized.get(&descriptor.digest) {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let chunk: Result<Bytes, Error> = Ok(bytes.slice(start..));
+            return Ok(Box::pin(futures::stream::iter([chunk])));
+        }
+        // containerd reads at an offset itself: no bytes re-sent to skip.
+        let stream = self
+            .containerd
+            .read_stream_at(descriptor.digest.as_str(), offset)
+            .await?;
+        Ok(Box::pin(stream))
+    }
+
+    fn known_digest(&self) -> Option<Digest> {
+        Some(self.root.digest.clone())
+    }
+
+    fn classify_error(error: &Error) -> SourceErrorKind {
+        match error {
+            Error::ContentMissing { .. } | Error::ImageNotFound(_) => SourceErrorKind::NotFound,
+            Error::Containerd { status, .. }
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+                ) =>
+            {
+                SourceErrorKind::Transient
+            }
+            _ => SourceErrorKind::Other,
+        }
     }
 }
