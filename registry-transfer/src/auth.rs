@@ -129,17 +129,27 @@ mod tests {
                 scope: Some("repository:a/b:pull,push".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge(r#"Bearer service="x""#), None);
     }
 
     #[test]
     fn token_responses_accept_both_field_names() {
-        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"abc","expires_in":300}"#).unwrap();
-        assert_eq!(t.into_token(), Some(("abc".into(), Duration::from_secs(300))));
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"abc","expires_in":300}"#).unwrap();
+        assert_eq!(
+            t.into_token(),
+            Some(("abc".into(), Duration::from_secs(300)))
+        );
         let t: TokenResponse = serde_json::from_str(r#"{"token":"xyz"}"#).unwrap();
-        assert_eq!(t.into_token(), Some(("xyz".into(), Duration::from_secs(60))));
+        assert_eq!(
+            t.into_token(),
+            Some(("xyz".into(), Duration::from_secs(60)))
+        );
         let t: TokenResponse = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(t.into_token(), None);
     }

@@ -66,7 +66,11 @@ impl RegistrySettings {
         self
     }
 
-    pub fn with_credentials(mut self, registry: &str, credentials: Credentials) -> RegistrySettings {
+    pub fn with_credentials(
+        mut self,
+        registry: &str,
+        credentials: Credentials,
+    ) -> RegistrySettings {
         self.docker_config.insert(registry, credentials);
         self
     }
@@ -165,13 +169,19 @@ impl RegistryClient {
             .read_timeout(tuning.read_timeout)
             .pool_max_idle_per_host(tuning.max_idle_per_host)
             .tcp_nodelay(true)
-            .user_agent(concat!("lifeboat-registry-transfer/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!(
+                "lifeboat-registry-transfer/",
+                env!("CARGO_PKG_VERSION")
+            ));
         if !options.plain_http {
             let config = tls::client_config(options.ca_bundle.as_deref())?;
             builder = builder.tls_backend_preconfigured(config);
         }
         let http = builder.build().map_err(|e| {
-            TransferError::InvalidConfiguration(format!("HTTP client for {registry}: {}", e.without_url()))
+            TransferError::InvalidConfiguration(format!(
+                "HTTP client for {registry}: {}",
+                e.without_url()
+            ))
         })?;
         Ok(RegistryClient {
             name: registry.to_owned(),
@@ -252,8 +262,9 @@ impl RegistryClient {
                 let token = match cached {
                     Some(token) => token,
                     None => {
-                        let (token, lifetime) =
-                            self.fetch_token(&realm, service.as_deref(), &scopes).await?;
+                        let (token, lifetime) = self
+                            .fetch_token(&realm, service.as_deref(), &scopes)
+                            .await?;
                         self.lock_tokens()
                             .insert(key, (token.clone(), Instant::now() + lifetime));
                         token
@@ -309,7 +320,10 @@ impl RegistryClient {
             }
             _ => return Err(self.status_error("token request", response).await),
         }
-        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let parsed: TokenResponse =
             serde_json::from_slice(&body).map_err(|_| TransferError::Protocol {
                 registry: self.name.clone(),
@@ -329,7 +343,13 @@ impl RegistryClient {
         let error = error.without_url();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
-            if let Some(tls_error) = e.downcast_ref::<rustls::Error>() {
+            // hyper-rustls wraps the rustls error in an io::Error, whose
+            // `source()` skips it: look inside explicitly.
+            let inner = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            if let Some(tls_error) = e.downcast_ref::<rustls::Error>().or(inner) {
                 return TransferError::Tls {
                     registry: self.name.clone(),
                     detail: tls_error.to_string(),
@@ -338,6 +358,24 @@ impl RegistryClient {
             source = e.source();
         }
         let detail = error_chain(&error);
+        // Some wrappers on the way hide the rustls error from downcasting;
+        // its message is unmistakable.
+        let lower = detail.to_ascii_lowercase();
+        if [
+            "invalid peer certificate",
+            "peer sent no certificates",
+            "received fatal alert",
+            "received corrupt message",
+            "peer is incompatible",
+        ]
+        .iter()
+        .any(|marker| lower.contains(marker))
+        {
+            return TransferError::Tls {
+                registry: self.name.clone(),
+                detail,
+            };
+        }
         if error.is_body() || error.is_decode() {
             TransferError::Interrupted {
                 registry: self.name.clone(),
@@ -505,21 +543,22 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        match header_str(response.headers(), "docker-content-digest").and_then(|d| Digest::parse(&d)) {
+        match header_str(response.headers(), "docker-content-digest")
+            .and_then(|d| Digest::parse(&d))
+        {
             Some(digest) => Ok(Some(ManifestHead {
                 digest,
                 media_type,
                 size,
             })),
             // Some registries omit the header on HEAD: fetch and hash.
-            None => Ok(self
-                .manifest_get(repository, reference, scopes)
-                .await?
-                .map(|(bytes, media_type)| ManifestHead {
+            None => Ok(self.manifest_get(repository, reference, scopes).await?.map(
+                |(bytes, media_type)| ManifestHead {
                     digest: sha256_digest(&bytes),
                     media_type,
                     size: bytes.len() as u64,
-                })),
+                },
+            )),
         }
     }
 
@@ -619,8 +658,10 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
         offset: u64,
-    ) -> Result<Option<impl Stream<Item = Result<Bytes, TransferError>> + Send + 'static>, TransferError>
-    {
+    ) -> Result<
+        Option<impl Stream<Item = Result<Bytes, TransferError>> + Send + 'static>,
+        TransferError,
+    > {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let scopes = [pull_scope(repository)];
         let response = self
@@ -697,59 +738,67 @@ impl RegistryClient {
                 detail: "upload response without Location".into(),
             }
         })?;
-        self.base.join(&location).map_err(|_| TransferError::Protocol {
-            registry: self.name.clone(),
-            detail: "upload Location is not a URL".into(),
-        })
+        self.base
+            .join(&location)
+            .map_err(|_| TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: "upload Location is not a URL".into(),
+            })
     }
 
-    /// Sends `length` bytes of `body` to an upload session: a PATCH of one
-    /// chunk, or with `digest` the final PUT that commits the blob.
-    /// Returns the session URL for the next request.
-    pub(crate) async fn upload_send(
+    /// Appends a streamed body to an upload session (PATCH, chunked
+    /// transfer encoding, so the body may end early and cleanly). Returns
+    /// the session URL for the next request and the bytes the registry now
+    /// holds, if it said.
+    pub(crate) async fn upload_patch(
         &self,
         session: &Url,
         repository: &str,
-        start: u64,
-        length: u64,
-        commit: Option<&Digest>,
         body: reqwest::Body,
-    ) -> Result<Url, TransferError> {
+    ) -> Result<(Url, Option<u64>), TransferError> {
         let scopes = [push_scope(repository)];
-        let auth = self.authorization(&scopes).await?;
-        let mut url = session.clone();
-        let request = match commit {
-            Some(digest) => {
-                url.query_pairs_mut().append_pair("digest", digest.as_str());
-                self.request(Method::PUT, url)
-            }
-            None => self.request(Method::PATCH, url).header(
-                header::CONTENT_RANGE,
-                format!("{start}-{}", (start + length).saturating_sub(1)),
-            ),
-        };
-        let mut request = request
+        let mut request = self
+            .request(Method::PATCH, session.clone())
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_LENGTH, length)
             .body(body);
-        if let Some(auth) = auth {
+        if let Some(auth) = self.authorization(&scopes).await? {
             request = request.header(header::AUTHORIZATION, auth);
         }
         self.count_request();
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
-        let expected = if commit.is_some() {
-            StatusCode::CREATED
-        } else {
-            StatusCode::ACCEPTED
-        };
-        if response.status() != expected {
-            let operation = if commit.is_some() { "upload commit" } else { "upload chunk" };
-            return Err(self.status_error(operation, response).await);
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(self.status_error("upload chunk", response).await);
         }
-        if commit.is_some() {
-            return Ok(session.clone());
+        let received = range_end(response.headers());
+        Ok((self.location(&response)?, received))
+    }
+
+    /// Commits an upload session under `digest`, sending the last `body`
+    /// bytes with it (empty when everything went by PATCH).
+    pub(crate) async fn upload_commit(
+        &self,
+        session: &Url,
+        repository: &str,
+        digest: &Digest,
+        body: Bytes,
+    ) -> Result<(), TransferError> {
+        let scopes = [push_scope(repository)];
+        let mut url = session.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let mut request = self
+            .request(Method::PUT, url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(body);
+        if let Some(auth) = self.authorization(&scopes).await? {
+            request = request.header(header::AUTHORIZATION, auth);
         }
-        self.location(&response)
+        self.count_request();
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        if response.status() != StatusCode::CREATED {
+            return Err(self.status_error("upload commit", response).await);
+        }
+        Ok(())
     }
 
     /// How many bytes an upload session holds, and its current URL.
@@ -760,17 +809,18 @@ impl RegistryClient {
     ) -> Result<(u64, Url), TransferError> {
         let scopes = [push_scope(repository)];
         let response = self
-            .send("upload status", &scopes, &|s| s == StatusCode::NO_CONTENT, &|| {
-                Ok(self.request(Method::GET, session.clone()))
-            })
+            .send(
+                "upload status",
+                &scopes,
+                &|s| s == StatusCode::NO_CONTENT,
+                &|| Ok(self.request(Method::GET, session.clone())),
+            )
             .await?;
-        // `Range: 0-<last byte>`. Distribution says `0-0` for both an empty
-        // session and one byte; reading it as empty is safe, because a
-        // resume from the wrong offset is refused (416) and then restarted.
-        let received = header_str(response.headers(), header::RANGE)
-            .and_then(|r| r.split_once('-').and_then(|(_, end)| end.parse::<u64>().ok()))
-            .map_or(0, |end| if end == 0 { 0 } else { end + 1 });
-        Ok((received, self.location(&response).unwrap_or_else(|_| session.clone())))
+        let received = range_end(response.headers()).unwrap_or(0);
+        Ok((
+            received,
+            self.location(&response).unwrap_or_else(|_| session.clone()),
+        ))
     }
 
     /// Abandons an upload session; best effort (the registry purges stale
@@ -795,6 +845,18 @@ pub(crate) struct ManifestHead {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+}
+
+/// Bytes held by an upload session, from `Range: 0-<last byte>`.
+/// Distribution says `0-0` for both an empty session and one byte; reading
+/// it as empty is safe: the caller then restarts rather than resumes.
+fn range_end(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::RANGE)
+        .and_then(|r| {
+            r.split_once('-')
+                .and_then(|(_, end)| end.parse::<u64>().ok())
+        })
+        .map(|end| if end == 0 { 0 } else { end + 1 })
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {

@@ -185,7 +185,10 @@ mod tests {
                 password: Secret::new("hunter2")
             }
         );
-        assert_eq!(config.credentials_for("other.example"), Credentials::Anonymous);
+        assert_eq!(
+            config.credentials_for("other.example"),
+            Credentials::Anonymous
+        );
     }
 
     #[test]
@@ -207,8 +210,14 @@ mod tests {
 
     #[test]
     fn normalizes_registry_spellings() {
-        assert_eq!(normalize_registry("https://index.docker.io/v1/"), "docker.io");
-        assert_eq!(normalize_registry("HTTP://Reg.Example:5000/"), "reg.example:5000");
+        assert_eq!(
+            normalize_registry("https://index.docker.io/v1/"),
+            "docker.io"
+        );
+        assert_eq!(
+            normalize_registry("HTTP://Reg.Example:5000/"),
+            "reg.example:5000"
+        );
         assert_eq!(normalize_registry("quay.io"), "quay.io");
     }
 }

@@ -23,7 +23,7 @@ use crate::reference::{ImageRef, RepositoryRef, api_host, deterministic_tag, is_
 use crate::registry_source::RegistrySource;
 use crate::retry::RetryPolicy;
 use crate::source::SourceErrorKind;
-use crate::upload::{UploadPlan, upload_blob};
+use crate::upload::{SessionGuard, UploadPlan, upload_blob};
 use crate::{BlobStream, ContentSource, Descriptor, Digest};
 
 /// Engine-wide tuning.
@@ -34,9 +34,12 @@ pub struct TransferConfig {
     pub max_concurrent_requests: usize,
     /// Concurrent operations per registry (source and target alike).
     pub max_concurrent_per_registry: usize,
-    /// Blobs larger than this are uploaded in PATCH chunks of this size,
-    /// each a resume point; smaller ones in a single streamed PUT.
+    /// Streamed blobs are sent in PATCH requests of at most this size.
     pub chunk_size: u64,
+    /// Blobs up to this size are read and verified in memory, then sent
+    /// in one PUT (two requests instead of three); larger ones stream.
+    /// Bounds memory at this times the number of concurrent operations.
+    pub buffered_blob_max: u64,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// Longest silence on a connection before it counts as broken.
@@ -52,6 +55,7 @@ impl Default for TransferConfig {
             max_concurrent_requests: 32,
             max_concurrent_per_registry: 16,
             chunk_size: 128 * 1024 * 1024,
+            buffered_blob_max: 512 * 1024,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
@@ -173,7 +177,12 @@ struct KnownBlobs {
 const KNOWN_BLOBS_MAX: usize = 100_000;
 
 impl KnownBlobs {
-    fn live<'a>(&'a self, registry: &str, digest: &Digest, ttl: Duration) -> impl Iterator<Item = &'a str> + 'a {
+    fn live<'a>(
+        &'a self,
+        registry: &str,
+        digest: &Digest,
+        ttl: Duration,
+    ) -> impl Iterator<Item = &'a str> + 'a {
         let now = Instant::now();
         self.by_blob
             .get(&(registry.to_owned(), digest.clone()))
@@ -204,13 +213,16 @@ pub struct Transfer {
     inner: Arc<Inner>,
 }
 
+/// A blob in a target registry: (registry, digest).
+type BlobKey = (String, Digest);
+
 struct Inner {
     config: TransferConfig,
     settings: RegistrySettings,
     tuning: HttpTuning,
     clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
     limiter: Limiter,
-    blob_locks: Mutex<HashMap<(String, Digest), Arc<tokio::sync::Mutex<()>>>>,
+    blob_locks: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
     known: Mutex<KnownBlobs>,
 }
 
@@ -282,7 +294,10 @@ impl Transfer {
 
     /// HTTP requests made so far by all copies and sources of this engine.
     pub fn requests_made(&self) -> u64 {
-        lock(&self.inner.clients).values().map(|c| c.requests()).sum()
+        lock(&self.inner.clients)
+            .values()
+            .map(|c| c.requests())
+            .sum()
     }
 
     fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, TransferError> {
@@ -378,9 +393,18 @@ impl Transfer {
     ) -> Result<(Bytes, String), TransferError> {
         let key = source.concurrency_key();
         let _permits = self.permits(&[key.as_deref()]).await;
-        let (bytes, media_type) = source.fetch_manifest(digest).await.map_err(source_error::<S>)?;
+        let (bytes, media_type) = source
+            .fetch_manifest(digest)
+            .await
+            .map_err(source_error::<S>)?;
         verify(&bytes, digest)?;
         Ok((bytes, media_type))
+    }
+
+    async fn resolve_source<S: ContentSource>(&self, source: &S) -> Result<Digest, TransferError> {
+        let key = source.concurrency_key();
+        let _permits = self.permits(&[key.as_deref()]).await;
+        Ok(source.resolve().await.map_err(source_error::<S>)?.digest)
     }
 
     async fn push_manifest(
@@ -413,13 +437,20 @@ impl Transfer {
         if let Some(tag) = &request.tag
             && !is_valid_tag(tag)
         {
-            return Err(TransferError::InvalidReference(format!("invalid tag {tag:?}")));
+            return Err(TransferError::InvalidReference(format!(
+                "invalid tag {tag:?}"
+            )));
         }
         let target = self.client(&request.target.registry)?;
         let repository = request.target.repository.as_str();
         let filtering = !request.platforms.is_empty();
         let tally = Tally::default();
-        let report = |tag: String, source_digest: Digest, digest: Digest, changed: bool, up_to_date: bool, tally: &Tally| CopyReport {
+        let report = |tag: String,
+                      source_digest: Digest,
+                      digest: Digest,
+                      changed: bool,
+                      up_to_date: bool,
+                      tally: &Tally| CopyReport {
             target: request.target.clone(),
             tag,
             source_digest,
@@ -436,35 +467,46 @@ impl Transfer {
             requests: 0,
         };
 
-        // Warm path: with the digest known and nothing to rewrite, one HEAD
-        // on the target answers "already there".
+        // Warm path: once the source digest is known (for free when the
+        // source was opened by digest, else one HEAD), and with nothing to
+        // rewrite, one HEAD on the target answers "already there".
+        let mut source_digest = source.known_digest();
+        if source_digest.is_none() && !filtering {
+            source_digest = Some(self.resolve_source(source).await?);
+        }
         let mut checked: Option<(String, Option<Digest>)> = None;
-        if let (Some(known), false) = (source.known_digest(), filtering) {
-            let tag = request.tag.clone().unwrap_or_else(|| deterministic_tag(&known));
+        if let (Some(known), false) = (&source_digest, filtering) {
+            let tag = request
+                .tag
+                .clone()
+                .unwrap_or_else(|| deterministic_tag(known));
             let existing = self.target_manifest(&target, repository, &tag).await?;
-            match tag_decision(existing.as_ref(), &known, request.allow_tag_move) {
+            match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
                 TagDecision::UpToDate => {
-                    return Ok(report(tag, known.clone(), known, false, true, &tally));
+                    return Ok(report(
+                        tag,
+                        known.clone(),
+                        known.clone(),
+                        false,
+                        true,
+                        &tally,
+                    ));
                 }
                 TagDecision::Conflict(existing) => {
                     return Err(TransferError::TagConflict {
                         repository: request.target.to_string(),
                         tag,
                         existing: existing.to_string(),
-                        wanted: known,
+                        wanted: known.clone(),
                     });
                 }
                 TagDecision::Push => checked = Some((tag, existing)),
             }
         }
 
-        let source_digest = match source.known_digest() {
+        let source_digest = match source_digest {
             Some(digest) => digest,
-            None => {
-                let key = source.concurrency_key();
-                let _permits = self.permits(&[key.as_deref()]).await;
-                source.resolve().await.map_err(source_error::<S>)?.digest
-            }
+            None => self.resolve_source(source).await?,
         };
         let (bytes, reported_type) = self.source_manifest(source, &source_digest).await?;
         let media_type = effective_media_type(&bytes, &reported_type);
@@ -474,7 +516,12 @@ impl Transfer {
                 match filter_index(&bytes, &source_digest, children, &request.platforms)? {
                     Some((new_bytes, kept)) => {
                         let new_digest = sha256_digest(&new_bytes);
-                        (new_bytes, new_digest, ManifestContent::Index { children: kept }, true)
+                        (
+                            new_bytes,
+                            new_digest,
+                            ManifestContent::Index { children: kept },
+                            true,
+                        )
                     }
                     None => (bytes, source_digest.clone(), content, false),
                 }
@@ -482,7 +529,10 @@ impl Transfer {
             _ => (bytes, source_digest.clone(), content, false),
         };
 
-        let tag = request.tag.clone().unwrap_or_else(|| deterministic_tag(&digest));
+        let tag = request
+            .tag
+            .clone()
+            .unwrap_or_else(|| deterministic_tag(&digest));
         let existing = match checked {
             Some((checked_tag, existing)) if checked_tag == tag => existing,
             _ => self.target_manifest(&target, repository, &tag).await?,
@@ -623,7 +673,10 @@ impl Transfer {
         let ttl = self.inner.config.known_blob_ttl;
         let mount_from = {
             let known = lock(&self.inner.known);
-            if known.live(target.name(), digest, ttl).any(|r| r == repository) {
+            if known
+                .live(target.name(), digest, ttl)
+                .any(|r| r == repository)
+            {
                 bump(&tally.blobs_skipped);
                 return Ok(());
             }
@@ -649,19 +702,24 @@ impl Transfer {
             .await;
         let mut session = None;
         if let Some(from) = &mount_from {
-            match target.upload_start(repository, Some((digest, from))).await? {
+            match target
+                .upload_start(repository, Some((digest, from)))
+                .await?
+            {
                 UploadStart::Mounted => {
                     remember();
                     bump(&tally.blobs_mounted);
                     return Ok(());
                 }
-                UploadStart::Session(url) => session = Some(url),
+                UploadStart::Session(url) => {
+                    session = Some(SessionGuard::new(target.clone(), repository, url));
+                }
             }
         }
         let scopes = [push_scope(repository)];
         if target.blob_exists(repository, digest, &scopes).await? {
-            if let Some(session) = &session {
-                target.upload_cancel(session, repository).await;
+            if let Some(mut session) = session {
+                session.cancel().await;
             }
             remember();
             bump(&tally.blobs_skipped);
@@ -672,6 +730,7 @@ impl Transfer {
             repository,
             descriptor,
             chunk_size: self.inner.config.chunk_size,
+            buffered_max: self.inner.config.buffered_blob_max,
             retry: &self.inner.config.retry,
         };
         let sent = upload_blob(plan, session, |offset| async move {
@@ -701,7 +760,10 @@ mod tests {
         let b = sha256_digest(b"b");
         assert_eq!(tag_decision(None, &a, false), TagDecision::Push);
         assert_eq!(tag_decision(Some(&a), &a, false), TagDecision::UpToDate);
-        assert_eq!(tag_decision(Some(&b), &a, false), TagDecision::Conflict(b.clone()));
+        assert_eq!(
+            tag_decision(Some(&b), &a, false),
+            TagDecision::Conflict(b.clone())
+        );
         assert_eq!(tag_decision(Some(&b), &a, true), TagDecision::Push);
     }
 

@@ -37,7 +37,9 @@ pub enum TransferError {
         actual: u64,
     },
 
-    #[error("tag {tag} in {repository} points to {existing}, not {wanted}, and moving tags is not allowed")]
+    #[error(
+        "tag {tag} in {repository} points to {existing}, not {wanted}, and moving tags is not allowed"
+    )]
     TagConflict {
         repository: String,
         tag: String,

@@ -19,6 +19,9 @@
 //! # Ok(()) }
 //! ```
 
+// Tests may panic on what they did not expect; production code may not.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod auth;
 mod client;
 pub mod credentials;

@@ -87,7 +87,9 @@ mod tests {
             }));
         }
         let all = futures::future::join_all(tasks);
-        tokio::time::timeout(Duration::from_secs(10), all).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .unwrap();
         assert_eq!(peak.load(Ordering::SeqCst), 2);
     }
 }

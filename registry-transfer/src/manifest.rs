@@ -163,14 +163,18 @@ pub fn effective_media_type(bytes: &[u8], reported: &str) -> String {
 /// the document has the shape of an index or an image/artifact manifest;
 /// Docker schema 1 is refused (it cannot be copied digest-exactly between
 /// registries, which re-sign it).
-pub fn parse(bytes: &[u8], media_type: &str, digest: &Digest) -> Result<ManifestContent, TransferError> {
+pub fn parse(
+    bytes: &[u8],
+    media_type: &str,
+    digest: &Digest,
+) -> Result<ManifestContent, TransferError> {
     if media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED {
         return Err(TransferError::UnsupportedMediaType {
             media_type: media_type.to_owned(),
         });
     }
-    let raw: RawManifest =
-        serde_json::from_slice(bytes).map_err(|e| invalid(digest, format!("not a manifest: {e}")))?;
+    let raw: RawManifest = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(digest, format!("not a manifest: {e}")))?;
     if raw.schema_version == Some(1) {
         return Err(TransferError::UnsupportedMediaType {
             media_type: raw.media_type.unwrap_or_else(|| DOCKER_SCHEMA1.to_owned()),
@@ -311,11 +315,17 @@ mod tests {
         match parse(image.as_bytes(), OCI_MANIFEST, &owner).unwrap() {
             ManifestContent::Image { blobs } => {
                 assert_eq!(blobs.len(), 2);
-                assert_eq!(blobs[1].media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
+                assert_eq!(
+                    blobs[1].media_type,
+                    "application/vnd.oci.image.layer.v1.tar+zstd"
+                );
             }
             other => panic!("{other:?}"),
         }
-        let artifact = format!(r#"{{"blobs":[{{"mediaType":"any/thing","digest":"{}","size":3}}]}}"#, d('c'));
+        let artifact = format!(
+            r#"{{"blobs":[{{"mediaType":"any/thing","digest":"{}","size":3}}]}}"#,
+            d('c')
+        );
         assert!(matches!(
             parse(artifact.as_bytes(), OCI_ARTIFACT, &owner).unwrap(),
             ManifestContent::Image { blobs } if blobs.len() == 1
@@ -325,12 +335,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, "application/json", &owner)
-                .unwrap_err()
-                .reason(),
+            parse(
+                br#"{"schemaVersion":1,"fsLayers":[]}"#,
+                "application/json",
+                &owner
+            )
+            .unwrap_err()
+            .reason(),
             "UnsupportedMediaType"
         );
-        assert_eq!(parse(b"{]", OCI_MANIFEST, &owner).unwrap_err().reason(), "InvalidManifest");
+        assert_eq!(
+            parse(b"{]", OCI_MANIFEST, &owner).unwrap_err().reason(),
+            "InvalidManifest"
+        );
     }
 
     #[test]
@@ -341,7 +358,9 @@ mod tests {
             panic!("not an index")
         };
         let arm = Platform::parse("linux/arm64").unwrap();
-        let (new_bytes, kept) = filter_index(&bytes, &owner, &children, &[arm]).unwrap().unwrap();
+        let (new_bytes, kept) = filter_index(&bytes, &owner, &children, &[arm])
+            .unwrap()
+            .unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].descriptor.digest.as_str(), d('2'));
         let reparsed: serde_json::Value = serde_json::from_slice(&new_bytes).unwrap();
@@ -351,7 +370,9 @@ mod tests {
 
         let v7 = Platform::parse("linux/arm64/v7").unwrap();
         assert_eq!(
-            filter_index(&bytes, &owner, &children, &[v7]).unwrap_err().reason(),
+            filter_index(&bytes, &owner, &children, &[v7])
+                .unwrap_err()
+                .reason(),
             "NoMatchingPlatform"
         );
         let everything = [
@@ -359,7 +380,11 @@ mod tests {
             Platform::parse("linux/arm64").unwrap(),
             Platform::parse("unknown/unknown").unwrap(),
         ];
-        assert!(filter_index(&bytes, &owner, &children, &everything).unwrap().is_none());
+        assert!(
+            filter_index(&bytes, &owner, &children, &everything)
+                .unwrap()
+                .is_none()
+        );
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//v8").is_err());
     }
@@ -368,8 +393,14 @@ mod tests {
     fn verifies_digests() {
         let digest = sha256_digest(b"hello");
         assert!(verify(b"hello", &digest).is_ok());
-        assert_eq!(verify(b"hellp", &digest).unwrap_err().reason(), "DigestMismatch");
-        assert_eq!(effective_media_type(br#"{"mediaType":"a/b"}"#, "c/d"), "a/b");
+        assert_eq!(
+            verify(b"hellp", &digest).unwrap_err().reason(),
+            "DigestMismatch"
+        );
+        assert_eq!(
+            effective_media_type(br#"{"mediaType":"a/b"}"#, "c/d"),
+            "a/b"
+        );
         assert_eq!(effective_media_type(b"{}", "c/d"), "c/d");
     }
 }

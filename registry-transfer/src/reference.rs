@@ -202,7 +202,10 @@ mod tests {
     #[test]
     fn parses_docker_hub_short_names() {
         let r = ImageRef::parse("nginx").unwrap();
-        assert_eq!(r.repository, RepositoryRef::new("docker.io", "library/nginx"));
+        assert_eq!(
+            r.repository,
+            RepositoryRef::new("docker.io", "library/nginx")
+        );
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(r.repository.api_host(), "registry-1.docker.io");
         let r = ImageRef::parse("index.docker.io/team/app:1.2").unwrap();

@@ -35,7 +35,12 @@ impl RetryPolicy {
     /// The pause before attempt `attempt + 1` after `error` failed attempt
     /// `attempt` (1-based), or `None` when we must give up. `jitter` is a
     /// number in [0, 1), passed in so the decision stays testable.
-    pub fn delay_after(&self, attempt: u32, error: &TransferError, jitter: f64) -> Option<Duration> {
+    pub fn delay_after(
+        &self,
+        attempt: u32,
+        error: &TransferError,
+        jitter: f64,
+    ) -> Option<Duration> {
         if !error.is_transient() || attempt >= self.max_attempts {
             return None;
         }
@@ -66,7 +71,13 @@ impl RetryPolicy {
                     let jitter = rand::rng().random::<f64>();
                     match self.delay_after(attempt, &error, jitter) {
                         Some(delay) => {
-                            tracing::debug!(what, attempt, ?delay, reason = error.reason(), "retrying");
+                            tracing::debug!(
+                                what,
+                                attempt,
+                                ?delay,
+                                reason = error.reason(),
+                                "retrying"
+                            );
                             tokio::time::sleep(delay).await;
                             attempt += 1;
                         }
@@ -106,7 +117,10 @@ mod tests {
         assert_eq!(d2, Duration::from_millis(200));
         assert!(d3 > Duration::from_millis(790) && d3 <= Duration::from_millis(800));
         assert_eq!(policy.delay_after(5, &unavailable(), 0.0), None);
-        let capped = RetryPolicy { max_attempts: 100, ..RetryPolicy::default() };
+        let capped = RetryPolicy {
+            max_attempts: 100,
+            ..RetryPolicy::default()
+        };
         assert!(capped.delay_after(40, &unavailable(), 0.999).unwrap() <= capped.max_delay);
     }
 
@@ -117,18 +131,31 @@ mod tests {
             registry: "r".into(),
             retry_after: Some(Duration::from_secs(3)),
         };
-        assert_eq!(policy.delay_after(1, &limited, 0.5), Some(Duration::from_secs(3)));
+        assert_eq!(
+            policy.delay_after(1, &limited, 0.5),
+            Some(Duration::from_secs(3))
+        );
         let greedy = TransferError::RateLimited {
             registry: "r".into(),
             retry_after: Some(Duration::from_secs(3600)),
         };
-        assert_eq!(policy.delay_after(1, &greedy, 0.5), Some(policy.max_retry_after));
+        assert_eq!(
+            policy.delay_after(1, &greedy, 0.5),
+            Some(policy.max_retry_after)
+        );
         let digest = Digest::parse(&format!("sha256:{}", "1".repeat(64))).unwrap();
         for permanent in [
-            TransferError::Unauthorized { registry: "r".into() },
-            TransferError::Forbidden { registry: "r".into() },
+            TransferError::Unauthorized {
+                registry: "r".into(),
+            },
+            TransferError::Forbidden {
+                registry: "r".into(),
+            },
             TransferError::SourceNotFound { what: "x".into() },
-            TransferError::DigestMismatch { expected: digest, actual: "y".into() },
+            TransferError::DigestMismatch {
+                expected: digest,
+                actual: "y".into(),
+            },
         ] {
             assert_eq!(policy.delay_after(1, &permanent, 0.5), None, "{permanent}");
         }

@@ -24,7 +24,9 @@ impl Digest {
             _ => return None,
         };
         let valid = hex.len() == expected_len
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| Digest(s.to_owned()))
     }
 
@@ -97,8 +99,10 @@ pub trait ContentSource: Send + Sync {
 
     /// Whether the source holds this blob at all; node caches may have
     /// discarded compressed layers. Registries answer by HEAD.
-    fn has_blob(&self, descriptor: &Descriptor)
-    -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    fn has_blob(
+        &self,
+        descriptor: &Descriptor,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
     // Everything below has a default, so implementations only add what
     // they can do better.
@@ -160,9 +164,8 @@ pub fn skip_prefix<E: Send + 'static>(stream: BlobStream<E>, offset: u64) -> Blo
     if offset == 0 {
         return stream;
     }
-    let skipped = futures::stream::unfold(
-        (stream, offset),
-        |(mut stream, mut to_skip)| async move {
+    let skipped =
+        futures::stream::unfold((stream, offset), |(mut stream, mut to_skip)| async move {
             use futures::StreamExt as _;
             loop {
                 match stream.next().await? {
@@ -177,8 +180,7 @@ pub fn skip_prefix<E: Send + 'static>(stream: BlobStream<E>, offset: u64) -> Blo
                     Err(e) => return Some((Err(e), (stream, to_skip))),
                 }
             }
-        },
-    );
+        });
     Box::pin(skipped)
 }
 
@@ -197,7 +199,11 @@ mod tests {
                 .map(|c| c.unwrap().to_vec())
                 .concat()
                 .await;
-            assert_eq!(rest, b"abcdefgh"[offset as usize..].to_vec(), "offset {offset}");
+            assert_eq!(
+                rest,
+                b"abcdefgh"[offset as usize..].to_vec(),
+                "offset {offset}"
+            );
         }
     }
 

@@ -1,27 +1,30 @@
-//! Streaming a blob from a source into a target upload session, verified.
+//! Moving one blob from a source into a target upload session, verified.
 //!
-//! The bytes flow source response -> hasher -> request body through a small
-//! bounded channel; nothing is buffered beyond a few network chunks. The
-//! last piece of the blob is held back until the whole blob has been hashed:
-//! if the digest or size is wrong the request body fails instead, the
-//! connection is cut before the registry has the byte count it was promised,
-//! and the session is deleted. So nothing is ever committed under a wrong
-//! digest (and the registry's own check on the final PUT is a second net).
+//! Nothing is committed under a wrong digest, and no request is ever cut
+//! half-way on purpose (distribution 2.8 cannot resume nor even delete a
+//! session whose last request broke off, so such sessions linger):
 //!
-//! Blobs larger than the chunk size are sent as PATCH chunks; after each
-//! accepted chunk the hasher state is checkpointed, so an interrupted
-//! transfer resumes from what the registry reports having received instead
-//! of starting over.
+//! * Small blobs (up to `buffered_max`, i.e. configs and small layers) are
+//!   read and verified in memory first, then sent in one PUT: two requests,
+//!   and a wrong blob never reaches the target at all.
+//! * Larger blobs stream source response -> hasher -> PATCH body through a
+//!   small bounded channel, in PATCH requests of at most `chunk_size`. When
+//!   the source breaks off, the PATCH body is ended cleanly, so the registry
+//!   holds exactly the bytes we hashed; the source is reopened at that offset
+//!   (HTTP Range) and the upload resumes. Only when the whole blob has
+//!   passed the hasher, and the digest matched, is the session committed
+//!   (PUT with the digest and no body); on a mismatch it is deleted.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use reqwest::Url;
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::mpsc;
 
-use crate::client::{RegistryClient, UploadStart};
+use crate::client::{RegistryClient, UploadStart, push_scope};
 use crate::error::TransferError;
 use crate::retry::RetryPolicy;
 use crate::{BlobStream, Descriptor};
@@ -56,15 +59,212 @@ impl Hasher {
     }
 }
 
-/// Why feeding a request body stopped.
-enum FeedError {
-    /// The source failed, or its bytes are wrong.
-    Source(TransferError),
-    /// The request ended before taking all bytes: its own result says why.
-    BodyDropped,
+/// Checks the size and digest of everything hashed so far.
+fn check(hasher: &Hasher, received: u64, descriptor: &Descriptor) -> Result<(), TransferError> {
+    if received != descriptor.size {
+        return Err(TransferError::SizeMismatch {
+            digest: descriptor.digest.clone(),
+            expected: descriptor.size,
+            actual: received,
+        });
+    }
+    let actual = hasher.digest_string();
+    if actual != descriptor.digest.as_str() {
+        return Err(TransferError::DigestMismatch {
+            expected: descriptor.digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn too_long(descriptor: &Descriptor, actual: u64) -> TransferError {
+    TransferError::SizeMismatch {
+        digest: descriptor.digest.clone(),
+        expected: descriptor.size,
+        actual,
+    }
 }
 
 type BodyItem = Result<Bytes, std::io::Error>;
+
+/// A source interruption after at least this much progress does not count
+/// against the retry budget: a flaky but advancing source still finishes,
+/// and each such retry moves the upload forward by this much at least.
+const PROGRESS_FOR_FREE_RETRY: u64 = 64 * 1024;
+
+fn body_from(receiver: mpsc::Receiver<BodyItem>) -> reqwest::Body {
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// How one PATCH body ended.
+struct Fed {
+    /// Bytes sent (and hashed) into this request.
+    sent: u64,
+    /// Set when the source failed: the body was ended early, cleanly.
+    source_error: Option<TransferError>,
+    /// The request stopped reading: its own result says why.
+    body_dropped: bool,
+}
+
+/// An open upload session that is deleted if nobody commits or cancels it:
+/// when a copy fails, its sibling uploads are dropped mid-way, and their
+/// sessions must not linger in the target.
+pub(crate) struct SessionGuard {
+    client: Arc<RegistryClient>,
+    repository: String,
+    url: Option<Url>,
+}
+
+impl SessionGuard {
+    pub(crate) fn new(client: Arc<RegistryClient>, repository: &str, url: Url) -> SessionGuard {
+        SessionGuard {
+            client,
+            repository: repository.to_owned(),
+            url: Some(url),
+        }
+    }
+
+    async fn open(
+        client: &Arc<RegistryClient>,
+        repository: &str,
+    ) -> Result<SessionGuard, TransferError> {
+        let url = start_session(client, repository).await?;
+        Ok(SessionGuard::new(client.clone(), repository, url))
+    }
+
+    fn url(&self) -> Result<&Url, TransferError> {
+        self.url.as_ref().ok_or_else(|| TransferError::Protocol {
+            registry: self.client.name().to_owned(),
+            detail: "internal: upload session already closed".into(),
+        })
+    }
+
+    fn moved_to(&mut self, url: Url) {
+        self.url = Some(url);
+    }
+
+    fn committed(&mut self) {
+        self.url = None;
+    }
+
+    pub(crate) async fn cancel(&mut self) {
+        if let Some(url) = self.url.take() {
+            self.client.upload_cancel(&url, &self.repository).await;
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let Some(url) = self.url.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let repository = std::mem::take(&mut self.repository);
+            runtime.spawn(async move { client.upload_cancel(&url, &repository).await });
+        }
+    }
+}
+
+/// The tuning of one blob upload.
+pub(crate) struct UploadPlan<'a> {
+    pub client: &'a Arc<RegistryClient>,
+    pub repository: &'a str,
+    pub descriptor: &'a Descriptor,
+    pub chunk_size: u64,
+    pub buffered_max: u64,
+    pub retry: &'a RetryPolicy,
+}
+
+/// Uploads a blob, retrying transient failures; `open(offset)` opens the
+/// source at a byte offset. `session` is an upload already opened (by a
+/// mount request that fell back). Returns the bytes sent to the target.
+pub(crate) async fn upload_blob<F, Fut>(
+    plan: UploadPlan<'_>,
+    session: Option<SessionGuard>,
+    open: F,
+) -> Result<u64, TransferError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<BlobStream<TransferError>, TransferError>>,
+{
+    if plan.descriptor.size <= plan.buffered_max {
+        upload_buffered(plan, session, open).await
+    } else {
+        upload_streamed(plan, session, open).await
+    }
+}
+
+async fn read_all(
+    mut stream: BlobStream<TransferError>,
+    descriptor: &Descriptor,
+) -> Result<Bytes, TransferError> {
+    let mut buffer = BytesMut::with_capacity(descriptor.size as usize);
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        if (buffer.len() + piece.len()) as u64 > descriptor.size {
+            return Err(too_long(descriptor, (buffer.len() + piece.len()) as u64));
+        }
+        buffer.extend_from_slice(&piece);
+    }
+    Ok(buffer.freeze())
+}
+
+async fn upload_buffered<F, Fut>(
+    plan: UploadPlan<'_>,
+    mut session: Option<SessionGuard>,
+    mut open: F,
+) -> Result<u64, TransferError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<BlobStream<TransferError>, TransferError>>,
+{
+    let UploadPlan {
+        client,
+        repository,
+        descriptor,
+        retry,
+        ..
+    } = plan;
+    let mut attempt = 1u32;
+    loop {
+        let result = async {
+            let bytes = read_all(open(0).await?, descriptor).await?;
+            let mut hasher = Hasher::for_algorithm(descriptor.digest.algorithm());
+            hasher.update(&bytes);
+            if let Err(wrong) = check(&hasher, bytes.len() as u64, descriptor) {
+                if let Some(mut session) = session.take() {
+                    session.cancel().await;
+                }
+                return Err(wrong);
+            }
+            let mut target = match session.take() {
+                Some(session) => session,
+                None => SessionGuard::open(client, repository).await?,
+            };
+            // A failed PUT leaves its session unusable: a retry opens a new one.
+            client
+                .upload_commit(target.url()?, repository, &descriptor.digest, bytes)
+                .await?;
+            target.committed();
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(descriptor.size),
+            Err(error) => match retry.delay_after(attempt, &error, rand::random::<f64>()) {
+                Some(delay) => {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            },
+        }
+    }
+}
 
 /// A source stream with its position and running hash.
 struct Pump {
@@ -81,155 +281,65 @@ impl Pump {
         }
         loop {
             match self.stream.next().await? {
-                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(piece) if piece.is_empty() => continue,
                 other => return Some(other),
             }
         }
     }
 
-    fn size_mismatch(&self, descriptor: &Descriptor, actual: u64) -> TransferError {
-        TransferError::SizeMismatch {
-            digest: descriptor.digest.clone(),
-            expected: descriptor.size,
-            actual,
-        }
-    }
-
-    /// Reads and hashes `length` bytes without sending them (the registry
-    /// already has them: resuming after a partially received chunk).
-    async fn skip(&mut self, length: u64, descriptor: &Descriptor) -> Result<(), TransferError> {
-        let mut left = length;
-        while left > 0 {
-            let mut piece = match self.next_piece().await {
-                Some(piece) => piece?,
-                None => return Err(self.size_mismatch(descriptor, self.position)),
-            };
-            if piece.len() as u64 > left {
-                self.pending = Some(piece.split_off(left as usize));
-            }
-            self.hasher.update(&piece);
-            self.position += piece.len() as u64;
-            left -= piece.len() as u64;
-        }
-        Ok(())
-    }
-
-    /// Checks that the source is exhausted and the hash is right.
-    async fn verify_end(&mut self, descriptor: &Descriptor) -> Result<(), TransferError> {
-        match self.next_piece().await {
-            None => {}
-            Some(Err(e)) => return Err(e),
-            Some(Ok(extra)) => {
-                return Err(self.size_mismatch(descriptor, self.position + extra.len() as u64));
-            }
-        }
-        if self.position != descriptor.size {
-            return Err(self.size_mismatch(descriptor, self.position));
-        }
-        let actual = self.hasher.digest_string();
-        if actual != descriptor.digest.as_str() {
-            return Err(TransferError::DigestMismatch {
-                expected: descriptor.digest.clone(),
-                actual,
-            });
-        }
-        Ok(())
-    }
-
-    /// Sends the next `length` bytes into `body`. With `is_final`, these
-    /// are the blob's last bytes: the last piece goes out only after the
-    /// whole blob has been verified.
+    /// Sends up to `length` bytes into a PATCH body. A source failure ends
+    /// the body early but cleanly (the channel closes, the chunked body
+    /// terminates), so the registry keeps exactly what was sent.
     async fn feed(
         &mut self,
         body: mpsc::Sender<BodyItem>,
         length: u64,
-        is_final: bool,
         descriptor: &Descriptor,
-    ) -> Result<(), FeedError> {
-        let result = self.feed_inner(&body, length, is_final, descriptor).await;
-        if let Err(FeedError::Source(e)) = &result {
-            // Fail the body so the request is cut, not completed.
-            let _ = body.send(Err(std::io::Error::other(e.reason()))).await;
-        }
-        result
-    }
-
-    async fn feed_inner(
-        &mut self,
-        body: &mpsc::Sender<BodyItem>,
-        length: u64,
-        is_final: bool,
-        descriptor: &Descriptor,
-    ) -> Result<(), FeedError> {
-        let mut sent = 0u64;
-        let mut held: Option<Bytes> = None;
-        while sent < length {
+    ) -> Fed {
+        let mut fed = Fed {
+            sent: 0,
+            source_error: None,
+            body_dropped: false,
+        };
+        while fed.sent < length {
             let mut piece = match self.next_piece().await {
                 Some(Ok(piece)) => piece,
-                Some(Err(e)) => return Err(FeedError::Source(e)),
-                None => break,
-            };
-            if piece.len() as u64 > length - sent {
-                if is_final {
-                    let actual = self.position + piece.len() as u64;
-                    return Err(FeedError::Source(self.size_mismatch(descriptor, actual)));
+                Some(Err(e)) => {
+                    fed.source_error = Some(e);
+                    break;
                 }
-                self.pending = Some(piece.split_off((length - sent) as usize));
+                None => {
+                    // Shorter than its descriptor: caught by the final check,
+                    // but no reason to keep the session around for it.
+                    fed.source_error = Some(TransferError::SizeMismatch {
+                        digest: descriptor.digest.clone(),
+                        expected: descriptor.size,
+                        actual: self.position,
+                    });
+                    break;
+                }
+            };
+            if piece.len() as u64 > length - fed.sent {
+                self.pending = Some(piece.split_off((length - fed.sent) as usize));
+            }
+            // Hash only what goes out: the hash must describe exactly the
+            // bytes the registry holds.
+            if body.send(Ok(piece.clone())).await.is_err() {
+                fed.body_dropped = true;
+                self.pending = None;
+                break;
             }
             self.hasher.update(&piece);
             self.position += piece.len() as u64;
-            sent += piece.len() as u64;
-            let to_send = if is_final { held.replace(piece) } else { Some(piece) };
-            if let Some(to_send) = to_send
-                && body.send(Ok(to_send)).await.is_err()
-            {
-                return Err(FeedError::BodyDropped);
-            }
+            fed.sent += piece.len() as u64;
         }
-        if sent < length {
-            return Err(FeedError::Source(self.size_mismatch(descriptor, self.position)));
-        }
-        if is_final {
-            self.verify_end(descriptor).await.map_err(FeedError::Source)?;
-            if let Some(last) = held
-                && body.send(Ok(last)).await.is_err()
-            {
-                return Err(FeedError::BodyDropped);
-            }
-        }
-        Ok(())
+        fed
     }
 }
 
-fn body_from(receiver: mpsc::Receiver<BodyItem>) -> reqwest::Body {
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
-    reqwest::Body::wrap_stream(stream)
-}
-
-/// Where the registry's copy of the upload stands, and our hash up to there.
-struct Checkpoint {
-    offset: u64,
-    hasher: Hasher,
-}
-
-/// Tuning of one blob upload.
-pub(crate) struct UploadPlan<'a> {
-    pub client: &'a RegistryClient,
-    pub repository: &'a str,
-    pub descriptor: &'a Descriptor,
-    pub chunk_size: u64,
-    pub retry: &'a RetryPolicy,
-}
-
-/// Streams a blob into the target repository, resuming or restarting on
-/// transient failures. `open(offset)` opens the source at a byte offset.
-/// `session` is an upload already opened (e.g. by a mount that fell back).
-/// Returns the number of bytes sent.
-pub(crate) async fn upload_blob<F, Fut>(
+async fn upload_streamed<F, Fut>(
     plan: UploadPlan<'_>,
-    session: Option<Url>,
+    session: Option<SessionGuard>,
     mut open: F,
 ) -> Result<u64, TransferError>
 where
@@ -242,121 +352,137 @@ where
         descriptor,
         chunk_size,
         retry,
+        ..
     } = plan;
     let chunk_size = chunk_size.max(1);
-    let fresh = || Checkpoint {
-        offset: 0,
-        hasher: Hasher::for_algorithm(descriptor.digest.algorithm()),
-    };
+    let fresh_hasher = || Hasher::for_algorithm(descriptor.digest.algorithm());
     let mut session = match session {
         Some(session) => session,
-        None => start_session(client, repository).await?,
+        None => SessionGuard::open(client, repository).await?,
     };
-    let mut checkpoint = fresh();
+    // What the registry holds, hashed: the resume point.
     let mut offset = 0u64;
+    let mut hasher = fresh_hasher();
     let mut pump: Option<Pump> = None;
     let mut bytes_sent = 0u64;
     let mut attempt = 1u32;
     loop {
-        let step = send_step(
-            client,
-            repository,
-            descriptor,
-            chunk_size,
-            &session,
-            &checkpoint,
-            offset,
-            &mut pump,
-            &mut open,
-        )
-        .await;
-        match step {
-            Ok(Step::Committed { sent }) => return Ok(bytes_sent + sent),
-            Ok(Step::Chunk { next_session, sent }) => {
-                bytes_sent += sent;
-                offset += sent;
-                session = next_session;
-                if let Some(pump) = &pump {
-                    checkpoint = Checkpoint {
-                        offset,
-                        hasher: pump.hasher.clone(),
-                    };
+        let failure = if offset < descriptor.size {
+            let url = session.url()?.clone();
+            match patch_once(
+                client, repository, descriptor, chunk_size, &url, offset, &hasher, &mut pump,
+                &mut open,
+            )
+            .await
+            {
+                Ok((next, fed)) => {
+                    session.moved_to(next);
+                    offset += fed.sent;
+                    bytes_sent += fed.sent;
+                    if let Some(pump) = &pump {
+                        hasher = pump.hasher.clone();
+                    }
+                    match fed.source_error {
+                        // Resumable: the registry holds exactly `offset` bytes.
+                        Some(error) if error.is_transient() => {
+                            pump = None;
+                            if fed.sent >= PROGRESS_FOR_FREE_RETRY {
+                                // Real progress: not counted as a failed attempt.
+                                attempt = attempt.saturating_sub(1).max(1);
+                            }
+                            Some((error, true))
+                        }
+                        Some(error) => {
+                            session.cancel().await;
+                            return Err(error);
+                        }
+                        None => None,
+                    }
+                }
+                Err(error) => {
+                    pump = None;
+                    Some((error, false))
                 }
             }
-            Err(error) => {
-                pump = None;
-                let jitter = rand::random::<f64>();
-                let delay = retry.delay_after(attempt, &error, jitter);
-                let Some(delay) = delay else {
-                    client.upload_cancel(&session, repository).await;
-                    return Err(error);
-                };
-                attempt += 1;
-                tracing::debug!(
-                    registry = client.name(), repository, digest = %descriptor.digest,
-                    reason = error.reason(), ?delay, "blob upload interrupted, retrying"
-                );
-                tokio::time::sleep(delay).await;
-                match client.upload_status(&session, repository).await {
-                    Ok((received, url))
-                        if received >= checkpoint.offset && received <= descriptor.size =>
-                    {
-                        tracing::debug!(received, "resuming upload");
-                        session = url;
-                        offset = received;
-                    }
-                    _ => {
-                        client.upload_cancel(&session, repository).await;
-                        // The commit may have landed with only its answer lost.
-                        let scopes = [crate::client::push_scope(repository)];
-                        if client
-                            .blob_exists(repository, &descriptor.digest, &scopes)
-                            .await
-                            .unwrap_or(false)
-                        {
-                            return Ok(bytes_sent);
-                        }
-                        session = start_session(client, repository).await?;
-                        checkpoint = fresh();
-                        offset = 0;
-                    }
+        } else {
+            // Everything went through the hasher: commit only if it is right.
+            if let Err(wrong) = check(&hasher, offset, descriptor) {
+                session.cancel().await;
+                return Err(wrong);
+            }
+            match client
+                .upload_commit(session.url()?, repository, &descriptor.digest, Bytes::new())
+                .await
+            {
+                Ok(()) => {
+                    session.committed();
+                    return Ok(bytes_sent);
                 }
+                Err(error) => Some((error, false)),
+            }
+        };
+        let Some((error, position_known)) = failure else {
+            continue;
+        };
+        let Some(delay) = retry.delay_after(attempt, &error, rand::random::<f64>()) else {
+            session.cancel().await;
+            return Err(error);
+        };
+        attempt += 1;
+        tracing::debug!(
+            registry = client.name(), repository, digest = %descriptor.digest, offset,
+            reason = error.reason(), ?delay, "blob upload interrupted, will retry"
+        );
+        tokio::time::sleep(delay).await;
+        if position_known {
+            continue;
+        }
+        // A request to the target failed: ask where the session stands.
+        match client.upload_status(session.url()?, repository).await {
+            Ok((received, url)) if received == offset => session.moved_to(url),
+            _ => {
+                session.cancel().await;
+                // The commit may have landed with only its answer lost.
+                let scopes = [push_scope(repository)];
+                if client
+                    .blob_exists(repository, &descriptor.digest, &scopes)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return Ok(bytes_sent);
+                }
+                session = SessionGuard::open(client, repository).await?;
+                offset = 0;
+                hasher = fresh_hasher();
             }
         }
     }
 }
 
-enum Step {
-    Chunk { next_session: Url, sent: u64 },
-    Committed { sent: u64 },
-}
-
+/// One PATCH of up to `chunk_size` bytes from `offset`.
 #[allow(clippy::too_many_arguments)]
-async fn send_step<F, Fut>(
+async fn patch_once<F, Fut>(
     client: &RegistryClient,
     repository: &str,
     descriptor: &Descriptor,
     chunk_size: u64,
     session: &Url,
-    checkpoint: &Checkpoint,
     offset: u64,
+    hasher: &Hasher,
     pump_slot: &mut Option<Pump>,
     open: &mut F,
-) -> Result<Step, TransferError>
+) -> Result<(Url, Fed), TransferError>
 where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<BlobStream<TransferError>, TransferError>>,
 {
     if pump_slot.is_none() {
-        let stream = open(checkpoint.offset).await?;
-        let mut pump = Pump {
-            stream,
+        *pump_slot = Some(Pump {
+            stream: open(offset).await?,
             pending: None,
-            hasher: checkpoint.hasher.clone(),
-            position: checkpoint.offset,
-        };
-        pump.skip(offset - checkpoint.offset, descriptor).await?;
-        *pump_slot = Some(pump);
+            hasher: hasher.clone(),
+            position: offset,
+        });
     }
     let Some(pump) = pump_slot.as_mut() else {
         return Err(TransferError::Protocol {
@@ -364,41 +490,30 @@ where
             detail: "internal: no source stream".into(),
         });
     };
-    let remaining = descriptor.size - offset;
-    let is_final = remaining <= chunk_size;
-    let length = if is_final { remaining } else { chunk_size };
-    if is_final && length == 0 {
-        // Nothing left to send: verify before committing an empty body.
-        pump.verify_end(descriptor).await?;
-    }
+    let length = chunk_size.min(descriptor.size - offset);
     let (sender, receiver) = mpsc::channel(8);
-    let commit = is_final.then_some(&descriptor.digest);
-    let request = client.upload_send(
-        session,
-        repository,
-        offset,
-        length,
-        commit,
-        body_from(receiver),
-    );
-    let feed = pump.feed(sender, length, is_final, descriptor);
-    let (request_result, feed_result) = tokio::join!(request, feed);
-    match (request_result, feed_result) {
-        (_, Err(FeedError::Source(e))) => Err(e),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(FeedError::BodyDropped)) => Err(TransferError::Protocol {
+    let request = client.upload_patch(session, repository, body_from(receiver));
+    let feed = pump.feed(sender, length, descriptor);
+    let (request_result, fed) = tokio::join!(request, feed);
+    let (next_session, received) = request_result?;
+    if fed.body_dropped {
+        return Err(TransferError::Protocol {
             registry: client.name().to_owned(),
             detail: "registry answered before reading the upload".into(),
-        }),
-        (Ok(next_session), Ok(())) if is_final => {
-            let _ = next_session;
-            Ok(Step::Committed { sent: length })
-        }
-        (Ok(next_session), Ok(())) => Ok(Step::Chunk {
-            next_session,
-            sent: length,
-        }),
+        });
     }
+    if let Some(received) = received
+        && received != offset + fed.sent
+    {
+        return Err(TransferError::Interrupted {
+            registry: client.name().to_owned(),
+            detail: format!(
+                "registry holds {received} bytes of the upload, {} were sent",
+                offset + fed.sent
+            ),
+        });
+    }
+    Ok((next_session, fed))
 }
 
 async fn start_session(client: &RegistryClient, repository: &str) -> Result<Url, TransferError> {

@@ -1,0 +1,5 @@
+//! Shared by the integration tests (and, by path, the benchmark binary).
+
+pub mod images;
+pub mod proxy;
+pub mod registry;
