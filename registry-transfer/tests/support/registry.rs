@@ -274,11 +274,14 @@ impl TestRegistry {
 
     /// Access-log lines (one per request) containing all of `needles`.
     pub fn count_requests(&self, needles: &[&str]) -> usize {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
+        self.access_log()
             .lines()
             .filter(|line| needles.iter().all(|n| line.contains(n)))
             .count()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
     pub fn total_requests(&self) -> usize {

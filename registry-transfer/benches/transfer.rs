@@ -1,0 +1,510 @@
+//! Registry transfer benchmark: the Lifeboat engine (`transfer-copy`) and
+//! `skopeo copy`, side by side in one run, between local `docker-registry`
+//! instances. Run on demand, never in CI:
+//!
+//! ```text
+//! cargo bench -p registry-transfer --bench transfer            # full corpora
+//! cargo bench -p registry-transfer --bench transfer -- --quick # small corpora
+//! cargo bench -p registry-transfer --bench transfer -- --write # update docs/benchmarks.md
+//! ```
+//!
+//! Each copier runs as a child process; wall time is measured around it,
+//! peak memory is the child's VmHWM sampled from /proc every 5 ms (the
+//! engine also reports its own at exit; the larger is kept), requests are
+//! the request lines in the source and target registries' access logs, and
+//! bytes moved are the blob bytes the source registry served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::images::{
+    Blob, Manifest, OCI_INDEX, OCI_MANIFEST, RegistryHttp, image_manifest, index_manifest,
+};
+use support::registry::TestRegistry;
+
+const MIB: u64 = 1024 * 1024;
+
+struct Sizes {
+    big_layer: u64,
+    medium_layer: u64,
+    small_images: usize,
+    small_base: u64,
+    small_unique: u64,
+    index_layer: u64,
+}
+
+const FULL: Sizes = Sizes {
+    big_layer: 256 * MIB,
+    medium_layer: 8 * MIB,
+    small_images: 200,
+    small_base: 2 * MIB,
+    small_unique: 256 * 1024,
+    index_layer: 8 * MIB,
+};
+
+const QUICK: Sizes = Sizes {
+    big_layer: 32 * MIB,
+    medium_layer: MIB,
+    small_images: 50,
+    small_base: MIB,
+    small_unique: 64 * 1024,
+    index_layer: MIB,
+};
+
+/// One image of a corpus, as pushed to the source registry.
+struct Image {
+    repository: String,
+    tag: String,
+    digest: String,
+}
+
+struct Corpus {
+    name: String,
+    images: Vec<Image>,
+    /// Distinct blob bytes in the corpus.
+    unique_bytes: u64,
+}
+
+fn layer(size: u64) -> Blob {
+    Blob::random_layer(size as usize)
+}
+
+/// Pushes an image and keeps only what the benchmark needs of it.
+async fn push(http: &RegistryHttp, repository: &str, tag: &str, manifest: Manifest) -> Image {
+    http.push(repository, tag, &manifest).await;
+    Image {
+        repository: repository.to_owned(),
+        tag: tag.to_owned(),
+        digest: manifest.digest,
+    }
+}
+
+async fn build_corpora(http: &RegistryHttp, sizes: &Sizes) -> Vec<Corpus> {
+    let mut corpora = Vec::new();
+
+    let layers: Vec<Blob> = (0..4).map(|_| layer(sizes.big_layer)).collect();
+    let manifest = image_manifest(&layers, OCI_MANIFEST, ("linux", "amd64"));
+    drop(layers);
+    corpora.push(Corpus {
+        name: format!("1 image, 4 x {} MiB layers", sizes.big_layer / MIB),
+        images: vec![push(http, "big/app", "v1", manifest).await],
+        unique_bytes: 4 * sizes.big_layer,
+    });
+
+    let bases: Vec<Blob> = (0..2).map(|_| layer(sizes.medium_layer)).collect();
+    let mut images = Vec::new();
+    for i in 0..20 {
+        let mut layers = bases.clone();
+        layers.extend((0..3).map(|_| layer(sizes.medium_layer)));
+        let manifest = image_manifest(&layers, OCI_MANIFEST, ("linux", "amd64"));
+        images.push(push(http, &format!("medium/app{i}"), "v1", manifest).await);
+    }
+    corpora.push(Corpus {
+        name: format!(
+            "20 images, 5 x {} MiB layers, 2 shared",
+            sizes.medium_layer / MIB
+        ),
+        images,
+        unique_bytes: (2 + 20 * 3) * sizes.medium_layer,
+    });
+
+    let base = layer(sizes.small_base);
+    let mut images = Vec::new();
+    for i in 0..sizes.small_images {
+        let layers = [base.clone(), layer(sizes.small_unique)];
+        let manifest = image_manifest(&layers, OCI_MANIFEST, ("linux", "amd64"));
+        images.push(push(http, &format!("small/app{i}"), "v1", manifest).await);
+    }
+    corpora.push(Corpus {
+        name: format!(
+            "{} small images ({} MiB shared base + {} KiB)",
+            sizes.small_images,
+            sizes.small_base / MIB,
+            sizes.small_unique / 1024
+        ),
+        images,
+        unique_bytes: sizes.small_base + sizes.small_images as u64 * sizes.small_unique,
+    });
+
+    let children: Vec<(Manifest, &str, &str)> =
+        [("linux", "amd64"), ("linux", "arm64"), ("linux", "s390x")]
+            .into_iter()
+            .map(|(os, arch)| {
+                let layers = [layer(sizes.index_layer), layer(sizes.index_layer)];
+                (image_manifest(&layers, OCI_MANIFEST, (os, arch)), os, arch)
+            })
+            .collect();
+    let index = index_manifest(&children, OCI_INDEX);
+    drop(children);
+    corpora.push(Corpus {
+        name: format!(
+            "3-platform index, 2 x {} MiB layers each",
+            sizes.index_layer / MIB
+        ),
+        images: vec![push(http, "multi/app", "v1", index).await],
+        unique_bytes: 6 * sizes.index_layer,
+    });
+    corpora
+}
+
+/// What one copier run cost.
+struct Run {
+    wall: Duration,
+    requests: usize,
+    source_bytes: u64,
+    target_writes: usize,
+    peak_rss_kib: u64,
+}
+
+/// Blob bytes served by a registry, from its access log (combined format:
+/// `"GET /v2/.../blobs/sha256:... HTTP/1.1" 200 <bytes> ...`).
+fn blob_bytes_served(registry: &TestRegistry) -> u64 {
+    registry
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains("/blobs/sha256:"))
+        .filter_map(|l| {
+            let after = l.split("HTTP/1.1\" ").nth(1)?;
+            let mut fields = after.split_whitespace();
+            let _status = fields.next()?;
+            fields.next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+fn target_writes(registry: &TestRegistry) -> usize {
+    ["\"PUT ", "\"POST ", "\"PATCH "]
+        .iter()
+        .map(|m| registry.count_requests(&[m]))
+        .sum()
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs a command, sampling its peak RSS. Panics if it fails.
+fn run_measured(command: &mut Command) -> (Duration, u64, String) {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id();
+    let mut peak = 0;
+    // Drain output in threads so the child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
+        s
+    });
+    let status = loop {
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak = peak.max(hwm);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let wall = started.elapsed();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    assert!(status.success(), "{command:?} failed: {stdout}\n{stderr}");
+    (wall, peak, stdout)
+}
+
+fn measure(
+    source: &TestRegistry,
+    target: &TestRegistry,
+    mut action: impl FnMut() -> (Duration, u64),
+) -> Run {
+    let requests_before = source.total_requests() + target.total_requests();
+    let bytes_before = blob_bytes_served(source);
+    let writes_before = target_writes(target);
+    let (wall, peak_rss_kib) = action();
+    // The registries write their access log lines as each request ends.
+    std::thread::sleep(Duration::from_millis(200));
+    Run {
+        wall,
+        requests: source.total_requests() + target.total_requests() - requests_before,
+        source_bytes: blob_bytes_served(source) - bytes_before,
+        target_writes: target_writes(target) - writes_before,
+        peak_rss_kib,
+    }
+}
+
+fn ours(
+    binary: &Path,
+    source: &TestRegistry,
+    target: &TestRegistry,
+    corpus: &Corpus,
+    by_digest: bool,
+) -> Run {
+    measure(source, target, || {
+        let mut command = Command::new(binary);
+        command.args(["--plain-http", &source.host, "--plain-http", &target.host]);
+        for image in &corpus.images {
+            let from = if by_digest {
+                format!(
+                    "{}/{}:{}@{}",
+                    source.host, image.repository, image.tag, image.digest
+                )
+            } else {
+                format!("{}/{}:{}", source.host, image.repository, image.tag)
+            };
+            command.arg(from);
+            command.arg(format!("{}/{}", target.host, image.repository));
+        }
+        let (wall, sampled_peak, stdout) = run_measured(&mut command);
+        let reported_peak = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["summary"] == true)
+            .and_then(|v| v["peakRssKib"].as_u64())
+            .unwrap_or(0);
+        (wall, sampled_peak.max(reported_peak))
+    })
+}
+
+fn skopeo(
+    source: &TestRegistry,
+    target: &TestRegistry,
+    corpus: &Corpus,
+    by_digest: bool,
+    policy: &Path,
+) -> Run {
+    measure(source, target, || {
+        let started = Instant::now();
+        let mut peak = 0;
+        for image in &corpus.images {
+            let from = if by_digest {
+                format!(
+                    "docker://{}/{}@{}",
+                    source.host, image.repository, image.digest
+                )
+            } else {
+                format!(
+                    "docker://{}/{}:{}",
+                    source.host, image.repository, image.tag
+                )
+            };
+            let mut command = Command::new("skopeo");
+            command
+                .arg("--policy")
+                .arg(policy)
+                .args(["copy", "--quiet", "--all", "--preserve-digests"])
+                .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(from)
+                .arg(format!(
+                    "docker://{}/{}:{}",
+                    target.host, image.repository, image.tag
+                ));
+            let (_, image_peak, _) = run_measured(&mut command);
+            peak = peak.max(image_peak);
+        }
+        (started.elapsed(), peak)
+    })
+}
+
+/// The ingest limit of the target registry itself: raw monolithic blob
+/// PUTs from memory, one stream and `streams` in parallel.
+async fn raw_put_limit(blob_size: u64, streams: usize) -> (f64, f64) {
+    let target = TestRegistry::start_plain();
+    let http = Arc::new(RegistryHttp::new(&target));
+    let blobs: Vec<Blob> = (0..streams + 1).map(|_| layer(blob_size)).collect();
+    let started = Instant::now();
+    http.push_blob("raw/one", &blobs[0]).await;
+    let one = blob_size as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let uploads = blobs[1..].iter().enumerate().map(|(i, blob)| {
+        let http = http.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move { http.push_blob(&format!("raw/p{i}"), &blob).await })
+    });
+    for upload in futures::future::join_all(uploads).await {
+        upload.expect("raw PUT task");
+    }
+    let all = (streams as u64 * blob_size) as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+    (one, all)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / MIB as f64)
+}
+
+/// Replaces (or appends) the `## Registry transfer` section, leaving the
+/// rest of the file to its other authors.
+fn write_section(path: &Path, section: &str) {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let heading = "## Registry transfer";
+    let updated = match existing.find(heading) {
+        Some(start) => {
+            let after = start + heading.len();
+            let end = existing[after..]
+                .find("\n## ")
+                .map_or(existing.len(), |i| after + i + 1);
+            format!(
+                "{}{}\n{}",
+                &existing[..start],
+                section.trim_end(),
+                &existing[end..]
+            )
+        }
+        None => format!("{}\n\n{}", existing.trim_end(), section),
+    };
+    std::fs::write(path, updated).expect("write benchmarks.md");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let write = args.iter().any(|a| a == "--write");
+    let sizes = if quick { QUICK } else { FULL };
+    registry_transfer::install_crypto_provider();
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_transfer-copy"));
+    let work = support::registry::TempDir::new("bench");
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("policy");
+
+    let source = TestRegistry::start_plain();
+    let http = RegistryHttp::new(&source);
+    eprintln!(
+        "generating corpora ({})",
+        if quick { "quick" } else { "full" }
+    );
+    let corpora = build_corpora(&http, &sizes).await;
+
+    eprintln!("measuring the registry's raw ingest limit");
+    let (one_stream, four_streams) = raw_put_limit(sizes.big_layer, 4).await;
+
+    let mut table = String::new();
+    table.push_str("| corpus | run | tool | wall s | MiB moved | MiB/s | requests | target writes | peak RSS MiB | skopeo time / ours |\n");
+    table.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut checks = Vec::new();
+    for corpus in &corpora {
+        eprintln!("corpus: {}", corpus.name);
+        let ours_target = TestRegistry::start_plain();
+        let ours_cold = ours(&binary, &source, &ours_target, corpus, false);
+        let ours_warm = ours(&binary, &source, &ours_target, corpus, true);
+        drop(ours_target);
+        let skopeo_target = TestRegistry::start_plain();
+        let skopeo_cold = skopeo(&source, &skopeo_target, corpus, false, &policy);
+        let skopeo_warm = skopeo(&source, &skopeo_target, corpus, true, &policy);
+        drop(skopeo_target);
+        for (label, ours_run, skopeo_run) in [
+            ("cold", &ours_cold, &skopeo_cold),
+            ("warm", &ours_warm, &skopeo_warm),
+        ] {
+            let ratio = skopeo_run.wall.as_secs_f64() / ours_run.wall.as_secs_f64();
+            for (tool, run) in [("lifeboat", ours_run), ("skopeo", skopeo_run)] {
+                let rate = run.source_bytes as f64 / MIB as f64 / run.wall.as_secs_f64();
+                let _ = writeln!(
+                    table,
+                    "| {} | {label} | {tool} | {:.2} | {} | {:.0} | {} | {} | {:.1} | {} |",
+                    corpus.name,
+                    run.wall.as_secs_f64(),
+                    mib(run.source_bytes),
+                    rate,
+                    run.requests,
+                    run.target_writes,
+                    run.peak_rss_kib as f64 / 1024.0,
+                    if tool == "lifeboat" {
+                        format!("{ratio:.2}x")
+                    } else {
+                        String::new()
+                    },
+                );
+            }
+        }
+        checks.push(format!(
+            "- {}: cold {:.2}x skopeo; warm {:.2}x; warm requests per image: lifeboat {:.1}, skopeo {:.1}; warm target writes: lifeboat {}, skopeo {}.",
+            corpus.name,
+            skopeo_cold.wall.as_secs_f64() / ours_cold.wall.as_secs_f64(),
+            skopeo_warm.wall.as_secs_f64() / ours_warm.wall.as_secs_f64(),
+            ours_warm.requests as f64 / corpus.images.len() as f64,
+            skopeo_warm.requests as f64 / corpus.images.len() as f64,
+            ours_warm.target_writes,
+            skopeo_warm.target_writes,
+        ));
+        let _ = corpus.unique_bytes;
+    }
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let skopeo_version = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut section = String::new();
+    let _ = writeln!(section, "## Registry transfer\n");
+    let _ = writeln!(
+        section,
+        "Generated by `cargo bench -p registry-transfer --bench transfer --{} --write` \
+         (`registry-transfer/benches/transfer.rs`); {} corpora. Machine: {cores} cores ({cpu}); {skopeo_version}; \
+         docker-registry (distribution 2.8) on 127.0.0.1, one source and a fresh target per tool and corpus.\n",
+        if quick { " --quick" } else { "" },
+        if quick { "quick (reduced)" } else { "full" },
+    );
+    let _ = writeln!(
+        section,
+        "Lifeboat copies a corpus in one `transfer-copy` process (all images concurrently); skopeo runs one \
+         `skopeo copy --all --preserve-digests` per image in a loop, as a script would. Cold: empty target, by tag. \
+         Warm: same target again, sources given by digest (the case of a controller that knows what runs). \
+         Requests: request lines in both registries' access logs. MiB moved: blob bytes the source served. \
+         Peak RSS: the copier's VmHWM (for skopeo, the largest of its runs).\n",
+    );
+    let _ = writeln!(
+        section,
+        "Physical limit, same run: raw monolithic blob PUT from memory into a fresh registry: {one_stream:.0} MiB/s \
+         for one stream, {four_streams:.0} MiB/s for 4 parallel streams ({} MiB blobs).\n",
+        sizes.big_layer / MIB
+    );
+    section.push_str(&table);
+    section.push('\n');
+    for check in &checks {
+        section.push_str(check);
+        section.push('\n');
+    }
+    println!("{section}");
+    if write {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+        write_section(&path, &section);
+        eprintln!("updated {}", path.display());
+    }
+}
