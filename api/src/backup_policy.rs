@@ -120,6 +120,9 @@ pub const CEL_RULES: &[CelRule] = &[
 /// Back up the container images a set of workloads runs into backup
 /// registries, watch that they stay available, and restore them when they
 /// disappear.
+// Each printcolumn(...) repeats the same keys, which clippy takes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "lifeboat.dev",
@@ -738,7 +741,9 @@ pub enum RunResult {
 pub struct RunRecord {
     pub trigger: RunTrigger,
     pub result: RunResult,
+    /// When the run started.
     pub start_time: Time,
+    /// When the run finished (absent while running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
     /// The schedule time this run was for (scheduled runs).

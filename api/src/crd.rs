@@ -49,3 +49,233 @@ pub fn generated_files() -> Result<Vec<GeneratedFile>> {
         },
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn schema_of(crd: &CustomResourceDefinition) -> Value {
+        let version = crd.spec.versions.first();
+        let schema = version
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref());
+        serde_json::to_value(schema).unwrap_or(Value::Null)
+    }
+
+    /// Calls `visit(path, node)` for every schema node.
+    fn walk(path: &str, node: &Value, visit: &mut dyn FnMut(&str, &Value)) {
+        visit(path, node);
+        if let Some(properties) = node["properties"].as_object() {
+            for (key, child) in properties {
+                walk(&format!("{path}.{key}"), child, visit);
+            }
+        }
+        if node["items"].is_object() {
+            walk(&format!("{path}[]"), &node["items"], visit);
+        }
+        if node["additionalProperties"].is_object() {
+            walk(&format!("{path}{{}}"), &node["additionalProperties"], visit);
+        }
+    }
+
+    #[test]
+    fn every_string_list_and_map_is_bounded() {
+        for crd in crds() {
+            let schema = schema_of(&crd);
+            assert!(schema.is_object());
+            let mut problems = Vec::new();
+            let mut visited = 0;
+            walk("", &schema, &mut |path, node| {
+                visited += 1;
+                let bounded_string = node.get("maxLength").is_some()
+                    || node.get("enum").is_some()
+                    // Timestamps have a fixed size.
+                    || node["format"] == "date-time";
+                match node["type"].as_str() {
+                    Some("string") if !bounded_string => {
+                        problems.push(format!("{path}: string without maxLength"))
+                    }
+                    Some("array") if node.get("maxItems").is_none() => {
+                        problems.push(format!("{path}: list without maxItems"))
+                    }
+                    Some("object")
+                        if node["additionalProperties"].is_object()
+                            && node.get("maxProperties").is_none() =>
+                    {
+                        problems.push(format!("{path}: map without maxProperties"))
+                    }
+                    _ => {}
+                }
+            });
+            // Only the root's apiVersion/kind are left to the API server.
+            problems.retain(|p| !p.starts_with(".apiVersion") && !p.starts_with(".kind"));
+            assert!(visited > 60, "only {visited} schema nodes visited");
+            assert!(
+                problems.is_empty(),
+                "{:?}: {problems:#?}",
+                crd.metadata.name
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_only_on_top_level_scalars() {
+        for crd in crds() {
+            let schema = schema_of(&crd);
+            let mut defaults = Vec::new();
+            walk("", &schema, &mut |path, node| {
+                if let Some(default) = node.get("default") {
+                    defaults.push((path.to_owned(), default.clone()));
+                }
+            });
+            for (path, default) in &defaults {
+                let depth = path.matches('.').count();
+                assert!(
+                    depth == 2
+                        && !path.contains('[')
+                        && !default.is_object()
+                        && !default.is_array(),
+                    "{:?}: default {default} at {path} is not on a top-level scalar",
+                    crd.metadata.name
+                );
+            }
+            if crd.spec.names.kind == "ImageBackupPolicy" {
+                let found: Vec<(&str, &Value)> =
+                    defaults.iter().map(|(p, d)| (p.as_str(), d)).collect();
+                assert_eq!(
+                    found,
+                    [
+                        (".spec.continuous", &Value::Bool(true)),
+                        (".spec.dryRun", &Value::Bool(false)),
+                        (".spec.suspend", &Value::Bool(false)),
+                        (".status.observedGeneration", &Value::from(-1)),
+                    ]
+                );
+            } else {
+                assert_eq!(
+                    defaults,
+                    [(".status.observedGeneration".to_owned(), Value::from(-1))]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conventions() {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            assert_eq!(crd.spec.group, "lifeboat.dev");
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["lifeboat".to_owned()][..]),
+                "{name}"
+            );
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, "v1alpha1");
+            assert!(version.served && version.storage);
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .is_some_and(|s| s.status.is_some()),
+                "{name}: status subresource"
+            );
+            let columns = version
+                .additional_printer_columns
+                .clone()
+                .unwrap_or_default();
+            let essential: Vec<&str> = columns
+                .iter()
+                .filter(|c| c.priority.unwrap_or(0) == 0)
+                .map(|c| c.name.as_str())
+                .collect();
+            assert!(
+                essential.contains(&"Ready") && essential.contains(&"Age"),
+                "{name}: {essential:?}"
+            );
+            assert!(
+                columns.iter().any(|c| c.priority == Some(1)),
+                "{name}: no wide columns"
+            );
+            let schema = schema_of(&crd);
+            let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{name}");
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"]),
+                "{name}"
+            );
+            assert!(
+                schema["properties"]["status"]["properties"]
+                    .get("phase")
+                    .is_none()
+            );
+        }
+        let policy = ImageBackupPolicy::crd();
+        assert_eq!(
+            policy.spec.names.short_names.as_deref(),
+            Some(&["ibp".to_owned()][..])
+        );
+        let targets = &schema_of(&policy)["properties"]["spec"]["properties"]["targets"];
+        assert_eq!(
+            targets["x-kubernetes-list-map-keys"],
+            serde_json::json!(["name"])
+        );
+        let restore = ImageRestore::crd();
+        assert_eq!(
+            restore.spec.names.short_names,
+            Some(vec!["imgrestore".to_owned(), "ir".to_owned()])
+        );
+        let images = &schema_of(&restore)["properties"]["status"]["properties"]["images"];
+        assert_eq!(
+            images["x-kubernetes-list-map-keys"],
+            serde_json::json!(["reference"])
+        );
+    }
+
+    #[test]
+    fn every_cel_rule_is_in_a_crd() {
+        let text: String = generated_files()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|f| f.contents)
+            .collect();
+        let json: String = crds()
+            .iter()
+            .map(|c| serde_json::to_string(c).unwrap_or_default())
+            .collect();
+        for rule in crate::schema::all_cel_rules() {
+            let rule_json = serde_json::to_string(rule.rule).unwrap_or_default();
+            let message_json = serde_json::to_string(rule.message).unwrap_or_default();
+            assert!(json.contains(&rule_json), "rule missing: {}", rule.rule);
+            assert!(
+                json.contains(&message_json),
+                "message missing: {}",
+                rule.message
+            );
+            assert!(!rule.message.is_empty() && rule.message.len() < 300);
+        }
+        assert!(text.starts_with(GENERATED_HEADER));
+    }
+
+    #[test]
+    fn status_defaults_mark_fresh_objects_unobserved() {
+        use crate::backup_policy::ImageBackupPolicyStatus;
+        use crate::restore::ImageRestoreStatus;
+        assert_eq!(ImageBackupPolicyStatus::default().observed_generation, -1);
+        assert_eq!(ImageRestoreStatus::default().observed_generation, -1);
+        let status: ImageBackupPolicyStatus =
+            serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status.observed_generation, -1);
+        let status: ImageRestoreStatus =
+            serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status.observed_generation, -1);
+        // An empty status serialises without empty lists.
+        assert_eq!(
+            serde_json::to_string(&ImageRestoreStatus::default()).unwrap_or_default(),
+            r#"{"observedGeneration":-1}"#
+        );
+    }
+}

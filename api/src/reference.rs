@@ -815,8 +815,8 @@ mod tests {
 
         // The longest valid reference fits the CRDs' bound.
         let longest = format!(
-            "{}:{}@sha512:{}",
-            format!("x/{}", "a".repeat(NAME_MAX_LENGTH - 12)),
+            "x/{}:{}@sha512:{}",
+            "a".repeat(NAME_MAX_LENGTH - 12),
             "t".repeat(TAG_MAX_LENGTH),
             "0".repeat(128)
         );

@@ -68,6 +68,9 @@ pub const MAX_STATUS_IMAGES: usize = 256;
 // --- spec --------------------------------------------------------------------------
 
 /// Restore lost container images. The spec cannot change after creation.
+// Each printcolumn(...) repeats the same keys, which clippy takes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "lifeboat.dev",

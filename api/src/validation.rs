@@ -8,14 +8,20 @@
 //! success the parsed forms the operator needs anyway.
 
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
 use chrono_tz::Tz;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::Value;
 
-use crate::backup_policy::{BackupTarget, CaBundle, ImageBackupPolicySpec, WorkloadSelector};
+use crate::backup_policy::{
+    BackupTarget, CaBundle, ImageBackupPolicy, ImageBackupPolicySpec, WorkloadSelector,
+};
 use crate::error::{Error, Result};
 use crate::patterns::ImageMatcher;
 use crate::reference::ImageReference;
-use crate::restore::{ImageRestoreSpec, RestoreSourceType};
+use crate::restore::{ImageRestore, ImageRestoreSpec, RestoreSourceType};
 use crate::schedule::{Schedule, parse_time_zone};
 use crate::template::{TargetRegistry, check_template};
 
@@ -63,8 +69,159 @@ fn is_dns_label(s: &str) -> bool {
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// The `spec` part of a CRD's schema, computed once.
+fn spec_schema(crd: fn() -> CustomResourceDefinition) -> Value {
+    crd()
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .map(|schema| schema["properties"]["spec"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn policy_spec_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| spec_schema(ImageBackupPolicy::crd))
+}
+
+fn restore_spec_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| spec_schema(ImageRestore::crd))
+}
+
+/// Checks a value against the structural bounds of the generated schema
+/// (lengths, item counts, ranges, enums, required fields, set and map
+/// uniqueness): what the API server enforces besides patterns and CEL,
+/// which the functions below check by hand.
+fn check_schema_bounds(value: &Value, schema: &Value, path: &str) -> Result<()> {
+    if value.is_null() || !schema.is_object() {
+        return Ok(());
+    }
+    if let (Some(allowed), Some(text)) = (schema["enum"].as_array(), value.as_str())
+        && !allowed.iter().any(|a| a.as_str() == Some(text))
+    {
+        let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+        return Err(invalid(format!(
+            "unsupported value {text:?}; supported values: {}",
+            names.join(", ")
+        ))
+        .at(path));
+    }
+    match value {
+        Value::String(text) => {
+            let length = text.chars().count();
+            if let Some(max) = schema["maxLength"].as_u64()
+                && length as u64 > max
+            {
+                return Err(invalid(format!(
+                    "is {length} characters long; at most {max} are allowed"
+                ))
+                .at(path));
+            }
+            if let Some(min) = schema["minLength"].as_u64()
+                && (length as u64) < min
+            {
+                return Err(invalid(format!("must be at least {min} characters long")).at(path));
+            }
+        }
+        Value::Number(number) => {
+            if let (Some(n), Some(min)) = (number.as_f64(), schema["minimum"].as_f64())
+                && n < min
+            {
+                return Err(invalid(format!("must be at least {min}")).at(path));
+            }
+            if let (Some(n), Some(max)) = (number.as_f64(), schema["maximum"].as_f64())
+                && n > max
+            {
+                return Err(invalid(format!("must be at most {max}")).at(path));
+            }
+        }
+        Value::Array(items) => {
+            if let Some(max) = schema["maxItems"].as_u64()
+                && items.len() as u64 > max
+            {
+                return Err(invalid(format!(
+                    "has {} items; at most {max} are allowed",
+                    items.len()
+                ))
+                .at(path));
+            }
+            if let Some(min) = schema["minItems"].as_u64()
+                && (items.len() as u64) < min
+            {
+                return Err(invalid(format!("must have at least {min} item(s)")).at(path));
+            }
+            let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+                .as_array()
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let identity = |item: &Value| match schema["x-kubernetes-list-type"].as_str() {
+                Some("set") => Some(item.to_string()),
+                Some("map") => Some(
+                    keys.iter()
+                        .map(|k| item[*k].to_string())
+                        .collect::<Vec<_>>()
+                        .join("\0"),
+                ),
+                _ => None,
+            };
+            let mut seen = BTreeSet::new();
+            for (index, item) in items.iter().enumerate() {
+                if let Some(id) = identity(item)
+                    && !seen.insert(id)
+                {
+                    return Err(
+                        invalid("duplicates an earlier entry").at(format!("{path}[{index}]"))
+                    );
+                }
+                check_schema_bounds(item, &schema["items"], &format!("{path}[{index}]"))?;
+            }
+        }
+        Value::Object(map) => {
+            if let Some(max) = schema["maxProperties"].as_u64()
+                && map.len() as u64 > max
+            {
+                return Err(invalid(format!(
+                    "has {} entries; at most {max} are allowed",
+                    map.len()
+                ))
+                .at(path));
+            }
+            for required in schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if map.get(required).is_none_or(Value::is_null) {
+                    return Err(invalid("is required").at(format!("{path}.{required}")));
+                }
+            }
+            for (key, item) in map {
+                let field_schema = match schema["properties"].get(key) {
+                    Some(s) => s,
+                    None => &schema["additionalProperties"],
+                };
+                check_schema_bounds(item, field_schema, &format!("{path}.{key}"))?;
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
+    Ok(())
+}
+
+fn check_spec_bounds<T: serde::Serialize>(spec: &T, schema: &Value) -> Result<()> {
+    let value =
+        serde_json::to_value(spec).map_err(|e| invalid(format!("cannot be serialised: {e}")))?;
+    check_schema_bounds(&value, schema, "spec")
+}
+
 /// Validates an ImageBackupPolicy spec.
 pub fn validate_policy_spec(spec: &ImageBackupPolicySpec) -> Result<ValidPolicy> {
+    check_spec_bounds(spec, policy_spec_schema())?;
     let images = match &spec.selector {
         Some(selector) => validate_selector(selector).map_err(|e| e.at("spec.selector"))?,
         None => ImageMatcher::default(),
@@ -81,45 +238,14 @@ pub fn validate_policy_spec(spec: &ImageBackupPolicySpec) -> Result<ValidPolicy>
     let time_zone =
         parse_time_zone(spec.time_zone.as_deref()).map_err(|e| e.at("spec.timeZone"))?;
 
-    if spec.starting_deadline_seconds.is_some_and(|s| s < 0) {
-        return Err(invalid("must not be negative").at("spec.startingDeadlineSeconds"));
-    }
-
-    if let Some(credentials) = &spec.source_credentials {
-        let mut seen = BTreeSet::new();
-        for (index, secret) in credentials.secret_refs.iter().flatten().enumerate() {
-            let field = format!("spec.sourceCredentials.secretRefs[{index}].name");
-            if secret.name.is_empty() {
-                return Err(invalid("must not be empty").at(field));
-            }
-            if !seen.insert(secret.name.as_str()) {
-                return Err(invalid(format!("Secret {:?} is listed twice", secret.name)).at(field));
-            }
-        }
-    }
-
-    if let Some(retention) = &spec.retention {
-        if retention.keep_last.is_none() && retention.max_age_days.is_none() {
-            return Err(invalid(
-                "set keepLast, maxAgeDays or both; leave retention out to keep every backup",
-            )
-            .at("spec.retention"));
-        }
-        if retention.keep_last.is_some_and(|n| n < 1) {
-            return Err(invalid("must be at least 1").at("spec.retention.keepLast"));
-        }
-        if retention.max_age_days.is_some_and(|n| n < 1) {
-            return Err(invalid("must be at least 1").at("spec.retention.maxAgeDays"));
-        }
-    }
-
-    if let Some(restore) = &spec.restore
-        && let Some(order) = &restore.source_order
+    if let Some(retention) = &spec.retention
+        && retention.keep_last.is_none()
+        && retention.max_age_days.is_none()
     {
-        let unique: BTreeSet<_> = order.iter().collect();
-        if unique.len() != order.len() {
-            return Err(invalid("lists a source twice").at("spec.restore.sourceOrder"));
-        }
+        return Err(invalid(
+            "set keepLast, maxAgeDays or both; leave retention out to keep every backup",
+        )
+        .at("spec.retention"));
     }
 
     Ok(ValidPolicy {
@@ -153,11 +279,6 @@ fn validate_selector(selector: &WorkloadSelector) -> Result<ImageMatcher> {
             .at(format!("excludedNamespaces[{index}]")));
         }
     }
-    if selector.workload_kinds.as_ref().is_some_and(Vec::is_empty) {
-        return Err(
-            invalid("must list at least one kind; leave it out for all kinds").at("workloadKinds"),
-        );
-    }
     ImageMatcher::compile(selector.images.as_ref()).map_err(|e| e.at("images"))
 }
 
@@ -171,13 +292,6 @@ fn validate_ca_bundle(bundle: &CaBundle) -> Result<()> {
 }
 
 fn validate_targets(targets: &[BackupTarget]) -> Result<Vec<ValidTarget>> {
-    if targets.is_empty() {
-        return Err(invalid("at least one backup target is required").at("spec.targets"));
-    }
-    if targets.len() > 4 {
-        return Err(invalid("at most 4 backup targets are allowed").at("spec.targets"));
-    }
-    let mut names = BTreeSet::new();
     let mut valid = Vec::with_capacity(targets.len());
     for (index, target) in targets.iter().enumerate() {
         let field = |name: &str| format!("spec.targets[{index}].{name}");
@@ -187,11 +301,6 @@ fn validate_targets(targets: &[BackupTarget]) -> Result<Vec<ValidTarget>> {
                 target.name
             ))
             .at(field("name")));
-        }
-        if !names.insert(target.name.as_str()) {
-            return Err(
-                invalid(format!("target name {:?} is used twice", target.name)).at(field("name")),
-            );
         }
         let registry =
             TargetRegistry::parse(&target.registry).map_err(|e| e.at(field("registry")))?;
@@ -238,6 +347,7 @@ fn is_platform(platform: &str) -> bool {
 
 /// Validates an ImageRestore spec.
 pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
+    check_spec_bounds(spec, restore_spec_schema())?;
     let images = match (&spec.images, &spec.policy_ref) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(invalid(
@@ -246,9 +356,6 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
             .at("spec"));
         }
         (Some(images), None) => {
-            if images.is_empty() {
-                return Err(invalid("must list at least one image").at("spec.images"));
-            }
             let mut parsed = Vec::with_capacity(images.len());
             let mut seen = BTreeSet::new();
             for (index, image) in images.iter().enumerate() {
@@ -264,12 +371,7 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
             }
             parsed
         }
-        (None, Some(policy)) => {
-            if policy.name.is_empty() {
-                return Err(invalid("must not be empty").at("spec.policyRef.name"));
-            }
-            Vec::new()
-        }
+        (None, Some(_)) => Vec::new(),
     };
 
     if let Some(source) = &spec.source {
@@ -285,16 +387,8 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
                     .at("spec.source.nodeCache"),
             );
         }
-        if let Some(order) = &source.order {
-            if source.type_ != RestoreSourceType::Auto {
-                return Err(
-                    invalid("can only be set when source.type is Auto").at("spec.source.order")
-                );
-            }
-            let unique: BTreeSet<_> = order.iter().collect();
-            if unique.len() != order.len() || order.is_empty() {
-                return Err(invalid("must list each source at most once").at("spec.source.order"));
-            }
+        if source.order.is_some() && source.type_ != RestoreSourceType::Auto {
+            return Err(invalid("can only be set when source.type is Auto").at("spec.source.order"));
         }
     }
 
@@ -328,10 +422,6 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
             }
         }
     };
-
-    if spec.active_deadline_seconds.is_some_and(|s| s < 1) {
-        return Err(invalid("must be at least 1").at("spec.activeDeadlineSeconds"));
-    }
 
     Ok(ValidRestore {
         images,
@@ -455,7 +545,7 @@ mod tests {
             &spec,
             "spec.selector.workloadKinds",
             "InvalidSpec",
-            "at least one kind",
+            "at least 1 item",
         );
 
         spec.selector = Some(WorkloadSelector {
@@ -477,11 +567,21 @@ mod tests {
     fn target_rules() {
         let mut spec = policy();
         spec.targets = vec![];
-        policy_error(&spec, "spec.targets", "InvalidSpec", "at least one");
+        policy_error(&spec, "spec.targets", "InvalidSpec", "at least 1 item");
         spec.targets = (0..5).map(|i| target(&format!("t{i}"))).collect();
-        policy_error(&spec, "spec.targets", "InvalidSpec", "at most 4");
+        policy_error(
+            &spec,
+            "spec.targets",
+            "InvalidSpec",
+            "at most 4 are allowed",
+        );
         spec.targets = vec![target("a"), target("a")];
-        policy_error(&spec, "spec.targets[1].name", "InvalidSpec", "used twice");
+        policy_error(
+            &spec,
+            "spec.targets[1]",
+            "InvalidSpec",
+            "duplicates an earlier entry",
+        );
         spec.targets = vec![target("Primary")];
         policy_error(
             &spec,
@@ -567,7 +667,7 @@ mod tests {
             &spec,
             "spec.startingDeadlineSeconds",
             "InvalidSpec",
-            "negative",
+            "must be at least 0",
         );
 
         let mut spec = policy();
@@ -586,7 +686,7 @@ mod tests {
             &spec,
             "spec.retention.keepLast",
             "InvalidSpec",
-            "at least 1",
+            "must be at least 1",
         );
         spec.retention = Some(Retention {
             keep_last: None,
@@ -596,7 +696,7 @@ mod tests {
             &spec,
             "spec.retention.maxAgeDays",
             "InvalidSpec",
-            "at least 1",
+            "must be at least 1",
         );
 
         let mut spec = policy();
@@ -606,9 +706,9 @@ mod tests {
         });
         policy_error(
             &spec,
-            "spec.sourceCredentials.secretRefs[1].name",
+            "spec.sourceCredentials.secretRefs[1]",
             "InvalidSpec",
-            "listed twice",
+            "duplicates an earlier entry",
         );
 
         let mut spec = policy();
@@ -619,7 +719,12 @@ mod tests {
             ]),
             ..Default::default()
         });
-        policy_error(&spec, "spec.restore.sourceOrder", "InvalidSpec", "twice");
+        policy_error(
+            &spec,
+            "spec.restore.sourceOrder[1]",
+            "InvalidSpec",
+            "duplicates an earlier entry",
+        );
     }
 
     #[test]
@@ -689,7 +794,7 @@ mod tests {
             &restore_of(&[]),
             "spec.images",
             "InvalidSpec",
-            "at least one",
+            "at least 1 item",
         );
         restore_error(
             &restore_of(&["nginx", "Nginx"]),
@@ -823,7 +928,7 @@ mod tests {
             &spec,
             "spec.activeDeadlineSeconds",
             "InvalidSpec",
-            "at least 1",
+            "must be at least 1",
         );
     }
 }
