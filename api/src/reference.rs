@@ -305,6 +305,9 @@ impl ImageReference {
         let mut out = if self.is_docker_hub() {
             match self.repository.strip_prefix(DOCKER_HUB_OFFICIAL_NAMESPACE) {
                 Some(short) if !short.contains('/') => short.to_owned(),
+                // `docker.io/a.b/c` must keep its registry, or `a.b` would
+                // be read as one.
+                _ if split_registry(&self.repository).0 != DOCKER_HUB => self.name(),
                 _ => self.repository.clone(),
             }
         } else {
@@ -834,6 +837,8 @@ mod tests {
             "localhost:5000/app",
             &format!("quay.io/a/b@{SHA}"),
             &format!("nginx:1@{SHA}"),
+            "docker.io/a.b/c",
+            "docker.io/localhost/x",
         ] {
             let r = parse(input);
             assert_eq!(parse(&r.familiar()), r, "{input}");
@@ -921,6 +926,12 @@ mod tests {
                     }
                     Err(e) => panic!("{input:?} -> {canonical:?} does not parse back: {e}"),
                 }
+                let familiar = reference.familiar();
+                assert_eq!(
+                    ImageReference::parse(&familiar).ok().as_ref(),
+                    Some(&reference),
+                    "{input:?} -> familiar {familiar:?}"
+                );
                 assert!(canonical.len() <= REFERENCE_MAX_LENGTH);
             }
         }
