@@ -162,6 +162,8 @@ struct Run {
     source_bytes: u64,
     target_writes: usize,
     peak_rss_kib: u64,
+    copier_cpu: f64,
+    registries_cpu: f64,
 }
 
 /// Blob bytes served by a registry, from its access log (combined format:
@@ -196,7 +198,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs a command, sampling its peak RSS. Panics if it fails.
-fn run_measured(command: &mut Command) -> (Duration, u64, String) {
+fn run_measured(command: &mut Command) -> (Duration, u64, f64, String) {
     let started = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
@@ -218,10 +220,12 @@ fn run_measured(command: &mut Command) -> (Duration, u64, String) {
         std::io::Read::read_to_string(&mut stderr, &mut s).ok();
         s
     });
+    let mut cpu = 0.0f64;
     let status = loop {
         if let Some(hwm) = vm_hwm_kib(pid) {
             peak = peak.max(hwm);
         }
+        cpu = cpu.max(support::registry::cpu_seconds(pid));
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
@@ -231,18 +235,19 @@ fn run_measured(command: &mut Command) -> (Duration, u64, String) {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     assert!(status.success(), "{command:?} failed: {stdout}\n{stderr}");
-    (wall, peak, stdout)
+    (wall, peak, cpu, stdout)
 }
 
 fn measure(
     source: &TestRegistry,
     target: &TestRegistry,
-    mut action: impl FnMut() -> (Duration, u64),
+    mut action: impl FnMut() -> (Duration, u64, f64),
 ) -> Run {
     let requests_before = source.total_requests() + target.total_requests();
     let bytes_before = blob_bytes_served(source);
     let writes_before = target_writes(target);
-    let (wall, peak_rss_kib) = action();
+    let cpu_before = source.cpu_seconds() + target.cpu_seconds();
+    let (wall, peak_rss_kib, copier_cpu) = action();
     // The registries write their access log lines as each request ends.
     std::thread::sleep(Duration::from_millis(200));
     Run {
@@ -251,6 +256,8 @@ fn measure(
         source_bytes: blob_bytes_served(source) - bytes_before,
         target_writes: target_writes(target) - writes_before,
         peak_rss_kib,
+        copier_cpu,
+        registries_cpu: source.cpu_seconds() + target.cpu_seconds() - cpu_before,
     }
 }
 
@@ -276,14 +283,14 @@ fn ours(
             command.arg(from);
             command.arg(format!("{}/{}", target.host, image.repository));
         }
-        let (wall, sampled_peak, stdout) = run_measured(&mut command);
+        let (wall, sampled_peak, cpu, stdout) = run_measured(&mut command);
         let reported_peak = stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|v| v["summary"] == true)
             .and_then(|v| v["peakRssKib"].as_u64())
             .unwrap_or(0);
-        (wall, sampled_peak.max(reported_peak))
+        (wall, sampled_peak.max(reported_peak), cpu)
     })
 }
 
@@ -297,6 +304,7 @@ fn skopeo(
     measure(source, target, || {
         let started = Instant::now();
         let mut peak = 0;
+        let mut cpu = 0.0;
         for image in &corpus.images {
             let from = if by_digest {
                 format!(
@@ -320,10 +328,11 @@ fn skopeo(
                     "docker://{}/{}:{}",
                     target.host, image.repository, image.tag
                 ));
-            let (_, image_peak, _) = run_measured(&mut command);
+            let (_, image_peak, image_cpu, _) = run_measured(&mut command);
             peak = peak.max(image_peak);
+            cpu += image_cpu;
         }
-        (started.elapsed(), peak)
+        (started.elapsed(), peak, cpu)
     })
 }
 
@@ -404,10 +413,17 @@ async fn main() {
     let (one_stream, four_streams) = raw_put_limit(sizes.big_layer, 4).await;
 
     let mut table = String::new();
-    table.push_str("| corpus | run | tool | wall s | MiB moved | MiB/s | requests | target writes | peak RSS MiB | skopeo time / ours |\n");
-    table.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    table.push_str("| corpus | run | tool | wall s | MiB moved | MiB/s | requests | target writes | peak RSS MiB | copier CPU s | registries CPU s | skopeo time / ours |\n");
+    table.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut checks = Vec::new();
-    for corpus in &corpora {
+    // RT_BENCH_ONLY=<index>: measure one corpus only (while tuning).
+    let only: Option<usize> = std::env::var("RT_BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (position, corpus) in corpora.iter().enumerate() {
+        if only.is_some_and(|o| o != position) {
+            continue;
+        }
         eprintln!("corpus: {}", corpus.name);
         let ours_target = TestRegistry::start_plain();
         let ours_cold = ours(&binary, &source, &ours_target, corpus, false);
@@ -426,7 +442,7 @@ async fn main() {
                 let rate = run.source_bytes as f64 / MIB as f64 / run.wall.as_secs_f64();
                 let _ = writeln!(
                     table,
-                    "| {} | {label} | {tool} | {:.2} | {} | {:.0} | {} | {} | {:.1} | {} |",
+                    "| {} | {label} | {tool} | {:.2} | {} | {:.0} | {} | {} | {:.1} | {:.2} | {:.2} | {} |",
                     corpus.name,
                     run.wall.as_secs_f64(),
                     mib(run.source_bytes),
@@ -434,6 +450,8 @@ async fn main() {
                     run.requests,
                     run.target_writes,
                     run.peak_rss_kib as f64 / 1024.0,
+                    run.copier_cpu,
+                    run.registries_cpu,
                     if tool == "lifeboat" {
                         format!("{ratio:.2}x")
                     } else {

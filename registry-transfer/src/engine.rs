@@ -222,8 +222,23 @@ struct Inner {
     tuning: HttpTuning,
     clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
     limiter: Limiter,
-    blob_locks: Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs being copied right now; waiters watch for the sender to drop.
+    in_flight: Mutex<HashMap<BlobKey, tokio::sync::watch::Receiver<()>>>,
     known: Mutex<KnownBlobs>,
+}
+
+/// The leader's claim on a blob; dropping it (done, failed or cancelled)
+/// releases the waiters.
+struct Flight<'a> {
+    flights: &'a Mutex<HashMap<BlobKey, tokio::sync::watch::Receiver<()>>>,
+    key: BlobKey,
+    _finished: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        lock(self.flights).remove(&self.key);
+    }
 }
 
 impl std::fmt::Debug for Transfer {
@@ -282,7 +297,7 @@ impl Transfer {
                 tuning,
                 clients: Mutex::new(HashMap::new()),
                 limiter,
-                blob_locks: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 known: Mutex::new(KnownBlobs::default()),
             }),
         }
@@ -471,8 +486,20 @@ impl Transfer {
         // source was opened by digest, else one HEAD), and with nothing to
         // rewrite, one HEAD on the target answers "already there".
         let mut source_digest = source.known_digest();
+        let mut early: Option<(String, Option<Digest>)> = None;
         if source_digest.is_none() && !filtering {
-            source_digest = Some(self.resolve_source(source).await?);
+            match &request.tag {
+                // Both questions at once: one round trip instead of two.
+                Some(tag) => {
+                    let (resolved, existing) = futures::try_join!(
+                        self.resolve_source(source),
+                        self.target_manifest(&target, repository, tag)
+                    )?;
+                    source_digest = Some(resolved);
+                    early = Some((tag.clone(), existing));
+                }
+                None => source_digest = Some(self.resolve_source(source).await?),
+            }
         }
         let mut checked: Option<(String, Option<Digest>)> = None;
         if let (Some(known), false) = (&source_digest, filtering) {
@@ -480,7 +507,10 @@ impl Transfer {
                 .tag
                 .clone()
                 .unwrap_or_else(|| deterministic_tag(known));
-            let existing = self.target_manifest(&target, repository, &tag).await?;
+            let existing = match early.take() {
+                Some((early_tag, existing)) if early_tag == tag => existing,
+                _ => self.target_manifest(&target, repository, &tag).await?,
+            };
             match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
                 TagDecision::UpToDate => {
                     return Ok(report(
@@ -629,9 +659,10 @@ impl Transfer {
         Ok(())
     }
 
-    /// Single flight: one copy at a time per (target registry, blob), so a
-    /// blob shared by many concurrent copies is sent once and then found
-    /// or mounted by the others.
+    /// Single flight per (target registry, blob): one copy moves the
+    /// bytes, concurrent copies of the same blob wait for it and then find
+    /// it (same repository) or mount it (another repository) in parallel.
+    /// If the leader failed, the next waiter becomes the leader.
     async fn copy_blob<S: ContentSource>(
         &self,
         source: &S,
@@ -640,24 +671,48 @@ impl Transfer {
         descriptor: &Descriptor,
         tally: &Tally,
     ) -> Result<(), TransferError> {
-        let key = (target.name().to_owned(), descriptor.digest.clone());
-        let blob_lock = lock(&self.inner.blob_locks)
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let result = {
-            let _flight = blob_lock.lock().await;
-            self.copy_blob_alone(source, target, target_repo, descriptor, tally)
-                .await
-        };
-        {
-            let mut locks = lock(&self.inner.blob_locks);
-            // Ours and the map's: nobody else is waiting, drop the entry.
-            if Arc::strong_count(&blob_lock) <= 2 {
-                locks.remove(&key);
+        let key: BlobKey = (target.name().to_owned(), descriptor.digest.clone());
+        let ttl = self.inner.config.known_blob_ttl;
+        let mut waited = false;
+        loop {
+            if waited
+                && lock(&self.inner.known)
+                    .live(target.name(), &descriptor.digest, ttl)
+                    .next()
+                    .is_some()
+            {
+                return self
+                    .copy_blob_alone(source, target, target_repo, descriptor, tally)
+                    .await;
+            }
+            let leader = {
+                let mut flights = lock(&self.inner.in_flight);
+                match flights.get(&key) {
+                    Some(done) => Err(done.clone()),
+                    None => {
+                        let (finished, done) = tokio::sync::watch::channel(());
+                        flights.insert(key.clone(), done);
+                        Ok(Flight {
+                            flights: &self.inner.in_flight,
+                            key: key.clone(),
+                            _finished: finished,
+                        })
+                    }
+                }
+            };
+            match leader {
+                Ok(_flight) => {
+                    return self
+                        .copy_blob_alone(source, target, target_repo, descriptor, tally)
+                        .await;
+                }
+                Err(mut done) => {
+                    // Resolves when the leader's sender is dropped.
+                    let _ = done.changed().await;
+                    waited = true;
+                }
             }
         }
-        result
     }
 
     async fn copy_blob_alone<S: ContentSource>(

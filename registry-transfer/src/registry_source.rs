@@ -1,13 +1,13 @@
 //! A registry repository as a [`ContentSource`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use crate::client::{RegistryClient, pull_scope};
 use crate::error::TransferError;
-use crate::manifest::verify;
+use crate::manifest::{sha256_digest, verify};
 use crate::reference::{ImageRef, RepositoryRef};
 use crate::source::SourceErrorKind;
 use crate::{BlobStream, ContentSource, Descriptor, Digest};
@@ -15,10 +15,12 @@ use crate::{BlobStream, ContentSource, Descriptor, Digest};
 /// An image in a registry, opened by tag or digest. Made by
 /// [`Transfer::registry_source`](crate::Transfer::registry_source), so it
 /// shares the engine's connections, credentials and limits.
-#[derive(Clone)]
 pub struct RegistrySource {
     client: Arc<RegistryClient>,
     image: ImageRef,
+    /// The top-level manifest as fetched by `resolve`, so that the copy's
+    /// `fetch_manifest` right after does not ask again.
+    resolved: Mutex<Option<(Digest, Bytes, String)>>,
 }
 
 impl fmt::Debug for RegistrySource {
@@ -31,7 +33,11 @@ impl fmt::Debug for RegistrySource {
 
 impl RegistrySource {
     pub(crate) fn new(client: Arc<RegistryClient>, image: ImageRef) -> RegistrySource {
-        RegistrySource { client, image }
+        RegistrySource {
+            client,
+            image,
+            resolved: Mutex::new(None),
+        }
     }
 
     pub fn image(&self) -> &ImageRef {
@@ -58,30 +64,46 @@ impl RegistrySource {
 impl ContentSource for RegistrySource {
     type Error = TransferError;
 
+    /// One GET (not HEAD then GET): a manifest is small, and the copy
+    /// needs its bytes right after.
     async fn resolve(&self) -> Result<Descriptor, TransferError> {
-        let head = self
+        let (bytes, media_type) = self
             .client
-            .manifest_digest(self.repository(), &self.reference(), &self.scopes())
+            .manifest_get(self.repository(), &self.reference(), &self.scopes())
             .await?
             .ok_or_else(|| TransferError::SourceNotFound {
                 what: self.image.to_string(),
             })?;
+        let digest = sha256_digest(&bytes);
         if let Some(expected) = &self.image.digest
-            && &head.digest != expected
+            && &digest != expected
         {
             return Err(TransferError::DigestMismatch {
                 expected: expected.clone(),
-                actual: head.digest.to_string(),
+                actual: digest.to_string(),
             });
         }
-        Ok(Descriptor {
-            media_type: head.media_type,
-            digest: head.digest,
-            size: head.size,
-        })
+        let descriptor = Descriptor {
+            media_type: media_type.clone(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+        };
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((digest, bytes, media_type));
+        Ok(descriptor)
     }
 
     async fn fetch_manifest(&self, digest: &Digest) -> Result<(Bytes, String), TransferError> {
+        let cached = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(resolved, _, _)| resolved == digest)
+            .map(|(_, bytes, media_type)| (bytes.clone(), media_type.clone()));
+        if let Some(cached) = cached {
+            return Ok(cached);
+        }
         let (bytes, media_type) = self
             .client
             .manifest_get(self.repository(), digest.as_str(), &self.scopes())

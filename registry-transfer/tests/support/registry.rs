@@ -280,6 +280,11 @@ impl TestRegistry {
             .count()
     }
 
+    /// CPU seconds the registry process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id())
+    }
+
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
@@ -287,6 +292,24 @@ impl TestRegistry {
     pub fn total_requests(&self) -> usize {
         self.count_requests(&["HTTP/1.1\""])
     }
+}
+
+/// utime + stime of a process, from /proc/<pid>/stat (USER_HZ = 100).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 impl Drop for TestRegistry {
