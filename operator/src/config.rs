@@ -1,0 +1,116 @@
+//! The operator's configuration, from its environment (set by the Helm chart).
+
+use std::net::SocketAddr;
+
+use crate::error::OperatorError;
+use crate::telemetry::LogFormat;
+
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// The namespace the operator runs in: policies here may select any
+    /// namespace; export Jobs and the leader lease live here.
+    pub namespace: String,
+    /// This replica's name in the leader lease.
+    pub identity: String,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub leader_election: bool,
+    /// Image of the node-exporter that export Jobs run.
+    pub node_exporter_image: String,
+}
+
+impl OperatorConfig {
+    /// Reads `LIFEBOAT_*` variables (and `POD_NAMESPACE`/`POD_NAME` from the
+    /// downward API) through `get`, so tests can pass a map.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, OperatorError> {
+        let namespace = get("POD_NAMESPACE")
+            .or_else(|| get("LIFEBOAT_NAMESPACE"))
+            .unwrap_or_else(|| "lifeboat-system".to_owned());
+        let identity = get("POD_NAME")
+            .or_else(|| get("HOSTNAME"))
+            .unwrap_or_else(|| format!("lifeboat-operator-{}", std::process::id()));
+        let http_addr = get("LIFEBOAT_HTTP_ADDR")
+            .unwrap_or_else(|| "0.0.0.0:8080".to_owned())
+            .parse()
+            .map_err(|e| OperatorError::Config(format!("LIFEBOAT_HTTP_ADDR: {e}")))?;
+        let in_cluster = get("KUBERNETES_SERVICE_HOST").is_some();
+        let log_format = match get("LIFEBOAT_LOG_FORMAT").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            None if in_cluster => LogFormat::Json,
+            None => LogFormat::Text,
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_LOG_FORMAT must be json or text, not {other:?}"
+                )));
+            }
+        };
+        let leader_election = match get("LIFEBOAT_LEADER_ELECTION").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_LEADER_ELECTION must be true or false, not {other:?}"
+                )));
+            }
+        };
+        let node_exporter_image = get("LIFEBOAT_NODE_EXPORTER_IMAGE")
+            .unwrap_or_else(|| "lifeboat.local/node-exporter:dev".to_owned());
+        Ok(OperatorConfig {
+            namespace,
+            identity,
+            http_addr,
+            log_format,
+            leader_election,
+            node_exporter_image,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<OperatorConfig, OperatorError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        OperatorConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_outside_the_cluster() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.namespace, "lifeboat-system");
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.leader_election);
+    }
+
+    #[test]
+    fn json_logs_in_the_cluster_and_downward_api_names() {
+        let c = config(&[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("POD_NAMESPACE", "ops"),
+            ("POD_NAME", "op-1"),
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.namespace, "ops");
+        assert_eq!(c.identity, "op-1");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_variable_name() {
+        let error = config(&[("LIFEBOAT_LEADER_ELECTION", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("LIFEBOAT_LEADER_ELECTION"), "{error}");
+        let error = config(&[("LIFEBOAT_HTTP_ADDR", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("LIFEBOAT_HTTP_ADDR"), "{error}");
+    }
+}

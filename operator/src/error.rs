@@ -1,0 +1,122 @@
+//! The operator's one error type. Every variant maps to a condition reason,
+//! an event reason and a metric label, so a failure reads the same in
+//! `kubectl describe`, in events and on dashboards.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OperatorError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("{message}")]
+    InvalidSpec {
+        reason: &'static str,
+        message: String,
+    },
+
+    #[error("secret {namespace}/{name} not found")]
+    CredentialsNotFound { namespace: String, name: String },
+
+    #[error("secret {namespace}/{name} is not usable: {message}")]
+    CredentialsInvalid {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+
+    #[error("http server: {0}")]
+    Http(String),
+
+    #[error("serializing: {0}")]
+    Serialization(#[from] serde_json::Error),
+}
+
+impl OperatorError {
+    /// CamelCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OperatorError::Kube(_) => "KubernetesApiError",
+            OperatorError::InvalidSpec { reason, .. } => reason,
+            OperatorError::CredentialsNotFound { .. } => "CredentialsNotFound",
+            OperatorError::CredentialsInvalid { .. } => "CredentialsInvalid",
+            OperatorError::Config(_) => "ConfigurationError",
+            OperatorError::Telemetry(_) => "TelemetryError",
+            OperatorError::Http(_) => "HttpServerError",
+            OperatorError::Serialization(_) => "SerializationError",
+        }
+    }
+
+    /// The same reason, as a low-cardinality metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            OperatorError::Kube(_) => "kubernetes_api",
+            OperatorError::InvalidSpec { .. } => "invalid_spec",
+            OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
+            OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
+            OperatorError::Config(_) => "configuration",
+            OperatorError::Telemetry(_) => "telemetry",
+            OperatorError::Http(_) => "http_server",
+            OperatorError::Serialization(_) => "serialization",
+        }
+    }
+
+    /// Whether retrying without a change to the object can help. Invalid
+    /// specs wait for the user to change them instead of hot-looping.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, OperatorError::InvalidSpec { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_single_camel_case_words() {
+        let errors = [
+            OperatorError::InvalidSpec {
+                reason: "InvalidSchedule",
+                message: "x".into(),
+            },
+            OperatorError::CredentialsNotFound {
+                namespace: "a".into(),
+                name: "b".into(),
+            },
+            OperatorError::CredentialsInvalid {
+                namespace: "a".into(),
+                name: "b".into(),
+                message: "m".into(),
+            },
+            OperatorError::Config("x".into()),
+            OperatorError::Telemetry("x".into()),
+            OperatorError::Http("x".into()),
+        ];
+        for error in errors {
+            let reason = error.reason();
+            assert!(
+                reason
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase()),
+                "{reason}"
+            );
+            assert!(
+                reason.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{reason}"
+            );
+            assert!(
+                error
+                    .metric_label()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The Lifeboat operator: reconciles ImageBackupPolicies and ImageRestores.
+//!
+//! - `config`, `context`: what the process is given and what reconciles share;
+//! - `leader`: Lease-based leader election (pure decision + thin IO loop);
+//! - `telemetry`, `http`: logs, metrics, `/metrics` `/healthz` `/readyz`;
+//! - `error`: the one error type, with condition/event/metric reasons.
+
+pub mod config;
+pub mod context;
+pub mod controllers;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod telemetry;
