@@ -8,6 +8,9 @@ use crate::error::Error;
 /// Where Kubernetes expects the termination message.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// Blobs copied at once unless told otherwise.
+pub const DEFAULT_PARALLEL_BLOBS: usize = 3;
+
 pub const USAGE: &str = "\
 Usage:
   node-exporter export --image SRC[=DEST]... [options]
@@ -32,6 +35,7 @@ Options:
                             [env NODE_EXPORTER_PLAIN_HTTP, comma separated]
   --no-rebuild              fail instead of rebuilding discarded layers
   --allow-tag-move          let a target tag that points at another digest be moved
+  --parallel N              blobs copied at once [default 3; env NODE_EXPORTER_PARALLEL]
   --snapshotter NAME        snapshotter holding unpacked layers (default: from labels, else overlayfs)
   --socket PATH             containerd socket [env CONTAINERD_ADDRESS]
                             (default: first found of containerd, k3s/RKE2, k0s, microk8s paths)
@@ -67,6 +71,7 @@ pub struct Options {
     pub plain_http: Vec<String>,
     pub allow_rebuild: bool,
     pub allow_tag_move: bool,
+    pub parallel_blobs: usize,
     pub snapshotter: Option<String>,
     pub socket: Option<PathBuf>,
     pub host_root: PathBuf,
@@ -102,6 +107,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         plain_http: split_list(&env("NODE_EXPORTER_PLAIN_HTTP").unwrap_or_default()),
         allow_rebuild: true,
         allow_tag_move: false,
+        parallel_blobs: DEFAULT_PARALLEL_BLOBS,
         snapshotter: None,
         socket: env_nonempty("CONTAINERD_ADDRESS").map(PathBuf::from),
         host_root: env_nonempty("NODE_EXPORTER_HOST_ROOT")
@@ -110,6 +116,9 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         termination_log: env_nonempty("NODE_EXPORTER_TERMINATION_LOG")
             .map_or_else(|| PathBuf::from(DEFAULT_TERMINATION_LOG), PathBuf::from),
     };
+    if let Some(parallel) = env_nonempty("NODE_EXPORTER_PARALLEL") {
+        options.parallel_blobs = parse_parallel(&parallel)?;
+    }
     let mut image_args: Vec<String> = split_list(&env("NODE_EXPORTER_IMAGES").unwrap_or_default());
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -132,6 +141,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--plain-http" => options.plain_http.extend(split_list(&value()?)),
             "--no-rebuild" => options.allow_rebuild = false,
             "--allow-tag-move" => options.allow_tag_move = true,
+            "--parallel" => options.parallel_blobs = parse_parallel(&value()?)?,
             "--snapshotter" => options.snapshotter = Some(value()?),
             "--socket" => options.socket = Some(value()?.into()),
             "--host-root" => options.host_root = value()?.into(),
@@ -160,6 +170,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         return Err(usage("inventory takes no =DEST".into()));
     }
     Ok(Command::Run(Box::new(options)))
+}
+
+fn parse_parallel(value: &str) -> Result<usize, Error> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(usage(format!("--parallel wants 1 to 64, not {value:?}"))),
+    }
 }
 
 fn parse_image_arg(arg: &str) -> Result<ImageArg, Error> {
@@ -272,6 +289,7 @@ mod tests {
             vec!["export", "--image"],
             vec!["export", "--image", "a="],
             vec!["export", "--image", "a", "--bogus"],
+            vec!["export", "--image", "a", "--parallel", "0"],
             vec!["inventory", "--image", "a=b:1"],
         ] {
             let result = parse(&args(&bad), no_env);

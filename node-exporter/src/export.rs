@@ -22,6 +22,7 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Report {
         options.docker_config.as_deref(),
         &options.plain_http,
         options.allow_tag_move,
+        options.parallel_blobs,
     ) {
         Ok(pusher) => pusher,
         Err(error) => {

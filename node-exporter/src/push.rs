@@ -38,6 +38,7 @@ impl Pusher {
         docker_config: Option<&Path>,
         plain_http: &[String],
         allow_tag_move: bool,
+        parallel_blobs: usize,
     ) -> Result<Pusher, Error> {
         let mut settings = RegistrySettings::new();
         if let Some(path) = docker_config {
@@ -54,10 +55,12 @@ impl Pusher {
             settings = settings.allow_plain_http(host);
         }
         // A node Job shares the node with workloads: fewer parallel streams
-        // than the operator's default, memory stays flat either way.
+        // than the operator's default. Memory grows with this, not with
+        // image size.
+        let parallel_blobs = parallel_blobs.max(1);
         let config = TransferConfig {
-            max_concurrent_requests: 8,
-            max_concurrent_per_registry: 4,
+            max_concurrent_requests: parallel_blobs,
+            max_concurrent_per_registry: parallel_blobs,
             ..TransferConfig::default()
         };
         Ok(Pusher {

@@ -429,6 +429,41 @@ fn registry_failing_mid_push_exits_4_and_a_retry_completes() {
     assert_registry_serves(&registry, REPO, &image.digest);
 }
 
+/// Memory must not grow with image size: a 256 MiB image (two 128 MiB
+/// layers, above the engine's chunk size) goes through in a few tens of MiB.
+/// The 1 GiB figure is in the benchmark (tests/benchmark.rs).
+#[test]
+fn memory_stays_flat_for_a_large_image() {
+    let _serial = serial();
+    let scratch = Scratch::new("large");
+    let containerd = Containerd::start(&scratch, "node");
+    let mut registry = Registry::start(&scratch);
+    let image = random_image(&scratch, 2, 128);
+    registry.push_image(REPO, "large", &image);
+    let reference = format!("{}/{REPO}:large", registry.addr);
+    containerd.pull(&reference);
+    registry.delete_and_collect(REPO, &[&image.digest]);
+
+    let run = export(&scratch, &containerd, &registry.addr, &[&reference], &[]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let result = &run.report()["results"][0];
+    assert_eq!(result["status"], "Preserved");
+    let total: u64 = image.layers.iter().map(|l| l.size).sum::<u64>() + image.config.size;
+    assert_eq!(
+        result["bytes"].as_u64(),
+        Some(total),
+        "every blob uploaded once"
+    );
+    let peak = run.peak_rss_kib.expect("node-exporter logs its peak RSS");
+    eprintln!("256 MiB image: {:?}, peak RSS {} KiB", run.elapsed, peak);
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB for a 256 MiB image");
+    let (_, _, served) = registry.manifest(REPO, "large").expect("tag restored");
+    assert_eq!(served, image.digest);
+    for layer in &image.layers {
+        assert!(registry.has_blob(REPO, &layer.digest));
+    }
+}
+
 #[test]
 fn inventory_lists_images_digests_and_blobs() {
     let _serial = serial();

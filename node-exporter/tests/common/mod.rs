@@ -808,3 +808,29 @@ impl Drop for FailingProxy {
         }
     }
 }
+
+/// An image of `layers` layers of `layer_mib` MiB of random data each (so
+/// compression cannot make it smaller), built on disk, never in memory.
+pub fn random_image(scratch: &Scratch, layers: usize, layer_mib: u64) -> TestImage {
+    let blobs = (0..layers)
+        .map(|i| {
+            let root = scratch.join(&format!("random-{i}.d"));
+            std::fs::create_dir_all(&root).unwrap();
+            run(Command::new("head")
+                .arg("-c")
+                .arg((layer_mib << 20).to_string())
+                .arg("/dev/urandom")
+                .stdout(std::fs::File::create(root.join("data.bin")).unwrap()));
+            let blob = layer_from_dir(
+                &scratch.path,
+                &format!("random-{i}"),
+                &root,
+                OCI_LAYER_GZIP,
+                "-1",
+            );
+            std::fs::remove_dir_all(&root).unwrap();
+            blob
+        })
+        .collect();
+    image(blobs, node_architecture(), false)
+}

@@ -1,0 +1,216 @@
+//! On-demand benchmark, not part of CI (it moves several GiB):
+//!
+//! ```text
+//! cargo test -p lifeboat-node-exporter --release --test benchmark -- --ignored --nocapture
+//! ```
+//!
+//! One 1 GiB image in a node's containerd, pushed to an empty registry three
+//! ways, in the same run:
+//! 1. node-exporter (content store -> registry, streamed);
+//! 2. what existing tools do: `ctr images export` to a tarball, then
+//!    `skopeo copy oci-archive:`;
+//! 3. `skopeo copy` from an OCI layout of hard links into containerd's blob
+//!    directory (no export, but needs the host's filesystem).
+//!
+//! Targets (issue 5): node-exporter >= 6x faster than 2, >= 1.5x faster than
+//! 3, peak RSS under 64 MiB. The test fails when a target is missed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const REPO: &str = "bench/app";
+const LAYERS: usize = 4;
+const LAYER_MIB: u64 = 256;
+
+fn timed(what: &str, f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    let elapsed = start.elapsed();
+    eprintln!("{what}: {elapsed:.2?}");
+    elapsed
+}
+
+fn assert_complete(registry: &Registry, image: &TestImage, tag: &str) {
+    let (_, _, digest) = registry.manifest(REPO, tag).expect("manifest pushed");
+    assert_eq!(digest, image.digest);
+    for blob in image.layers.iter().chain([&image.config]) {
+        assert!(
+            registry.has_blob(REPO, &blob.digest),
+            "{} missing",
+            blob.digest
+        );
+    }
+}
+
+#[test]
+#[ignore = "on-demand benchmark (several GiB of I/O): run with --ignored --release"]
+fn one_gib_image_node_exporter_vs_export_and_skopeo() {
+    let _serial = serial();
+    let scratch = Scratch::new("bench");
+    let containerd = Containerd::start(&scratch, "node");
+    let source = Registry::start(&scratch);
+    let setup = Instant::now();
+    let image = random_image(&scratch, LAYERS, LAYER_MIB);
+    source.push_image(REPO, "v1", &image);
+    let reference = format!("{}/{REPO}:v1", source.addr);
+    containerd.pull(&reference);
+    let total: u64 = image.layers.iter().map(|l| l.size).sum::<u64>() + image.config.size;
+    eprintln!(
+        "image: {} layers, {:.1} MiB compressed, setup {:.0?}",
+        LAYERS,
+        total as f64 / (1 << 20) as f64,
+        setup.elapsed()
+    );
+    // Each method pushes into its own empty registry: nothing to skip.
+    let scratches = [
+        Scratch::new("bench-ne"),
+        Scratch::new("bench-export"),
+        Scratch::new("bench-layout"),
+    ];
+    let target_ne = Registry::start(&scratches[0]);
+    let target_export = Registry::start(&scratches[1]);
+    let target_layout = Registry::start(&scratches[2]);
+
+    // 1. node-exporter, at its default parallelism and, for the record, at
+    // others (each into its own empty registry).
+    let mut node_exporter_runs = Vec::new();
+    for parallel in ["3", "1", "2", "4"] {
+        let scratch_p = Scratch::new(&format!("bench-ne-{parallel}"));
+        let target = if parallel == "3" {
+            None
+        } else {
+            Some(Registry::start(&scratch_p))
+        };
+        let target = target.as_ref().unwrap_or(&target_ne);
+        let destination = format!("{reference}={}/{REPO}:v1", target.addr);
+        let run = node_exporter(
+            &scratch,
+            &[
+                "export",
+                "--socket",
+                &containerd.socket.display().to_string(),
+                "--plain-http",
+                &target.addr,
+                "--parallel",
+                parallel,
+                "--image",
+                &destination,
+            ],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_complete(target, &image, "v1");
+        let peak_kib = run.peak_rss_kib.expect("peak RSS in the log");
+        eprintln!(
+            "node-exporter --parallel {parallel}: {:.2?}, peak RSS {peak_kib} KiB",
+            run.elapsed
+        );
+        node_exporter_runs.push((parallel, run.elapsed, peak_kib));
+    }
+    let (_, node_exporter_time, peak_kib) = node_exporter_runs[0];
+
+    // 2. ctr export + skopeo copy oci-archive:.
+    let tarball = scratch.join("export.tar");
+    let export_time = timed("ctr export + skopeo copy oci-archive", || {
+        containerd.ctr(&["images", "export", tarball.to_str().unwrap(), &reference]);
+        run_skopeo(
+            &format!("oci-archive:{}", tarball.display()),
+            &format!("docker://{}/{REPO}:v1", target_export.addr),
+        );
+    });
+    assert_complete(&target_export, &image, "v1");
+    std::fs::remove_file(&tarball).unwrap();
+
+    // 3. skopeo copy from an OCI layout of hard links into the content store.
+    let layout = scratch.join("layout");
+    let layout_time = timed("skopeo copy from hard-linked OCI layout", || {
+        let blobs_dir = layout.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs_dir).unwrap();
+        let store = containerd
+            .dir
+            .join("root/io.containerd.content.v1.content/blobs/sha256");
+        for digest in image
+            .layers
+            .iter()
+            .chain([&image.config])
+            .map(|b| &b.digest)
+            .chain([&image.digest])
+        {
+            let hex = digest.trim_start_matches("sha256:");
+            std::fs::hard_link(store.join(hex), blobs_dir.join(hex)).unwrap();
+        }
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": image.manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "v1"},
+            }],
+        });
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        run_skopeo(
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{}/{REPO}:v1", target_layout.addr),
+        );
+    });
+    assert_complete(&target_layout, &image, "v1");
+
+    for (parallel, elapsed, peak) in &node_exporter_runs {
+        eprintln!(
+            "| node-exporter --parallel {parallel} | {:.1} s | peak RSS {:.1} MiB |",
+            elapsed.as_secs_f64(),
+            *peak as f64 / 1024.0
+        );
+    }
+    let vs_export = export_time.as_secs_f64() / node_exporter_time.as_secs_f64();
+    let vs_layout = layout_time.as_secs_f64() / node_exporter_time.as_secs_f64();
+    eprintln!(
+        "\n| method | time | vs node-exporter |\n|---|---|---|\n\
+         | node-exporter (default --parallel 3) | {:.1} s (peak RSS {:.1} MiB) | 1.0x |\n\
+         | ctr export + skopeo copy oci-archive | {:.1} s | {vs_export:.1}x slower |\n\
+         | skopeo copy from hard-linked OCI layout | {:.1} s | {vs_layout:.1}x slower |\n",
+        node_exporter_time.as_secs_f64(),
+        peak_kib as f64 / 1024.0,
+        export_time.as_secs_f64(),
+        layout_time.as_secs_f64(),
+    );
+    assert!(
+        peak_kib < 64 * 1024,
+        "peak RSS {peak_kib} KiB, target < 64 MiB"
+    );
+    assert!(
+        vs_export >= 6.0,
+        "{vs_export:.2}x faster than export + push, target >= 6x"
+    );
+    assert!(
+        vs_layout >= 1.5,
+        "{vs_layout:.2}x faster than in-place skopeo, target >= 1.5x"
+    );
+}
+
+fn run_skopeo(from: &str, to: &str) {
+    run(Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+        ])
+        .arg(from)
+        .arg(to));
+}
