@@ -279,3 +279,191 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod status_examples {
+    //! Fully populated statuses, as the operator will write them, fit the
+    //! generated schemas.
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::backup_policy::{
+        DryRunPlan, ImageBackupPolicyStatus, MissingImage, PolicySummary, RestoreLink, RunRecord,
+        RunResult, RunTrigger,
+    };
+    use crate::conditions::{ConditionStatus, new_condition, reasons, set_condition, types};
+    use crate::restore::{
+        ImageRestoreState, ImageRestoreStatus, ImageSourceRef, RestoreProgress, RestoreSourceKind,
+        RestoredImage,
+    };
+    use crate::validation::check_schema_bounds;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_780_000_000).unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+
+    fn status_schema(crd: &CustomResourceDefinition) -> Value {
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref());
+        serde_json::to_value(schema).unwrap_or(Value::Null)["properties"]["status"].clone()
+    }
+
+    fn full_policy_status() -> ImageBackupPolicyStatus {
+        let mut conditions = Vec::new();
+        for (type_, status, reason) in [
+            (
+                types::READY,
+                ConditionStatus::False,
+                reasons::IMAGES_MISSING,
+            ),
+            (
+                types::RECONCILING,
+                ConditionStatus::True,
+                reasons::BACKUP_RUNNING,
+            ),
+            (
+                types::LAST_BACKUP_SUCCEEDED,
+                ConditionStatus::True,
+                reasons::BACKUP_SUCCEEDED,
+            ),
+            (
+                types::IMAGES_AVAILABLE,
+                ConditionStatus::False,
+                reasons::IMAGES_MISSING,
+            ),
+            (
+                types::SCOPE_RESTRICTED,
+                ConditionStatus::True,
+                reasons::OWN_NAMESPACE_ONLY,
+            ),
+        ] {
+            set_condition(
+                &mut conditions,
+                new_condition(type_, status, reason, "details", Some(3)),
+                now(),
+            );
+        }
+        ImageBackupPolicyStatus {
+            observed_generation: 3,
+            conditions,
+            last_schedule_time: Some(now()),
+            last_successful_time: Some(now()),
+            next_schedule_time: Some(now()),
+            last_handled_reconcile_at: Some("2026-11-22T05:00:00Z".into()),
+            summary: Some(PolicySummary {
+                workloads: 12,
+                selected: 9,
+                protected: 7,
+                pending: 1,
+                failed: 0,
+                missing: 1,
+                bytes_copied: 123_456_789,
+            }),
+            missing_images: vec![MissingImage {
+                reference: "127.0.0.1:5001/demo/web:1.0".into(),
+                digest: Some(format!("sha256:{}", "a".repeat(64))),
+                since: now(),
+                workloads: 2,
+                backup_targets: vec!["primary".into()],
+                nodes: vec!["lifeboat-node-1".into()],
+            }],
+            missing_images_total: Some(1),
+            automatic_restore: Some(RestoreLink {
+                name: "production-images-missing-1".into(),
+                progress: Some(RestoreProgress {
+                    total: 1,
+                    restored: 0,
+                    failed: 0,
+                    bytes: 0,
+                }),
+                ready: Some("Unknown".into()),
+            }),
+            history: vec![RunRecord {
+                trigger: RunTrigger::Schedule,
+                result: RunResult::Succeeded,
+                start_time: now(),
+                completion_time: Some(now()),
+                scheduled_time: Some(now()),
+                copied: 3,
+                up_to_date: 4,
+                failed: 0,
+                deleted: 1,
+                bytes_copied: 1000,
+                message: Some("copied 3 images".into()),
+            }],
+            plan: Some(DryRunPlan {
+                would_copy: vec!["a -> b".into()],
+                would_copy_total: 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn full_restore_status() -> ImageRestoreStatus {
+        let mut status = ImageRestoreStatus {
+            observed_generation: 1,
+            start_time: Some(now()),
+            completion_time: Some(now()),
+            images: vec![
+                RestoredImage {
+                    reference: "127.0.0.1:5001/demo/web:1.0".into(),
+                    requested_digest: Some(format!("sha256:{}", "b".repeat(64))),
+                    restored_digest: Some(format!("sha256:{}", "b".repeat(64))),
+                    restored_reference: Some(format!(
+                        "127.0.0.1:5001/demo/web:1.0@sha256:{}",
+                        "b".repeat(64)
+                    )),
+                    digest_preserved: Some(true),
+                    source: Some(ImageSourceRef {
+                        kind: RestoreSourceKind::NodeCache,
+                        name: "lifeboat-node-1".into(),
+                    }),
+                    job_name: Some("lifeboat-export-abc123".into()),
+                    state: ImageRestoreState::Restored,
+                    reason: None,
+                    message: None,
+                },
+                RestoredImage {
+                    reference: "127.0.0.1:5001/demo/gone:1.0".into(),
+                    state: ImageRestoreState::Failed,
+                    reason: Some(reasons::IMAGE_NOT_FOUND.into()),
+                    message: Some("no backup target or node holds this digest".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        status.recount();
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                types::READY,
+                ConditionStatus::False,
+                reasons::FAILED,
+                "1 of 2 failed",
+                Some(1),
+            ),
+            now(),
+        );
+        status
+    }
+
+    #[test]
+    fn full_statuses_fit_the_schemas() {
+        let policy = serde_json::to_value(full_policy_status()).unwrap_or(Value::Null);
+        check_schema_bounds(&policy, &status_schema(&ImageBackupPolicy::crd()), "status")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let restore = serde_json::to_value(full_restore_status()).unwrap_or(Value::Null);
+        check_schema_bounds(&restore, &status_schema(&ImageRestore::crd()), "status")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            restore["progress"],
+            serde_json::json!({"total": 2, "restored": 1, "failed": 1, "bytes": 0})
+        );
+    }
+}

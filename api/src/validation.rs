@@ -96,7 +96,7 @@ fn restore_spec_schema() -> &'static Value {
 /// (lengths, item counts, ranges, enums, required fields, set and map
 /// uniqueness): what the API server enforces besides patterns and CEL,
 /// which the functions below check by hand.
-fn check_schema_bounds(value: &Value, schema: &Value, path: &str) -> Result<()> {
+pub(crate) fn check_schema_bounds(value: &Value, schema: &Value, path: &str) -> Result<()> {
     if value.is_null() || !schema.is_object() {
         return Ok(());
     }
