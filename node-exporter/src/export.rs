@@ -93,6 +93,7 @@ async fn export_one(
         rebuilt_layers: 0,
         bytes: 0,
         reason: None,
+        engine_reason: None,
         message: None,
     };
     match plan {

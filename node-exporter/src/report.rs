@@ -66,6 +66,10 @@ pub struct ImageResult {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `PushFailed`: the copy engine's own reason (`Unauthorized`,
+    /// `RegistryUnavailable`, `TagConflict`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -91,6 +95,10 @@ impl ImageResult {
             rebuilt_layers: 0,
             bytes: 0,
             reason: Some(error.reason().to_owned()),
+            engine_reason: match error {
+                Error::Push { engine_reason, .. } => engine_reason.clone(),
+                _ => None,
+            },
             message: Some(error.to_string()),
         }
     }
@@ -218,6 +226,7 @@ mod tests {
             rebuilt_layers: 0,
             bytes: 10,
             reason: None,
+            engine_reason: None,
             message: None,
         }
     }

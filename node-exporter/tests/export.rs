@@ -406,8 +406,13 @@ fn registry_failing_mid_push_exits_4_and_a_retry_completes() {
     let run = export(&scratch, &containerd, &proxy.addr, &[&target], &[]);
     assert_eq!(run.code, 4, "stderr:\n{}", run.stderr);
     let result = &run.report()["results"][0];
+    eprintln!(
+        "termination message after the failed push: {}",
+        run.termination
+    );
     assert_eq!(result["status"], "Failed");
     assert_eq!(result["reason"], "PushFailed");
+    assert_eq!(result["engineReason"], "RegistryUnavailable");
     assert!(
         proxy.forwarded.load(std::sync::atomic::Ordering::SeqCst) >= 1 << 20,
         "the push got going"
