@@ -52,8 +52,8 @@ pub struct TransferConfig {
 impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
-            max_concurrent_requests: 32,
-            max_concurrent_per_registry: 16,
+            max_concurrent_requests: 64,
+            max_concurrent_per_registry: 32,
             chunk_size: 128 * 1024 * 1024,
             buffered_blob_max: 512 * 1024,
             retry: RetryPolicy::default(),

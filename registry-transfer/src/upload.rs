@@ -232,19 +232,30 @@ where
     let mut attempt = 1u32;
     loop {
         let result = async {
-            let bytes = read_all(open(0).await?, descriptor).await?;
+            // Reading the source and opening the session are independent:
+            // one round trip instead of two.
+            let existing = session.take();
+            let read = async { read_all(open(0).await?, descriptor).await };
+            let start = async {
+                match existing {
+                    Some(session) => Ok(session),
+                    None => SessionGuard::open(client, repository).await,
+                }
+            };
+            let (bytes, mut target) = match futures::future::join(read, start).await {
+                (Ok(bytes), Ok(target)) => (bytes, target),
+                (Err(e), Ok(mut target)) => {
+                    target.cancel().await;
+                    return Err(e);
+                }
+                (_, Err(e)) => return Err(e),
+            };
             let mut hasher = Hasher::for_algorithm(descriptor.digest.algorithm());
             hasher.update(&bytes);
             if let Err(wrong) = check(&hasher, bytes.len() as u64, descriptor) {
-                if let Some(mut session) = session.take() {
-                    session.cancel().await;
-                }
+                target.cancel().await;
                 return Err(wrong);
             }
-            let mut target = match session.take() {
-                Some(session) => session,
-                None => SessionGuard::open(client, repository).await?,
-            };
             // A failed PUT leaves its session unusable: a retry opens a new one.
             client
                 .upload_commit(target.url()?, repository, &descriptor.digest, bytes)
