@@ -502,7 +502,9 @@ where
         });
     };
     let length = chunk_size.min(descriptor.size - offset);
-    let (sender, receiver) = mpsc::channel(8);
+    // Two reads in flight: enough to keep both sockets busy, and memory per
+    // stream stays at a few network buffers whatever the blob size.
+    let (sender, receiver) = mpsc::channel(2);
     let request = client.upload_patch(session, repository, body_from(receiver));
     let feed = pump.feed(sender, length, descriptor);
     let (request_result, fed) = tokio::join!(request, feed);
