@@ -809,6 +809,20 @@ impl Transfer {
 mod tests {
     use super::*;
 
+    /// Compile-time check: copies can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn copy_futures_are_send(
+        transfer: &Transfer,
+        source: &RegistrySource,
+        image: &ImageRef,
+        request: &CopyRequest,
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(transfer.copy(source, request));
+        send(transfer.copy_image(image, request));
+        send(transfer.clone());
+    }
+
     #[test]
     fn tag_policy_refuses_moves_unless_allowed() {
         let a = sha256_digest(b"a");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::client::{RegistryClient, pull_scope};
 use crate::error::TransferError;
 use crate::manifest::{sha256_digest, verify};
-use crate::reference::{ImageRef, RepositoryRef};
+use crate::reference::{DOCKER_HUB_API_HOST, ImageRef, RepositoryRef};
 use crate::source::SourceErrorKind;
 use crate::{BlobStream, ContentSource, Descriptor, Digest};
 
@@ -61,12 +61,41 @@ impl RegistrySource {
     }
 }
 
+impl RegistrySource {
+    async fn resolve_by_head(&self) -> Result<Descriptor, TransferError> {
+        let head = self
+            .client
+            .manifest_digest(self.repository(), &self.reference(), &self.scopes())
+            .await?
+            .ok_or_else(|| TransferError::SourceNotFound {
+                what: self.image.to_string(),
+            })?;
+        if let Some(expected) = &self.image.digest
+            && &head.digest != expected
+        {
+            return Err(TransferError::DigestMismatch {
+                expected: expected.clone(),
+                actual: head.digest.to_string(),
+            });
+        }
+        Ok(Descriptor {
+            media_type: head.media_type,
+            digest: head.digest,
+            size: head.size,
+        })
+    }
+}
+
 impl ContentSource for RegistrySource {
     type Error = TransferError;
 
     /// One GET (not HEAD then GET): a manifest is small, and the copy
-    /// needs its bytes right after.
+    /// needs its bytes right after. Except on Docker Hub, where a manifest
+    /// GET counts against the pull rate limit and a HEAD does not.
     async fn resolve(&self) -> Result<Descriptor, TransferError> {
+        if self.image.repository.api_host() == DOCKER_HUB_API_HOST {
+            return self.resolve_by_head().await;
+        }
         let (bytes, media_type) = self
             .client
             .manifest_get(self.repository(), &self.reference(), &self.scopes())

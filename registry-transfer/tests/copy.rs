@@ -276,6 +276,29 @@ async fn multi_arch_index_is_copied_whole_or_filtered_with_new_digest() {
         .expect("warm filtered");
     assert!(again.up_to_date && again.index_digest_changed);
 
+    // A Docker manifest list of Docker manifests, carried the same way.
+    let docker_children: Vec<Manifest> = [("linux", "amd64"), ("linux", "arm")]
+        .iter()
+        .map(|platform| image_manifest(&[Blob::random_layer(20_000)], DOCKER_MANIFEST, *platform))
+        .collect();
+    let list = index_manifest(
+        &[
+            (docker_children[0].clone(), "linux", "amd64"),
+            (docker_children[1].clone(), "linux", "arm"),
+        ],
+        support::images::DOCKER_LIST,
+    );
+    src_http.push("dockerlist", "v1", &list).await;
+    let copied = transfer
+        .copy_image(
+            &image_ref(&src.host, "dockerlist:v1"),
+            &CopyRequest::new(repo(&dst.host, "dockerlist")),
+        )
+        .await
+        .expect("docker manifest list");
+    assert_eq!(copied.digest.as_str(), list.digest);
+    dst_http.assert_holds("dockerlist", "v1", &list).await;
+
     let none = transfer
         .copy_image(
             &image_ref(&src.host, "multi:v1"),
