@@ -17,6 +17,12 @@ pub struct OperatorConfig {
     pub leader_election: bool,
     /// Image of the node-exporter that export Jobs run.
     pub node_exporter_image: String,
+    /// How often each protected image is checked in its source registry.
+    pub source_check_interval: std::time::Duration,
+    /// Registries spoken to over plain HTTP (a local development registry).
+    pub plain_http_registries: Vec<String>,
+    /// Image copies running at once over all policies.
+    pub max_concurrent_copies: usize,
 }
 
 impl OperatorConfig {
@@ -56,7 +62,31 @@ impl OperatorConfig {
         };
         let node_exporter_image = get("LIFEBOAT_NODE_EXPORTER_IMAGE")
             .unwrap_or_else(|| "lifeboat.local/node-exporter:dev".to_owned());
+        let number = |name: &str, default: u64| -> Result<u64, OperatorError> {
+            match get(name) {
+                None => Ok(default),
+                Some(text) => text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    OperatorError::Config(format!(
+                        "{name} must be a positive whole number, not {text:?}"
+                    ))
+                }),
+            }
+        };
+        let source_check_interval =
+            std::time::Duration::from_secs(number("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", 300)?);
+        let max_concurrent_copies =
+            usize::try_from(number("LIFEBOAT_MAX_CONCURRENT_COPIES", 8)?).unwrap_or(8);
+        let plain_http_registries = get("LIFEBOAT_PLAIN_HTTP_REGISTRIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
         Ok(OperatorConfig {
+            source_check_interval,
+            plain_http_registries,
+            max_concurrent_copies,
             namespace,
             identity,
             http_addr,
@@ -87,6 +117,34 @@ mod tests {
         assert_eq!(c.namespace, "lifeboat-system");
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.leader_election);
+        assert_eq!(c.source_check_interval.as_secs(), 300);
+        assert!(c.plain_http_registries.is_empty());
+    }
+
+    #[test]
+    fn registry_settings_from_the_environment() {
+        let c = config(&[
+            ("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", "15"),
+            (
+                "LIFEBOAT_PLAIN_HTTP_REGISTRIES",
+                "127.0.0.1:5001, localhost:5000",
+            ),
+            ("LIFEBOAT_MAX_CONCURRENT_COPIES", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.source_check_interval.as_secs(), 15);
+        assert_eq!(
+            c.plain_http_registries,
+            ["127.0.0.1:5001", "localhost:5000"]
+        );
+        assert_eq!(c.max_concurrent_copies, 2);
+        let error = config(&[("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS"),
+            "{error}"
+        );
     }
 
     #[test]

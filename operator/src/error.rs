@@ -25,6 +25,17 @@ pub enum OperatorError {
         message: String,
     },
 
+    #[error("{kind} {namespace}/{name} has no key {key:?} with a CA bundle")]
+    CaBundleNotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+
+    #[error(transparent)]
+    Transfer(#[from] registry_transfer::TransferError),
+
     #[error("configuration: {0}")]
     Config(String),
 
@@ -46,6 +57,8 @@ impl OperatorError {
             OperatorError::InvalidSpec { reason, .. } => reason,
             OperatorError::CredentialsNotFound { .. } => "CredentialsNotFound",
             OperatorError::CredentialsInvalid { .. } => "CredentialsInvalid",
+            OperatorError::CaBundleNotFound { .. } => "CABundleNotFound",
+            OperatorError::Transfer(e) => e.reason(),
             OperatorError::Config(_) => "ConfigurationError",
             OperatorError::Telemetry(_) => "TelemetryError",
             OperatorError::Http(_) => "HttpServerError",
@@ -60,6 +73,8 @@ impl OperatorError {
             OperatorError::InvalidSpec { .. } => "invalid_spec",
             OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
             OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
+            OperatorError::CaBundleNotFound { .. } => "ca_bundle_not_found",
+            OperatorError::Transfer(_) => "registry",
             OperatorError::Config(_) => "configuration",
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",
@@ -94,12 +109,22 @@ mod tests {
                 name: "b".into(),
                 message: "m".into(),
             },
+            OperatorError::CaBundleNotFound {
+                kind: "ConfigMap",
+                namespace: "a".into(),
+                name: "b".into(),
+                key: "ca.crt".into(),
+            },
             OperatorError::Config("x".into()),
             OperatorError::Telemetry("x".into()),
             OperatorError::Http("x".into()),
         ];
         for error in errors {
             let reason = error.reason();
+            assert!(
+                lifeboat_api::conditions::is_camel_case_reason(reason),
+                "{reason}"
+            );
             assert!(
                 reason
                     .chars()

@@ -1,0 +1,101 @@
+//! The ImageBackupPolicy controller: discovers the images selected
+//! workloads run, copies them into every backup target, watches that they
+//! stay available in their source registries, and reports it all in the
+//! policy's status, in Events and in metrics.
+//!
+//! Deciding is pure and unit-tested (`discovery`, `plan`, `status`,
+//! `decide`); `reconcile` does the IO; `caches` keeps trimmed watch caches.
+
+pub mod caches;
+pub mod decide;
+pub mod discovery;
+pub mod plan;
+pub mod reconcile;
+pub mod registry;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::Api;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::watcher;
+use lifeboat_api::ImageBackupPolicy;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::error::OperatorError;
+use decide::PolicyMemory;
+
+/// Everything the policy reconciler shares across reconciles.
+pub struct BackupController {
+    pub context: Arc<Context>,
+    pub caches: caches::Caches,
+    pub recorder: Recorder,
+    /// What each policy's earlier reconciles learned; keyed `namespace/name`.
+    /// Only an optimisation: the registries are the truth, and a restarted
+    /// operator relearns all of it (without copying bytes again).
+    pub memory: Mutex<HashMap<String, PolicyMemory>>,
+    /// Bounds image copies over all policies, so one policy with many
+    /// images cannot starve the others.
+    pub copy_slots: Arc<Semaphore>,
+}
+
+/// How long after a change the caches wait before triggering again.
+const TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the controller until its watch of policies ends.
+pub async fn run(context: Arc<Context>) {
+    let client = context.client.clone();
+    let (caches, changes) = caches::start(&client, TRIGGER_INTERVAL);
+    caches.wait_until_ready().await;
+    info!("backup policy caches are ready");
+    let controller = Arc::new(BackupController {
+        recorder: Recorder::new(client.clone(), context.reporter.clone()),
+        copy_slots: Arc::new(Semaphore::new(context.config.max_concurrent_copies)),
+        context,
+        caches,
+        memory: Mutex::new(HashMap::new()),
+    });
+    let policies: Api<ImageBackupPolicy> = Api::all(client);
+    Controller::new(policies, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(4))
+        .reconcile_all_on(changes)
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, controller)
+        .for_each(|result| {
+            if let Err(e) = result {
+                warn!(error = %e, "policy reconcile failed");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn error_policy(
+    policy: Arc<ImageBackupPolicy>,
+    error: &OperatorError,
+    controller: Arc<BackupController>,
+) -> Action {
+    controller.context.metrics.reconcile_errors.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("kind", "ImageBackupPolicy"),
+            opentelemetry::KeyValue::new("reason", error.metric_label()),
+        ],
+    );
+    warn!(
+        policy = %kube::ResourceExt::name_any(policy.as_ref()),
+        reason = error.reason(), error = %error, "reconcile failed; retrying"
+    );
+    if error.is_terminal() {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    }
+}

@@ -1,0 +1,277 @@
+//! Registry side of a reconcile: credentials from Secrets, the copy of one
+//! task, and existence checks by digest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
+use lifeboat_api::ImageBackupPolicySpec;
+use lifeboat_api::backup_policy::LocalObjectRef;
+use lifeboat_api::template::TargetRegistry;
+use registry_transfer::{
+    ContentSource as _, CopyReport, CopyRequest, DockerConfig, ImageRef, Platform,
+    RegistrySettings, RepositoryRef, TransferError, deterministic_tag,
+};
+
+use super::discovery::SecretId;
+use super::plan::CopyTask;
+use crate::error::OperatorError;
+
+/// Registry settings for one policy, and a fingerprint of what they were
+/// built from (Secret and ConfigMap resource versions), so the engine is
+/// rebuilt only when a credential changes.
+pub struct PolicySettings {
+    pub settings: RegistrySettings,
+    pub fingerprint: String,
+    /// Pull secrets that could not be read (skipped, not fatal).
+    pub skipped_pull_secrets: Vec<String>,
+}
+
+const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
+
+async fn docker_config(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    fingerprint: &mut String,
+) -> Result<DockerConfig, OperatorError> {
+    let not_found = || OperatorError::CredentialsNotFound {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let secret = secrets.get_opt(name).await?.ok_or_else(not_found)?;
+    let invalid = |message: String| OperatorError::CredentialsInvalid {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        message,
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DOCKER_CONFIG_JSON))
+        .ok_or_else(|| {
+            invalid(format!(
+                "it has no {DOCKER_CONFIG_JSON} key (use type kubernetes.io/dockerconfigjson)"
+            ))
+        })?;
+    let config = DockerConfig::parse(&bytes.0).map_err(|e| invalid(e.to_string()))?;
+    fingerprint.push_str(&format!(
+        "secret/{namespace}/{name}@{};",
+        secret.metadata.resource_version.unwrap_or_default()
+    ));
+    Ok(config)
+}
+
+async fn ca_bundle(
+    client: &Client,
+    namespace: &str,
+    bundle: &lifeboat_api::backup_policy::CaBundle,
+    fingerprint: &mut String,
+) -> Result<Vec<u8>, OperatorError> {
+    if let Some(key_ref) = &bundle.config_map_key_ref {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let missing = || OperatorError::CaBundleNotFound {
+            kind: "ConfigMap",
+            namespace: namespace.to_owned(),
+            name: key_ref.name.clone(),
+            key: key_ref.key.clone(),
+        };
+        let map = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
+        let pem = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key_ref.key))
+            .ok_or_else(missing)?;
+        fingerprint.push_str(&format!(
+            "configmap/{namespace}/{}@{};",
+            key_ref.name,
+            map.metadata.resource_version.clone().unwrap_or_default()
+        ));
+        return Ok(pem.clone().into_bytes());
+    }
+    if let Some(key_ref) = &bundle.secret_key_ref {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let missing = || OperatorError::CaBundleNotFound {
+            kind: "Secret",
+            namespace: namespace.to_owned(),
+            name: key_ref.name.clone(),
+            key: key_ref.key.clone(),
+        };
+        let secret = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
+        let pem = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key_ref.key))
+            .ok_or_else(missing)?;
+        fingerprint.push_str(&format!(
+            "secret/{namespace}/{}@{};",
+            key_ref.name,
+            secret.metadata.resource_version.clone().unwrap_or_default()
+        ));
+        return Ok(pem.0.clone());
+    }
+    Ok(Vec::new())
+}
+
+/// Reads every credential a policy uses. All references are looked up in
+/// the policy's own namespace; workload pull secrets in the workloads'
+/// namespaces (which a tenant policy's scope limits to its own).
+pub async fn policy_settings(
+    client: &Client,
+    namespace: &str,
+    spec: &ImageBackupPolicySpec,
+    pull_secrets: &BTreeSet<SecretId>,
+    plain_http_registries: &[String],
+) -> Result<PolicySettings, OperatorError> {
+    let mut fingerprint = String::new();
+    let local: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut settings = RegistrySettings::new();
+    let mut skipped_pull_secrets = Vec::new();
+
+    // Lowest precedence first: later credentials win for the same registry.
+    if let Some(source) = &spec.source_credentials {
+        if source.uses_workload_pull_secrets() {
+            for (secret_namespace, name) in pull_secrets {
+                let api: Api<Secret> = Api::namespaced(client.clone(), secret_namespace);
+                match docker_config(&api, secret_namespace, name, &mut fingerprint).await {
+                    Ok(config) => settings = settings.with_docker_config(config),
+                    Err(OperatorError::Kube(e)) => return Err(OperatorError::Kube(e)),
+                    Err(e) => skipped_pull_secrets.push(e.to_string()),
+                }
+            }
+        }
+        for LocalObjectRef { name } in source.secret_refs.iter().flatten() {
+            let config = docker_config(&local, namespace, name, &mut fingerprint).await?;
+            settings = settings.with_docker_config(config);
+        }
+    }
+    for target in &spec.targets {
+        let registry =
+            TargetRegistry::parse(&target.registry).map_err(|e| OperatorError::InvalidSpec {
+                reason: e.reason(),
+                message: e.to_string(),
+            })?;
+        if let Some(LocalObjectRef { name }) = &target.secret_ref {
+            let config = docker_config(&local, namespace, name, &mut fingerprint).await?;
+            settings = settings.with_docker_config(config);
+        }
+        if let Some(bundle) = &target.ca_bundle {
+            let pem = ca_bundle(client, namespace, bundle, &mut fingerprint).await?;
+            settings = settings.with_ca_bundle(&registry.host, pem);
+        }
+        if target.is_insecure() {
+            settings = settings.allow_plain_http(&registry.host);
+            fingerprint.push_str(&format!("plain/{};", registry.host));
+        }
+    }
+    for registry in plain_http_registries {
+        settings = settings.allow_plain_http(registry);
+    }
+    Ok(PolicySettings {
+        settings,
+        fingerprint,
+        skipped_pull_secrets,
+    })
+}
+
+/// The transfer library's reference for one of ours.
+pub fn image_ref(reference: &lifeboat_api::ImageReference) -> Result<ImageRef, TransferError> {
+    ImageRef::parse(&reference.to_string())
+}
+
+/// What copying one task gave.
+#[derive(Debug, Clone)]
+pub struct CopyOutcome {
+    /// Digest now held by the target.
+    pub digest: String,
+    pub bytes: u64,
+    pub up_to_date: bool,
+}
+
+/// Copies one image into one target: digest-exact under Lifeboat's
+/// deterministic tag (never conflicts, never left untagged for a garbage
+/// collector), then the source's tag moved onto it so people find it.
+pub async fn copy_task(
+    transfer: &registry_transfer::Transfer,
+    task: &CopyTask,
+) -> Result<CopyOutcome, TransferError> {
+    let platforms = task
+        .platforms
+        .iter()
+        .map(|p| Platform::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = RepositoryRef::new(
+        task.destination.registry.clone(),
+        task.destination.repository.clone(),
+    );
+    let mut bytes = 0;
+    let mut up_to_date = true;
+    let digest = match task.source.pinned() {
+        Some(pinned) => {
+            let source = image_ref(&pinned)?;
+            let digest_tag = source
+                .digest
+                .as_ref()
+                .map(deterministic_tag)
+                .unwrap_or_default();
+            let request = CopyRequest::new(target.clone())
+                .with_platforms(platforms.clone())
+                .with_tag(digest_tag);
+            let report: CopyReport = transfer.copy_image(&source, &request).await?;
+            bytes += report.bytes_copied;
+            up_to_date &= report.up_to_date;
+            report.digest.to_string()
+        }
+        None => String::new(),
+    };
+    if let Some(tag) = &task.source.tag {
+        // With a digest this only moves the tag (everything is there); by
+        // tag alone it is the copy.
+        let source = image_ref(&task.source)?;
+        let request = CopyRequest::new(target)
+            .with_platforms(platforms)
+            .with_tag(tag.clone())
+            .allowing_tag_move(true);
+        let report = transfer.copy_image(&source, &request).await?;
+        bytes += report.bytes_copied;
+        up_to_date &= report.up_to_date;
+        if digest.is_empty() {
+            return Ok(CopyOutcome {
+                digest: report.digest.to_string(),
+                bytes,
+                up_to_date,
+            });
+        }
+    }
+    Ok(CopyOutcome {
+        digest,
+        bytes,
+        up_to_date,
+    })
+}
+
+/// Whether a registry holds this exact manifest: `Some(true/false)`, or
+/// `None` when the registry could not say (unreachable, denied).
+pub async fn holds(
+    transfer: &registry_transfer::Transfer,
+    reference: &lifeboat_api::ImageReference,
+) -> Result<bool, TransferError> {
+    let Some(pinned) = reference.pinned() else {
+        return Ok(false);
+    };
+    let source = transfer.registry_source(&image_ref(&pinned)?)?;
+    match source.resolve().await {
+        Ok(_) => Ok(true),
+        Err(TransferError::SourceNotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Groups items by registry so checks can be rate-limited per registry.
+pub fn by_registry<T>(items: Vec<(String, T)>) -> BTreeMap<String, Vec<T>> {
+    let mut groups: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for (registry, item) in items {
+        groups.entry(registry).or_default().push(item);
+    }
+    groups
+}

@@ -1,0 +1,395 @@
+//! From what a reconcile found and did to the policy's status. Pure: the
+//! same facts give the same status, so an unchanged cluster writes nothing.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lifeboat_api::backup_policy::{
+    DryRunPlan, ImageBackupPolicyStatus, MAX_HISTORY, MAX_MISSING_IMAGES, MAX_RESTORE_LOCATIONS,
+    MissingImage, PolicySummary, RunRecord,
+};
+use lifeboat_api::conditions::{
+    ConditionStatus, new_condition, reasons, remove_condition, set_condition, types,
+};
+use lifeboat_api::time::to_k8s_time;
+
+/// Where one selected image stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageState {
+    pub reference: String,
+    pub digest: Option<String>,
+    pub workloads: i32,
+    /// Targets known to hold it.
+    pub verified_targets: Vec<String>,
+    /// The last copy failure to any target: (reason, message).
+    pub failure: Option<(String, String)>,
+    /// Gone from its source registry since then.
+    pub missing_since: Option<DateTime<Utc>>,
+    /// Nodes that run it (restore candidates).
+    pub nodes: Vec<String>,
+}
+
+/// Everything one reconcile learned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub generation: i64,
+    pub now: DateTime<Utc>,
+    pub target_count: usize,
+    pub workloads: i32,
+    pub images: Vec<ImageState>,
+    /// A run that finished in this reconcile.
+    pub finished_run: Option<RunRecord>,
+    pub last_schedule_time: Option<DateTime<Utc>>,
+    pub next_schedule_time: Option<DateTime<Utc>>,
+    pub handled_request: Option<String>,
+    /// Message for ScopeRestricted when a tenant policy is limited.
+    pub scope_restricted: Option<String>,
+    pub plan: Option<DryRunPlan>,
+    pub dry_run: bool,
+    pub bytes_copied_total: i64,
+}
+
+/// Kubernetes `Time` has second precision on the wire: compare like it.
+pub fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time)
+}
+
+fn time(t: DateTime<Utc>) -> Time {
+    to_k8s_time(whole_seconds(t))
+}
+
+fn set(
+    status: &mut ImageBackupPolicyStatus,
+    now: &Time,
+    type_: &str,
+    value: ConditionStatus,
+    reason: &str,
+    message: impl Into<String>,
+    generation: i64,
+) {
+    set_condition(
+        &mut status.conditions,
+        new_condition(type_, value, reason, message, Some(generation)),
+        now.clone(),
+    );
+}
+
+/// Counts per state: (protected, pending, failed, missing).
+pub fn counts(images: &[ImageState], target_count: usize) -> (i32, i32, i32, i32) {
+    let mut protected = 0;
+    let mut pending = 0;
+    let mut failed = 0;
+    let mut missing = 0;
+    for image in images {
+        if image.missing_since.is_some() {
+            missing += 1;
+        }
+        if image.verified_targets.len() >= target_count {
+            protected += 1;
+        } else if image.failure.is_some() {
+            failed += 1;
+        } else {
+            pending += 1;
+        }
+    }
+    (protected, pending, failed, missing)
+}
+
+/// The status after a normal reconcile.
+pub fn evaluated_status(
+    previous: &ImageBackupPolicyStatus,
+    evaluation: &Evaluation,
+) -> ImageBackupPolicyStatus {
+    let mut status = previous.clone();
+    let now = time(evaluation.now);
+    let generation = evaluation.generation;
+    status.observed_generation = generation;
+    remove_condition(&mut status.conditions, types::STALLED);
+    remove_condition(&mut status.conditions, types::RECONCILING);
+
+    let (protected, pending, failed, missing) = counts(&evaluation.images, evaluation.target_count);
+    let selected = evaluation.images.len() as i32;
+    status.summary = Some(PolicySummary {
+        workloads: evaluation.workloads,
+        selected,
+        protected,
+        pending,
+        failed,
+        missing,
+        bytes_copied: evaluation.bytes_copied_total,
+    });
+
+    // Missing images, newest knowledge first kept bounded.
+    let mut missing_images: Vec<MissingImage> = evaluation
+        .images
+        .iter()
+        .filter_map(|image| {
+            let since = image.missing_since?;
+            Some(MissingImage {
+                reference: image.reference.clone(),
+                digest: image.digest.clone(),
+                since: time(since),
+                workloads: image.workloads,
+                backup_targets: image.verified_targets.iter().take(4).cloned().collect(),
+                nodes: image
+                    .nodes
+                    .iter()
+                    .take(MAX_RESTORE_LOCATIONS)
+                    .cloned()
+                    .collect(),
+            })
+        })
+        .collect();
+    missing_images.sort_by(|a, b| a.reference.cmp(&b.reference));
+    let total = missing_images.len();
+    missing_images.truncate(MAX_MISSING_IMAGES);
+    status.missing_images = missing_images;
+    status.missing_images_total = (total > 0).then_some(total as i32);
+
+    if let Some(run) = &evaluation.finished_run {
+        status.history.insert(0, run.clone());
+        status.history.truncate(MAX_HISTORY);
+        if matches!(
+            run.result,
+            lifeboat_api::backup_policy::RunResult::Succeeded
+        ) {
+            status.last_successful_time = run.completion_time.clone();
+        }
+    }
+    status.last_schedule_time = evaluation.last_schedule_time.map(time);
+    status.next_schedule_time = evaluation.next_schedule_time.map(time);
+    if evaluation.handled_request.is_some() {
+        status.last_handled_reconcile_at = evaluation.handled_request.clone();
+    }
+    status.plan = evaluation.plan.clone();
+
+    match &evaluation.scope_restricted {
+        Some(message) => set(
+            &mut status,
+            &now,
+            types::SCOPE_RESTRICTED,
+            ConditionStatus::True,
+            reasons::OWN_NAMESPACE_ONLY,
+            message.clone(),
+            generation,
+        ),
+        None => {
+            remove_condition(&mut status.conditions, types::SCOPE_RESTRICTED);
+        }
+    }
+
+    // Ready: every selected image is held by every target.
+    let first_failure = evaluation
+        .images
+        .iter()
+        .find_map(|i| i.failure.as_ref().map(|f| (i, f)));
+    if evaluation.dry_run {
+        set(
+            &mut status,
+            &now,
+            types::READY,
+            ConditionStatus::True,
+            reasons::DRY_RUN,
+            format!(
+                "dry run: {selected} images selected, {} would be copied; nothing is written",
+                evaluation.plan.as_ref().map_or(0, |p| p.would_copy_total)
+            ),
+            generation,
+        );
+    } else if let Some((image, (reason, message))) = first_failure {
+        set(
+            &mut status,
+            &now,
+            types::READY,
+            ConditionStatus::False,
+            if protected > 0 {
+                reasons::BACKUP_PARTIALLY_FAILED
+            } else {
+                reasons::BACKUP_FAILED
+            },
+            format!(
+                "{failed} of {selected} images could not be backed up; {}: {reason}: {message}",
+                image.reference
+            ),
+            generation,
+        );
+    } else if pending > 0 {
+        set(
+            &mut status,
+            &now,
+            types::READY,
+            ConditionStatus::False,
+            reasons::NO_BACKUP_YET,
+            format!("{pending} of {selected} images are not backed up yet"),
+            generation,
+        );
+    } else {
+        set(
+            &mut status,
+            &now,
+            types::READY,
+            ConditionStatus::True,
+            reasons::PROTECTED,
+            format!(
+                "{protected} images backed up to {} targets",
+                evaluation.target_count
+            ),
+            generation,
+        );
+    }
+
+    if let Some(run) = &evaluation.finished_run {
+        use lifeboat_api::backup_policy::RunResult;
+        let (value, reason) = match run.result {
+            RunResult::Succeeded => (ConditionStatus::True, reasons::BACKUP_SUCCEEDED),
+            RunResult::PartiallyFailed => {
+                (ConditionStatus::False, reasons::BACKUP_PARTIALLY_FAILED)
+            }
+            RunResult::Failed | RunResult::Running => {
+                (ConditionStatus::False, reasons::BACKUP_FAILED)
+            }
+        };
+        set(
+            &mut status,
+            &now,
+            types::LAST_BACKUP_SUCCEEDED,
+            value,
+            reason,
+            run.message.clone().unwrap_or_default(),
+            generation,
+        );
+    } else if lifeboat_api::conditions::find_condition(
+        &status.conditions,
+        types::LAST_BACKUP_SUCCEEDED,
+    )
+    .is_none()
+    {
+        set(
+            &mut status,
+            &now,
+            types::LAST_BACKUP_SUCCEEDED,
+            ConditionStatus::Unknown,
+            if evaluation.dry_run {
+                reasons::DRY_RUN
+            } else {
+                reasons::NO_BACKUP_YET
+            },
+            "no backup run has finished yet",
+            generation,
+        );
+    } else if let Some(c) = status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == types::LAST_BACKUP_SUCCEEDED)
+    {
+        c.observed_generation = Some(generation);
+    }
+
+    if missing > 0 {
+        let first = status
+            .missing_images
+            .first()
+            .map(|m| m.reference.clone())
+            .unwrap_or_default();
+        set(
+            &mut status,
+            &now,
+            types::IMAGES_AVAILABLE,
+            ConditionStatus::False,
+            reasons::IMAGES_MISSING,
+            format!("{missing} images are gone from their source registry, e.g. {first}"),
+            generation,
+        );
+    } else {
+        set(
+            &mut status,
+            &now,
+            types::IMAGES_AVAILABLE,
+            ConditionStatus::True,
+            reasons::ALL_IMAGES_AVAILABLE,
+            format!("all {selected} images are available in their source registries"),
+            generation,
+        );
+    }
+    status
+}
+
+/// The status while a run is copying (kstatus: Reconciling=True).
+pub fn reconciling_status(
+    previous: &ImageBackupPolicyStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+    message: String,
+) -> ImageBackupPolicyStatus {
+    let mut status = previous.clone();
+    let now = time(now);
+    set(
+        &mut status,
+        &now,
+        types::RECONCILING,
+        ConditionStatus::True,
+        reasons::BACKUP_RUNNING,
+        message,
+        generation,
+    );
+    status
+}
+
+/// A spec that cannot work until the user changes it: Stalled, not Ready.
+pub fn stalled_status(
+    previous: &ImageBackupPolicyStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+    reason: &str,
+    message: &str,
+) -> ImageBackupPolicyStatus {
+    let mut status = previous.clone();
+    let now = time(now);
+    status.observed_generation = generation;
+    remove_condition(&mut status.conditions, types::RECONCILING);
+    set(
+        &mut status,
+        &now,
+        types::STALLED,
+        ConditionStatus::True,
+        reason,
+        message,
+        generation,
+    );
+    set(
+        &mut status,
+        &now,
+        types::READY,
+        ConditionStatus::False,
+        reason,
+        message,
+        generation,
+    );
+    status.next_schedule_time = None;
+    status
+}
+
+/// A problem outside the spec that may fix itself (a Secret not created
+/// yet): Ready=False, retried, not Stalled.
+pub fn blocked_status(
+    previous: &ImageBackupPolicyStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+    reason: &str,
+    message: &str,
+) -> ImageBackupPolicyStatus {
+    let mut status = previous.clone();
+    let now = time(now);
+    status.observed_generation = generation;
+    remove_condition(&mut status.conditions, types::RECONCILING);
+    remove_condition(&mut status.conditions, types::STALLED);
+    set(
+        &mut status,
+        &now,
+        types::READY,
+        ConditionStatus::False,
+        reason,
+        message,
+        generation,
+    );
+    status
+}
