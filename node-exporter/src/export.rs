@@ -259,13 +259,8 @@ fn manifest_content<'a>(
     state: &'a ImageState,
     manifest: &registry_transfer::Descriptor,
 ) -> Result<&'a image::ManifestContent, Error> {
-    let states: Vec<&image::ManifestState> = match state {
-        ImageState::Manifest(m) => vec![m.as_ref()],
-        ImageState::Index { children, .. } => children.iter().collect(),
-    };
-    states
-        .into_iter()
-        .find(|m| m.descriptor.digest == manifest.digest)
+    state
+        .manifest(&manifest.digest)
         .and_then(|m| m.content.as_ref())
         .ok_or_else(|| Error::ImageNotFound(manifest.digest.to_string()))
 }

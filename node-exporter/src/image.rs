@@ -57,6 +57,18 @@ pub enum ImageState {
     },
 }
 
+impl ImageState {
+    /// The state of one of the image's manifests, by digest.
+    pub fn manifest(&self, digest: &Digest) -> Option<&ManifestState> {
+        match self {
+            ImageState::Manifest(m) => Some(m.as_ref()).filter(|m| m.descriptor.digest == *digest),
+            ImageState::Index { children, .. } => {
+                children.iter().find(|m| m.descriptor.digest == *digest)
+            }
+        }
+    }
+}
+
 /// How to export an image, decided from its [`ImageState`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {

@@ -11,6 +11,7 @@ use crate::containerd::Containerd;
 use crate::error::Error;
 use crate::image::{self, InventoryEntry};
 use crate::oci::Platform;
+use crate::rebuild;
 use crate::reference::Query;
 use crate::report::FORMAT_VERSION;
 
@@ -53,7 +54,10 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory
         }
         for (descriptor, names) in by_digest.into_values() {
             match image::inspect(containerd, &descriptor).await {
-                Ok(state) => images.push(image::inventory_entry(names, &state, &node)),
+                Ok(state) => {
+                    let entry = image::inventory_entry(names, &state, &node);
+                    images.push(confirm_rebuild(containerd, options, &state, &node, entry).await?);
+                }
                 Err(error) if error.is_not_on_node() || error.reason() == "InvalidManifest" => {
                     tracing::debug!(%error, "skipping image record");
                     missing.extend(names);
@@ -73,11 +77,8 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory
                 Err(error) => return Err(error),
             };
             let state = image::inspect(containerd, &located.descriptor).await?;
-            images.push(image::inventory_entry(
-                vec![arg.source.clone()],
-                &state,
-                &node,
-            ));
+            let entry = image::inventory_entry(vec![arg.source.clone()], &state, &node);
+            images.push(confirm_rebuild(containerd, options, &state, &node, entry).await?);
         }
     }
     Ok(Inventory {
@@ -86,6 +87,48 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory
         images,
         missing,
     })
+}
+
+/// An image whose layers would have to be rebuilt is only exportable when
+/// the snapshots they are rebuilt from exist: check them, read-only.
+async fn confirm_rebuild(
+    containerd: &Containerd,
+    options: &Options,
+    state: &image::ImageState,
+    node: &Platform,
+    mut entry: InventoryEntry,
+) -> Result<InventoryEntry, Error> {
+    let Ok(image::Plan::Rebuild {
+        manifest,
+        missing_layers,
+        ..
+    }) = image::decide(state, node)
+    else {
+        return Ok(entry);
+    };
+    let Some(content) = state
+        .manifest(&manifest.digest)
+        .and_then(|m| m.content.as_ref())
+    else {
+        return Ok(entry);
+    };
+    let checked = rebuild::check(
+        containerd,
+        &manifest,
+        content,
+        &missing_layers,
+        options.snapshotter.as_deref(),
+    )
+    .await;
+    match checked {
+        Ok(()) => Ok(entry),
+        Err(error) if error.is_not_on_node() => {
+            tracing::info!(image = %entry.digest, %error, "cannot be rebuilt on this node");
+            entry.exportable = "none";
+            Ok(entry)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The inventory cut down to fit a termination message: digests and

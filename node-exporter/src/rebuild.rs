@@ -46,16 +46,23 @@ pub struct Rebuilt {
     pub layers: Vec<RebuiltLayer>,
 }
 
-/// Rebuilds the `missing` layers of a manifest. `containerd` must carry a
-/// lease: the differ's output would otherwise be garbage right away.
-pub async fn rebuild(
+/// What rebuilding needs to know about an image, checked up front.
+struct Preparation {
+    config_bytes: Bytes,
+    diff_ids: Vec<String>,
+    chain: Vec<String>,
+    snapshotter: String,
+}
+
+/// Reads the config and checks that every missing layer can be rebuilt: a
+/// media type the differ can produce, and the snapshots it is diffed from.
+async fn prepare(
     containerd: &Containerd,
     manifest: &Descriptor,
     content: &ManifestContent,
     missing: &[usize],
     snapshotter: Option<&str>,
-    view_prefix: &str,
-) -> Result<Rebuilt, Error> {
+) -> Result<Preparation, Error> {
     let config_digest = &content.manifest.config.digest;
     let config_bytes = containerd
         .read_small(config_digest, oci::MAX_MANIFEST_BYTES)
@@ -66,7 +73,7 @@ pub async fn rebuild(
             reason: format!("bad config digest {config_digest:?}"),
         })?;
     let config: ImageConfig = oci::parse(&config_parsed_digest, &config_bytes)?;
-    let diff_ids = &config.rootfs.diff_ids;
+    let diff_ids = config.rootfs.diff_ids;
     if diff_ids.len() != content.manifest.layers.len() {
         return Err(Error::InvalidManifest {
             digest: manifest.digest.to_string(),
@@ -77,11 +84,78 @@ pub async fn rebuild(
             ),
         });
     }
-    let chain = oci::chain_ids(diff_ids);
+    let chain = oci::chain_ids(&diff_ids);
     let snapshotter = match snapshotter {
         Some(name) => name.to_owned(),
         None => detect_snapshotter(containerd, config_digest).await?,
     };
+    for &index in missing {
+        let original =
+            content
+                .manifest
+                .layers
+                .get(index)
+                .ok_or_else(|| Error::InvalidManifest {
+                    digest: manifest.digest.to_string(),
+                    reason: format!("no layer {index}"),
+                })?;
+        let unrecoverable = |reason: String| Error::LayerUnrecoverable {
+            digest: original.digest.clone(),
+            reason,
+        };
+        if oci::rebuild_media_types(&original.media_type).is_none() {
+            return Err(unrecoverable(format!(
+                "unsupported media type {}",
+                original.media_type
+            )));
+        }
+        // The layer is the difference between its snapshot and its parent's.
+        for key in chain[..=index].iter().rev().take(2) {
+            if !containerd.snapshot_exists(&snapshotter, key).await? {
+                return Err(unrecoverable(format!(
+                    "no unpacked snapshot {key} in snapshotter {snapshotter}"
+                )));
+            }
+        }
+    }
+    Ok(Preparation {
+        config_bytes,
+        diff_ids,
+        chain,
+        snapshotter,
+    })
+}
+
+/// Whether the missing layers could be rebuilt, without rebuilding them:
+/// `Err(LayerUnrecoverable)` when not. For the inventory.
+pub async fn check(
+    containerd: &Containerd,
+    manifest: &Descriptor,
+    content: &ManifestContent,
+    missing: &[usize],
+    snapshotter: Option<&str>,
+) -> Result<(), Error> {
+    prepare(containerd, manifest, content, missing, snapshotter)
+        .await
+        .map(|_| ())
+}
+
+/// Rebuilds the `missing` layers of a manifest. `containerd` must carry a
+/// lease: the differ's output would otherwise be garbage right away.
+pub async fn rebuild(
+    containerd: &Containerd,
+    manifest: &Descriptor,
+    content: &ManifestContent,
+    missing: &[usize],
+    snapshotter: Option<&str>,
+    view_prefix: &str,
+) -> Result<Rebuilt, Error> {
+    let Preparation {
+        config_bytes,
+        diff_ids,
+        chain,
+        snapshotter,
+    } = prepare(containerd, manifest, content, missing, snapshotter).await?;
 
     let mut layers = Vec::with_capacity(missing.len());
     for &index in missing {
@@ -93,13 +167,6 @@ pub async fn rebuild(
         let (differ_type, _) = oci::rebuild_media_types(&original.media_type).ok_or_else(|| {
             unrecoverable(format!("unsupported media type {}", original.media_type))
         })?;
-        for key in chain[..=index].iter().rev().take(2) {
-            if !containerd.snapshot_exists(&snapshotter, key).await? {
-                return Err(unrecoverable(format!(
-                    "no unpacked snapshot {key} in snapshotter {snapshotter}"
-                )));
-            }
-        }
         let lower_key = format!("{view_prefix}-{index}-lower");
         let upper_key = format!("{view_prefix}-{index}-upper");
         let produced = diff_between_views(

@@ -343,6 +343,47 @@ fn discarded_layers_are_rebuilt_and_reported_as_rebuilt() {
 }
 
 #[test]
+fn discarded_layers_without_snapshots_are_unrecoverable() {
+    let _serial = serial();
+    let scratch = Scratch::new("unrecoverable");
+    let containerd = Containerd::start(&scratch, "node");
+    let registry = Registry::start(&scratch);
+    let image = small_image(&scratch, false, "gone");
+    registry.push_image(REPO, "v1", &image);
+    let reference = format!("{}/{REPO}:v1", registry.addr);
+    containerd.pull(&reference);
+    // Compressed layers gone, and the unpacked snapshots too (top first).
+    let diff_ids: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone().unwrap())
+        .collect();
+    let top_chain = digest_of(format!("{} {}", diff_ids[0], diff_ids[1]).as_bytes());
+    containerd.ctr(&["snapshots", "rm", &top_chain]);
+    containerd.ctr(&["snapshots", "rm", &diff_ids[0]]);
+    block_on(async {
+        let client = containerd.client().await;
+        for layer in &image.layers {
+            client.delete_content(&layer.digest).await.unwrap();
+        }
+    });
+
+    let socket = containerd.socket.display().to_string();
+    let inventory = node_exporter(
+        &scratch,
+        &["inventory", "--socket", &socket, "--image", &reference],
+    );
+    assert_eq!(inventory.code, 0, "{}", inventory.stderr);
+    let listed: serde_json::Value = serde_json::from_str(inventory.stdout.trim()).unwrap();
+    assert_eq!(listed["images"][0]["exportable"], "none", "{listed}");
+
+    let run = export(&scratch, &containerd, &registry.addr, &[&reference], &[]);
+    assert_eq!(run.code, 3, "stderr:\n{}", run.stderr);
+    let result = &run.report()["results"][0];
+    assert_eq!(result["reason"], "LayerUnrecoverable", "{result}");
+}
+
+#[test]
 fn image_not_on_the_node_exits_3() {
     let _serial = serial();
     let scratch = Scratch::new("absent");
