@@ -95,25 +95,27 @@ pub enum Plan {
 pub async fn locate(containerd: &Containerd, query: &Query) -> Result<Located, Error> {
     let images = containerd.list_images().await?;
     match query {
-        Query::Reference(reference) if reference.digest.is_none() => {
-            let wanted = reference.to_string();
-            let image = images
-                .iter()
-                .find(|image| image.name == wanted)
-                .ok_or_else(|| Error::ImageNotFound(wanted.clone()))?;
-            Ok(Located {
-                name: Some(reference.clone()),
-                descriptor: image_target(image)?,
-            })
-        }
-        Query::Reference(reference) => {
-            let digest = reference.digest.clone().unwrap_or_else(|| unreachable!());
-            let mut located = locate_digest(containerd, &images, &digest, Some(reference)).await?;
-            // The reference the user gave names the repository better than
-            // whatever other name containerd happens to hold the digest under.
-            located.name = Some(reference.clone());
-            Ok(located)
-        }
+        Query::Reference(reference) => match &reference.digest {
+            None => {
+                let wanted = reference.to_string();
+                let image = images
+                    .iter()
+                    .find(|image| image.name == wanted)
+                    .ok_or_else(|| Error::ImageNotFound(wanted.clone()))?;
+                Ok(Located {
+                    name: Some(reference.clone()),
+                    descriptor: image_target(image)?,
+                })
+            }
+            Some(digest) => {
+                let mut located =
+                    locate_digest(containerd, &images, digest, Some(reference)).await?;
+                // The reference the user gave names the repository better
+                // than whatever other name containerd holds the digest under.
+                located.name = Some(reference.clone());
+                Ok(located)
+            }
+        },
         Query::Digest(digest) => locate_digest(containerd, &images, digest, None).await,
     }
 }

@@ -8,9 +8,9 @@
 //! always reported as rebuilt, with both digests.
 
 use bytes::Bytes;
+use registry_transfer::manifest::sha256_digest;
 use registry_transfer::{Descriptor, Digest};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 use crate::containerd::{Containerd, UNCOMPRESSED_LABEL};
 use crate::error::Error;
@@ -288,11 +288,6 @@ async fn diff_between_views(
         }
     }
     result
-}
-
-fn sha256_digest(bytes: &[u8]) -> Digest {
-    let hex = hex::encode(Sha256::digest(bytes));
-    Digest::parse(&format!("sha256:{hex}")).unwrap_or_else(|| unreachable!("sha256 hex is valid"))
 }
 
 /// The config with rebuilt layers' diff IDs, or `None` when none changed (the

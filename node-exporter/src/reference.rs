@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn digest() -> Digest {
-        Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap_or_else(|| unreachable!())
+        Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap()
     }
 
     #[test]
