@@ -316,6 +316,8 @@ impl Transfer {
     }
 
     fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, TransferError> {
+        // One client per registry, whatever alias or case it is written with.
+        let registry = &crate::credentials::normalize_registry(registry);
         if let Some(client) = lock(&self.inner.clients).get(registry) {
             return Ok(client.clone());
         }

@@ -57,12 +57,12 @@ impl fmt::Display for RepositoryRef {
     }
 }
 
-/// The API host for a registry name as written in references.
+/// The API host for a registry name as written in references (any of
+/// Docker Hub's aliases gives its API host).
 pub fn api_host(registry: &str) -> &str {
-    if registry == DOCKER_HUB {
-        DOCKER_HUB_API_HOST
-    } else {
-        registry
+    match registry {
+        DOCKER_HUB | "index.docker.io" | DOCKER_HUB_API_HOST => DOCKER_HUB_API_HOST,
+        other => other,
     }
 }
 
@@ -208,6 +208,8 @@ mod tests {
         );
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(r.repository.api_host(), "registry-1.docker.io");
+        assert_eq!(api_host("index.docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("quay.io"), "quay.io");
         let r = ImageRef::parse("index.docker.io/team/app:1.2").unwrap();
         assert_eq!(r.repository, RepositoryRef::new("docker.io", "team/app"));
         assert_eq!(r.tag.as_deref(), Some("1.2"));
