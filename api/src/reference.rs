@@ -307,7 +307,7 @@ impl ImageReference {
                 Some(short) if !short.contains('/') => short.to_owned(),
                 // `docker.io/a.b/c` must keep its registry, or `a.b` would
                 // be read as one.
-                _ if split_registry(&self.repository).0 != DOCKER_HUB => self.name(),
+                _ if starts_with_registry(&self.repository) => self.name(),
                 _ => self.repository.clone(),
             }
         } else {
@@ -390,21 +390,23 @@ fn is_image_id(input: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Docker's rule for whether the first component names a registry.
-fn split_registry(name: &str) -> (&str, &str) {
-    match name.find('/') {
-        Some(slash) => {
-            let first = &name[..slash];
-            let is_registry = first.contains(['.', ':'])
+/// Docker's rule for whether a name's first component names a registry.
+fn starts_with_registry(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((first, _)) => {
+            first.contains(['.', ':'])
                 || first == "localhost"
-                || first.bytes().any(|b| b.is_ascii_uppercase());
-            if is_registry {
-                (first, &name[slash + 1..])
-            } else {
-                (DOCKER_HUB, name)
-            }
+                || first.bytes().any(|b| b.is_ascii_uppercase())
         }
-        None => (DOCKER_HUB, name),
+        None => false,
+    }
+}
+
+/// Splits off the registry, `docker.io` when the name has none.
+fn split_registry(name: &str) -> (&str, &str) {
+    match name.split_once('/') {
+        Some((first, rest)) if starts_with_registry(name) => (first, rest),
+        _ => (DOCKER_HUB, name),
     }
 }
 
@@ -839,6 +841,7 @@ mod tests {
             &format!("nginx:1@{SHA}"),
             "docker.io/a.b/c",
             "docker.io/localhost/x",
+            "docker.io/docker.io/x",
         ] {
             let r = parse(input);
             assert_eq!(parse(&r.familiar()), r, "{input}");
