@@ -51,6 +51,12 @@ fn repo(registry: &str, path: &str) -> RepositoryRef {
     RepositoryRef::new(registry, path)
 }
 
+/// Registries write an access-log line as a request ends, which can be
+/// just after the client has its answer.
+async fn settle_logs() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 /// The hex part of a digest: upload URLs carry it percent-encoded.
 fn hex_of(blob: &Blob) -> &str {
     blob.digest.trim_start_matches("sha256:")
@@ -93,6 +99,7 @@ async fn cold_copy_is_byte_exact_and_warm_copy_writes_nothing() {
     dst_http.assert_holds("mirror/app", "v1", &image).await;
 
     // Warm, by tag: one HEAD on the source, one on the target, no writes.
+    settle_logs().await;
     let writes_before = dst.count_requests(&["\"PUT "]) + dst.count_requests(&["\"POST "]);
     let requests_before = dst.total_requests() + src.total_requests();
     let warm = transfer
@@ -105,6 +112,7 @@ async fn cold_copy_is_byte_exact_and_warm_copy_writes_nothing() {
         (0, 0, 0)
     );
     assert_eq!(warm.requests, 2);
+    settle_logs().await;
     assert_eq!(
         dst.total_requests() + src.total_requests() - requests_before,
         2
@@ -118,6 +126,7 @@ async fn cold_copy_is_byte_exact_and_warm_copy_writes_nothing() {
         .expect("warm by digest");
     assert!(warm.up_to_date);
     assert_eq!(warm.requests, 1);
+    settle_logs().await;
     let writes_after = dst.count_requests(&["\"PUT "]) + dst.count_requests(&["\"POST "]);
     assert_eq!(writes_before, writes_after, "a warm copy must not write");
 
@@ -180,6 +189,7 @@ async fn shared_blobs_are_skipped_or_mounted_never_resent() {
     assert_eq!((third.blobs_copied, third.blobs_mounted), (0, 4));
     assert_eq!(third.bytes_copied, 0);
     dst_http.assert_holds("other", "1", &b).await;
+    settle_logs().await;
     assert_eq!(
         dst.count_requests(&["\"PUT ", hex_of(&base1)]),
         1,
@@ -758,6 +768,7 @@ async fn fifty_concurrent_copies_share_one_base_layer_transfer() {
         .expect("all copies");
     let total_bytes: u64 = reports.iter().map(|r| r.bytes_copied).sum();
     let mounted: u32 = reports.iter().map(|r| r.blobs_mounted).sum();
+    settle_logs().await;
     assert_eq!(
         dst.count_requests(&["\"PUT ", hex_of(&base)]),
         1,

@@ -138,6 +138,7 @@ async fn copies_from_a_custom_content_source() {
     assert_eq!(report.blobs_copied, 3);
     dst_http.assert_holds("node/app", "v1", &image).await;
     // Four PATCHes of at most 256 KiB for the 900 kB layer.
+    tokio::time::sleep(Duration::from_millis(300)).await; // access log lines land after answers
     assert_eq!(dst.count_requests(&["\"PATCH "]), 4);
 
     let warm = transfer
