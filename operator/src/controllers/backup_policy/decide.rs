@@ -20,6 +20,18 @@ pub struct Verified {
     pub at: DateTime<Utc>,
 }
 
+/// A copy that failed, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// How long a failed copy waits before it is tried again outside a full
+/// run, so a broken image or registry is not hammered on every change.
+pub const FAILURE_BACKOFF: TimeDelta = TimeDelta::seconds(30);
+
 /// What the source registry said about an image, last time we asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceState {
@@ -34,8 +46,8 @@ pub struct PolicyMemory {
     pub transfer: Option<(String, registry_transfer::Transfer)>,
     /// (target name, image key) -> held there.
     pub verified: HashMap<(String, String), Verified>,
-    /// (target name, image key) -> last copy failure (reason, message).
-    pub failures: HashMap<(String, String), (String, String)>,
+    /// (target name, image key) -> last copy failure.
+    pub failures: HashMap<(String, String), Failure>,
     /// image key -> source registry state.
     pub source: HashMap<String, SourceState>,
     /// Images a Warning event was emitted for (so it is emitted once).
@@ -122,6 +134,12 @@ pub fn needs_copy(
     if full_run {
         return true;
     }
+    let key = (task.target_name.clone(), task.image_key.clone());
+    if let Some(failure) = memory.failures.get(&key)
+        && now - failure.at < FAILURE_BACKOFF
+    {
+        return false;
+    }
     match memory
         .verified
         .get(&(task.target_name.clone(), task.image_key.clone()))
@@ -186,7 +204,8 @@ pub fn image_states(
             let failure = target_names
                 .iter()
                 .filter(|t| !verified_targets.contains(t))
-                .find_map(|t| memory.failures.get(&(t.clone(), key.clone())).cloned());
+                .find_map(|t| memory.failures.get(&(t.clone(), key.clone())))
+                .map(|f| (f.reason.clone(), f.message.clone()));
             ImageState {
                 reference: image.reference.to_string(),
                 digest: image

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::BackupController;
 use super::decide::{
-    self, PolicyMemory, RunInputs, SourceState, Verified, image_states, needs_copy,
+    self, Failure, PolicyMemory, RunInputs, SourceState, Verified, image_states, needs_copy,
     source_checks_due,
 };
 use super::discovery::{Inventory, Scope, discover};
@@ -262,7 +262,11 @@ async fn reconcile_with(
     for error in mapping_errors {
         memory.failures.insert(
             (error.target_name, error.image_key),
-            ("InvalidRepositoryTemplate".to_owned(), error.message),
+            Failure {
+                reason: "InvalidRepositoryTemplate".to_owned(),
+                message: error.message,
+                at: now,
+            },
         );
     }
     // Forget what no longer is selected, so memory stays bounded.
@@ -588,9 +592,14 @@ async fn copy_all(
                 }
                 warn!(source = %task.source, target = %task.target_name, reason = e.reason(), error = %e, "copy failed");
                 memory.verified.remove(&key);
-                memory
-                    .failures
-                    .insert(key, (e.reason().to_owned(), message));
+                memory.failures.insert(
+                    key,
+                    Failure {
+                        reason: e.reason().to_owned(),
+                        message,
+                        at: now,
+                    },
+                );
             }
         }
     }

@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# The operator's backup side on the real cluster: workloads of every kind run
+# images from the source registry, an ImageBackupPolicy copies them into the
+# backup registry (checked there by digest), a new Deployment is backed up
+# within seconds, an image deleted from the source registry is reported
+# missing with the node that runs it, and invalid schedules, time zones and
+# missing Secrets are reported as designed.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ns="ibp-e2e-$RANDOM"
+other="ibp-other-$RANDOM"
+lost_repo="e2e/lost-$RANDOM"
+CA="$CLUSTER_PKI/ca.crt"
+echo "operator backup e2e (namespace $ns)"
+
+cleanup() {
+  k delete namespace "$ns" "$other" --wait=false --ignore-not-found >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+accept='Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
+# The digest the backup registry serves for repo:reference ("" when absent).
+backup_digest() {
+  curl -sfI --cacert "$CA" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" -H "$accept" \
+    "https://$BACKUP_REGISTRY/v2/$1/manifests/$2" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
+}
+# Where the policy below puts a source repository in the backup registry.
+backup_repo() { echo "e2e/$ns/127.0.0.1-5001/$1"; }
+# Passes when the backup registry holds repo@digest.
+backup_has() {
+  local repo="$1" digest="$2" got
+  [[ -n "$digest" ]] || { echo "no digest given for $repo"; return 1; }
+  got="$(backup_digest "$(backup_repo "$repo")" "$digest")"
+  [[ "$got" == "$digest" ]] || { echo "backup has '$got' for $(backup_repo "$repo")@$digest"; return 1; }
+  # And skopeo, a client that is not ours, reads it too.
+  skopeo inspect --raw --creds "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" --cert-dir "$certs" \
+    "docker://$BACKUP_REGISTRY/$(backup_repo "$repo")@$digest" >/dev/null
+}
+certs="$(mktemp -d)"; cp "$CA" "$certs/ca.crt"
+
+# The digest a pod's container reports (status.containerStatuses[].imageID).
+pod_digest() {
+  local selector="$1" field="$2" name="$3"
+  k -n "$ns" get pods -l "$selector" -o jsonpath="{.items[0].status.$field[?(@.name==\"$name\")].imageID}" | sed 's/.*@//'
+}
+condition() { # condition POLICY TYPE -> "status reason"
+  k -n "$2" get ibp "$1" -o jsonpath="{.status.conditions[?(@.type==\"$3\")].status} {.status.conditions[?(@.type==\"$3\")].reason}"
+}
+condition_is() { # condition_is NS POLICY TYPE "STATUS REASON"
+  local got; got="$(condition "$2" "$1" "$3")"
+  [[ "$got" == "$4" ]] || { echo "$3 is '$got', want '$4'"; k -n "$1" get ibp "$2" -o jsonpath='{.status.conditions}'; return 1; }
+}
+
+# --- the operator ----------------------------------------------------------------
+check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
+check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
+check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+# A fresh image under the same tag: restart so the new binary runs.
+k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
+check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+
+# --- an image only this run uses, so deleting it harms nobody ----------------------
+check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" \
+  skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
+  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:0.9"
+lost_digest="$(registry_digest "$lost_repo" 0.9)"
+
+# --- workloads of every kind ---------------------------------------------------------
+k create namespace "$ns" >/dev/null
+k create namespace "$other" >/dev/null
+k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
+  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: ${NODE_NAMES[0]}}
+      terminationGracePeriodSeconds: 1
+      initContainers:
+      - {name: init, image: $SOURCE_REGISTRY/demo/init:1, command: [/bin/sh, -c, "true"]}
+      containers:
+      - {name: web, image: $SOURCE_REGISTRY/demo/web:1.0}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: api}
+spec:
+  replicas: 1
+  serviceName: api
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: api, image: $SOURCE_REGISTRY/demo/api:2.3}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: sidecar}
+spec:
+  selector: {matchLabels: {app: sidecar}}
+  template:
+    metadata: {labels: {app: sidecar}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: sidecar, image: $SOURCE_REGISTRY/demo/sidecar:3}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: batch}
+spec:
+  backoffLimit: 0
+  template:
+    metadata: {labels: {app: batch}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: batch, image: $SOURCE_REGISTRY/demo/batch:5, command: [/bin/sh, -c, "sleep 3600"]}
+---
+# Between runs: only the template names the image (by tag).
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: cron}
+spec:
+  schedule: "0 0 1 1 *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {name: cron, image: $SOURCE_REGISTRY/demo/cron:1}
+---
+# Scaled to zero: only the template names the image (by tag).
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: idle}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: idle}}
+  template:
+    metadata: {labels: {app: idle}}
+    spec:
+      containers:
+      - {name: idle, image: $SOURCE_REGISTRY/demo/web:1.1}
+---
+# Runs the image that will be lost, on the second node.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: lost}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: lost}}
+  template:
+    metadata: {labels: {app: lost}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: ${NODE_NAMES[1]}}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: lost, image: $SOURCE_REGISTRY/$lost_repo:0.9}
+YAML
+# Another team's namespace, which a policy in $ns must never reach.
+k apply -n "$other" -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: other}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: other, image: $SOURCE_REGISTRY/demo/worker:0.9}
+YAML
+
+workloads_run() {
+  k -n "$ns" rollout status deploy/web --timeout=120s &&
+  k -n "$ns" rollout status statefulset/api --timeout=120s &&
+  k -n "$ns" rollout status daemonset/sidecar --timeout=120s &&
+  k -n "$ns" rollout status deploy/lost --timeout=120s &&
+  k -n "$ns" wait --for=condition=Ready pod -l app=batch --timeout=60s
+}
+check "the workloads run" workloads_run
+
+# --- the policy: a tenant policy (outside lifeboat-system) ---------------------------
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: everything}
+spec:
+  selector:
+    includedNamespaces: ["$ns", "$other"]
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+YAML
+
+check "the policy becomes Ready (every image in the backup registry)" \
+  k -n "$ns" wait --for=condition=Ready ibp/everything --timeout=180s
+
+web_digest="$(pod_digest app=web containerStatuses web)"
+init_digest="$(pod_digest app=web initContainerStatuses init)"
+api_digest="$(pod_digest app=api containerStatuses api)"
+sidecar_digest="$(pod_digest app=sidecar containerStatuses sidecar)"
+batch_digest="$(pod_digest app=batch containerStatuses batch)"
+check "Deployment: the running digest of demo/web is in the backup" eventually 30 backup_has demo/web "$web_digest"
+check "init container: demo/init is in the backup" eventually 30 backup_has demo/init "$init_digest"
+check "StatefulSet: demo/api is in the backup" eventually 30 backup_has demo/api "$api_digest"
+check "DaemonSet: demo/sidecar is in the backup" eventually 30 backup_has demo/sidecar "$sidecar_digest"
+check "Job: demo/batch is in the backup" eventually 30 backup_has demo/batch "$batch_digest"
+cron_backed_up() {
+  local want got
+  want="$(registry_digest demo/cron 1)"
+  got="$(backup_digest "$(backup_repo demo/cron)" 1)"
+  [[ -n "$want" && "$got" == "$want" ]] || { echo "backup demo/cron:1 is '$got', source '$want'"; return 1; }
+}
+check "CronJob between runs: demo/cron:1 is in the backup by tag, same digest" eventually 30 cron_backed_up
+idle_backed_up() {
+  local want got
+  want="$(registry_digest demo/web 1.1)"
+  got="$(backup_digest "$(backup_repo demo/web)" 1.1)"
+  [[ -n "$want" && "$got" == "$want" ]] || { echo "backup demo/web:1.1 is '$got', source '$want'"; return 1; }
+}
+check "scaled-to-zero Deployment: demo/web:1.1 is in the backup by tag, same digest" eventually 30 idle_backed_up
+deterministic_tag() {
+  local got; got="$(backup_digest "$(backup_repo demo/web)" "lifeboat-sha256-${web_digest#sha256:}")"
+  [[ "$got" == "$web_digest" ]] || { echo "deterministic tag gives '$got'"; return 1; }
+}
+check "the digest is also under Lifeboat's deterministic tag" deterministic_tag
+generation_observed() {
+  [[ "$(k -n "$ns" get ibp everything -o jsonpath='{.status.observedGeneration}')" == \
+     "$(k -n "$ns" get ibp everything -o jsonpath='{.metadata.generation}')" ]]
+}
+check "Ready is about the current generation" generation_observed
+
+tenant_scoped() {
+  condition_is "$ns" everything ScopeRestricted "True OwnNamespaceOnly" || return 1
+  local got; got="$(backup_digest "e2e/$ns/127.0.0.1-5001/demo/worker" 0.9)"
+  [[ -z "$got" ]] || { echo "demo/worker of namespace $other was backed up: $got"; return 1; }
+  k -n "$ns" get ibp everything -o jsonpath='{.status.summary.workloads}' | grep -qx 7 || {
+    echo "workloads: $(k -n "$ns" get ibp everything -o jsonpath='{.status.summary}')"; return 1; }
+}
+check "a tenant policy protects only its own namespace and says so (ScopeRestricted)" tenant_scoped
+check "ImagesAvailable is True" condition_is "$ns" everything ImagesAvailable "True AllImagesAvailable"
+check "LastBackupSucceeded is True" condition_is "$ns" everything LastBackupSucceeded "True BackupSucceeded"
+event_reasons() { # event_reasons POLICY [TYPE]
+  k -n "$ns" get events --field-selector "involvedObject.name=$1${2:+,type=$2}" -o jsonpath='{.items[*].reason}'
+}
+succeeded_event() { grep -qw BackupSucceeded <<<"$(event_reasons everything)"; }
+check "a BackupSucceeded event is recorded on the policy" eventually 10 succeeded_event
+
+# --- a new Deployment is backed up within seconds --------------------------------
+worker_digest="$(registry_digest demo/worker 0.9)"
+started=$(date +%s.%N)
+k -n "$ns" create deployment newcomer --image="$SOURCE_REGISTRY/demo/worker:0.9" >/dev/null
+check "a new Deployment's image arrives in the backup within 60 s" eventually 60 backup_has demo/worker "$worker_digest"
+elapsed=$(echo "$(date +%s.%N) - $started" | bc)
+echo "  measured: new Deployment -> image verified in the backup registry: ${elapsed}s"
+
+# --- on-demand run -----------------------------------------------------------------
+stamp="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+k -n "$ns" annotate ibp everything "lifeboat.dev/requestedAt=$stamp" --overwrite >/dev/null
+handled() {
+  [[ "$(k -n "$ns" get ibp everything -o jsonpath='{.status.lastHandledReconcileAt}')" == "$stamp" ]] || return 1
+  k -n "$ns" get ibp everything -o jsonpath='{.status.history[*].trigger}' | grep -qw OnDemand
+}
+check "an on-demand run is echoed in lastHandledReconcileAt and history" eventually 60 handled
+
+# --- loss: the image disappears from the source registry --------------------------
+lost_node="$(k -n "$ns" get pods -l app=lost -o jsonpath='{.items[0].spec.nodeName}')"
+check "the soon-lost image is backed up first" eventually 30 backup_has "$lost_repo" "$lost_digest"
+check "the image is deleted from the source registry" \
+  curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$lost_repo/manifests/$lost_digest"
+reported_missing() {
+  local got
+  got="$(k -n "$ns" get ibp everything -o jsonpath="{range .status.missingImages[*]}{.digest} {.nodes} {.backupTargets}{'\n'}{end}")"
+  grep -q "^$lost_digest \[\"$lost_node\"\] \[\"backup\"\]$" <<<"$got" || { echo "missingImages: $got"; return 1; }
+  condition_is "$ns" everything ImagesAvailable "False ImagesMissing"
+}
+check "the lost image is reported missing with node $lost_node and the backup target" eventually 90 reported_missing
+missing_event() { grep -qw ImageMissing <<<"$(event_reasons everything Warning)"; }
+check "an ImageMissing Warning event is recorded" eventually 10 missing_event
+missing_counted() { [[ "$(k -n "$ns" get ibp everything -o jsonpath='{.status.summary.missing}')" == 1 ]]; }
+check "the summary counts it" missing_counted
+
+# --- invalid specs and missing credentials ------------------------------------------
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: bad-schedule}
+spec:
+  schedule: "61 * * * *"
+  targets: [{name: backup, registry: $BACKUP_REGISTRY, secretRef: {name: backup-credentials}}]
+---
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: bad-zone}
+spec:
+  schedule: "0 3 * * *"
+  timeZone: Mars/Olympus_Mons
+  targets: [{name: backup, registry: $BACKUP_REGISTRY, secretRef: {name: backup-credentials}}]
+---
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: no-secret}
+spec:
+  targets: [{name: backup, registry: $BACKUP_REGISTRY, secretRef: {name: does-not-exist}}]
+YAML
+check "an invalid schedule gives Stalled InvalidSchedule" eventually 30 condition_is "$ns" bad-schedule Stalled "True InvalidSchedule"
+ready_names_field() {
+  condition_is "$ns" bad-schedule Ready "False InvalidSchedule" || return 1
+  local message; message="$(k -n "$ns" get ibp bad-schedule -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+  [[ "$message" == *spec.schedule* ]] || { echo "message: $message"; return 1; }
+}
+check "... and Ready False with the same reason and the field in the message" ready_names_field
+check "an unknown time zone gives Stalled InvalidTimeZone" eventually 30 condition_is "$ns" bad-zone Stalled "True InvalidTimeZone"
+check "a missing Secret gives Ready False CredentialsNotFound" eventually 30 condition_is "$ns" no-secret Ready "False CredentialsNotFound"
+not_stalled() { [[ -z "$(k -n "$ns" get ibp no-secret -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}')" ]]; }
+check "... and not Stalled (it may still be created)" not_stalled
+stalled_version="$(k -n "$ns" get ibp bad-schedule -o jsonpath='{.metadata.resourceVersion}')"
+sleep 5
+not_rewritten() { [[ "$(k -n "$ns" get ibp bad-schedule -o jsonpath='{.metadata.resourceVersion}')" == "$stalled_version" ]]; }
+check "a stalled policy is not rewritten in a loop" not_rewritten
+
+# --- dry run writes nothing -----------------------------------------------------------
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: dry}
+spec:
+  dryRun: true
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "e2e/{policyNamespace}-dry/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+YAML
+dry_planned() {
+  local total; total="$(k -n "$ns" get ibp dry -o jsonpath='{.status.plan.wouldCopyTotal}')"
+  [[ "${total:-0}" -ge 7 ]] || { echo "wouldCopyTotal '$total'"; return 1; }
+  condition_is "$ns" dry Ready "True DryRun"
+}
+check "a dry-run policy reports what it would copy" eventually 60 dry_planned
+dry_wrote_nothing() {
+  local catalog
+  catalog="$(curl -sf --cacert "$CA" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" "https://$BACKUP_REGISTRY/v2/_catalog?n=1000")" || return 1
+  ! grep -q "e2e/$ns-dry/" <<<"$catalog"
+}
+check "... and writes nothing to the registry" dry_wrote_nothing
+
+# --- metrics ------------------------------------------------------------------------
+operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
+metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$operator_pod:18080/proxy/metrics"; }
+metrics_exported() {
+  local m; m="$(metrics)" || return 1
+  grep -q 'lifeboat_images{.*name="everything".*state="protected"' <<<"$m" &&
+  grep -q 'lifeboat_backup_runs_total{' <<<"$m" &&
+  grep -q 'lifeboat_copied_bytes_total{' <<<"$m" &&
+  grep -q 'lifeboat_image_copy_duration_seconds_bucket{' <<<"$m" || { grep '^lifeboat' <<<"$m" | head; return 1; }
+}
+check "metrics: images by state, runs, bytes and copy durations are exported" metrics_exported
+
+k delete ibp -n "$ns" --all --wait=false >/dev/null 2>&1
+curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$lost_repo/manifests/$lost_digest" >/dev/null 2>&1 || true
+rm -rf "$certs"
+summary "operator-backup"
