@@ -340,6 +340,25 @@ impl Transfer {
         Ok(RegistrySource::new(client, image.clone()))
     }
 
+    /// What a registry holds under an image reference (its digest if
+    /// given, else its tag): the manifest digest, or `None` if absent. One
+    /// HEAD request; never counts as a pull on Docker Hub.
+    pub async fn manifest_digest(&self, image: &ImageRef) -> Result<Option<Digest>, TransferError> {
+        let client = self.client(&image.repository.registry)?;
+        let repository = image.repository.repository.as_str();
+        let reference = match (&image.digest, &image.tag) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.clone(),
+            (None, None) => "latest".to_owned(),
+        };
+        let _permits = self.permits(&[Some(client.name())]).await;
+        let scopes = [crate::client::pull_scope(repository)];
+        Ok(client
+            .manifest_digest(repository, &reference, &scopes)
+            .await?
+            .map(|head| head.digest))
+    }
+
     /// Copies a registry image. Without a tag in `request`, the source's
     /// tag is used, and for a digest-only source the deterministic tag.
     pub async fn copy_image(

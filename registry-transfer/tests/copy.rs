@@ -98,7 +98,25 @@ async fn cold_copy_is_byte_exact_and_warm_copy_writes_nothing() {
     assert_eq!(report.bytes_copied, blob_bytes);
     dst_http.assert_holds("mirror/app", "v1", &image).await;
 
-    // Warm, by tag: one HEAD on the source, one on the target, no writes.
+    // Existence checks: one HEAD each.
+    let target_image = image_ref(&dst.host, "mirror/app:v1");
+    assert_eq!(
+        transfer
+            .manifest_digest(&target_image)
+            .await
+            .expect("HEAD")
+            .map(|d| d.to_string()),
+        Some(image.digest.clone())
+    );
+    assert_eq!(
+        transfer
+            .manifest_digest(&image_ref(&dst.host, "mirror/app:nope"))
+            .await
+            .expect("HEAD"),
+        None
+    );
+
+    // Warm, by tag: one request to the source, one to the target, no writes.
     settle_logs().await;
     let writes_before = dst.count_requests(&["\"PUT "]) + dst.count_requests(&["\"POST "]);
     let requests_before = dst.total_requests() + src.total_requests();
