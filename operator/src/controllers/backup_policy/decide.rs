@@ -231,3 +231,241 @@ pub fn workloads_by_kind(inventory: &Inventory) -> HashMap<WorkloadKind, usize> 
     }
     counts
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use lifeboat_api::ImageReference;
+
+    use super::super::discovery::{ImageUse, image_key};
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn inputs<'a>(schedule: Option<&'a Schedule>) -> RunInputs<'a> {
+        RunInputs {
+            schedule,
+            time_zone: Tz::UTC,
+            starting_deadline_seconds: None,
+            suspend: false,
+            created: at(0),
+            last_schedule_time: None,
+            requested_at: None,
+            last_handled: None,
+            now: at(0),
+        }
+    }
+
+    #[test]
+    fn no_run_at_creation_then_the_schedule_fires() {
+        let hourly = Schedule::parse("0 * * * *").unwrap();
+        // at(0) = 2027-01-15T08:00:00Z is on the hour: created right then.
+        let decision = decide_run(&inputs(Some(&hourly)));
+        assert_eq!(decision.full_run, None);
+        assert!(decision.next_schedule_time.is_some());
+        let next = decision.next_schedule_time.unwrap();
+        let later = decide_run(&RunInputs {
+            now: next + TimeDelta::seconds(5),
+            ..inputs(Some(&hourly))
+        });
+        assert_eq!(later.full_run, Some(RunTrigger::Schedule));
+        assert_eq!(later.scheduled_time, Some(next));
+        assert_eq!(later.last_schedule_time, Some(next));
+    }
+
+    #[test]
+    fn suspended_and_late_runs_are_recorded_not_replayed() {
+        let hourly = Schedule::parse("0 * * * *").unwrap();
+        let first = decide_run(&inputs(Some(&hourly)))
+            .next_schedule_time
+            .unwrap();
+        let suspended = decide_run(&RunInputs {
+            suspend: true,
+            now: first + TimeDelta::seconds(5),
+            ..inputs(Some(&hourly))
+        });
+        assert_eq!(suspended.full_run, None);
+        assert_eq!(suspended.last_schedule_time, Some(first));
+        assert_eq!(suspended.next_schedule_time, None);
+        let late = decide_run(&RunInputs {
+            starting_deadline_seconds: Some(60),
+            now: first + TimeDelta::seconds(600),
+            ..inputs(Some(&hourly))
+        });
+        assert_eq!(late.full_run, None);
+        assert_eq!(late.last_schedule_time, Some(first));
+    }
+
+    #[test]
+    fn requested_at_runs_once_even_while_suspended() {
+        let decision = decide_run(&RunInputs {
+            requested_at: Some("2027-01-01T00:00:00Z"),
+            suspend: true,
+            ..inputs(None)
+        });
+        assert_eq!(decision.full_run, Some(RunTrigger::OnDemand));
+        assert_eq!(
+            decision.handled_request.as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        let handled = decide_run(&RunInputs {
+            requested_at: Some("2027-01-01T00:00:00Z"),
+            last_handled: Some("2027-01-01T00:00:00Z"),
+            ..inputs(None)
+        });
+        assert_eq!(handled.full_run, None);
+        assert_eq!(handled.handled_request, None);
+    }
+
+    fn task(reference: &str) -> CopyTask {
+        let source = ImageReference::parse(reference).unwrap();
+        CopyTask {
+            image_key: image_key(&source),
+            destination: source.clone(),
+            source,
+            target_name: "backup".into(),
+            platforms: vec![],
+        }
+    }
+
+    const DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    #[test]
+    fn only_unverified_tasks_are_copied_and_failures_back_off() {
+        let pinned = task(&format!("reg.local/web:1@{DIGEST}"));
+        let by_tag = task("reg.local/cron:7");
+        let mut memory = PolicyMemory::default();
+        let recheck = TimeDelta::seconds(300);
+        assert!(needs_copy(&pinned, &memory, false, at(0), recheck));
+        for t in [&pinned, &by_tag] {
+            memory.verified.insert(
+                (t.target_name.clone(), t.image_key.clone()),
+                Verified {
+                    digest: DIGEST.into(),
+                    at: at(0),
+                },
+            );
+        }
+        assert!(!needs_copy(&pinned, &memory, false, at(1000), recheck));
+        assert!(
+            needs_copy(&pinned, &memory, true, at(1), recheck),
+            "full run"
+        );
+        // A tag may move: checked again after the recheck interval.
+        assert!(!needs_copy(&by_tag, &memory, false, at(10), recheck));
+        assert!(needs_copy(&by_tag, &memory, false, at(300), recheck));
+
+        let failing = task("reg.local/gone:1");
+        memory.failures.insert(
+            (failing.target_name.clone(), failing.image_key.clone()),
+            Failure {
+                reason: "SourceNotFound".into(),
+                message: "gone".into(),
+                at: at(0),
+            },
+        );
+        assert!(!needs_copy(&failing, &memory, false, at(10), recheck));
+        assert!(needs_copy(&failing, &memory, false, at(31), recheck));
+    }
+
+    fn inventory_with(reference: &str, pull_failure: bool) -> Inventory {
+        let reference = ImageReference::parse(reference).unwrap();
+        let mut inventory = Inventory::default();
+        inventory.images.insert(
+            image_key(&reference),
+            ImageUse {
+                reference,
+                workloads: BTreeSet::new(),
+                nodes: ["node-2".to_owned()].into(),
+                pull_failures: if pull_failure {
+                    [("shop".to_owned(), "web-1".to_owned())].into()
+                } else {
+                    BTreeSet::new()
+                },
+                pull_secrets: BTreeSet::new(),
+            },
+        );
+        inventory
+    }
+
+    #[test]
+    fn source_checks_on_an_interval_and_at_once_on_pull_failures() {
+        let reference = format!("reg.local/web:1@{DIGEST}");
+        let key = format!("reg.local/web@{DIGEST}");
+        let interval = TimeDelta::seconds(300);
+        let quiet = inventory_with(&reference, false);
+        let mut memory = PolicyMemory::default();
+        assert_eq!(
+            source_checks_due(&quiet, &memory, at(0), interval),
+            vec![key.clone()]
+        );
+        memory.source.insert(
+            key.clone(),
+            SourceState {
+                checked: at(0),
+                missing_since: None,
+            },
+        );
+        assert!(source_checks_due(&quiet, &memory, at(60), interval).is_empty());
+        assert_eq!(
+            source_checks_due(&quiet, &memory, at(300), interval).len(),
+            1
+        );
+        let failing = inventory_with(&reference, true);
+        assert!(source_checks_due(&failing, &memory, at(5), interval).is_empty());
+        assert_eq!(
+            source_checks_due(&failing, &memory, at(10), interval).len(),
+            1
+        );
+        // Tag-only images cannot be checked by digest.
+        let by_tag = inventory_with("reg.local/web:1", false);
+        assert!(source_checks_due(&by_tag, &PolicyMemory::default(), at(0), interval).is_empty());
+    }
+
+    #[test]
+    fn image_states_carry_restore_locations() {
+        let reference = format!("reg.local/web:1@{DIGEST}");
+        let key = format!("reg.local/web@{DIGEST}");
+        let inventory = inventory_with(&reference, false);
+        let mut memory = PolicyMemory::default();
+        memory.verified.insert(
+            ("backup".into(), key.clone()),
+            Verified {
+                digest: DIGEST.into(),
+                at: at(0),
+            },
+        );
+        memory.failures.insert(
+            ("offsite".into(), key.clone()),
+            Failure {
+                reason: "Unauthorized".into(),
+                message: "401".into(),
+                at: at(0),
+            },
+        );
+        memory.source.insert(
+            key,
+            SourceState {
+                checked: at(5),
+                missing_since: Some(at(5)),
+            },
+        );
+        let states = image_states(
+            &inventory,
+            &["backup".to_owned(), "offsite".to_owned()],
+            &memory,
+        );
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].verified_targets, vec!["backup".to_owned()]);
+        assert_eq!(
+            states[0].failure,
+            Some(("Unauthorized".to_owned(), "401".to_owned()))
+        );
+        assert_eq!(states[0].missing_since, Some(at(5)));
+        assert_eq!(states[0].nodes, vec!["node-2".to_owned()]);
+        assert_eq!(states[0].digest.as_deref(), Some(DIGEST));
+    }
+}

@@ -609,3 +609,415 @@ fn add_use<'i>(
     entry.pull_secrets.extend(secrets.iter().cloned());
     entry
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::api::batch::v1::{CronJobSpec, JobSpec, JobTemplateSpec};
+    use k8s_openapi::api::core::v1::{
+        ContainerStateWaiting, ContainerStatus, LocalObjectReference, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+    use lifeboat_api::backup_policy::ImagePatterns;
+
+    use super::*;
+    use crate::controllers::backup_policy::caches::trim_pod;
+
+    const WEB_DIGEST: &str =
+        "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const INIT_DIGEST: &str =
+        "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn meta(namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn owned(mut meta: ObjectMeta, kind: &str, owner: &str) -> ObjectMeta {
+        meta.owner_references = Some(vec![OwnerReference {
+            kind: kind.into(),
+            name: owner.into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        meta
+    }
+
+    fn container(name: &str, image: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: Some(image.into()),
+            ..Container::default()
+        }
+    }
+
+    fn status(name: &str, image_id: &str, waiting: Option<&str>) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            image_id: image_id.into(),
+            state: waiting.map(|reason| k8s_openapi::api::core::v1::ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: None,
+                }),
+                ..Default::default()
+            }),
+            ..ContainerStatus::default()
+        }
+    }
+
+    use k8s_openapi::api::core::v1::Container;
+
+    fn web_pod(namespace: &str, node: &str) -> Pod {
+        Pod {
+            metadata: owned(meta(namespace, "web-abc-1"), "ReplicaSet", "web-abc"),
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                init_containers: Some(vec![container("init", "registry.local/init:1")]),
+                containers: vec![container("web", "registry.local/web:1.0")],
+                image_pull_secrets: Some(vec![LocalObjectReference {
+                    name: "pull".into(),
+                }]),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                init_container_statuses: Some(vec![status(
+                    "init",
+                    &format!("registry.local/init@{INIT_DIGEST}"),
+                    None,
+                )]),
+                container_statuses: Some(vec![status(
+                    "web",
+                    &format!("registry.local/web@{WEB_DIGEST}"),
+                    None,
+                )]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    fn template(images: &[&str]) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: None,
+            spec: Some(PodSpec {
+                containers: images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, image)| container(&format!("c{i}"), image))
+                    .collect(),
+                ..PodSpec::default()
+            }),
+        }
+    }
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+    fn deployment(
+        namespace: &str,
+        name: &str,
+        images: &[&str],
+        labels: &[(&str, &str)],
+    ) -> Deployment {
+        let mut m = meta(namespace, name);
+        m.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        Deployment {
+            metadata: m,
+            spec: Some(DeploymentSpec {
+                template: template(images),
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn replica_set(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
+        ReplicaSet {
+            metadata: owned(meta(namespace, name), "Deployment", deployment),
+            ..ReplicaSet::default()
+        }
+    }
+
+    fn snapshot() -> ClusterSnapshot {
+        ClusterSnapshot {
+            namespaces: vec![Arc::new(Namespace {
+                metadata: ObjectMeta {
+                    name: Some("shop".into()),
+                    labels: Some([("team".to_string(), "shop".to_string())].into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            })],
+            pods: vec![Arc::new(web_pod("shop", "node-1"))],
+            deployments: vec![Arc::new(deployment(
+                "shop",
+                "web",
+                &["registry.local/web:1.0"],
+                &[("app", "web")],
+            ))],
+            replica_sets: vec![Arc::new(replica_set("shop", "web-abc", "web"))],
+            cron_jobs: vec![Arc::new(CronJob {
+                metadata: meta("shop", "nightly"),
+                spec: Some(CronJobSpec {
+                    schedule: "0 3 * * *".into(),
+                    job_template: JobTemplateSpec {
+                        metadata: None,
+                        spec: Some(JobSpec {
+                            template: template(&["registry.local/cron:7"]),
+                            ..JobSpec::default()
+                        }),
+                    },
+                    ..CronJobSpec::default()
+                }),
+                status: None,
+            })],
+            ..ClusterSnapshot::default()
+        }
+    }
+
+    fn admin_scope(selector: WorkloadSelector) -> Scope {
+        Scope::for_policy("lifeboat-system", "lifeboat-system", selector)
+    }
+
+    fn keys(inventory: &Inventory) -> Vec<String> {
+        inventory.images.keys().cloned().collect()
+    }
+
+    #[test]
+    fn running_pods_give_exact_digests_templates_give_tags() {
+        let inventory = discover(
+            &snapshot(),
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            keys(&inventory),
+            vec![
+                "registry.local/cron:7".to_owned(),
+                format!("registry.local/init@{INIT_DIGEST}"),
+                format!("registry.local/web@{WEB_DIGEST}"),
+            ]
+        );
+        let web = &inventory.images[&format!("registry.local/web@{WEB_DIGEST}")];
+        // The pod belongs to the Deployment (through its ReplicaSet).
+        assert_eq!(
+            web.workloads.iter().collect::<Vec<_>>(),
+            vec![&WorkloadId {
+                kind: WorkloadKind::Deployment,
+                namespace: "shop".into(),
+                name: "web".into()
+            }]
+        );
+        assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+        assert_eq!(web.reference.tag.as_deref(), Some("1.0"));
+        assert!(
+            web.pull_secrets
+                .contains(&("shop".to_owned(), "pull".to_owned()))
+        );
+        assert_eq!(inventory.workloads.len(), 2);
+    }
+
+    #[test]
+    fn kinds_labels_and_image_patterns_select() {
+        let only_cron = WorkloadSelector {
+            workload_kinds: Some(vec![WorkloadKind::CronJob]),
+            ..WorkloadSelector::default()
+        };
+        let inventory = discover(
+            &snapshot(),
+            &admin_scope(only_cron),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        assert_eq!(keys(&inventory), vec!["registry.local/cron:7".to_owned()]);
+
+        let labelled = WorkloadSelector {
+            workload_selector: Some(LabelSelector {
+                match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                ..LabelSelector::default()
+            }),
+            ..WorkloadSelector::default()
+        };
+        let inventory = discover(
+            &snapshot(),
+            &admin_scope(labelled),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        assert_eq!(inventory.images.len(), 2, "{:?}", keys(&inventory));
+
+        let matcher = ImageMatcher::compile(Some(&ImagePatterns {
+            include: None,
+            exclude: Some(vec!["registry.local/init*".into()]),
+        }))
+        .unwrap();
+        let inventory = discover(
+            &snapshot(),
+            &admin_scope(WorkloadSelector::default()),
+            &matcher,
+        )
+        .unwrap();
+        assert!(!keys(&inventory).iter().any(|k| k.contains("init")));
+    }
+
+    #[test]
+    fn namespaces_included_excluded_and_by_label() {
+        let excluded = WorkloadSelector {
+            excluded_namespaces: Some(vec!["shop".into()]),
+            ..WorkloadSelector::default()
+        };
+        assert!(
+            discover(
+                &snapshot(),
+                &admin_scope(excluded),
+                &ImageMatcher::default()
+            )
+            .unwrap()
+            .images
+            .is_empty()
+        );
+        let other_team = WorkloadSelector {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([("team".to_string(), "payments".to_string())].into()),
+                ..LabelSelector::default()
+            }),
+            ..WorkloadSelector::default()
+        };
+        assert!(
+            discover(
+                &snapshot(),
+                &admin_scope(other_team),
+                &ImageMatcher::default()
+            )
+            .unwrap()
+            .images
+            .is_empty()
+        );
+        let included = WorkloadSelector {
+            included_namespaces: Some(vec!["*".into()]),
+            ..WorkloadSelector::default()
+        };
+        assert_eq!(
+            discover(
+                &snapshot(),
+                &admin_scope(included),
+                &ImageMatcher::default()
+            )
+            .unwrap()
+            .images
+            .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_tenant_policy_sees_only_its_own_namespace_whatever_it_selects() {
+        let greedy = WorkloadSelector {
+            included_namespaces: Some(vec!["shop".into(), "*".into()]),
+            ..WorkloadSelector::default()
+        };
+        let tenant = Scope::for_policy("payments", "lifeboat-system", greedy);
+        assert!(tenant.selector_reaches_beyond());
+        let inventory = discover(&snapshot(), &tenant, &ImageMatcher::default()).unwrap();
+        assert!(inventory.images.is_empty(), "{:?}", keys(&inventory));
+
+        let own = Scope::for_policy("shop", "lifeboat-system", WorkloadSelector::default());
+        assert!(!own.selector_reaches_beyond());
+        assert_eq!(
+            discover(&snapshot(), &own, &ImageMatcher::default())
+                .unwrap()
+                .images
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_pod_failing_to_pull_marks_the_digest_its_workload_runs() {
+        let mut snap = snapshot();
+        let mut failing = web_pod("shop", "node-2");
+        failing.metadata.name = Some("web-abc-2".into());
+        if let Some(status) = &mut failing.status {
+            status.container_statuses = Some(vec![status_waiting("web", "ImagePullBackOff")]);
+            status.init_container_statuses = None;
+        }
+        snap.pods.push(Arc::new(failing));
+        let inventory = discover(
+            &snap,
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        // No tag-only entry for the failing pod; its failure counts for the digest.
+        assert!(!inventory.images.contains_key("registry.local/web:1.0"));
+        let web = &inventory.images[&format!("registry.local/web@{WEB_DIGEST}")];
+        assert!(
+            web.pull_failures
+                .contains(&("shop".to_owned(), "web-abc-2".to_owned()))
+        );
+        // The failing node does not hold it.
+        assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+    }
+
+    fn status_waiting(name: &str, reason: &str) -> ContainerStatus {
+        status(name, "", Some(reason))
+    }
+
+    #[test]
+    fn image_ids_and_pull_failures() {
+        assert_eq!(
+            digest_from_image_id(&format!("docker.io/library/nginx@{WEB_DIGEST}"))
+                .map(|d| d.as_str().to_owned()),
+            Some(WEB_DIGEST.to_owned())
+        );
+        assert_eq!(
+            digest_from_image_id(&format!("docker-pullable://nginx@{WEB_DIGEST}"))
+                .map(|d| d.as_str().to_owned()),
+            Some(WEB_DIGEST.to_owned())
+        );
+        // A bare config ID is not a manifest digest.
+        assert_eq!(digest_from_image_id(WEB_DIGEST), None);
+        assert_eq!(digest_from_image_id(""), None);
+        assert!(is_pull_failure("ErrImagePull"));
+        assert!(is_pull_failure("ImagePullBackOff"));
+        assert!(!is_pull_failure("ContainerCreating"));
+    }
+
+    #[test]
+    fn trimming_keeps_what_discovery_needs() {
+        let mut pod = web_pod("shop", "node-1");
+        pod.metadata.annotations = Some([("big".to_string(), "x".repeat(10_000))].into());
+        if let Some(spec) = &mut pod.spec {
+            spec.containers[0].env = Some(vec![Default::default(); 50]);
+        }
+        let before = discover(
+            &ClusterSnapshot {
+                pods: vec![Arc::new(pod.clone())],
+                ..snapshot()
+            },
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        trim_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none());
+        assert!(pod.spec.as_ref().unwrap().containers[0].env.is_none());
+        let after = discover(
+            &ClusterSnapshot {
+                pods: vec![Arc::new(pod)],
+                ..snapshot()
+            },
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+        )
+        .unwrap();
+        assert_eq!(before, after);
+    }
+}

@@ -393,3 +393,221 @@ pub fn blocked_status(
     );
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use lifeboat_api::backup_policy::{RunResult, RunTrigger};
+    use lifeboat_api::conditions::find_condition;
+
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn image(reference: &str, verified: &[&str]) -> ImageState {
+        ImageState {
+            reference: reference.into(),
+            digest: None,
+            workloads: 1,
+            verified_targets: verified.iter().map(|s| s.to_string()).collect(),
+            failure: None,
+            missing_since: None,
+            nodes: vec![],
+        }
+    }
+
+    fn evaluation(images: Vec<ImageState>) -> Evaluation {
+        Evaluation {
+            generation: 3,
+            now: at(0),
+            target_count: 1,
+            workloads: 2,
+            images,
+            finished_run: None,
+            last_schedule_time: None,
+            next_schedule_time: None,
+            handled_request: None,
+            scope_restricted: None,
+            plan: None,
+            dry_run: false,
+            bytes_copied_total: 0,
+        }
+    }
+
+    fn reason(status: &ImageBackupPolicyStatus, type_: &str) -> (String, String) {
+        let c = find_condition(&status.conditions, type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn all_images_at_every_target_is_ready() {
+        let status = evaluated_status(
+            &ImageBackupPolicyStatus::default(),
+            &evaluation(vec![image("a", &["backup"]), image("b", &["backup"])]),
+        );
+        assert_eq!(status.observed_generation, 3);
+        assert_eq!(
+            reason(&status, types::READY),
+            ("True".into(), "Protected".into())
+        );
+        assert_eq!(
+            reason(&status, types::IMAGES_AVAILABLE),
+            ("True".into(), "AllImagesAvailable".into())
+        );
+        assert_eq!(
+            reason(&status, types::LAST_BACKUP_SUCCEEDED),
+            ("Unknown".into(), "NoBackupYet".into())
+        );
+        assert!(find_condition(&status.conditions, types::STALLED).is_none());
+        assert!(find_condition(&status.conditions, types::RECONCILING).is_none());
+        let summary = status.summary.unwrap();
+        assert_eq!(
+            (summary.selected, summary.protected, summary.pending),
+            (2, 2, 0)
+        );
+    }
+
+    #[test]
+    fn failures_pending_and_missing_images_are_reported() {
+        let mut failed = image("a", &[]);
+        failed.failure = Some(("Unauthorized".into(), "401".into()));
+        let mut lost = image("b", &["backup"]);
+        lost.missing_since = Some(at(-60));
+        lost.digest = Some("sha256:x".into());
+        lost.nodes = vec!["node-2".into()];
+        let status = evaluated_status(
+            &ImageBackupPolicyStatus::default(),
+            &evaluation(vec![failed, lost, image("c", &[])]),
+        );
+        assert_eq!(
+            reason(&status, types::READY),
+            ("False".into(), "BackupPartiallyFailed".into())
+        );
+        assert_eq!(
+            reason(&status, types::IMAGES_AVAILABLE),
+            ("False".into(), "ImagesMissing".into())
+        );
+        let summary = status.summary.clone().unwrap();
+        assert_eq!(
+            (
+                summary.protected,
+                summary.failed,
+                summary.pending,
+                summary.missing
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(status.missing_images.len(), 1);
+        assert_eq!(
+            status.missing_images[0].backup_targets,
+            vec!["backup".to_owned()]
+        );
+        assert_eq!(status.missing_images[0].nodes, vec!["node-2".to_owned()]);
+        assert_eq!(status.missing_images_total, Some(1));
+    }
+
+    #[test]
+    fn unchanged_facts_give_an_identical_status() {
+        let facts = evaluation(vec![image("a", &["backup"])]);
+        let first = evaluated_status(&ImageBackupPolicyStatus::default(), &facts);
+        let later = Evaluation {
+            now: at(3600),
+            ..facts
+        };
+        // Transition times are kept: nothing to write an hour later.
+        assert_eq!(evaluated_status(&first, &later), first);
+    }
+
+    #[test]
+    fn runs_go_into_history_newest_first_and_bounded() {
+        let mut status = ImageBackupPolicyStatus::default();
+        for i in 0..(MAX_HISTORY as i64 + 3) {
+            let run = RunRecord {
+                trigger: RunTrigger::Continuous,
+                result: RunResult::Succeeded,
+                start_time: to_k8s_time(at(i)),
+                completion_time: Some(to_k8s_time(at(i))),
+                scheduled_time: None,
+                copied: i as i32,
+                up_to_date: 0,
+                failed: 0,
+                deleted: 0,
+                bytes_copied: 0,
+                message: None,
+            };
+            status = evaluated_status(
+                &status,
+                &Evaluation {
+                    finished_run: Some(run),
+                    ..evaluation(vec![image("a", &["backup"])])
+                },
+            );
+        }
+        assert_eq!(status.history.len(), MAX_HISTORY);
+        assert_eq!(status.history[0].copied, MAX_HISTORY as i32 + 2);
+        assert_eq!(status.last_successful_time, Some(to_k8s_time(at(12))));
+        assert_eq!(
+            reason(&status, types::LAST_BACKUP_SUCCEEDED),
+            ("True".into(), "BackupSucceeded".into())
+        );
+    }
+
+    #[test]
+    fn stalled_and_blocked() {
+        let ready = evaluated_status(
+            &ImageBackupPolicyStatus::default(),
+            &evaluation(vec![image("a", &["backup"])]),
+        );
+        let stalled = stalled_status(&ready, 4, at(10), "InvalidSchedule", "spec.schedule: bad");
+        assert_eq!(stalled.observed_generation, 4);
+        assert_eq!(
+            reason(&stalled, types::STALLED),
+            ("True".into(), "InvalidSchedule".into())
+        );
+        assert_eq!(
+            reason(&stalled, types::READY),
+            ("False".into(), "InvalidSchedule".into())
+        );
+        let blocked = blocked_status(&stalled, 5, at(20), "CredentialsNotFound", "secret x");
+        assert!(find_condition(&blocked.conditions, types::STALLED).is_none());
+        assert_eq!(
+            reason(&blocked, types::READY),
+            ("False".into(), "CredentialsNotFound".into())
+        );
+        let running = reconciling_status(&ready, 3, at(30), "copying".into());
+        assert_eq!(
+            reason(&running, types::RECONCILING),
+            ("True".into(), "BackupRunning".into())
+        );
+        // The next evaluation clears it.
+        let done = evaluated_status(&running, &evaluation(vec![image("a", &["backup"])]));
+        assert!(find_condition(&done.conditions, types::RECONCILING).is_none());
+    }
+
+    #[test]
+    fn tenant_scope_and_dry_run_conditions() {
+        let status = evaluated_status(
+            &ImageBackupPolicyStatus::default(),
+            &Evaluation {
+                scope_restricted: Some("own namespace only".into()),
+                dry_run: true,
+                plan: Some(DryRunPlan {
+                    would_copy: vec!["a -> b".into()],
+                    would_copy_total: 1,
+                    ..DryRunPlan::default()
+                }),
+                ..evaluation(vec![image("a", &[])])
+            },
+        );
+        assert_eq!(
+            reason(&status, types::SCOPE_RESTRICTED),
+            ("True".into(), "OwnNamespaceOnly".into())
+        );
+        assert_eq!(
+            reason(&status, types::READY),
+            ("True".into(), "DryRun".into())
+        );
+        assert_eq!(status.plan.as_ref().map(|p| p.would_copy_total), Some(1));
+    }
+}
