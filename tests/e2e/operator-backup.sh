@@ -204,6 +204,37 @@ spec:
     caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
 YAML
 
+# Scheduled policies next to it: every minute, one suspended. Checked later.
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: every-minute}
+spec:
+  schedule: "* * * * *"
+  continuous: false
+  selector: {images: {include: ["*/demo/api*"]}}
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "e2e/{policyNamespace}/scheduled/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+---
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: suspended}
+spec:
+  schedule: "* * * * *"
+  suspend: true
+  selector: {images: {include: ["*/demo/api*"]}}
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "e2e/{policyNamespace}/suspended/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+YAML
+
 check "the policy becomes Ready (every image in the backup registry)" \
   k -n "$ns" wait --for=condition=Ready ibp/everything --timeout=180s
 
@@ -274,6 +305,19 @@ handled() {
   k -n "$ns" get ibp everything -o jsonpath='{.status.history[*].trigger}' | grep -qw OnDemand
 }
 check "an on-demand run is echoed in lastHandledReconcileAt and history" eventually 60 handled
+
+# --- a restarted operator resumes without copying again -------------------------
+k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
+check "the operator restarts" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+stamp2="$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)"
+k -n "$ns" annotate ibp everything "lifeboat.dev/requestedAt=$stamp2" --overwrite >/dev/null
+nothing_recopied() {
+  [[ "$(k -n "$ns" get ibp everything -o jsonpath='{.status.lastHandledReconcileAt}')" == "$stamp2" ]] || return 1
+  local run
+  run="$(k -n "$ns" get ibp everything -o jsonpath='{range .status.history[?(@.trigger=="OnDemand")]}{.copied} {.upToDate} {.bytesCopied}{"\n"}{end}' | head -1)"
+  [[ "$run" =~ ^0\ [1-9][0-9]*\ 0$ ]] || { echo "newest on-demand run (copied upToDate bytes): '$run'"; return 1; }
+}
+check "after a restart, a full run finds everything in place and copies nothing" eventually 90 nothing_recopied
 
 # --- loss: the image disappears from the source registry --------------------------
 lost_node="$(k -n "$ns" get pods -l app=lost -o jsonpath='{.items[0].spec.nodeName}')"
@@ -357,6 +401,24 @@ dry_wrote_nothing() {
   ! grep -q "e2e/$ns-dry/" <<<"$catalog"
 }
 check "... and writes nothing to the registry" dry_wrote_nothing
+
+# --- schedules ----------------------------------------------------------------------
+scheduled_ran() {
+  k -n "$ns" get ibp every-minute -o jsonpath='{.status.history[*].trigger}' | grep -qw Schedule || {
+    echo "history: $(k -n "$ns" get ibp every-minute -o jsonpath='{.status.history}')"; return 1; }
+  [[ -n "$(k -n "$ns" get ibp every-minute -o jsonpath='{.status.lastScheduleTime}')" ]] &&
+  [[ -n "$(k -n "$ns" get ibp every-minute -o jsonpath='{.status.nextScheduleTime}')" ]]
+}
+check "a schedule fires (history has a Schedule run, last and next times are set)" eventually 90 scheduled_ran
+scheduled_copied() { backup_digest "e2e/$ns/scheduled/127.0.0.1-5001/demo/api" "$api_digest" | grep -qx "$api_digest"; }
+check "... and the scheduled run copied its image" scheduled_copied
+suspended_idle() {
+  [[ -z "$(k -n "$ns" get ibp suspended -o jsonpath='{.status.history}')" ]] || { echo "suspended policy ran"; return 1; }
+  [[ -z "$(backup_digest "e2e/$ns/suspended/127.0.0.1-5001/demo/api" "$api_digest")" ]] || { echo "suspended policy copied"; return 1; }
+  # The passed time is recorded so that it is not replayed on resume.
+  [[ -n "$(k -n "$ns" get ibp suspended -o jsonpath='{.status.lastScheduleTime}')" ]] || { echo "no lastScheduleTime"; return 1; }
+}
+check "a suspended policy does not run (and records the skipped time)" suspended_idle
 
 # --- metrics ------------------------------------------------------------------------
 operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
