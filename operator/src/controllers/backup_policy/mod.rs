@@ -44,6 +44,32 @@ pub struct BackupController {
     /// Bounds image copies over all policies, so one policy with many
     /// images cannot starve the others.
     pub copy_slots: Arc<Semaphore>,
+    /// The controller's cache of policies, to forget deleted ones.
+    pub policies: std::sync::OnceLock<kube::runtime::reflector::Store<ImageBackupPolicy>>,
+}
+
+impl BackupController {
+    /// Drops what was learned about policies that no longer exist.
+    pub fn forget_deleted_policies(&self) {
+        let Some(store) = self.policies.get() else {
+            return;
+        };
+        let live: std::collections::HashSet<String> = store
+            .state()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    kube::ResourceExt::namespace(p.as_ref()).unwrap_or_default(),
+                    kube::ResourceExt::name_any(p.as_ref())
+                )
+            })
+            .collect();
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| live.contains(key));
+    }
 }
 
 /// How long after a change the caches wait before triggering again.
@@ -61,16 +87,22 @@ pub async fn run(context: Arc<Context>) {
         context,
         caches,
         memory: Mutex::new(HashMap::new()),
+        policies: std::sync::OnceLock::new(),
     });
     let policies: Api<ImageBackupPolicy> = Api::all(client);
-    Controller::new(policies, watcher::Config::default().any_semantic())
+    let policy_controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let _ = controller.policies.set(policy_controller.store());
+    policy_controller
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .reconcile_all_on(changes)
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, controller)
         .for_each(|result| {
-            if let Err(e) = result {
-                warn!(error = %e, "policy reconcile failed");
+            match result {
+                Ok(_) => {}
+                // A policy deleted while queued: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => warn!(error = %e, "policy reconcile failed"),
             }
             futures::future::ready(())
         })

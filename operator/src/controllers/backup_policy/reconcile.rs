@@ -21,7 +21,7 @@ use lifeboat_api::time::{from_k8s_time, to_k8s_time};
 use lifeboat_api::validation::validate_policy_spec;
 use lifeboat_api::{ImageBackupPolicy, ImageReference};
 use opentelemetry::KeyValue;
-use registry_transfer::{Transfer, TransferConfig};
+use registry_transfer::{Transfer, TransferConfig, TransferError};
 use tracing::{debug, info, warn};
 
 use super::BackupController;
@@ -65,6 +65,7 @@ pub async fn reconcile(
         all.remove(&key).unwrap_or_default()
     };
     let result = reconcile_with(&policy, &controller, &namespace, &name, &mut memory).await;
+    controller.forget_deleted_policies();
     controller
         .memory
         .lock()
@@ -559,8 +560,19 @@ async fn copy_all(
             }
         })
         .buffer_unordered(COPIES_PER_POLICY)
-        .collect()
+        .collect::<Vec<_>>()
         .await;
+    // Concurrent first requests to a registry with basic auth are sometimes
+    // refused (401) although the credentials are right; one quiet retry
+    // tells a race from a wrong password.
+    let mut results = results;
+    for (task, result, elapsed) in results.iter_mut() {
+        if matches!(result, Err(TransferError::Unauthorized { .. })) {
+            let started = Instant::now();
+            *result = copy_task(transfer, task).await;
+            *elapsed += started.elapsed();
+        }
+    }
     let mut tally = RunTally::default();
     let now = whole_seconds(Utc::now());
     for (task, result, elapsed) in results {
