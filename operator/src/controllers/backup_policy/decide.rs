@@ -65,7 +65,11 @@ pub struct RunDecision {
     /// The requestedAt value this reconcile handles.
     pub handled_request: Option<String>,
     pub last_schedule_time: Option<DateTime<Utc>>,
+    /// The next run, for status (none while suspended).
     pub next_schedule_time: Option<DateTime<Utc>>,
+    /// When to look again for the schedule's sake, suspended or not (a
+    /// passed time is recorded while suspended, so it is never replayed).
+    pub wake_at: Option<DateTime<Utc>>,
 }
 
 /// The inputs of [`decide_run`].
@@ -101,6 +105,7 @@ pub fn decide_run(inputs: &RunInputs<'_>) -> RunDecision {
             inputs.suspend,
         );
         decision.next_schedule_time = if inputs.suspend { None } else { due.next };
+        decision.wake_at = due.next;
         if let Some(time) = due.run_now {
             decision.full_run = Some(RunTrigger::Schedule);
             decision.scheduled_time = Some(time);
@@ -290,6 +295,7 @@ mod tests {
         assert_eq!(suspended.full_run, None);
         assert_eq!(suspended.last_schedule_time, Some(first));
         assert_eq!(suspended.next_schedule_time, None);
+        assert!(suspended.wake_at.is_some());
         let late = decide_run(&RunInputs {
             starting_deadline_seconds: Some(60),
             now: first + TimeDelta::seconds(600),

@@ -487,7 +487,7 @@ async fn reconcile_with(
     let ready = find_condition(&status.conditions, types::READY).map(|c| c.status.clone());
     debug!(policy = %name, namespace, images = inventory.images.len(), ?ready, "reconciled");
     Ok(Action::requeue(requeue_after(
-        decision.next_schedule_time,
+        decision.wake_at,
         now,
         context.config.source_check_interval,
     )))
