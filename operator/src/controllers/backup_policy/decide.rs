@@ -20,6 +20,10 @@ pub struct Verified {
     pub at: DateTime<Utc>,
 }
 
+/// How long credentials read from Secrets are reused before they are read
+/// again (the operator gets Secrets by name, it does not watch them).
+pub const CREDENTIALS_TTL: TimeDelta = TimeDelta::seconds(30);
+
 /// A copy that failed, and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -44,12 +48,18 @@ pub struct SourceState {
 pub struct PolicyMemory {
     /// The policy's copy engine and the fingerprint of its credentials.
     pub transfer: Option<(String, registry_transfer::Transfer)>,
+    /// When the credentials were last read, and for which generation and
+    /// set of pull secrets (re-read after [`CREDENTIALS_TTL`] or a change).
+    pub credentials_read: Option<(DateTime<Utc>, i64, u64)>,
     /// (target name, image key) -> held there.
     pub verified: HashMap<(String, String), Verified>,
     /// (target name, image key) -> last copy failure.
     pub failures: HashMap<(String, String), Failure>,
     /// image key -> source registry state.
     pub source: HashMap<String, SourceState>,
+    /// Dry run: (target name, image key) -> when the target was last found
+    /// not to hold it (asked again after the source-check interval).
+    pub absent_at_target: HashMap<(String, String), DateTime<Utc>>,
     /// Images a Warning event was emitted for (so it is emitted once).
     pub announced_missing: BTreeSet<String>,
     /// The last Stalled/blocked reason reported by event.

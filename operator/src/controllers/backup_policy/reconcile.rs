@@ -219,30 +219,51 @@ async fn reconcile_with(
         .values()
         .flat_map(|i| i.pull_secrets.iter().cloned())
         .collect();
-    let settings = match policy_settings(
-        &context.client,
-        namespace,
-        spec,
-        &pull_secrets,
-        &context.config.plain_http_registries,
-    )
-    .await
-    {
-        Ok(settings) => settings,
-        Err(OperatorError::Kube(e)) => return Err(OperatorError::Kube(e)),
-        Err(e) => {
-            let (reason, message) = (e.reason(), e.to_string());
-            let status = blocked_status(&previous, generation, now, reason, &message);
-            write_status(&api, name, &previous, &status).await?;
-            report_problem(controller, policy, memory, reason, &message).await;
-            return Ok(Action::requeue(Duration::from_secs(30)));
+    let secrets_hash = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        pull_secrets.hash(&mut hasher);
+        hasher.finish()
+    };
+    let fresh = memory
+        .transfer
+        .as_ref()
+        .and(memory.credentials_read)
+        .is_some_and(|(read, read_generation, read_secrets)| {
+            read_generation == generation
+                && read_secrets == secrets_hash
+                && now - read < decide::CREDENTIALS_TTL
+        });
+    let transfer = match (fresh, &memory.transfer) {
+        (true, Some((_, transfer))) => transfer.clone(),
+        _ => {
+            let settings = match policy_settings(
+                &context.client,
+                namespace,
+                spec,
+                &pull_secrets,
+                &context.config.plain_http_registries,
+            )
+            .await
+            {
+                Ok(settings) => settings,
+                Err(OperatorError::Kube(e)) => return Err(OperatorError::Kube(e)),
+                Err(e) => {
+                    let (reason, message) = (e.reason(), e.to_string());
+                    let status = blocked_status(&previous, generation, now, reason, &message);
+                    write_status(&api, name, &previous, &status).await?;
+                    report_problem(controller, policy, memory, reason, &message).await;
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+            };
+            for skipped in &settings.skipped_pull_secrets {
+                debug!(policy = %name, %skipped, "pull secret not used");
+            }
+            memory.announced_problem = None;
+            memory.credentials_read = Some((now, generation, secrets_hash));
+            transfer_for(memory, settings)
         }
     };
-    for skipped in &settings.skipped_pull_secrets {
-        debug!(policy = %name, %skipped, "pull secret not used");
-    }
-    memory.announced_problem = None;
-    let transfer = transfer_for(memory, settings);
 
     // 4. Plan: every image to every target.
     let targets: Vec<PlanTarget> = valid
@@ -358,7 +379,7 @@ async fn reconcile_with(
     let mut plan = None;
     let labels = object_labels(KIND, namespace, name);
     if spec.dry_run {
-        plan = Some(dry_run_plan(&transfer, &due, memory, now).await);
+        plan = Some(dry_run_plan(&transfer, &due, memory, now, recheck).await);
     } else if let Some(trigger) = trigger {
         let run_started = Utc::now();
         let message = format!(
@@ -704,11 +725,25 @@ async fn dry_run_plan(
     due: &[&CopyTask],
     memory: &mut PolicyMemory,
     now: DateTime<Utc>,
+    recheck: TimeDelta,
 ) -> DryRunPlan {
     let mut would_copy = Vec::new();
     for task in due {
+        let key = (task.target_name.clone(), task.image_key.clone());
+        // Known absent recently: do not ask the target on every change.
+        if memory
+            .absent_at_target
+            .get(&key)
+            .is_some_and(|at| now - *at < recheck)
+        {
+            would_copy.push(format!("{} -> {}", task.source, task.destination));
+            continue;
+        }
         let held = task.destination.digest.is_some()
             && matches!(holds(transfer, &task.destination).await, Ok(true));
+        if !held {
+            memory.absent_at_target.insert(key, now);
+        }
         if held {
             memory.verified.insert(
                 (task.target_name.clone(), task.image_key.clone()),
@@ -850,5 +885,30 @@ fn record_image_metrics(
             .metrics
             .images
             .record(u64::try_from(value).unwrap_or(0), &attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_for_the_schedule_or_the_next_source_check() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let check = Duration::from_secs(20);
+        assert_eq!(requeue_after(None, now, check), check);
+        assert_eq!(
+            requeue_after(Some(now + TimeDelta::seconds(5)), now, check),
+            Duration::from_secs(6)
+        );
+        // Never longer than MAX_REQUEUE, never a busy loop.
+        assert_eq!(
+            requeue_after(None, now, Duration::from_secs(3600)),
+            MAX_REQUEUE
+        );
+        assert_eq!(
+            requeue_after(Some(now - TimeDelta::seconds(5)), now, check),
+            Duration::from_secs(1)
+        );
     }
 }
