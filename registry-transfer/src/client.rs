@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,8 @@ pub(crate) struct RegistryClient {
     tokens: Mutex<HashMap<String, (Secret, Instant)>>,
     retry: RetryPolicy,
     requests: AtomicU64,
+    /// Set once a cross-repository mount has succeeded here.
+    mounts_work: AtomicBool,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -192,11 +194,18 @@ impl RegistryClient {
             tokens: Mutex::new(HashMap::new()),
             retry: tuning.retry.clone(),
             requests: AtomicU64::new(0),
+            mounts_work: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this registry has mounted a blob for us: then a mount
+    /// request can stand in for a HEAD.
+    pub(crate) fn mounts_work(&self) -> bool {
+        self.mounts_work.load(Ordering::Relaxed)
     }
 
     pub(crate) fn requests(&self) -> u64 {
@@ -726,6 +735,9 @@ impl RegistryClient {
             )
             .await?;
         if response.status() == StatusCode::CREATED {
+            if mount_from.is_some() {
+                self.mounts_work.store(true, Ordering::Relaxed);
+            }
             return Ok(UploadStart::Mounted);
         }
         Ok(UploadStart::Session(self.location(&response)?))

@@ -792,6 +792,30 @@ impl Transfer {
                 }
             }
         }
+        if session.is_none() && mount_from.is_none() && target.mounts_work() {
+            // "Mount from the target repository itself": present, the
+            // registry says 201 (skip); absent, it opens the upload session
+            // we need anyway. One request instead of HEAD then POST. Only
+            // once this registry has shown that it mounts: elsewhere a 202
+            // would hide a blob that is in fact there.
+            match target
+                .upload_start(repository, Some((digest, repository)))
+                .await?
+            {
+                UploadStart::Mounted => {
+                    remember();
+                    bump(&tally.blobs_skipped);
+                    return Ok(());
+                }
+                UploadStart::Session(url) => {
+                    let session = SessionGuard::new(target.clone(), repository, url);
+                    return self
+                        .upload(source, target, repository, descriptor, Some(session), tally)
+                        .await
+                        .map(|()| remember());
+                }
+            }
+        }
         let scopes = [push_scope(repository)];
         if target.blob_exists(repository, digest, &scopes).await? {
             if let Some(mut session) = session {
@@ -801,6 +825,21 @@ impl Transfer {
             bump(&tally.blobs_skipped);
             return Ok(());
         }
+        self.upload(source, target, repository, descriptor, session, tally)
+            .await
+            .map(|()| remember())
+    }
+
+    /// Streams one blob from the source into the target repository.
+    async fn upload<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &Arc<RegistryClient>,
+        repository: &str,
+        descriptor: &Descriptor,
+        session: Option<SessionGuard>,
+        tally: &Tally,
+    ) -> Result<(), TransferError> {
         let plan = UploadPlan {
             client: target,
             repository,
@@ -819,7 +858,6 @@ impl Transfer {
             Ok(stream)
         })
         .await?;
-        remember();
         bump(&tally.blobs_copied);
         tally.bytes_copied.fetch_add(sent, Ordering::Relaxed);
         Ok(())

@@ -214,6 +214,34 @@ async fn shared_blobs_are_skipped_or_mounted_never_resent() {
         "base layer sent once"
     );
 
+    // Now that this registry has mounted for us, a blob someone else put in
+    // the target repository is found by one "mount from itself" request,
+    // and new blobs get their upload session from that same request.
+    let prefilled = Blob::random_layer(50_000);
+    dst_http.push_blob("prefilled", &prefilled).await;
+    let c = image_manifest(
+        &[prefilled.clone(), Blob::random_layer(3000)],
+        OCI_MANIFEST,
+        ("linux", "amd64"),
+    );
+    src_http.push("c", "1", &c).await;
+    let fourth = transfer
+        .copy_image(
+            &image_ref(&src.host, "c:1"),
+            &CopyRequest::new(repo(&dst.host, "prefilled")),
+        )
+        .await
+        .expect("copy c");
+    assert_eq!((fourth.blobs_skipped, fourth.blobs_copied), (1, 2));
+    settle_logs().await;
+    assert_eq!(dst.count_requests(&["\"HEAD /v2/prefilled/blobs/"]), 0);
+    assert_eq!(
+        dst.count_requests(&["\"PUT ", hex_of(&prefilled)]),
+        1,
+        "only the direct push"
+    );
+    dst_http.assert_holds("prefilled", "1", &c).await;
+
     // Source and target in one registry: cross-repository mounts only.
     let within = transfer
         .copy_image(
