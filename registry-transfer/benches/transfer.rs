@@ -187,8 +187,16 @@ fn target_writes(registry: &TestRegistry) -> usize {
         .sum()
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
+/// VmHWM of `pid`, once it runs `program`: between fork and exec the child
+/// is still a copy of this (large) benchmark process.
+fn vm_hwm_kib(pid: u32, program: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim();
+    // The kernel keeps 15 characters of the name.
+    let expected: String = program.chars().take(15).collect();
+    if name != expected {
+        return None;
+    }
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -204,6 +212,10 @@ fn run_measured(command: &mut Command) -> (Duration, u64, f64, String) {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     let pid = child.id();
+    let program = Path::new(command.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut peak = 0;
     // Drain output in threads so the child never blocks on a full pipe.
     let mut stdout = child.stdout.take().expect("stdout");
@@ -220,7 +232,7 @@ fn run_measured(command: &mut Command) -> (Duration, u64, f64, String) {
     });
     let mut cpu = 0.0f64;
     let status = loop {
-        if let Some(hwm) = vm_hwm_kib(pid) {
+        if let Some(hwm) = vm_hwm_kib(pid, &program) {
             peak = peak.max(hwm);
         }
         cpu = cpu.max(support::registry::cpu_seconds(pid));
