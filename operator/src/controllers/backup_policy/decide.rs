@@ -62,6 +62,9 @@ pub struct PolicyMemory {
     pub absent_at_target: HashMap<(String, String), DateTime<Utc>>,
     /// Images a Warning event was emitted for (so it is emitted once).
     pub announced_missing: BTreeSet<String>,
+    /// Pods told (by a Warning event) that the image they fail to pull is
+    /// gone: (namespace, pod, image key).
+    pub announced_pods: BTreeSet<(String, String, String)>,
     /// The last Stalled/blocked reason reported by event.
     pub announced_problem: Option<String>,
 }

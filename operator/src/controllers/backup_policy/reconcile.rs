@@ -811,20 +811,10 @@ async fn announce_losses(
             EventType::Warning,
             "ImageMissing",
             "CheckSource",
-            note.clone(),
+            note,
         )
         .await;
-        for (pod_namespace, pod_name) in &image.pull_failures {
-            publish(
-                controller,
-                &pod_reference(pod_namespace, pod_name),
-                EventType::Warning,
-                "ImageMissing",
-                "CheckSource",
-                note.clone(),
-            )
-            .await;
-        }
+
         if !held_by.is_empty() {
             publish(
                 controller,
@@ -841,6 +831,43 @@ async fn announce_losses(
         }
         memory.announced_missing.insert(key.clone());
     }
+    // Every pod failing to pull a missing image hears it once, also pods
+    // that start failing after the image was first reported.
+    for key in &missing {
+        let Some(image) = inventory.images.get(key) else {
+            continue;
+        };
+        for (pod_namespace, pod_name) in &image.pull_failures {
+            let told = (pod_namespace.clone(), pod_name.clone(), key.clone());
+            if memory.announced_pods.contains(&told) {
+                continue;
+            }
+            let held_by: Vec<String> = memory
+                .verified
+                .keys()
+                .filter(|(_, k)| k == key)
+                .map(|(t, _)| t.clone())
+                .collect();
+            publish(
+                controller,
+                &pod_reference(pod_namespace, pod_name),
+                EventType::Warning,
+                "ImageMissing",
+                "CheckSource",
+                format!(
+                    "{} is gone from its source registry; backup targets holding it: {held_by:?} (policy {}/{})",
+                    image.reference,
+                    policy.namespace().unwrap_or_default(),
+                    policy.name_any()
+                ),
+            )
+            .await;
+            memory.announced_pods.insert(told);
+        }
+    }
+    memory
+        .announced_pods
+        .retain(|(_, _, key)| missing.contains(key));
     let back: Vec<String> = memory
         .announced_missing
         .iter()
