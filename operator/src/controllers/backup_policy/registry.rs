@@ -9,8 +9,8 @@ use lifeboat_api::ImageBackupPolicySpec;
 use lifeboat_api::backup_policy::LocalObjectRef;
 use lifeboat_api::template::TargetRegistry;
 use registry_transfer::{
-    ContentSource as _, CopyReport, CopyRequest, DockerConfig, ImageRef, Platform,
-    RegistrySettings, RepositoryRef, TransferError, deterministic_tag,
+    CopyReport, CopyRequest, DockerConfig, ImageRef, Platform, RegistrySettings, RepositoryRef,
+    TransferError, deterministic_tag,
 };
 
 use super::discovery::SecretId;
@@ -250,8 +250,9 @@ pub async fn copy_task(
     })
 }
 
-/// Whether a registry holds this exact manifest: `Some(true/false)`, or
-/// `None` when the registry could not say (unreachable, denied).
+/// Whether a registry holds this exact manifest: one HEAD by digest (never
+/// a pull on Docker Hub's rate limit). `false` for a reference without a
+/// digest; an error when the registry could not say (unreachable, denied).
 pub async fn holds(
     transfer: &registry_transfer::Transfer,
     reference: &lifeboat_api::ImageReference,
@@ -259,12 +260,10 @@ pub async fn holds(
     let Some(pinned) = reference.pinned() else {
         return Ok(false);
     };
-    let source = transfer.registry_source(&image_ref(&pinned)?)?;
-    match source.resolve().await {
-        Ok(_) => Ok(true),
-        Err(TransferError::SourceNotFound { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(transfer
+        .manifest_digest(&image_ref(&pinned)?)
+        .await?
+        .is_some())
 }
 
 /// Groups items by registry so checks can be rate-limited per registry.
