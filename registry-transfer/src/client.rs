@@ -487,14 +487,14 @@ impl RegistryClient {
         if challenge == Challenge::Basic && self.credentials == Credentials::Anonymous {
             return false;
         }
-        let mut current = self.lock_challenge();
-        let was_known = current.as_ref() == Some(&challenge);
-        *current = Some(challenge);
-        drop(current);
+        *self.lock_challenge() = Some(challenge);
         // A 401 with a token we already had means it expired or lacks a
         // scope: drop it so the retry fetches a new one.
         self.lock_tokens().remove(&scopes.join(" "));
-        !was_known || matches!(*self.lock_challenge(), Some(Challenge::Bearer { .. }))
+        // Always worth one retry, even when the challenge was already known:
+        // a concurrent request may have learned it after this one was sent
+        // without credentials. (The caller retries only once.)
+        true
     }
 
     /// `send_once` with retries of transient failures (including 429 and

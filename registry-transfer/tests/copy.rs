@@ -737,6 +737,25 @@ async fn basic_auth_and_tls_with_test_ca() {
         .expect("copy with basic auth over TLS");
     dst_http.assert_holds("secure/app", "v1", &image).await;
 
+    // Many first requests at once, before anyone knows the registry wants
+    // basic auth: every one of them learns it and succeeds.
+    let fresh = Transfer::new(
+        test_config(),
+        RegistrySettings::new()
+            .with_ca_bundle(&dst.host, ca.clone())
+            .with_docker_config(docker_config("s3cret-Pa55")),
+    );
+    let target_image = image_ref(&dst.host, "secure/app:v1");
+    let heads =
+        futures::future::join_all((0..16).map(|_| fresh.manifest_digest(&target_image))).await;
+    for head in heads {
+        assert_eq!(
+            head.expect("concurrent first requests")
+                .map(|d| d.to_string()),
+            Some(image.digest.clone())
+        );
+    }
+
     let wrong = Transfer::new(
         test_config(),
         RegistrySettings::new()
