@@ -47,10 +47,10 @@ restore_spec_immutable() {
 check "an ImageRestore's spec cannot change" restore_spec_immutable
 
 fresh_object_not_healthy() {
-  local sample="$REPO_ROOT/config/samples/backup-policy-tenant.yaml" name gen
-  name="$(k create -n "$ns" -f "$sample" -o jsonpath='{.metadata.name}')" || return 1
-  # No operator runs here: a fresh object must not look reconciled.
-  gen="$(k get -n "$ns" imagebackuppolicy "$name" -o jsonpath='{.status.observedGeneration}')"
+  local sample="$REPO_ROOT/config/samples/backup-policy-tenant.yaml" gen
+  # A server-side dry run returns the object exactly as stored at creation,
+  # defaults applied, before any operator (which may run in this cluster) sees it.
+  gen="$(k create --dry-run=server -n "$ns" -f "$sample" -o jsonpath='{.status.observedGeneration}')" || return 1
   [[ -z "$gen" || "$gen" == "-1" ]] || { echo "observedGeneration is '$gen' on a fresh object"; return 1; }
 }
 check "a fresh policy does not claim to be reconciled" fresh_object_not_healthy

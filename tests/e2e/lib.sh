@@ -5,6 +5,11 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../../hack/cluster/env.sh"
 export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_ADMIN}"
 
+# Suites share one cluster, one operator Deployment and the :dev images in the
+# nodes: one suite at a time, whoever runs it (CI, a developer, another clone).
+exec {E2E_LOCK_FD}>/var/lock/lifeboat-e2e.lock
+flock "$E2E_LOCK_FD"
+
 E2E_PASSED=0
 E2E_FAILED=0
 E2E_FAILURES=()

@@ -13,6 +13,7 @@ tag="0.9"
 holder="${NODE_NAMES[0]}"
 other="${NODE_NAMES[1]}"
 echo "node-exporter on the cluster (namespace $ns)"
+check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
 k create namespace "$ns" >/dev/null
 cleanup() { k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true; }
 trap cleanup EXIT
