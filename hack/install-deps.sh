@@ -19,6 +19,8 @@ declare -A wanted=(
   [htpasswd]=apache2-utils
   [curl]=curl
   [socat]=socat
+  # YAML to JSON in the chart tests (tests/e2e/helm-chart.sh).
+  [/usr/lib/python3/dist-packages/yaml/__init__.py]=python3-yaml
 )
 
 missing=()

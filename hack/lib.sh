@@ -9,7 +9,7 @@ export REPO_ROOT
 # invalidates exactly that part of the cache, nothing else.
 export KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
-export HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+export HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 
 # Built binaries live outside the repository, keyed by version, so a fresh
 # clone (and CI on the same machine) reuses them.

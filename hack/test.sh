@@ -28,6 +28,7 @@ step() {
 
 hack/install-deps.sh
 hack/build-kubernetes.sh
+hack/build-helm.sh
 
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
