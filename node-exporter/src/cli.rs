@@ -160,7 +160,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     for image in &options.images {
         crate::reference::Query::parse(&image.source)?;
         if let Some(destination) = &image.destination {
-            crate::reference::Reference::parse(destination)?;
+            crate::reference::parse_reference(destination)?;
         }
     }
     if options.mode == Mode::Export && options.images.is_empty() {

@@ -7,7 +7,9 @@ use crate::image::{self, ImageState, Plan};
 use crate::oci::Platform;
 use crate::push::{Pushed, Pusher};
 use crate::rebuild;
-use crate::reference::{self, Query, Reference};
+use registry_transfer::ImageRef;
+
+use crate::reference::{self, Query, parse_reference};
 use crate::report::{ImageResult, Report, Status};
 use crate::source::ContainerdSource;
 
@@ -103,7 +105,7 @@ async fn export_one(
                 .await
                 .map_err(fail)?;
             result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
+            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
             result.bytes = pushed.bytes_uploaded;
         }
         Plan::PlatformOnly {
@@ -122,7 +124,7 @@ async fn export_one(
                 .await
                 .map_err(fail)?;
             result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
+            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
             result.bytes = pushed.bytes_uploaded;
             result.incomplete_index = Some(index.digest.to_string());
             result.platform = platform;
@@ -178,7 +180,7 @@ async fn export_one(
             );
             result.status = Status::Rebuilt;
             result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
+            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
             result.original_digest = Some(manifest.digest.to_string());
             result.incomplete_index = index.map(|i| i.digest.to_string());
             result.platform = platform;
@@ -194,7 +196,7 @@ async fn export_one(
 async fn push_verified(
     pusher: &Pusher,
     source: &ContainerdSource,
-    target: &Reference,
+    target: &ImageRef,
 ) -> Result<Pushed, Error> {
     let pushed = pusher.push(source, target).await?;
     if pushed.digest != source.root().digest {
@@ -224,13 +226,13 @@ async fn push_verified(
 /// own, so it takes the name containerd knows it by, if any.
 fn target_for(
     query: &Query,
-    found_name: Option<&Reference>,
+    found_name: Option<&ImageRef>,
     arg: &ImageArg,
     options: &Options,
-) -> Result<Reference, Error> {
+) -> Result<ImageRef, Error> {
     let source_name = match (query, found_name) {
         (Query::Reference(reference), _) => reference.clone(),
-        (Query::Digest(_), Some(name)) => Reference {
+        (Query::Digest(_), Some(name)) => ImageRef {
             // Name the repository only: a tag found on the node is not what
             // a digest request asked for.
             tag: None,
@@ -238,7 +240,7 @@ fn target_for(
             ..name.clone()
         },
         (Query::Digest(digest), None) => match &arg.destination {
-            Some(destination) => Reference::parse(destination)?,
+            Some(destination) => parse_reference(destination)?,
             None => {
                 return Err(Error::InvalidReference {
                     reference: digest.to_string(),

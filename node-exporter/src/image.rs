@@ -10,14 +10,16 @@ use serde::Serialize;
 use crate::containerd::Containerd;
 use crate::error::Error;
 use crate::oci::{self, DocumentKind, ImageIndex, ImageManifest, Platform, RawDescriptor};
-use crate::reference::{Query, Reference};
+use registry_transfer::ImageRef;
+
+use crate::reference::{Query, parse_reference};
 
 /// An image located in containerd.
 #[derive(Clone, Debug)]
 pub struct Located {
     /// The best name containerd has for it (a tagged name if there is one),
     /// used to name the push target when the query was a bare digest.
-    pub name: Option<Reference>,
+    pub name: Option<ImageRef>,
     /// What the query designates: an index or a manifest.
     pub descriptor: Descriptor,
 }
@@ -127,7 +129,7 @@ async fn locate_digest(
     containerd: &Containerd,
     images: &[Image],
     digest: &Digest,
-    reference: Option<&Reference>,
+    reference: Option<&ImageRef>,
 ) -> Result<Located, Error> {
     let target_matches: Vec<&Image> = images
         .iter()
@@ -213,14 +215,14 @@ fn image_target(image: &Image) -> Result<Descriptor, Error> {
 
 /// Prefers a tagged name, then a `name@digest` name; CRI's bare `sha256:`
 /// image-ID records name no repository at all.
-fn best_name(images: &[&Image], reference: Option<&Reference>) -> Option<Reference> {
+fn best_name(images: &[&Image], reference: Option<&ImageRef>) -> Option<ImageRef> {
     if let Some(reference) = reference {
         return Some(reference.clone());
     }
-    let parsed: Vec<Reference> = images
+    let parsed: Vec<ImageRef> = images
         .iter()
         .filter(|image| !image.name.starts_with("sha256:"))
-        .filter_map(|image| Reference::parse(&image.name).ok())
+        .filter_map(|image| parse_reference(&image.name).ok())
         .collect();
     parsed
         .iter()

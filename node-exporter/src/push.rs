@@ -3,12 +3,11 @@
 use std::path::Path;
 
 use registry_transfer::{
-    CopyRequest, Digest, DockerConfig, RegistrySettings, RepositoryRef, Transfer, TransferConfig,
+    CopyRequest, Digest, DockerConfig, ImageRef, RegistrySettings, Transfer, TransferConfig,
     TransferError,
 };
 
 use crate::error::Error;
-use crate::reference::Reference;
 use crate::source::ContainerdSource;
 
 /// What the engine did.
@@ -75,11 +74,10 @@ impl Pusher {
     pub async fn push(
         &self,
         source: &ContainerdSource,
-        target: &Reference,
+        target: &ImageRef,
     ) -> Result<Pushed, Error> {
         let mut request =
-            CopyRequest::new(RepositoryRef::new(&target.registry, &target.repository))
-                .allowing_tag_move(self.allow_tag_move);
+            CopyRequest::new(target.repository.clone()).allowing_tag_move(self.allow_tag_move);
         if let Some(tag) = &target.tag {
             request = request.with_tag(tag.clone());
         }
@@ -100,7 +98,7 @@ impl Pusher {
 
 /// Content vanishing from the node mid-copy means the node cannot supply
 /// the image; everything else is a failed push.
-fn engine_error(error: TransferError, target: &Reference) -> Error {
+fn engine_error(error: TransferError, target: &ImageRef) -> Error {
     match error {
         TransferError::SourceNotFound { what } => Error::ContentMissing { digest: what },
         other => Error::Push {

@@ -1,23 +1,12 @@
-//! Image references as containerd names them (`docker.io/library/nginx:1.25`)
-//! and the little normalisation the kubelet and users apply to them.
+//! What to export (a reference or a bare digest, as the kubelet reports
+//! them) and where to push it. References themselves are the shared
+//! `registry_transfer::ImageRef`.
 
 use std::fmt;
 
-use registry_transfer::Digest;
+use registry_transfer::{Digest, ImageRef, RepositoryRef, TransferError};
 
 use crate::error::Error;
-
-const DOCKER_HUB: &str = "docker.io";
-
-/// A fully-qualified reference: registry host, repository path, optional tag
-/// and optional digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reference {
-    pub registry: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<Digest>,
-}
 
 /// What the user (or the pod's `imageID`) asked to export.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +14,7 @@ pub enum Query {
     /// A bare digest: an index, a manifest, or an image config (the CRI
     /// "image ID").
     Digest(Digest),
-    Reference(Reference),
+    Reference(ImageRef),
 }
 
 impl Query {
@@ -40,7 +29,7 @@ impl Query {
                 .map(Query::Digest)
                 .ok_or_else(|| invalid(input, "malformed digest"));
         }
-        Reference::parse(input).map(Query::Reference)
+        parse_reference(input).map(Query::Reference)
     }
 }
 
@@ -53,78 +42,14 @@ impl fmt::Display for Query {
     }
 }
 
-impl Reference {
-    /// Parses and normalises like the kubelet does: `nginx` becomes
-    /// `docker.io/library/nginx:latest`.
-    pub fn parse(input: &str) -> Result<Reference, Error> {
-        if input.is_empty() || input.chars().any(|c| c.is_whitespace() || c == '=') {
-            return Err(invalid(input, "empty or contains whitespace or '='"));
-        }
-        let (rest, digest) = match input.split_once('@') {
-            Some((rest, digest)) => {
-                let digest = Digest::parse(digest).ok_or_else(|| invalid(input, "bad digest"))?;
-                (rest, Some(digest))
-            }
-            None => (input, None),
-        };
-        // A ':' after the last '/' is a tag; before it, a registry port.
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-            None => (rest, None),
-        };
-        if tag.is_some_and(|t| t.is_empty() || t.len() > 128) {
-            return Err(invalid(input, "bad tag"));
-        }
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), path.to_owned())
-            }
-            _ => (DOCKER_HUB.to_owned(), name.to_owned()),
-        };
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if repository.is_empty()
-            || repository.split('/').any(|part| part.is_empty())
-            || repository.chars().any(|c| c.is_ascii_uppercase())
-        {
-            return Err(invalid(input, "bad repository path"));
-        }
-        let tag = match (tag, &digest) {
-            (Some(tag), _) => Some(tag.to_owned()),
-            (None, None) => Some("latest".to_owned()),
-            (None, Some(_)) => None,
-        };
-        Ok(Reference {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
-    }
-
-    /// `registry/repository` without tag or digest.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
-}
-
-impl fmt::Display for Reference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
-    }
+/// Parses and normalises like the kubelet does (`nginx` becomes
+/// `docker.io/library/nginx:latest`), with the shared registry library's
+/// parser, so node-exporter names images exactly as the operator does.
+pub fn parse_reference(input: &str) -> Result<ImageRef, Error> {
+    ImageRef::parse(input).map_err(|error| match error {
+        TransferError::InvalidReference(reason) => invalid(input, &reason),
+        other => invalid(input, &other.to_string()),
+    })
 }
 
 fn invalid(reference: &str, reason: &str) -> Error {
@@ -141,13 +66,13 @@ fn invalid(reference: &str, reason: &str) -> Error {
 /// and without that back to where it came from: the point of node-exporter
 /// is restoring a registry that lost the image.
 pub fn map_target(
-    source: &Reference,
+    source: &ImageRef,
     explicit: Option<&str>,
     target_registry: Option<&str>,
-) -> Result<Reference, Error> {
+) -> Result<ImageRef, Error> {
     let mut target = match (explicit, target_registry) {
         (Some(dest), _) => {
-            let mut dest = Reference::parse(dest)?;
+            let mut dest = parse_reference(dest)?;
             if dest.digest.is_some() {
                 return Err(invalid(&dest.to_string(), "a target cannot name a digest"));
             }
@@ -164,17 +89,19 @@ pub fn map_target(
                 Some((host, prefix)) => (host, Some(prefix)),
                 None => (registry, None),
             };
-            Reference {
-                registry: host.to_owned(),
-                repository: match prefix {
-                    Some(prefix) => format!("{prefix}/{}", source.repository),
-                    None => source.repository.clone(),
-                },
+            ImageRef {
+                repository: RepositoryRef::new(
+                    host,
+                    match prefix {
+                        Some(prefix) => format!("{prefix}/{}", source.repository.repository),
+                        None => source.repository.repository.clone(),
+                    },
+                ),
                 tag: source.tag.clone(),
                 digest: None,
             }
         }
-        (None, None) => Reference {
+        (None, None) => ImageRef {
             digest: None,
             ..source.clone()
         },
@@ -199,27 +126,27 @@ mod tests {
 
     #[test]
     fn normalises_docker_hub_short_names() {
-        let r = Reference::parse("nginx").unwrap();
+        let r = parse_reference("nginx").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
-        let r = Reference::parse("bitnami/redis:7").unwrap();
+        let r = parse_reference("bitnami/redis:7").unwrap();
         assert_eq!(r.to_string(), "docker.io/bitnami/redis:7");
     }
 
     #[test]
     fn registry_port_is_not_a_tag() {
-        let r = Reference::parse("127.0.0.1:5000/team/app").unwrap();
-        assert_eq!(r.registry, "127.0.0.1:5000");
-        assert_eq!(r.repository, "team/app");
+        let r = parse_reference("127.0.0.1:5000/team/app").unwrap();
+        assert_eq!(r.repository.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository.repository, "team/app");
         assert_eq!(r.tag.as_deref(), Some("latest"));
-        let r = Reference::parse(&format!("localhost/app:v1@{}", digest())).unwrap();
-        assert_eq!(r.registry, "localhost");
+        let r = parse_reference(&format!("localhost/app:v1@{}", digest())).unwrap();
+        assert_eq!(r.repository.registry, "localhost");
         assert_eq!(r.tag.as_deref(), Some("v1"));
         assert_eq!(r.digest, Some(digest()));
     }
 
     #[test]
     fn digest_reference_gets_no_default_tag() {
-        let r = Reference::parse(&format!("quay.io/a/b@{}", digest())).unwrap();
+        let r = parse_reference(&format!("quay.io/a/b@{}", digest())).unwrap();
         assert_eq!(r.tag, None);
     }
 
@@ -233,7 +160,7 @@ mod tests {
             "a@sha256:zz",
             "reg.io/app:",
         ] {
-            assert!(Reference::parse(bad).is_err(), "{bad}");
+            assert!(parse_reference(bad).is_err(), "{bad}");
         }
     }
 
@@ -248,14 +175,14 @@ mod tests {
 
     #[test]
     fn target_defaults_to_the_source_registry() {
-        let src = Reference::parse(&format!("reg.io/a/b:1@{}", digest())).unwrap();
+        let src = parse_reference(&format!("reg.io/a/b:1@{}", digest())).unwrap();
         let t = map_target(&src, None, None).unwrap();
         assert_eq!(t.to_string(), "reg.io/a/b:1");
     }
 
     #[test]
     fn target_registry_keeps_path_and_adds_prefix() {
-        let src = Reference::parse("reg.io/a/b:1").unwrap();
+        let src = parse_reference("reg.io/a/b:1").unwrap();
         let t = map_target(&src, None, Some("backup:5000/mirror/")).unwrap();
         assert_eq!(t.to_string(), "backup:5000/mirror/a/b:1");
         let t = map_target(&src, None, Some("backup:5000")).unwrap();
@@ -264,12 +191,12 @@ mod tests {
 
     #[test]
     fn explicit_target_inherits_tag_unless_given() {
-        let src = Reference::parse("reg.io/a/b:1").unwrap();
+        let src = parse_reference("reg.io/a/b:1").unwrap();
         let t = map_target(&src, Some("other:5000/x"), Some("ignored")).unwrap();
         assert_eq!(t.to_string(), "other:5000/x:1");
         let t = map_target(&src, Some("other:5000/x:2"), None).unwrap();
         assert_eq!(t.to_string(), "other:5000/x:2");
-        let by_digest = Reference::parse(&format!("reg.io/a/b@{}", digest())).unwrap();
+        let by_digest = parse_reference(&format!("reg.io/a/b@{}", digest())).unwrap();
         let t = map_target(&by_digest, Some("other:5000/x"), None).unwrap();
         assert_eq!(t.to_string(), "other:5000/x");
         assert!(map_target(&src, Some(&format!("o/x@{}", digest())), None).is_err());
