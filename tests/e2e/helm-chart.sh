@@ -51,6 +51,13 @@ check "helm lint --strict (ServiceMonitor, PrometheusRule, no namespace, extra e
   --set metrics.prometheusRule.enabled=true --set namespace.create=false \
   --set 'imagePullSecrets[0].name=regcred' --set 'extraEnv[0].name=HTTPS_PROXY' \
   --set 'extraEnv[0].value=http://proxy:3128'
+packaged() {
+  helm package "$chart" --destination "$work/package" >/dev/null &&
+  tar -tzf "$work"/package/lifeboat-*.tgz | grep -qx 'lifeboat/values.schema.json' &&
+  tar -tzf "$work"/package/lifeboat-*.tgz | grep -qx 'lifeboat/files/prometheus-rules.yaml' &&
+  helm lint --strict "$work"/package/lifeboat-*.tgz >/dev/null
+}
+check "helm package: the packaged chart has its schema and rules file and lints" packaged
 
 # rejected VALUE-ARGS... MESSAGE: helm template must fail, naming the problem.
 rejected() {
@@ -74,6 +81,8 @@ check "schema: a relative containerd socket path is rejected" \
   rejected --set nodeExporter.containerdSocket=containerd.sock "at '/nodeExporter/containerdSocket'"
 check "schema: a malformed image digest is rejected" \
   rejected --set image.digest=sha256:abc "at '/image/digest'"
+check "two replicas without leader election are rejected" \
+  rejected --set leaderElection.enabled=false "replicaCount > 1 needs leaderElection.enabled"
 
 # --- what the chart renders -------------------------------------------------------------
 render() { helm template "$release" "$chart" --namespace "$ns" "$@"; }
