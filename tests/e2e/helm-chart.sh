@@ -52,9 +52,11 @@ check "helm lint --strict (ServiceMonitor, PrometheusRule, no namespace, extra e
   --set 'imagePullSecrets[0].name=regcred' --set 'extraEnv[0].name=HTTPS_PROXY' \
   --set 'extraEnv[0].value=http://proxy:3128'
 packaged() {
+  local listing
   helm package "$chart" --destination "$work/package" >/dev/null &&
-  tar -tzf "$work"/package/lifeboat-*.tgz | grep -qx 'lifeboat/values.schema.json' &&
-  tar -tzf "$work"/package/lifeboat-*.tgz | grep -qx 'lifeboat/files/prometheus-rules.yaml' &&
+  listing="$(tar -tzf "$work"/package/lifeboat-*.tgz)" &&
+  grep -qx 'lifeboat/values.schema.json' <<<"$listing" &&
+  grep -qx 'lifeboat/files/prometheus-rules.yaml' <<<"$listing" &&
   helm lint --strict "$work"/package/lifeboat-*.tgz >/dev/null
 }
 check "helm package: the packaged chart has its schema and rules file and lints" packaged
@@ -158,6 +160,28 @@ broken_rules_file_fails() {
 }
 check "a rules file without groups fails the render instead of an empty PrometheusRule" broken_rules_file_fails
 
+# The Containerfiles cannot be built here (no container engine); check that
+# they agree with the workspace, the chart and the local image build: the
+# package and binary exist, the entrypoint is where lifeboat-images.sh puts
+# the binary, and the user is the one the chart's securityContext names.
+containerfiles_agree() {
+  local metadata user file package bin
+  metadata="$(cargo metadata --locked --no-deps --format-version 1 --manifest-path "$REPO_ROOT/Cargo.toml")" || return 1
+  user="$(jq -r '.[] | select(.kind=="Deployment") | .spec.template.spec.securityContext | "\(.runAsUser):\(.runAsGroup)"' <<<"$defaults")"
+  for file in operator/Containerfile node-exporter/Containerfile; do
+    package="$(grep -o -- '-p [a-z-]*' "$REPO_ROOT/$file" | awk '{print $2}')"
+    bin="$(grep -o 'target/release/[a-z-]*' "$REPO_ROOT/$file" | head -1 | sed 's|.*/||')"
+    jq -e --arg p "$package" --arg b "$bin" \
+      'any(.packages[]; .name == $p and any(.targets[]; .name == $b and (.kind | index("bin"))))' <<<"$metadata" >/dev/null ||
+      { echo "$file: no binary $bin in package $package"; return 1; }
+    grep -qx "ENTRYPOINT \[\"/usr/local/bin/$bin\"\]" "$REPO_ROOT/$file" || { echo "$file: entrypoint"; return 1; }
+    grep -q -- "--binary \"\$bin:/usr/local/bin/" "$REPO_ROOT/hack/images/lifeboat-images.sh" || { echo "lifeboat-images.sh path"; return 1; }
+    grep -qx "USER $user" "$REPO_ROOT/$file" || { echo "$file: user is not $user"; return 1; }
+    grep -q -- "--user $user" "$REPO_ROOT/hack/images/lifeboat-images.sh" || { echo "lifeboat-images.sh: user is not $user"; return 1; }
+  done
+}
+check "Containerfiles agree with the workspace, the chart's user and the local image build" containerfiles_agree
+
 check "config/ and the chart's crds/ are the chart rendered (hack/render-manifests.sh --check)" \
   "$REPO_ROOT/hack/render-manifests.sh" --check
 
@@ -246,7 +270,7 @@ one_leader() {
   local leader pod leading=()
   leader="$(holder)" || return 1
   for pod in $(pods); do
-    if k -n "$ns" logs "$pod" | grep -q 'leading: starting controllers'; then leading+=("$pod"); fi
+    if grep -q 'leading: starting controllers' <<<"$(k -n "$ns" logs "$pod")"; then leading+=("$pod"); fi
   done
   [[ "${#leading[@]}" == 1 && "${leading[0]}" == "$leader" ]] ||
     { echo "lease holder '$leader', pods that started controllers: ${leading[*]:-none}"; return 1; }
@@ -293,7 +317,7 @@ check "RBAC: Jobs and Secret writes only in its namespace, no Secret listing, re
 # The standby takes over when the leader goes (lease 15 s, renewed every 5 s).
 old_leader="$(holder)"
 k -n "$ns" delete pod "$old_leader" --wait=false >/dev/null
-new_leader() { local h; h="$(holder)"; [[ -n "$h" && "$h" != "$old_leader" ]] && k -n "$ns" logs "$h" | grep -q 'leading: starting controllers'; }
+new_leader() { local h; h="$(holder)"; [[ -n "$h" && "$h" != "$old_leader" ]] && grep -q 'leading: starting controllers' <<<"$(k -n "$ns" logs "$h")"; }
 failover_start=$SECONDS
 check "failover: the standby leads within 40 s of the leader's deletion" eventually 40 new_leader
 echo "    (failover took $((SECONDS - failover_start)) s)"
