@@ -66,10 +66,14 @@ done
 hack/images/lifeboat-images.sh
 
 banner "4/8 Lifeboat: installed with its Helm chart (helm/lifeboat, local values hack/values-local.yaml)"
-# The development manifests (config/operator) are an alternative install; one
-# operator at a time.
-k delete deployment -n lifeboat-system lifeboat-operator --ignore-not-found >/dev/null
-"$HELM" upgrade --install lifeboat helm/lifeboat --namespace lifeboat-system --create-namespace \
+# The export Jobs read the nodes' containerd sockets, so the operator's
+# namespace allows privileged pods (docs/security.md); Helm does not create it.
+k create namespace lifeboat-system --dry-run=client -o yaml | k apply -f - >/dev/null
+k label --overwrite namespace lifeboat-system pod-security.kubernetes.io/enforce=privileged \
+  pod-security.kubernetes.io/audit=privileged pod-security.kubernetes.io/warn=privileged >/dev/null
+# --take-ownership: the e2e suites may have applied the same objects from
+# config/operator (the chart rendered) before; Helm adopts them.
+"$HELM" upgrade --install lifeboat helm/lifeboat --namespace lifeboat-system --take-ownership \
   -f hack/values-local.yaml --wait --timeout 180s
 k -n lifeboat-system get deploy,pods -o wide
 
