@@ -40,6 +40,12 @@ pub struct RestoreController {
     /// What nodes said they hold: (node, image argument) → answer and when.
     /// Only an optimisation (a restarted operator asks again).
     pub inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
+    /// The last status written per restore (by uid). The operator is the
+    /// only writer of a restore's status, so this is never older than the
+    /// watch cache, which may lag behind a write: a reconcile started by a
+    /// Job event right after a write must not act on the older status
+    /// (that would repeat Events and metrics).
+    pub written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
 }
 
 impl RestoreController {
@@ -60,6 +66,7 @@ impl RestoreController {
             settings,
             context,
             inventory: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -68,6 +75,30 @@ impl RestoreController {
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, (_, at)| reconcile::fresh(*at, ttl));
         reconcile::holdings_from(&cache, ttl)
+    }
+
+    /// The newest status of a restore: the one last written, else the
+    /// watch cache's.
+    pub fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
+        let uid = restore.uid().unwrap_or_default();
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match written.get(&uid) {
+            Some(status) => status.clone(),
+            None => restore.status_or_default(),
+        }
+    }
+
+    /// Notes a status written to the API server (or forgets a restore).
+    pub fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match status {
+            Some(status) => {
+                written.insert(uid.to_owned(), status);
+            }
+            None => {
+                written.remove(uid);
+            }
+        }
     }
 
     /// Records a node's answers.

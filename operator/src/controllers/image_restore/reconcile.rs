@@ -73,25 +73,29 @@ pub async fn reconcile(
 }
 
 async fn write_status(
-    api: &Api<ImageRestore>,
-    name: &str,
+    controller: &RestoreController,
+    restore: &ImageRestore,
     previous: &ImageRestoreStatus,
     status: &ImageRestoreStatus,
 ) -> Result<(), OperatorError> {
     if previous == status {
         return Ok(());
     }
+    let name = restore.name_any();
+    let namespace = restore.namespace().unwrap_or_default();
+    let api: Api<ImageRestore> = Api::namespaced(controller.context.client.clone(), &namespace);
     let patch = serde_json::json!({
         "apiVersion": "lifeboat.dev/v1alpha1",
         "kind": KIND,
         "status": status,
     });
     api.patch_status(
-        name,
+        &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;
+    controller.wrote(&restore.uid().unwrap_or_default(), Some(status.clone()));
     Ok(())
 }
 
@@ -227,9 +231,10 @@ async fn reconcile_with(
     if restore.metadata.deletion_timestamp.is_some() {
         cleanup(controller, &name, &uid).await?;
         remove_finalizer(&api, restore).await?;
+        controller.wrote(&uid, None);
         return Ok(Action::await_change());
     }
-    let previous = restore.status_or_default();
+    let previous = controller.latest_status(restore);
     let generation = restore.metadata.generation.unwrap_or(0);
     let now = whole_seconds(Utc::now());
     if is_complete(&previous) {
@@ -243,7 +248,7 @@ async fn reconcile_with(
         Err(e) => {
             let (reason, message) = (e.reason(), e.to_string());
             let status = stalled(previous.clone(), generation, now, reason, &message, true);
-            write_status(&api, &name, &previous, &status).await?;
+            write_status(controller, restore, &previous, &status).await?;
             publish(controller, restore, EventType::Warning, reason, message).await;
             return Ok(Action::await_change());
         }
@@ -265,13 +270,13 @@ async fn reconcile_with(
         match requested_images(controller, &facts).await? {
             Ok(images) if images.is_empty() => {
                 let status = nothing_to_restore(previous.clone(), generation, now);
-                write_status(&api, &name, &previous, &status).await?;
+                write_status(controller, restore, &previous, &status).await?;
                 return Ok(Action::await_change());
             }
             Ok(images) => status.images = images,
             Err((reason, message)) => {
                 let status = stalled(previous.clone(), generation, now, reason, &message, false);
-                write_status(&api, &name, &previous, &status).await?;
+                write_status(controller, restore, &previous, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
         }
@@ -303,7 +308,7 @@ async fn reconcile_with(
         Err(e) => {
             let (reason, message) = (e.reason(), e.to_string());
             let status = stalled(previous.clone(), generation, now, reason, &message, false);
-            write_status(&api, &name, &previous, &status).await?;
+            write_status(controller, restore, &previous, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
@@ -331,7 +336,7 @@ async fn reconcile_with(
 
     // 7. Status, then the Jobs it names, then events and metrics.
     let status = summarize(status, generation, now);
-    write_status(&api, &name, &previous, &status).await?;
+    write_status(controller, restore, &previous, &status).await?;
     let deadline = remaining
         .unwrap_or(DEFAULT_JOB_DEADLINE_SECONDS)
         .clamp(1, DEFAULT_JOB_DEADLINE_SECONDS);
