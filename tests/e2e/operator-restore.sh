@@ -238,7 +238,8 @@ kill_first_pod() {
   local uid; uid="$(field killed '{.metadata.uid}')"
   killed_pod="$(k -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)"
   [[ -n "$killed_pod" ]] || return 1
-  k -n lifeboat-system delete pod "$killed_pod" --wait=false >/dev/null
+  # node-exporter is PID 1 and would ignore SIGTERM: kill it outright.
+  k -n lifeboat-system delete pod "$killed_pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
 }
 kill_soon() { local i; for i in $(seq 1 300); do kill_first_pod && return 0; sleep 0.2; done; return 1; }
 check "the first export pod is killed as soon as it exists" kill_soon
