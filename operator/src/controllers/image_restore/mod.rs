@@ -46,6 +46,9 @@ pub struct RestoreController {
     /// Job event right after a write must not act on the older status
     /// (that would repeat Events and metrics).
     pub written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
+    /// Node exports tried per (restore uid, image), to bound retries on
+    /// other holders.
+    pub attempts: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl RestoreController {
@@ -67,6 +70,7 @@ impl RestoreController {
             context,
             inventory: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,8 +101,22 @@ impl RestoreController {
             }
             None => {
                 written.remove(uid);
+                self.attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(u, _), _| u != uid);
             }
         }
+    }
+
+    /// Counts one more failed node export of an image; returns the count.
+    pub fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = attempts
+            .entry((uid.to_owned(), image.to_owned()))
+            .or_default();
+        *count += 1;
+        *count
     }
 
     /// Records a node's answers.

@@ -218,6 +218,15 @@ fn list(items: &[&str]) -> String {
     }
 }
 
+/// Whether an export failure means the node does not (completely) hold the
+/// image, so another holder is worth trying (node-exporter's reasons).
+pub fn node_lost_image(reason: Option<&str>) -> bool {
+    matches!(
+        reason,
+        Some("ImageNotOnNode" | "ContentMissing" | "LayerUnrecoverable")
+    )
+}
+
 /// Nodes that must still be asked about some of `images` (no fresh answer
 /// in `known`), with the images to ask each about.
 pub fn inventory_needed(
@@ -552,6 +561,14 @@ mod tests {
         };
         assert!(message.contains("asked: n1, n2"), "{message}");
         assert!(message.contains("n3 (NotReady)"), "{message}");
+    }
+
+    #[test]
+    fn only_missing_content_sends_an_image_to_another_node() {
+        assert!(node_lost_image(Some("ImageNotOnNode")));
+        assert!(node_lost_image(Some("LayerUnrecoverable")));
+        assert!(!node_lost_image(Some("PushFailed")));
+        assert!(!node_lost_image(None));
     }
 
     #[test]

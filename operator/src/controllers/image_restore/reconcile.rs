@@ -57,6 +57,8 @@ pub const FINALIZER: &str = "lifeboat.dev/cleanup";
 pub const INVENTORY_TTL: Duration = Duration::from_secs(60);
 /// How often a running restore is looked at (Job changes also wake it).
 const POLL: Duration = Duration::from_secs(5);
+/// Node exports of one image before it is given up.
+const MAX_NODE_ATTEMPTS: u32 = 3;
 /// Export Jobs' deadline when the restore sets none.
 const DEFAULT_JOB_DEADLINE_SECONDS: i64 = 1800;
 
@@ -728,6 +730,32 @@ async fn follow_jobs(
                         result.incomplete_index.is_none(),
                     )
                     .await;
+                }
+                Some(result)
+                    if planning::node_lost_image(result.reason.as_deref())
+                        && controller.failed_attempt(&facts.uid, &image.reference)
+                            < MAX_NODE_ATTEMPTS =>
+                {
+                    // The node no longer holds it (GC, a stale answer): it
+                    // is not asked again for a while; another holder may be.
+                    let node = image
+                        .source
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    if let Ok(reference) = facts.reference(image) {
+                        controller.remember(
+                            &node,
+                            [(image_argument(&reference), Exportable::None)].into(),
+                        );
+                    }
+                    image.state = ImageRestoreState::Pending;
+                    image.job_name = None;
+                    image.source = None;
+                    image.message = Some(format!(
+                        "node {node} could not export it ({}); choosing another node",
+                        result.reason.as_deref().unwrap_or("Failed")
+                    ));
                 }
                 Some(result) => {
                     let reason = match result.reason.as_deref() {
