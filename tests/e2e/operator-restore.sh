@@ -44,17 +44,19 @@ make_image() {
     --random-layer "$2:$base-$1-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/$1:1" "docker://$SOURCE_REGISTRY/$base/$1:1"
 }
-declare -A digest
+names=(backup node killed restart auto)
 build_images() {
-  local name bytes
+  local spec
   for spec in backup:262144 node:262144 killed:8388608 restart:262144 auto:262144; do
-    name="${spec%%:*}" bytes="${spec##*:}"
-    make_image "$name" "$bytes" || return 1
-    digest[$name]="$(registry_digest "$base/$name" 1)"
-    [[ "${digest[$name]}" == sha256:* ]] || { echo "no digest for $name"; return 1; }
+    make_image "${spec%%:*}" "${spec##*:}" || return 1
   done
 }
 check "five single-use images are pushed" build_images
+# (check runs its command in a subshell: what it learns is read again here.)
+declare -A digest
+for name in "${names[@]}"; do digest[$name]="$(registry_digest "$base/$name" 1)"; done
+have_digests() { for name in "${names[@]}"; do [[ "${digest[$name]}" == sha256:* ]] || { echo "no digest for $name"; return 1; }; done; }
+check "each has a digest" have_digests
 ref() { echo "$SOURCE_REGISTRY/$base/$1:1@${digest[$1]}"; }
 
 k create namespace "$ns" >/dev/null
@@ -233,19 +235,19 @@ check "... Ready False, and the message says where it looked" clear_message
 # --- 4. an export pod killed midway -----------------------------------------------------
 check "the killed image is deleted from the source registry" lose killed
 restore killed "$(ref killed)" "source: {type: NodeCache}"
-killed_pod=""
 kill_first_pod() {
-  local uid; uid="$(field killed '{.metadata.uid}')"
-  killed_pod="$(k -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)"
-  [[ -n "$killed_pod" ]] || return 1
-  # node-exporter is PID 1 and would ignore SIGTERM: kill it outright.
-  k -n lifeboat-system delete pod "$killed_pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
+  # A watch sees the Job's first pod the moment it is created; it is killed
+  # outright (node-exporter is PID 1 and would ignore SIGTERM).
+  local uid pod; uid="$(field killed '{.metadata.uid}')"
+  pod="$(timeout 120 "$KUBECTL" -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid" --watch -o name | head -1)"
+  [[ -n "$pod" ]] || { echo "no export pod appeared"; return 1; }
+  echo "${pod#pod/}" >"$work/killed-pod"
+  k -n lifeboat-system delete "$pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
 }
-kill_soon() { local i; for i in $(seq 1 300); do kill_first_pod && return 0; sleep 0.2; done; return 1; }
-check "the first export pod is killed as soon as it exists" kill_soon
+check "the first export pod is killed as soon as it exists" kill_first_pod
 check "restore killed still becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/killed --timeout=180s
 completed_once() {
-  local jobs; jobs="$(restore_jobs killed)"
+  local jobs killed_pod; jobs="$(restore_jobs killed)"; killed_pod="$(cat "$work/killed-pod")"
   [[ "$(wc -l <<<"$jobs")" == 1 ]] || { echo "jobs: $jobs"; return 1; }
   local j; j="$(k -n lifeboat-system get job "$jobs" -o json)"
   [[ "$(jq -r '.status.succeeded' <<<"$j")" == 1 ]] || { echo "succeeded: $(jq -c .status <<<"$j")"; return 1; }
@@ -273,12 +275,10 @@ check "exactly one export Job exists for it" one_job
 # --- 6. automatic restore from a policy ---------------------------------------------------
 check "the auto policy becomes Ready" k -n "$ns" wait --for=condition=Ready ibp/auto --timeout=60s
 check "the auto image is deleted from the source registry" lose auto
-auto_restore=""
-auto_created() {
-  auto_restore="$(k -n "$ns" get imagerestores -l lifeboat.dev/policy=auto -o jsonpath='{.items[0].metadata.name}')"
-  [[ -n "$auto_restore" ]]
-}
+auto_name() { k -n "$ns" get imagerestores -l lifeboat.dev/policy=auto -o jsonpath='{.items[0].metadata.name}'; }
+auto_created() { [[ -n "$(auto_name)" ]]; }
 check "the policy creates an ImageRestore for the lost image" eventually 120 auto_created
+auto_restore="$(auto_name)"
 auto_closed() {
   [[ "$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]] || return 1
   [[ "$(registry_digest "$base/auto" 1)" == "${digest[auto]}" ]] || return 1
