@@ -48,6 +48,8 @@ pub struct Metrics {
     pub bytes_copied: Counter<u64>,
     pub copy_duration: Histogram<f64>,
     pub last_success: Gauge<f64>,
+    pub retention_deleted: Counter<u64>,
+    pub retention_failures: Counter<u64>,
     pub restores: Counter<u64>,
     pub restore_duration: Histogram<f64>,
 }
@@ -100,6 +102,16 @@ impl Metrics {
                 .f64_gauge("lifeboat_backup_last_success_timestamp")
                 .with_unit("s")
                 .with_description("Unix time of each policy's last successful backup run")
+                .build(),
+            retention_deleted: meter
+                .u64_counter("lifeboat_retention_deleted")
+                .with_description("Digests retention deleted from backup targets, by policy")
+                .build(),
+            retention_failures: meter
+                .u64_counter("lifeboat_retention_failures")
+                .with_description(
+                    "Retention steps (listing, reading, deleting) that failed, by policy",
+                )
                 .build(),
             restores: meter
                 .u64_counter("lifeboat_restores")

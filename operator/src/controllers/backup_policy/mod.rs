@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod plan;
 pub mod reconcile;
 pub mod registry;
+pub mod retention;
 pub mod status;
 
 use std::collections::HashMap;
