@@ -70,8 +70,8 @@ pub struct PolicyMemory {
     /// The digests each workload's images ran at, as the last discovery
     /// saw them: hints for pods that restart and cannot pull any more.
     pub digests_seen: super::discovery::DigestsByWorkload,
-    /// When retention last looked at the targets.
-    pub retention_checked: Option<DateTime<Utc>>,
+    /// When retention last looked at the targets, for which generation.
+    pub retention_checked: Option<(DateTime<Utc>, i64)>,
     /// (repository, Lifeboat tag) -> what it points at (content under a
     /// digest never changes, so it is read once).
     pub retention_cache: HashMap<(String, String), super::retention::Backup>,

@@ -486,16 +486,16 @@ async fn reconcile_with(
         finished_run = Some((record, started_status));
     }
 
-    // 8. Retention: after a run, and otherwise once per source-check
-    // interval; a dry run only plans.
+    // 8. Retention: after a run, when the spec changed, and otherwise once
+    // per source-check interval; a dry run only plans.
     let mut retention_only = false;
     if let Some(rules) = &retention_rules
         && (finished_run.is_some()
             || memory
                 .retention_checked
-                .is_none_or(|at| now - at >= interval))
+                .is_none_or(|(at, seen)| seen != generation || now - at >= interval))
     {
-        memory.retention_checked = Some(now);
+        memory.retention_checked = Some((now, generation));
         let copied: Vec<String> = memory.verified.values().map(|v| v.digest.clone()).collect();
         let missing: Vec<String> = previous
             .missing_images
