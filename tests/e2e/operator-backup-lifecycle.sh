@@ -15,11 +15,12 @@ ns="ibp-life-$run"
 CA="$CLUSTER_PKI/ca.crt"
 CREDS="$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD"
 work="$(mktemp -d)"
+certs="$work/certs"; mkdir -p "$certs"; cp "$CA" "$certs/ca.crt"   # skopeo reads every key pair in a cert dir
 proxy_pid=""
 echo "operator backup lifecycle e2e (namespace $ns)"
 
 cleanup() {
-  [[ -n "$proxy_pid" ]] && kill "$proxy_pid" 2>/dev/null
+  if [[ -n "$proxy_pid" ]]; then kill "$proxy_pid" 2>/dev/null || true; fi
   k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -68,7 +69,7 @@ YAML
 lost_repo="e2e/restart-$run"
 check "a private image $lost_repo:1 is pushed" skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
   "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:1"
-lost_digest="$(registry_digest "$lost_repo" 1)"
+lost_digest="$(registry_digest "$lost_repo" 1 || true)"
 k -n "$ns" apply -f - >/dev/null <<YAML
 apiVersion: apps/v1
 kind: Deployment
@@ -140,7 +141,7 @@ push_dated() {
 }
 pushed_all() { for t in v0 v1 v2 v3 v4; do push_dated "$t" || return 1; done; }
 check "five dated images of $ret_repo are pushed (created 1 to 2000 days ago)" pushed_all
-for t in v0 v1 v2 v3 v4; do ret_digest[$t]="$(registry_digest "$ret_repo" "$t")"; done
+for t in v0 v1 v2 v3 v4; do ret_digest[$t]="$(registry_digest "$ret_repo" "$t" || true)"; done
 {
   # v1, the oldest, runs; the others are named by digest by idle Deployments.
   cat <<YAML
@@ -192,9 +193,9 @@ all_five_held() {
 check "all five digests are in the backup, under Lifeboat's tags" eventually 30 all_five_held
 # Someone else's image in the same repository (old, undated, no Lifeboat
 # tag): never Lifeboat's to delete.
-check "an image pushed by hand into the backup repository" skopeo copy --quiet --dest-cert-dir "$(dirname "$CA")" \
+check "an image pushed by hand into the backup repository" skopeo copy --quiet --dest-cert-dir "$certs" \
   --dest-creds "$CREDS" --src-tls-verify=false "docker://$SOURCE_REGISTRY/demo/sidecar:3" "docker://$BACKUP_REGISTRY/$ret_backup:by-hand"
-by_hand="$(backup_digest "$ret_backup" by-hand)"
+by_hand="$(backup_digest "$ret_backup" by-hand || true)"
 k -n "$ns" delete deploy ret-v0 ret-v2 ret-v3 ret-v4 >/dev/null
 # Newest first: v4 (1 day), v0 (50), v3 (100), v2 (1000), v1 (2000, in use).
 # keepLast 2 keeps v4 and v0; v3 goes for keepLast, v2 for both; v1 is in use.
@@ -242,9 +243,9 @@ check "a later pass (the 20 s interval) deletes nothing more" stays_kept
 # === 3. useWorkloadPullSecrets ============================================================
 private_repo="e2e/private-$run/app"
 check "a private image is pushed to the authenticated registry" skopeo copy --quiet --src-tls-verify=false \
-  --dest-cert-dir "$(dirname "$CA")" --dest-creds "$CREDS" \
+  --dest-cert-dir "$certs" --dest-creds "$CREDS" \
   "docker://$SOURCE_REGISTRY/demo/init:1" "docker://$BACKUP_REGISTRY/$private_repo:1"
-private_digest="$(backup_digest "$private_repo" 1)"
+private_digest="$(backup_digest "$private_repo" 1 || true)"
 k -n "$ns" create secret docker-registry private-pull --docker-server="$BACKUP_REGISTRY" \
   --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
 k -n "$ns" apply -f - >/dev/null <<YAML
@@ -295,7 +296,7 @@ big_args=()
 for i in "${!layers[@]}"; do big_args+=(--random-layer "${layers[$i]}:big-$run-$i"); done
 check "an 80 MiB four-layer image is pushed" bash -c "python3 '$REPO_ROOT/hack/images/oci-image.py' image --layout '$work/big' --ref big --compression none ${big_args[*]} >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false 'oci:$work/big:big' 'docker://$SOURCE_REGISTRY/$big_repo:1'"
-big_manifest="$(curl -sf -H "$accept" "http://$SOURCE_REGISTRY/v2/$big_repo/manifests/1")"
+big_manifest="$(curl -sf -H "$accept" "http://$SOURCE_REGISTRY/v2/$big_repo/manifests/1" || true)"
 mapfile -t big_layers < <(python3 -c 'import json,sys; [print(l["digest"], l["size"]) for l in json.load(sys.stdin)["layers"]]' <<<"$big_manifest")
 blob_stored() { [[ -f "$CLUSTER_DIR/registries/backup/docker/registry/v2/blobs/sha256/${1:7:2}/${1#sha256:}/data" ]]; }
 stored_bytes() { # bytes of this image's layers committed in the backup registry
@@ -372,7 +373,7 @@ while ((SECONDS < deadline)); do
   stored="$(stored_bytes)"
   if ((stored > 0)); then
     container="$(k -n lifeboat-system get pod "$op_pod" -o jsonpath='{.status.containerStatuses[0].containerID}')"
-    pid="$(ctr -a "$(node_containerd_socket "$op_node")" -n k8s.io task ls | awk -v id="${container#containerd://}" '$1==id{print $2}')"
+    pid="$(ctr -a "$(node_containerd_socket "$op_node")" -n k8s.io task ls | awk -v id="${container#containerd://}" '$1==id{print $2}' || true)"
     [[ -n "$pid" ]] && kill -KILL "$pid"
     killed_at=$(date +%s.%N)
     stored_at_kill="$(stored_bytes)"
@@ -391,13 +392,13 @@ restarted() {
 }
 check "the operator container restarts" eventually 60 restarted
 check "the next run completes: the big policy becomes Ready" k -n "$ns" wait --for=condition=Ready ibp/big --timeout=180s
-resumed_s=$(echo "$(date +%s.%N) - $killed_at" | bc)
+resumed_s=$(echo "$(date +%s.%N) - ${killed_at:-0}" | bc || true)
 big_held() {
   local want; want="$(registry_digest "$big_repo" 1)"
   [[ "$(backup_digest "e2e/$ns/slow/$big_repo" 1)" == "$want" ]] || { echo "backup does not hold $big_repo:1 ($want)"; return 1; }
 }
 check "the backup holds the image, same digest" big_held
-resumed_bytes="$(policy big '{.status.history[0].bytesCopied}')"
+resumed_bytes="$(policy big '{.status.history[0].bytesCopied}' || true)"
 not_recopied() {
   # The run after the kill copied at most what had not arrived (plus the
   # small config, and the busybox base if it was not there yet).
@@ -407,7 +408,7 @@ not_recopied() {
 }
 check "the resumed run does not copy again what had arrived" not_recopied
 echo "  measured: SIGKILL -> policy Ready again: ${resumed_s}s; at the kill $stored_at_kill of $total_bytes layer bytes were in the backup; the resumed run copied $resumed_bytes bytes"
-kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null; proxy_pid=""
+kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""
 
 k delete ibp -n "$ns" --all --wait=false >/dev/null 2>&1
 summary operator-backup-lifecycle
