@@ -32,7 +32,10 @@ hack/build-helm.sh
 
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Optional features (the operator's `otlp`) must lint and pass too.
+step "cargo clippy --all-features" cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 step "cargo test" cargo test --workspace --no-fail-fast
+step "cargo test (operator, feature otlp)" cargo test -p lifeboat-operator --features otlp --lib --no-fail-fast
 
 source hack/cluster/env.sh
 cluster_started_here=false
