@@ -68,7 +68,7 @@ func TestConfigMapCarriesTheScripts(t *testing.T) {
 		}
 		key := filepath.Base(filepath.Dir(dir)) + "_" + filepath.Base(dir)
 		if config[key] != string(script) {
-			t.Errorf("argocd-cm's %s differs from %s/health.lua: run hack/render-argocd-cm.sh", key, dir)
+			t.Errorf("argocd-cm's %s differs from %s/health.lua: run hack/render-integrations.sh", key, dir)
 		}
 	}
 }
