@@ -36,7 +36,7 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
         1,
         &[
             KeyValue::new("kind", "ImageBackupPolicy"),
-            KeyValue::new("reason", "KubeApi"),
+            KeyValue::new("reason", "kubernetes_api"),
         ],
     );
     metrics
