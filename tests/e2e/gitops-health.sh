@@ -185,9 +185,10 @@ fi
 
 # --- every Lifeboat object at once, as a List (what `flux`/Argo see in bulk) ---------
 all_judged() {
-  local lines
-  lines="$(k -n "$ns" get lifeboat -o json | "$health_bin" --argocd-cm "$argocd_cm" | wc -l)" || return 1
-  [[ "$lines" -ge 6 ]] || { echo "$lines objects judged"; return 1; }
+  local want got
+  want="$(k -n "$ns" get lifeboat -o name | wc -l)"
+  got="$(k -n "$ns" get lifeboat -o json | "$health_bin" --argocd-cm "$argocd_cm" | jq -r '.kind + "/" + .name' | sort -u | wc -l)" || return 1
+  [[ "$want" -ge 5 && "$got" == "$want" ]] || { echo "$got of $want objects judged"; return 1; }
 }
 check "every object of the namespace is judged from one List" all_judged
 
