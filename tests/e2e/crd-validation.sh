@@ -16,6 +16,26 @@ for sample in "$REPO_ROOT"/config/samples/*.yaml; do
   check "sample $(basename "$sample") is accepted" k apply -n "$ns" --dry-run=server -f "$sample"
 done
 
+# The YAML examples of Lifeboat objects in docs/*.md are valid too (their
+# metadata.namespace is dropped: they are tried in the test namespace).
+docs_examples="$(mktemp -d)"
+for doc in "$REPO_ROOT"/docs/*.md; do
+  awk -v out="$docs_examples/$(basename "$doc" .md)" '
+    /^```yaml$/ { inside = 1; n++; text = ""; next }
+    /^```$/ && inside { inside = 0; if (text ~ /apiVersion: lifeboat\.dev\//) { f = out "-" n ".yaml"; printf "%s", text > f; close(f) }; next }
+    inside { text = text $0 "\n" }
+  ' "$doc"
+done
+examples=("$docs_examples"/*.yaml)
+at_least_three_examples() { (( ${#examples[@]} >= 3 )) || { echo "only ${#examples[@]} examples found in docs/"; return 1; }; }
+check "the docs hold YAML examples of Lifeboat objects" at_least_three_examples
+for example in "${examples[@]}"; do
+  [[ -e "$example" ]] || continue
+  sed -i '/^  namespace: /d' "$example"
+  check "docs example $(basename "$example" .yaml) is accepted" k apply -n "$ns" --dry-run=server -f "$example"
+done
+rm -rf "$docs_examples"
+
 rejected_with_message() {
   local file="$1" expected out
   expected="$(sed -n 's/^# expect: //p' "$file" | head -1)"
