@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What Flux and Argo CD make of real Lifeboat objects: the operator runs,
 # objects are brought into each state on the cluster (fresh, spec changed but
-# not yet observed, progressing, ready, stalled, suspended, blocked on a
-# missing Secret), fetched from the API server, and judged by
+# not yet observed, progressing, ready, suspended, images missing, stalled,
+# blocked on a missing Secret), fetched from the API server, and judged by
 # hack/tools/lifeboat-health: kstatus (sigs.k8s.io/cli-utils, what Flux
 # computes) and the Argo CD health scripts of config/gitops/argocd/argocd-cm.yaml
 # in an embedded Lua interpreter.
@@ -63,7 +63,15 @@ spec:
   containers:
   - {name: web, image: $SOURCE_REGISTRY/demo/web:1.0}
 YAML
-check "a workload runs in $ns" k -n "$ns" wait --for=condition=Ready pod/web --timeout=120s
+# A second workload runs an image only this run uses, so deleting it from the
+# source registry later harms nobody.
+lost_repo="gitops/lost-$RANDOM"
+check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" \
+  skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
+  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:0.9"
+lost_digest="$(registry_digest "$lost_repo" 0.9)"
+k -n "$ns" run lost --image="$SOURCE_REGISTRY/$lost_repo:0.9" --restart=Never >/dev/null
+check "the workloads run in $ns" k -n "$ns" wait --for=condition=Ready pod/web pod/lost --timeout=120s
 
 policy() { # policy NAME TARGET-YAML [EXTRA-SPEC-YAML]: a policy manifest
   cat <<YAML
@@ -89,6 +97,8 @@ fresh_policy() {
   [[ "$got" == "InProgress/Progressing" ]] || { echo "a fresh policy is $got"; jq -c .status <<<"$json"; return 1; }
 }
 check "fresh policy: kstatus InProgress, Argo CD Progressing" fresh_policy
+# Another policy like it, which stays unsuspended to see a loss later.
+policy guard "$backup_target" | k apply -f - >/dev/null
 
 # --- ready ---------------------------------------------------------------------------
 check "ready policy (its image backed up): kstatus Current, Argo CD Healthy" \
@@ -107,6 +117,16 @@ suspend_policy() {
 check "spec changed, not yet observed: kstatus InProgress, Argo CD Progressing" suspend_policy
 check "suspended policy (observed): kstatus Current, Argo CD Suspended" \
   eventually 60 health_is ibp ready "Current/Suspended"
+
+# --- backed up, but an image is gone from its source registry -----------------------
+check "the guarding policy is ready: kstatus Current, Argo CD Healthy" \
+  eventually 120 health_is ibp guard "Current/Healthy"
+check "the private image is deleted from the source registry" \
+  curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$lost_repo/manifests/$lost_digest"
+missing() { [[ "$(condition_of ibp guard ImagesAvailable)" == "False ImagesMissing" ]] || { condition_of ibp guard ImagesAvailable; return 1; }; }
+check "the policy reports it missing (ImagesAvailable False, ImagesMissing)" eventually 90 missing
+check "images missing, backups fine: kstatus Current (Ready True), Argo CD Degraded" \
+  health_is ibp guard "Current/Degraded"
 
 # --- progressing: a backup run that is copying -------------------------------------
 # A registry that accepts connections and never answers, on the host's side
