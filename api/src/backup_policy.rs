@@ -481,12 +481,15 @@ impl BackupTarget {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_RETENTION_NOT_EMPTY])))]
 pub struct Retention {
-    /// Keep the newest this many digests per repository.
+    /// Keep the newest this many of Lifeboat's digests per target
+    /// repository (newest by the image's creation time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub keep_last: Option<i32>,
 
-    /// Delete digests backed up longer ago than this.
+    /// Delete digests of images created longer ago than this many days
+    /// (the `created` time in the image config; images without one are
+    /// never deleted for age).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 36_500))]
     pub max_age_days: Option<i32>,
@@ -561,6 +564,10 @@ pub const MAX_RESTORE_LOCATIONS: usize = 16;
 /// What the operator observed and did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `default: {}` makes the API server fill in an empty status, and with it
+// `observedGeneration: -1`, on objects nobody has reconciled yet, so kstatus
+// and `kubectl wait` never mistake a fresh object for a current one.
+#[schemars(extend("default" = {}))]
 pub struct ImageBackupPolicyStatus {
     /// The `.metadata.generation` this status is about; -1 until the
     /// operator has looked at the object.

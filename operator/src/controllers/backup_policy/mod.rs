@@ -13,6 +13,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod registry;
 pub mod restore_link;
+pub mod retention;
 pub mod status;
 
 use std::collections::HashMap;
