@@ -49,6 +49,8 @@ pub struct RestoreController {
     /// Node exports tried per (restore uid, image), to bound retries on
     /// other holders.
     pub attempts: Mutex<HashMap<(String, String), u32>>,
+    /// The controller's cache of restores, to forget deleted ones.
+    pub restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
 }
 
 impl RestoreController {
@@ -71,6 +73,7 @@ impl RestoreController {
             inventory: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
+            restores: std::sync::OnceLock::new(),
         }
     }
 
@@ -107,6 +110,23 @@ impl RestoreController {
                     .retain(|(u, _), _| u != uid);
             }
         }
+    }
+
+    /// Drops what was remembered about restores that no longer exist.
+    pub fn forget_deleted_restores(&self) {
+        let Some(store) = self.restores.get() else {
+            return;
+        };
+        let live: std::collections::HashSet<String> =
+            store.state().iter().filter_map(|r| r.uid()).collect();
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid, _| live.contains(uid));
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(uid, _), _| live.contains(uid));
     }
 
     /// Counts one more failed node export of an image; returns the count.
@@ -148,7 +168,9 @@ pub async fn run(context: Arc<Context>) {
         jobs::MANAGED_BY,
         jobs::LABEL_COMPONENT
     );
-    Controller::new(restores, watcher::Config::default().any_semantic())
+    let restore_controller = Controller::new(restores, watcher::Config::default().any_semantic());
+    let _ = controller.restores.set(restore_controller.store());
+    restore_controller
         .watches(
             jobs,
             watcher::Config::default().labels(&selector).any_semantic(),

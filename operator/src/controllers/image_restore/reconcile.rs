@@ -71,7 +71,9 @@ pub async fn reconcile(
         .metrics
         .reconciles
         .add(1, &[KeyValue::new("kind", KIND)]);
-    reconcile_with(&restore, &controller).await
+    let result = reconcile_with(&restore, &controller).await;
+    controller.forget_deleted_restores();
+    result
 }
 
 async fn write_status(
