@@ -32,7 +32,10 @@ hack/build-helm.sh
 
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Optional features (the operator's `otlp`) must lint and pass too.
+step "cargo clippy --all-features" cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 step "cargo test" cargo test --workspace --no-fail-fast
+step "cargo test (operator, feature otlp)" cargo test -p lifeboat-operator --features otlp --lib --no-fail-fast
 # GitOps and monitoring integrations (config/gitops, config/monitoring).
 step "argocd-cm and rules copies current" hack/render-integrations.sh --check
 step "go test lifeboat-health (Argo CD Lua, kstatus, kube-state-metrics paths)" \
@@ -51,7 +54,12 @@ if ! kubectl_admin get --raw /readyz >/dev/null 2>&1; then
   log "cluster start took ${warm_start} s"
   step "cluster starts within 90 s" test "$warm_start" -le 90
 fi
-stop_cluster() { $cluster_started_here && ! $keep_cluster && hack/cluster/down.sh --purge; }
+# An EXIT trap's own status becomes the script's: keep the tests' status.
+stop_cluster() {
+  local rc=$?
+  if $cluster_started_here && ! $keep_cluster; then hack/cluster/down.sh --purge || true; fi
+  exit "$rc"
+}
 trap stop_cluster EXIT
 
 hack/images/push-test-images.sh

@@ -481,12 +481,15 @@ impl BackupTarget {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_RETENTION_NOT_EMPTY])))]
 pub struct Retention {
-    /// Keep the newest this many digests per repository.
+    /// Keep the newest this many of Lifeboat's digests per target
+    /// repository (newest by the image's creation time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub keep_last: Option<i32>,
 
-    /// Delete digests backed up longer ago than this.
+    /// Delete digests of images created longer ago than this many days
+    /// (the `created` time in the image config; images without one are
+    /// never deleted for age).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 36_500))]
     pub max_age_days: Option<i32>,

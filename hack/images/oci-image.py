@@ -260,6 +260,8 @@ def cmd_image(args):
         config["config"]["Cmd"] = json.loads(args.cmd)
     if args.user:
         config["config"]["User"] = args.user
+    if args.created:
+        config["created"] = args.created
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     config_digest, config_size = layout.put_bytes(config_bytes)
     manifest = {
@@ -315,6 +317,7 @@ def main():
     image.add_argument("--cmd")
     image.add_argument("--user")
     image.add_argument("--env", action="append", default=[])
+    image.add_argument("--created", help="RFC 3339 creation time for the config (none by default)")
     image.set_defaults(func=cmd_image)
     index = sub.add_parser("index")
     index.add_argument("--layout", required=True)

@@ -3,6 +3,7 @@
 //! - `config`, `context`: what the process is given and what reconciles share;
 //! - `leader`: Lease-based leader election (pure decision + thin IO loop);
 //! - `telemetry`, `http`: logs, metrics, `/metrics` `/healthz` `/readyz`;
+//! - `otlp` (feature `otlp`): optional OTLP trace export;
 //! - `error`: the one error type, with condition/event/metric reasons.
 
 pub mod config;
@@ -11,4 +12,6 @@ pub mod controllers;
 pub mod error;
 pub mod http;
 pub mod leader;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod telemetry;

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
 
     let config =
         OperatorConfig::from_lookup(|k| std::env::var(k).ok()).context("reading configuration")?;
-    telemetry::init_logging(config.log_format);
+    let _traces = telemetry::init_logging(config.log_format);
     let metrics = Metrics::new().context("setting up metrics")?;
     let health = HealthState::new();
     let client = Client::try_default()

@@ -17,11 +17,50 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Keeps the optional OTLP trace export running; dropping it flushes what
+/// is buffered.
+#[must_use = "dropping the guard stops trace export"]
+#[derive(Default)]
+pub struct TracingGuard {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` filters (default
+/// `info`). With the `otlp` feature and an OTLP endpoint in the
+/// environment, spans are also exported as traces.
+pub fn init_logging(format: LogFormat) -> TracingGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
+    #[allow(unused_mut)]
+    let mut guard = TracingGuard::default();
+    #[cfg(feature = "otlp")]
+    let traces = match crate::otlp::traces_endpoint(|k| std::env::var(k).ok()) {
+        None => None,
+        Some(endpoint) => match crate::otlp::tracer_provider(&endpoint) {
+            Ok(provider) => {
+                let layer = crate::otlp::layer(&provider);
+                guard.provider = Some(provider);
+                Some(layer)
+            }
+            Err(e) => {
+                eprintln!("OTLP traces disabled: {e}");
+                None
+            }
+        },
+    };
+    #[cfg(not(feature = "otlp"))]
+    let traces: Option<tracing_subscriber::layer::Identity> = None;
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     match format {
         LogFormat::Json => registry
             .with(
@@ -33,6 +72,7 @@ pub fn init_logging(format: LogFormat) {
             .init(),
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
     }
+    guard
 }
 
 /// Every instrument the operator records. Labels never carry image names
@@ -48,6 +88,8 @@ pub struct Metrics {
     pub bytes_copied: Counter<u64>,
     pub copy_duration: Histogram<f64>,
     pub last_success: Gauge<f64>,
+    pub retention_deleted: Counter<u64>,
+    pub retention_failures: Counter<u64>,
     pub restores: Counter<u64>,
     pub restore_duration: Histogram<f64>,
 }
@@ -100,6 +142,16 @@ impl Metrics {
                 .f64_gauge("lifeboat_backup_last_success_timestamp")
                 .with_unit("s")
                 .with_description("Unix time of each policy's last successful backup run")
+                .build(),
+            retention_deleted: meter
+                .u64_counter("lifeboat_retention_deleted")
+                .with_description("Digests retention deleted from backup targets, by policy")
+                .build(),
+            retention_failures: meter
+                .u64_counter("lifeboat_retention_failures")
+                .with_description(
+                    "Retention steps (listing, reading, deleting) that failed, by policy",
+                )
                 .build(),
             restores: meter
                 .u64_counter("lifeboat_restores")

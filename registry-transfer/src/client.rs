@@ -155,6 +155,24 @@ pub(crate) fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+pub(crate) fn delete_scope(repository: &str) -> String {
+    format!("repository:{repository}:delete")
+}
+
+/// The target of a `Link: <...>; rel="next"` header (RFC 8288), as
+/// registries paginate tag lists.
+pub(crate) fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_owned())
+    })
+}
+
 impl RegistryClient {
     pub(crate) fn new(
         registry: &str,
@@ -639,6 +657,70 @@ impl RegistryClient {
             })
             .await?;
         Ok(header_str(response.headers(), "docker-content-digest").and_then(|d| Digest::parse(&d)))
+    }
+
+    /// One page of a repository's tags (`GET /v2/<name>/tags/list`), from
+    /// `path_and_query` (the first page, or the `Link` of the previous
+    /// one). Returns the tags and the next page's path, if any. A
+    /// repository the registry does not know has no tags.
+    pub(crate) async fn tags_page(
+        &self,
+        repository: &str,
+        path_and_query: &str,
+    ) -> Result<(Vec<String>, Option<String>), TransferError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let url = self.url(path_and_query.trim_start_matches('/'))?;
+        let scopes = [pull_scope(repository)];
+        let response = self
+            .send(
+                "tags list",
+                &scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| Ok(self.request(Method::GET, url.clone())),
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok((Vec::new(), None));
+        }
+        let next = response
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let list: TagList = serde_json::from_slice(&body).map_err(|e| TransferError::Protocol {
+            registry: self.name.clone(),
+            detail: format!("tag list of {repository} is not JSON: {e}"),
+        })?;
+        Ok((list.tags.unwrap_or_default(), next))
+    }
+
+    /// DELETE a manifest by digest (`202`). `false` when the registry does
+    /// not have it. A registry with deletes disabled answers 405, which is
+    /// an error naming the operation.
+    pub(crate) async fn manifest_delete(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+        let scopes = [delete_scope(repository)];
+        let response = self
+            .send(
+                "manifest DELETE",
+                &scopes,
+                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
+                &|| Ok(self.request(Method::DELETE, url.clone())),
+            )
+            .await?;
+        Ok(response.status().is_success())
     }
 
     /// HEAD a blob: whether the repository has it.

@@ -315,7 +315,7 @@ impl Transfer {
             .sum()
     }
 
-    fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, TransferError> {
+    pub(crate) fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, TransferError> {
         // One client per registry, whatever alias or case it is written with.
         let registry = &crate::credentials::normalize_registry(registry);
         if let Some(client) = lock(&self.inner.clients).get(registry) {
@@ -403,7 +403,7 @@ impl Transfer {
         })
     }
 
-    async fn permits(&self, registries: &[Option<&str>]) -> Permits {
+    pub(crate) async fn permits(&self, registries: &[Option<&str>]) -> Permits {
         let keys: Vec<&str> = registries.iter().flatten().copied().collect();
         self.inner.limiter.acquire(&keys).await
     }

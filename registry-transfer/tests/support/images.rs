@@ -107,6 +107,35 @@ pub fn image_manifest(layers: &[Blob], media_type: &str, platform: (&str, &str))
     }
 }
 
+/// An OCI image manifest whose config says when the image was created
+/// (RFC 3339), as image builders write it.
+pub fn dated_image_manifest(layers: &[Blob], created: &str) -> Manifest {
+    let config = Blob::new(
+        format!(
+            r#"{{"created":"{created}","architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"nonce":"{}"}}"#,
+            hex::encode(random_bytes(8))
+        )
+        .into_bytes(),
+        "application/vnd.oci.image.config.v1+json",
+    );
+    let layers_json: Vec<String> = layers.iter().map(Blob::descriptor_json).collect();
+    let bytes = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
+        config.descriptor_json(),
+        layers_json.join(",")
+    )
+    .into_bytes();
+    let mut blobs = vec![config];
+    blobs.extend(layers.iter().cloned());
+    Manifest {
+        digest: sha256(&bytes),
+        bytes,
+        media_type: OCI_MANIFEST.to_owned(),
+        blobs,
+        children: Vec::new(),
+    }
+}
+
 /// An artifact manifest: arbitrary config and layer media types.
 pub fn artifact_manifest(payload: &Blob) -> Manifest {
     let config = Blob::new(

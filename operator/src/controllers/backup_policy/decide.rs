@@ -67,6 +67,16 @@ pub struct PolicyMemory {
     pub announced_pods: BTreeSet<(String, String, String)>,
     /// The last Stalled/blocked reason reported by event.
     pub announced_problem: Option<String>,
+    /// The digests each workload's images ran at, as the last discovery
+    /// saw them: hints for pods that restart and cannot pull any more.
+    pub digests_seen: super::discovery::DigestsByWorkload,
+    /// When retention last looked at the targets, for which generation.
+    pub retention_checked: Option<(DateTime<Utc>, i64)>,
+    /// (repository, Lifeboat tag) -> what it points at (content under a
+    /// digest never changes, so it is read once).
+    pub retention_cache: HashMap<(String, String), super::retention::Backup>,
+    /// Dry run: what retention would delete, as last planned.
+    pub would_delete: Vec<String>,
 }
 
 /// Whether and why to run now, and the schedule bookkeeping.

@@ -46,7 +46,8 @@ pub struct ImageUse {
     /// known (from the pod status, or pinned in the spec).
     pub reference: ImageReference,
     pub workloads: BTreeSet<WorkloadId>,
-    /// Nodes whose pods run exactly this digest.
+    /// Nodes whose pods run exactly this digest (or last ran it, for a
+    /// workload whose pods now fail to pull it: see [`DigestHints`]).
     pub nodes: BTreeSet<String>,
     /// Pods that fail to pull it (ErrImagePull / ImagePullBackOff): (namespace, name).
     pub pull_failures: BTreeSet<(String, String)>,
@@ -76,6 +77,94 @@ pub struct Inventory {
     pub workloads: BTreeSet<WorkloadId>,
     /// Image strings that did not parse, with the workload using them.
     pub unparsable: Vec<(String, WorkloadId)>,
+    /// The digests (and nodes) each workload's image was known to run at
+    /// in this discovery: the hints for the next one.
+    pub digests_seen: DigestsByWorkload,
+}
+
+/// digest -> nodes known to have run it.
+pub type DigestNodes = BTreeMap<String, BTreeSet<String>>;
+
+/// (workload, image as the workload writes it) -> digests it ran at.
+pub type DigestsByWorkload = BTreeMap<(WorkloadId, String), DigestNodes>;
+
+/// What earlier discoveries knew about digests, for pods that cannot say
+/// now. A pod restarted after its image was lost fails to pull the tag
+/// (`ErrImagePull` / `ImagePullBackOff`) and reports no `imageID`: without
+/// a hint the digest would be forgotten and the loss no longer reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DigestHints {
+    /// From the previous discoveries of the same policy (in memory).
+    pub by_workload: DigestsByWorkload,
+    /// `name:tag` -> digests, from the images the policy's status reports
+    /// missing (survives an operator restart).
+    pub by_reference: BTreeMap<String, DigestNodes>,
+}
+
+impl DigestHints {
+    /// Adds the images a status reports missing, by the tag they were
+    /// referenced with.
+    pub fn add_missing(&mut self, reference: &str, digest: Option<&str>, nodes: &[String]) {
+        let Ok(parsed) = ImageReference::parse(reference) else {
+            return;
+        };
+        let Some(digest) = digest
+            .map(str::to_owned)
+            .or_else(|| parsed.digest.as_ref().map(|d| d.as_str().to_owned()))
+        else {
+            return;
+        };
+        if parsed.tag.is_none() || Digest::parse(&digest).is_err() {
+            return;
+        }
+        let key = tag_key(&parsed);
+        self.by_reference
+            .entry(key)
+            .or_default()
+            .entry(digest)
+            .or_default()
+            .extend(nodes.iter().cloned());
+    }
+
+    fn lookup(
+        &self,
+        workload: &WorkloadId,
+        image: &str,
+        reference: &ImageReference,
+    ) -> Option<&DigestNodes> {
+        self.by_workload
+            .get(&(workload.clone(), image.to_owned()))
+            .filter(|d| !d.is_empty())
+            .or_else(|| {
+                self.by_reference
+                    .get(&tag_key(reference))
+                    .filter(|d| !d.is_empty())
+            })
+    }
+}
+
+/// `name:tag` of a reference, whatever digest it has.
+fn tag_key(reference: &ImageReference) -> String {
+    format!(
+        "{}:{}",
+        reference.name(),
+        reference.tag.as_deref().unwrap_or("latest")
+    )
+}
+
+/// Every manifest digest any pod in the cluster runs or pins, whatever
+/// policy selects it (retention never deletes these).
+pub fn running_digests(snapshot: &ClusterSnapshot) -> BTreeSet<String> {
+    snapshot
+        .pods
+        .iter()
+        .flat_map(|pod| pod_container_images(pod))
+        .filter_map(|c| {
+            c.digest
+                .or_else(|| ImageReference::parse(&c.image).ok().and_then(|r| r.digest))
+        })
+        .map(|d| d.as_str().to_owned())
+        .collect()
 }
 
 /// Where a policy may look.
@@ -461,6 +550,7 @@ pub fn discover(
     snapshot: &ClusterSnapshot,
     scope: &Scope,
     images: &ImageMatcher,
+    hints: &DigestHints,
 ) -> Result<Inventory, SelectorError> {
     let filters = Filters::new(scope, images, snapshot)?;
     let index = WorkloadIndex::new(snapshot);
@@ -540,8 +630,36 @@ pub fn discover(
             }
             continue;
         }
+        // No pod of the workload says which digest it runs (they were
+        // restarted and cannot pull the tag, or are still pulling): the
+        // digest it was last known to run, if any.
+        if o.reference.digest.is_none()
+            && let Some(known) = hints.lookup(&o.workload, &o.container.image, &o.reference)
+        {
+            for (digest, nodes) in known {
+                let Ok(digest) = Digest::parse(digest) else {
+                    continue;
+                };
+                let reference = o.reference.with_digest(digest.clone());
+                let entry = add_use(&mut inventory, reference, &o.workload, &o.secrets);
+                entry.nodes.extend(nodes.iter().cloned());
+                if failing {
+                    entry.pull_failures.insert(o.pod.clone());
+                }
+                let key = entry.key();
+                running.entry(pair.clone()).or_default().insert(key);
+                inventory
+                    .digests_seen
+                    .entry(pair.clone())
+                    .or_default()
+                    .entry(digest.as_str().to_owned())
+                    .or_default()
+                    .extend(nodes.iter().cloned());
+            }
+            continue;
+        }
         let entry = add_use(&mut inventory, o.reference, &o.workload, &o.secrets);
-        if entry.reference.digest.is_some() {
+        if let Some(digest) = entry.reference.digest.clone() {
             let key = entry.key();
             if let Some(node) = &o.node
                 && !failing
@@ -550,6 +668,17 @@ pub fn discover(
             }
             if failing {
                 entry.pull_failures.insert(o.pod.clone());
+            }
+            let nodes = inventory
+                .digests_seen
+                .entry(pair.clone())
+                .or_default()
+                .entry(digest.as_str().to_owned())
+                .or_default();
+            if let Some(node) = &o.node
+                && !failing
+            {
+                nodes.insert(node.clone());
             }
             running.entry(pair).or_default().insert(key);
         } else if failing {
@@ -795,6 +924,7 @@ mod tests {
             &snapshot(),
             &admin_scope(WorkloadSelector::default()),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         assert_eq!(
@@ -834,6 +964,7 @@ mod tests {
             &snapshot(),
             &admin_scope(only_cron),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         assert_eq!(keys(&inventory), vec!["registry.local/cron:7".to_owned()]);
@@ -849,6 +980,7 @@ mod tests {
             &snapshot(),
             &admin_scope(labelled),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         assert_eq!(inventory.images.len(), 2, "{:?}", keys(&inventory));
@@ -862,6 +994,7 @@ mod tests {
             &snapshot(),
             &admin_scope(WorkloadSelector::default()),
             &matcher,
+            &DigestHints::default(),
         )
         .unwrap();
         assert!(!keys(&inventory).iter().any(|k| k.contains("init")));
@@ -877,7 +1010,8 @@ mod tests {
             discover(
                 &snapshot(),
                 &admin_scope(excluded),
-                &ImageMatcher::default()
+                &ImageMatcher::default(),
+                &DigestHints::default()
             )
             .unwrap()
             .images
@@ -894,7 +1028,8 @@ mod tests {
             discover(
                 &snapshot(),
                 &admin_scope(other_team),
-                &ImageMatcher::default()
+                &ImageMatcher::default(),
+                &DigestHints::default()
             )
             .unwrap()
             .images
@@ -908,7 +1043,8 @@ mod tests {
             discover(
                 &snapshot(),
                 &admin_scope(included),
-                &ImageMatcher::default()
+                &ImageMatcher::default(),
+                &DigestHints::default()
             )
             .unwrap()
             .images
@@ -925,16 +1061,27 @@ mod tests {
         };
         let tenant = Scope::for_policy("payments", "lifeboat-system", greedy);
         assert!(tenant.selector_reaches_beyond());
-        let inventory = discover(&snapshot(), &tenant, &ImageMatcher::default()).unwrap();
+        let inventory = discover(
+            &snapshot(),
+            &tenant,
+            &ImageMatcher::default(),
+            &DigestHints::default(),
+        )
+        .unwrap();
         assert!(inventory.images.is_empty(), "{:?}", keys(&inventory));
 
         let own = Scope::for_policy("shop", "lifeboat-system", WorkloadSelector::default());
         assert!(!own.selector_reaches_beyond());
         assert_eq!(
-            discover(&snapshot(), &own, &ImageMatcher::default())
-                .unwrap()
-                .images
-                .len(),
+            discover(
+                &snapshot(),
+                &own,
+                &ImageMatcher::default(),
+                &DigestHints::default()
+            )
+            .unwrap()
+            .images
+            .len(),
             3
         );
     }
@@ -953,6 +1100,7 @@ mod tests {
             &snap,
             &admin_scope(WorkloadSelector::default()),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         // No tag-only entry for the failing pod; its failure counts for the digest.
@@ -964,6 +1112,165 @@ mod tests {
         );
         // The failing node does not hold it.
         assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+    }
+
+    /// The web pod restarted into ImagePullBackOff: its status names no digest.
+    fn restarted_snapshot() -> ClusterSnapshot {
+        let mut snap = snapshot();
+        let mut failing = web_pod("shop", "node-2");
+        failing.metadata.name = Some("web-abc-9".into());
+        if let Some(status) = &mut failing.status {
+            status.container_statuses = Some(vec![status_waiting("web", "ImagePullBackOff")]);
+        }
+        snap.pods = vec![Arc::new(failing)];
+        snap
+    }
+
+    fn web_workload() -> WorkloadId {
+        WorkloadId {
+            kind: WorkloadKind::Deployment,
+            namespace: "shop".into(),
+            name: "web".into(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_pod_that_cannot_pull_keeps_the_digest_it_ran() {
+        let scope = admin_scope(WorkloadSelector::default());
+        // First discovery: the pod runs the digest on node-1.
+        let before = discover(
+            &snapshot(),
+            &scope,
+            &ImageMatcher::default(),
+            &DigestHints::default(),
+        )
+        .unwrap();
+        let pair = (web_workload(), "registry.local/web:1.0".to_owned());
+        assert_eq!(
+            before.digests_seen.get(&pair),
+            Some(&[(WEB_DIGEST.to_owned(), ["node-1".to_owned()].into())].into())
+        );
+
+        // Without hints the restarted pod yields only the tag: the loss
+        // would be forgotten.
+        let forgetful = discover(
+            &restarted_snapshot(),
+            &scope,
+            &ImageMatcher::default(),
+            &DigestHints::default(),
+        )
+        .unwrap();
+        assert!(forgetful.images.contains_key("registry.local/web:1.0"));
+
+        // With what the first discovery saw, the digest stays, with the
+        // node that ran it and the failing pod.
+        let hints = DigestHints {
+            by_workload: before.digests_seen.clone(),
+            ..DigestHints::default()
+        };
+        let after = discover(
+            &restarted_snapshot(),
+            &scope,
+            &ImageMatcher::default(),
+            &hints,
+        )
+        .unwrap();
+        assert!(!after.images.contains_key("registry.local/web:1.0"));
+        let web = &after.images[&format!("registry.local/web@{WEB_DIGEST}")];
+        assert_eq!(web.reference.tag.as_deref(), Some("1.0"));
+        assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+        assert!(
+            web.pull_failures
+                .contains(&("shop".to_owned(), "web-abc-9".to_owned()))
+        );
+        // ... and it is remembered for the discovery after that.
+        assert_eq!(
+            after.digests_seen.get(&pair),
+            before.digests_seen.get(&pair)
+        );
+    }
+
+    #[test]
+    fn the_status_missing_images_are_hints_after_an_operator_restart() {
+        let mut hints = DigestHints::default();
+        hints.add_missing(
+            &format!("registry.local/web:1.0@{WEB_DIGEST}"),
+            Some(WEB_DIGEST),
+            &["node-1".to_owned()],
+        );
+        // Unusable entries are ignored.
+        hints.add_missing("registry.local/other@sha256:nothex", None, &[]);
+        hints.add_missing(
+            &format!("registry.local/digest-only@{WEB_DIGEST}"),
+            None,
+            &[],
+        );
+        assert_eq!(hints.by_reference.len(), 1);
+        let inventory = discover(
+            &restarted_snapshot(),
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+            &hints,
+        )
+        .unwrap();
+        let web = &inventory.images[&format!("registry.local/web@{WEB_DIGEST}")];
+        assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+        assert_eq!(web.pull_failures.len(), 1);
+        assert!(!inventory.images.contains_key("registry.local/web:1.0"));
+    }
+
+    #[test]
+    fn a_pod_reporting_a_new_digest_wins_over_hints() {
+        let other = "sha256:9999999999999999999999999999999999999999999999999999999999999999";
+        let hints = DigestHints {
+            by_workload: [(
+                (web_workload(), "registry.local/web:1.0".to_owned()),
+                [(other.to_owned(), BTreeSet::new())].into(),
+            )]
+            .into(),
+            ..DigestHints::default()
+        };
+        let inventory = discover(
+            &snapshot(),
+            &admin_scope(WorkloadSelector::default()),
+            &ImageMatcher::default(),
+            &hints,
+        )
+        .unwrap();
+        assert!(
+            inventory
+                .images
+                .contains_key(&format!("registry.local/web@{WEB_DIGEST}"))
+        );
+        assert!(
+            !inventory
+                .images
+                .contains_key(&format!("registry.local/web@{other}"))
+        );
+    }
+
+    #[test]
+    fn running_digests_cover_every_pod_in_the_cluster() {
+        let mut snap = snapshot();
+        let mut stray = web_pod("elsewhere", "node-2");
+        stray.metadata.name = Some("stray".into());
+        if let Some(spec) = &mut stray.spec {
+            spec.containers = vec![container(
+                "pinned",
+                &format!(
+                    "registry.local/pinned@{}",
+                    "sha256:".to_owned() + &"4".repeat(64)
+                ),
+            )];
+        }
+        if let Some(status) = &mut stray.status {
+            status.container_statuses = None;
+        }
+        snap.pods.push(Arc::new(stray));
+        let digests = running_digests(&snap);
+        assert!(digests.contains(WEB_DIGEST));
+        assert!(digests.contains(INIT_DIGEST));
+        assert!(digests.contains(&format!("sha256:{}", "4".repeat(64))));
     }
 
     fn status_waiting(name: &str, reason: &str) -> ContainerStatus {
@@ -1004,6 +1311,7 @@ mod tests {
             },
             &admin_scope(WorkloadSelector::default()),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         trim_pod(&mut pod);
@@ -1016,6 +1324,7 @@ mod tests {
             },
             &admin_scope(WorkloadSelector::default()),
             &ImageMatcher::default(),
+            &DigestHints::default(),
         )
         .unwrap();
         assert_eq!(before, after);

@@ -21,7 +21,7 @@ use lifeboat_api::time::{from_k8s_time, to_k8s_time};
 use lifeboat_api::validation::validate_policy_spec;
 use lifeboat_api::{ImageBackupPolicy, ImageReference};
 use opentelemetry::KeyValue;
-use registry_transfer::{Transfer, TransferConfig, TransferError};
+use registry_transfer::{ImageRef, RepositoryRef, Transfer, TransferConfig, TransferError};
 use tracing::{debug, info, warn};
 
 use super::BackupController;
@@ -29,9 +29,13 @@ use super::decide::{
     self, Failure, PolicyMemory, RunInputs, SourceState, Verified, image_states, needs_copy,
     source_checks_due,
 };
-use super::discovery::{Inventory, Scope, discover};
+use super::discovery::{DigestHints, Inventory, Scope, discover, running_digests};
 use super::plan::{CopyTask, PlanTarget, copy_tasks};
-use super::registry::{self, copy_task, holds, policy_settings};
+use super::registry::{self, copy_task, holds, image_ref, policy_settings};
+use super::retention::{
+    Backup, DeleteReason, InUse, Rules, in_use_digests, lifeboat_tag_digest, parse_created,
+    plan_deletions,
+};
 use super::status::{
     Evaluation, blocked_status, counts, evaluated_status, reconciling_status, stalled_status,
     whole_seconds,
@@ -201,7 +205,27 @@ async fn reconcile_with(
         spec.effective_selector(),
     );
     let snapshot = controller.caches.snapshot();
-    let inventory = match discover(&snapshot, &scope, &valid.images) {
+    // What earlier discoveries knew, for pods that cannot say now: this
+    // process's memory, and the images the status reports missing (which
+    // survive a restart of the operator).
+    let mut hints = DigestHints {
+        by_workload: std::mem::take(&mut memory.digests_seen),
+        ..DigestHints::default()
+    };
+    for missing in &previous.missing_images {
+        hints.add_missing(
+            &missing.reference,
+            missing.digest.as_deref(),
+            &missing.nodes,
+        );
+    }
+    let retention_rules = Rules::from_spec(spec.retention.as_ref());
+    let running_anywhere = if retention_rules.is_some() {
+        running_digests(&snapshot)
+    } else {
+        BTreeSet::new()
+    };
+    let inventory = match discover(&snapshot, &scope, &valid.images, &hints) {
         Ok(inventory) => inventory,
         Err(e) => {
             let reason = lifeboat_api::conditions::reasons::INVALID_SPEC;
@@ -212,6 +236,7 @@ async fn reconcile_with(
         }
     };
     drop(snapshot);
+    memory.digests_seen = inventory.digests_seen.clone();
 
     // 3. Credentials: a missing Secret may appear; retry, not Stalled.
     let pull_secrets: BTreeSet<_> = inventory
@@ -461,7 +486,78 @@ async fn reconcile_with(
         finished_run = Some((record, started_status));
     }
 
-    // 8. Status, events for losses, metrics.
+    // 8. Retention: after a run, when the spec changed, and otherwise once
+    // per source-check interval; a dry run only plans.
+    let mut retention_only = false;
+    if let Some(rules) = &retention_rules
+        && (finished_run.is_some()
+            || memory
+                .retention_checked
+                .is_none_or(|(at, seen)| seen != generation || now - at >= interval))
+    {
+        memory.retention_checked = Some((now, generation));
+        let copied: Vec<String> = memory.verified.values().map(|v| v.digest.clone()).collect();
+        let missing: Vec<String> = previous
+            .missing_images
+            .iter()
+            .filter_map(|m| m.digest.clone())
+            .collect();
+        let in_use = in_use_digests(&inventory, &copied, &missing, &running_anywhere);
+        let outcome =
+            retention_pass(&transfer, &tasks, rules, &in_use, memory, now, spec.dry_run).await;
+        if spec.dry_run {
+            memory.would_delete = outcome.planned.clone();
+        } else {
+            memory.would_delete.clear();
+        }
+        report_retention(controller, policy, &outcome, &labels).await;
+        let deleted = i32::try_from(outcome.deleted.len()).unwrap_or(i32::MAX);
+        if deleted > 0 {
+            let note = format!("retention deleted {deleted} digests");
+            match &mut finished_run {
+                Some((record, _)) => {
+                    record.deleted = deleted;
+                    let message = format!("{}; {note}", record.message.clone().unwrap_or_default());
+                    record.message = Some(lifeboat_api::conditions::bounded_message(message, 1024));
+                }
+                None => {
+                    retention_only = true;
+                    let at = to_k8s_time(now);
+                    finished_run = Some((
+                        RunRecord {
+                            trigger: RunTrigger::Continuous,
+                            result: RunResult::Succeeded,
+                            start_time: at.clone(),
+                            completion_time: Some(at),
+                            scheduled_time: None,
+                            copied: 0,
+                            up_to_date: 0,
+                            failed: 0,
+                            deleted,
+                            bytes_copied: 0,
+                            message: Some(lifeboat_api::conditions::bounded_message(
+                                format!("{note}: {}", outcome.deleted.join(", ")),
+                                1024,
+                            )),
+                        },
+                        previous.clone(),
+                    ));
+                }
+            }
+        }
+    } else if retention_rules.is_none() {
+        memory.would_delete.clear();
+        memory.retention_cache.clear();
+    }
+    if let Some(plan) = &mut plan {
+        let mut would_delete = memory.would_delete.clone();
+        would_delete.sort();
+        plan.would_delete_total = i32::try_from(would_delete.len()).unwrap_or(i32::MAX);
+        would_delete.truncate(MAX_PLAN_ENTRIES);
+        plan.would_delete = would_delete;
+    }
+
+    // 9. Status, events for losses, metrics.
     let images = image_states(&inventory, &target_names, memory);
     announce_losses(controller, policy, &inventory, memory).await;
     let bytes_before = previous.summary.as_ref().map_or(0, |s| s.bytes_copied);
@@ -493,8 +589,12 @@ async fn reconcile_with(
         plan,
         dry_run: spec.dry_run,
         bytes_copied_total,
+        retention_only,
     };
-    let status = evaluated_status(&base, &evaluation);
+    let mut status = evaluated_status(&base, &evaluation);
+    if let Err(e) = super::restore_link::link(&context.client, policy, &mut status).await {
+        warn!(policy = %name, namespace, error = %e, "automatic restore not linked");
+    }
     // The base may already be on the server (the Reconciling write); compare
     // with what the server has, or the Reconciling condition would stay.
     let server = if finished_run.is_some() {
@@ -637,6 +737,201 @@ async fn copy_all(
         }
     }
     tally
+}
+
+/// What one retention pass did (or, dry run, would do).
+#[derive(Default)]
+struct RetentionOutcome {
+    /// `repository@digest (reason)` deleted.
+    deleted: Vec<String>,
+    /// Dry run: `repository@digest` that would be deleted.
+    planned: Vec<String>,
+    /// What could not be listed, read or deleted.
+    failures: Vec<String>,
+}
+
+fn reason_text(reason: DeleteReason) -> &'static str {
+    match reason {
+        DeleteReason::OlderThanMaxAge => "older than maxAgeDays",
+        DeleteReason::BeyondKeepLast => "beyond keepLast",
+    }
+}
+
+/// One retention pass over every repository the policy backs up into.
+/// A repository is left alone for this pass when anything about it cannot
+/// be known (a listing, a manifest, the digest a by-tag image is held
+/// at): retention deletes only on complete information.
+async fn retention_pass(
+    transfer: &Transfer,
+    tasks: &[CopyTask],
+    rules: &Rules,
+    in_use: &InUse,
+    memory: &mut PolicyMemory,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> RetentionOutcome {
+    let mut outcome = RetentionOutcome::default();
+    let mut repositories: std::collections::BTreeMap<(String, String), Vec<&CopyTask>> =
+        std::collections::BTreeMap::new();
+    for task in tasks {
+        repositories
+            .entry((
+                task.destination.registry.clone(),
+                task.destination.repository.clone(),
+            ))
+            .or_default()
+            .push(task);
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    'repositories: for ((registry, repository), repository_tasks) in repositories {
+        let name = format!("{registry}/{repository}");
+        let target = RepositoryRef::new(registry.clone(), repository.clone());
+        // By-tag images are in use at whatever digest their tag holds here.
+        let mut in_use_here = in_use.clone();
+        for task in repository_tasks
+            .iter()
+            .filter(|t| t.source.digest.is_none())
+        {
+            let known = memory
+                .verified
+                .get(&(task.target_name.clone(), task.image_key.clone()))
+                .map(|v| v.digest.clone())
+                .filter(|d| !d.is_empty());
+            if let Some(digest) = known {
+                in_use_here.insert(digest);
+                continue;
+            }
+            let held = match image_ref(&task.destination) {
+                Ok(reference) => transfer.manifest_digest(&reference).await,
+                Err(e) => Err(e),
+            };
+            match held {
+                Ok(Some(digest)) => {
+                    in_use_here.insert(digest.to_string());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    outcome
+                        .failures
+                        .push(format!("{}: reading tag: {e}", task.destination));
+                    continue 'repositories;
+                }
+            }
+        }
+        let tags = match transfer.list_tags(&target).await {
+            Ok(tags) => tags,
+            Err(e) => {
+                outcome.failures.push(format!("{name}: listing tags: {e}"));
+                continue;
+            }
+        };
+        let mut backups = Vec::new();
+        for tag in tags {
+            if lifeboat_tag_digest(&tag).is_none() {
+                continue;
+            }
+            let key = (name.clone(), tag.clone());
+            seen.insert(key.clone());
+            if let Some(backup) = memory.retention_cache.get(&key) {
+                backups.push(backup.clone());
+                continue;
+            }
+            let summary = match ImageRef::parse(&format!("{name}:{tag}")) {
+                Ok(reference) => transfer.manifest_summary(&reference).await,
+                Err(e) => Err(e),
+            };
+            match summary {
+                Ok(Some(summary)) => {
+                    let backup = Backup {
+                        tag,
+                        digest: summary.digest.to_string(),
+                        created: parse_created(summary.created.as_deref()),
+                    };
+                    memory.retention_cache.insert(key, backup.clone());
+                    backups.push(backup);
+                }
+                // Deleted between listing and reading: nothing to keep.
+                Ok(None) => {}
+                Err(e) => {
+                    outcome.failures.push(format!("{name}:{tag}: reading: {e}"));
+                    continue 'repositories;
+                }
+            }
+        }
+        for deletion in plan_deletions(rules, &backups, &in_use_here, now) {
+            let reference = format!("{name}@{}", deletion.digest);
+            if dry_run {
+                outcome.planned.push(reference);
+                continue;
+            }
+            let Some(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
+                continue;
+            };
+            match transfer.delete_manifest(&target, &digest).await {
+                Ok(_) => {
+                    info!(reference = %reference, reason = reason_text(deletion.reason), "retention deleted a backup");
+                    for tag in &deletion.tags {
+                        memory.retention_cache.remove(&(name.clone(), tag.clone()));
+                    }
+                    outcome
+                        .deleted
+                        .push(format!("{reference} ({})", reason_text(deletion.reason)));
+                }
+                Err(e) => outcome.failures.push(format!("deleting {reference}: {e}")),
+            }
+        }
+    }
+    memory.retention_cache.retain(|key, _| seen.contains(key));
+    outcome
+}
+
+/// Events and metrics for a retention pass.
+async fn report_retention(
+    controller: &BackupController,
+    policy: &ImageBackupPolicy,
+    outcome: &RetentionOutcome,
+    labels: &[KeyValue; 3],
+) {
+    let metrics = &controller.context.metrics;
+    if !outcome.deleted.is_empty() {
+        metrics
+            .retention_deleted
+            .add(outcome.deleted.len() as u64, labels);
+        publish(
+            controller,
+            &policy.object_ref(&()),
+            EventType::Normal,
+            "RetentionDeleted",
+            "Retention",
+            format!(
+                "deleted {} digests: {}",
+                outcome.deleted.len(),
+                outcome.deleted.join(", ")
+            ),
+        )
+        .await;
+    }
+    if !outcome.failures.is_empty() {
+        metrics
+            .retention_failures
+            .add(outcome.failures.len() as u64, labels);
+        for failure in &outcome.failures {
+            warn!(policy = %policy.name_any(), %failure, "retention step failed");
+        }
+        publish(
+            controller,
+            &policy.object_ref(&()),
+            EventType::Warning,
+            "RetentionFailed",
+            "Retention",
+            format!(
+                "{} retention steps failed (those repositories are left alone until the next pass); first: {}",
+                outcome.failures.len(),
+                outcome.failures[0]
+            ),
+        )
+        .await;
+    }
 }
 
 /// Looks up due images in their source registries, a few at a time per

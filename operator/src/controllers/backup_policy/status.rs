@@ -46,6 +46,9 @@ pub struct Evaluation {
     pub plan: Option<DryRunPlan>,
     pub dry_run: bool,
     pub bytes_copied_total: i64,
+    /// `finished_run` is a retention pass outside a backup run: it goes
+    /// into the history but says nothing about backups.
+    pub retention_only: bool,
 }
 
 /// Kubernetes `Time` has second precision on the wire: compare like it.
@@ -148,10 +151,12 @@ pub fn evaluated_status(
     if let Some(run) = &evaluation.finished_run {
         status.history.insert(0, run.clone());
         status.history.truncate(MAX_HISTORY);
-        if matches!(
-            run.result,
-            lifeboat_api::backup_policy::RunResult::Succeeded
-        ) {
+        if !evaluation.retention_only
+            && matches!(
+                run.result,
+                lifeboat_api::backup_policy::RunResult::Succeeded
+            )
+        {
             status.last_successful_time = run.completion_time.clone();
         }
     }
@@ -190,8 +195,9 @@ pub fn evaluated_status(
             ConditionStatus::True,
             reasons::DRY_RUN,
             format!(
-                "dry run: {selected} images selected, {} would be copied; nothing is written",
-                evaluation.plan.as_ref().map_or(0, |p| p.would_copy_total)
+                "dry run: {selected} images selected, {} would be copied, {} deleted by retention; nothing is written",
+                evaluation.plan.as_ref().map_or(0, |p| p.would_copy_total),
+                evaluation.plan.as_ref().map_or(0, |p| p.would_delete_total)
             ),
             generation,
         );
@@ -237,7 +243,11 @@ pub fn evaluated_status(
         );
     }
 
-    if let Some(run) = &evaluation.finished_run {
+    if let Some(run) = evaluation
+        .finished_run
+        .as_ref()
+        .filter(|_| !evaluation.retention_only)
+    {
         use lifeboat_api::backup_policy::RunResult;
         let (value, reason) = match run.result {
             RunResult::Succeeded => (ConditionStatus::True, reasons::BACKUP_SUCCEEDED),
@@ -432,12 +442,55 @@ mod tests {
             plan: None,
             dry_run: false,
             bytes_copied_total: 0,
+            retention_only: false,
         }
     }
 
     fn reason(status: &ImageBackupPolicyStatus, type_: &str) -> (String, String) {
         let c = find_condition(&status.conditions, type_).unwrap();
         (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_retention_pass_goes_into_history_without_claiming_a_backup() {
+        let record = RunRecord {
+            trigger: RunTrigger::Continuous,
+            result: RunResult::Succeeded,
+            start_time: time(at(0)),
+            completion_time: Some(time(at(0))),
+            scheduled_time: None,
+            copied: 0,
+            up_to_date: 0,
+            failed: 0,
+            deleted: 2,
+            bytes_copied: 0,
+            message: Some("retention deleted 2 digests".into()),
+        };
+        let mut failed_before = ImageBackupPolicyStatus::default();
+        set(
+            &mut failed_before,
+            &time(at(-60)),
+            types::LAST_BACKUP_SUCCEEDED,
+            ConditionStatus::False,
+            reasons::BACKUP_FAILED,
+            "1 failed",
+            3,
+        );
+        let status = evaluated_status(
+            &failed_before,
+            &Evaluation {
+                finished_run: Some(record),
+                retention_only: true,
+                ..evaluation(vec![image("a", &["backup"])])
+            },
+        );
+        assert_eq!(status.history.len(), 1);
+        assert_eq!(status.history[0].deleted, 2);
+        assert_eq!(
+            reason(&status, types::LAST_BACKUP_SUCCEEDED),
+            ("False".into(), "BackupFailed".into())
+        );
+        assert_eq!(status.last_successful_time, None);
     }
 
     #[test]
