@@ -21,6 +21,8 @@ declare -A wanted=(
   [socat]=socat
   # YAML to JSON in the chart tests (tests/e2e/helm-chart.sh).
   [/usr/lib/python3/dist-packages/yaml/__init__.py]=python3-yaml
+  # promtool: unit tests of the Prometheus alerts (config/monitoring).
+  [promtool]=prometheus
 )
 
 missing=()
@@ -46,8 +48,9 @@ if [[ ! -d /var/lib/apt/lists ]] || [[ -z "$(find /var/lib/apt/lists -maxdepth 1
 fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian packages start services we do not want: the cluster runs its own
-# containerd and registries with their own configs and sockets.
-for svc in containerd docker-registry; do
+# containerd and registries with their own configs and sockets, and only
+# promtool of the prometheus package is used.
+for svc in containerd docker-registry prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
     systemctl disable "$svc" >/dev/null 2>&1 || true

@@ -36,6 +36,12 @@ step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warning
 step "cargo clippy --all-features" cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 step "cargo test" cargo test --workspace --no-fail-fast
 step "cargo test (operator, feature otlp)" cargo test -p lifeboat-operator --features otlp --lib --no-fail-fast
+# GitOps and monitoring integrations (config/gitops, config/monitoring).
+step "argocd-cm and rules copies current" hack/render-integrations.sh --check
+step "go test lifeboat-health (Argo CD Lua, kstatus, kube-state-metrics paths)" \
+  bash -c 'cd hack/tools/lifeboat-health && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly go test -count=1 ./...'
+step "promtool check and test the alerts" \
+  bash -c 'promtool check rules config/monitoring/prometheus-rules.yaml && promtool test rules config/monitoring/tests/*.test.yaml'
 
 source hack/cluster/env.sh
 cluster_started_here=false

@@ -564,6 +564,10 @@ pub const MAX_RESTORE_LOCATIONS: usize = 16;
 /// What the operator observed and did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `default: {}` makes the API server fill in an empty status, and with it
+// `observedGeneration: -1`, on objects nobody has reconciled yet, so kstatus
+// and `kubectl wait` never mistake a fresh object for a current one.
+#[schemars(extend("default" = {}))]
 pub struct ImageBackupPolicyStatus {
     /// The `.metadata.generation` this status is about; -1 until the
     /// operator has looked at the object.

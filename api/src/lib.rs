@@ -6,6 +6,7 @@
 pub mod backup_policy;
 pub mod conditions;
 pub mod crd;
+pub mod docs;
 pub mod error;
 pub mod patterns;
 pub mod reference;

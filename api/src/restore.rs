@@ -332,6 +332,10 @@ impl RestoreDestination {
 /// What the restore has done so far.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `default: {}` makes the API server fill in an empty status, and with it
+// `observedGeneration: -1`, on objects nobody has reconciled yet, so kstatus
+// and `kubectl wait` never mistake a fresh object for a current one.
+#[schemars(extend("default" = {}))]
 pub struct ImageRestoreStatus {
     /// The `.metadata.generation` this status is about; -1 until the
     /// operator has looked at the object.

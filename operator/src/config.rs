@@ -23,6 +23,17 @@ pub struct OperatorConfig {
     pub plain_http_registries: Vec<String>,
     /// Image copies running at once over all policies.
     pub max_concurrent_copies: usize,
+    /// `imagePullPolicy` of the export Jobs.
+    pub node_exporter_pull_policy: String,
+    /// The containerd socket on the nodes; `{node}` stands for the node's
+    /// name (a development cluster with one containerd per node).
+    pub containerd_socket: String,
+    /// Tolerations of the export Jobs (JSON list in the environment).
+    pub node_exporter_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Whether export Jobs use the node's network.
+    pub node_exporter_host_network: bool,
+    /// Pull secrets (in the operator's namespace) for the export Jobs.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl OperatorConfig {
@@ -83,7 +94,50 @@ impl OperatorConfig {
             .filter(|r| !r.is_empty())
             .map(str::to_owned)
             .collect();
+        let node_exporter_pull_policy = match get("LIFEBOAT_NODE_EXPORTER_PULL_POLICY") {
+            None => "IfNotPresent".to_owned(),
+            Some(p) if ["Always", "IfNotPresent", "Never"].contains(&p.as_str()) => p,
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_NODE_EXPORTER_PULL_POLICY must be Always, IfNotPresent or Never, not {other:?}"
+                )));
+            }
+        };
+        let containerd_socket = get("LIFEBOAT_CONTAINERD_SOCKET")
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "/run/containerd/containerd.sock".to_owned());
+        let node_exporter_tolerations = match get("LIFEBOAT_NODE_EXPORTER_TOLERATIONS") {
+            None => Vec::new(),
+            Some(text) if text.trim().is_empty() || text.trim() == "null" => Vec::new(),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                OperatorError::Config(format!(
+                    "LIFEBOAT_NODE_EXPORTER_TOLERATIONS must be a JSON list of tolerations: {e}"
+                ))
+            })?,
+        };
+        let node_exporter_host_network = match get("LIFEBOAT_NODE_EXPORTER_HOST_NETWORK").as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_NODE_EXPORTER_HOST_NETWORK must be true or false, not {other:?}"
+                )));
+            }
+        };
+        let image_pull_secrets = get("LIFEBOAT_IMAGE_PULL_SECRETS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
         Ok(OperatorConfig {
+            node_exporter_pull_policy,
+            containerd_socket,
+            node_exporter_tolerations,
+            node_exporter_host_network,
+            image_pull_secrets,
             source_check_interval,
             plain_http_registries,
             max_concurrent_copies,
@@ -143,6 +197,44 @@ mod tests {
             .to_string();
         assert!(
             error.contains("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn export_job_settings_from_the_environment() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.containerd_socket, "/run/containerd/containerd.sock");
+        assert!(c.node_exporter_tolerations.is_empty());
+        assert!(!c.node_exporter_host_network);
+        let c = config(&[
+            (
+                "LIFEBOAT_CONTAINERD_SOCKET",
+                "/var/lib/lifeboat-cluster/nodes/{node}/containerd.sock",
+            ),
+            (
+                "LIFEBOAT_NODE_EXPORTER_TOLERATIONS",
+                r#"[{"operator":"Exists"}]"#,
+            ),
+            ("LIFEBOAT_NODE_EXPORTER_HOST_NETWORK", "true"),
+            ("LIFEBOAT_NODE_EXPORTER_PULL_POLICY", "Never"),
+            ("LIFEBOAT_IMAGE_PULL_SECRETS", "a, b"),
+        ])
+        .unwrap();
+        assert!(c.containerd_socket.contains("{node}"));
+        assert_eq!(c.node_exporter_tolerations.len(), 1);
+        assert_eq!(
+            c.node_exporter_tolerations[0].operator.as_deref(),
+            Some("Exists")
+        );
+        assert!(c.node_exporter_host_network);
+        assert_eq!(c.node_exporter_pull_policy, "Never");
+        assert_eq!(c.image_pull_secrets, ["a", "b"]);
+        let error = config(&[("LIFEBOAT_NODE_EXPORTER_TOLERATIONS", "{")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("LIFEBOAT_NODE_EXPORTER_TOLERATIONS"),
             "{error}"
         );
     }

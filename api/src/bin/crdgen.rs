@@ -1,4 +1,4 @@
-//! Writes `config/crd/*.yaml` from the Rust types.
+//! Writes `config/crd/*.yaml` and `docs/reference.md` from the Rust types.
 //!
 //! ```text
 //! cargo run -p lifeboat-api --bin crdgen            # write the files
@@ -36,7 +36,10 @@ fn main() -> ExitCode {
     }
 
     let files = match lifeboat_api::crd::generated_files() {
-        Ok(files) => files,
+        Ok(mut files) => {
+            files.push(lifeboat_api::docs::reference_file());
+            files
+        }
         Err(e) => {
             eprintln!("crdgen: {e}");
             return ExitCode::FAILURE;

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod plan;
 pub mod reconcile;
 pub mod registry;
+pub mod restore_link;
 pub mod retention;
 pub mod status;
 

@@ -594,7 +594,10 @@ async fn reconcile_with(
         bytes_copied_total,
         retention_only,
     };
-    let status = evaluated_status(&base, &evaluation);
+    let mut status = evaluated_status(&base, &evaluation);
+    if let Err(e) = super::restore_link::link(&context.client, policy, &mut status).await {
+        warn!(policy = %name, namespace, error = %e, "automatic restore not linked");
+    }
     // The base may already be on the server (the Reconciling write); compare
     // with what the server has, or the Reconciling condition would stay.
     let server = if finished_run.is_some() {

@@ -29,7 +29,7 @@ pub struct PolicySettings {
 
 const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
 
-async fn docker_config(
+pub async fn docker_config(
     secrets: &Api<Secret>,
     namespace: &str,
     name: &str,
@@ -62,7 +62,7 @@ async fn docker_config(
     Ok(config)
 }
 
-async fn ca_bundle(
+pub async fn ca_bundle(
     client: &Client,
     namespace: &str,
     bundle: &lifeboat_api::backup_policy::CaBundle,

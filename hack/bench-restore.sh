@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Time from an image's deletion in its source registry to a successful
+# re-pull, for a 100 MiB image, restored from the backup registry and from
+# the containerd of the node that holds it. On the local cluster, with the
+# operator deployed as tests/e2e/operator-restore.sh deploys it.
+#
+#   hack/bench-restore.sh [--deploy] [rounds]
+#
+# --deploy builds and loads Lifeboat's images and (re)starts the operator
+# first. Prints one Markdown table row per mode and round.
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
+
+deploy=false
+[[ "${1:-}" == "--deploy" ]] && { deploy=true; shift; }
+rounds="${1:-1}"
+ns="bench-restore-$RANDOM"
+base="bench/restore-$RANDOM"
+holder="${NODE_NAMES[0]}"
+other="${NODE_NAMES[1]}"
+work="$(mktemp -d)"
+trap 'k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1; rm -rf "$work"' EXIT
+
+if $deploy; then
+  "$REPO_ROOT/hack/images/lifeboat-images.sh" >/dev/null
+  k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd" >/dev/null
+  k apply -f "$REPO_ROOT/config/operator" >/dev/null
+  k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
+  k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s >/dev/null
+fi
+
+k create namespace "$ns" >/dev/null
+k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
+  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+echo "| source | round | deletion → restore Ready (s) | deletion → re-pulled on the other node (s) | restored digest = original |"
+echo "|---|---:|---:|---:|---|"
+for round in $(seq 1 "$rounds"); do
+  for mode in backup node; do
+    name="$mode-$round"
+    repo="$base/$name"
+    python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$repo:1" --busybox \
+      --random-layer "104857600:$repo-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null
+    skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$repo:1" "docker://$SOURCE_REGISTRY/$repo:1"
+    digest="$(registry_digest "$repo" 1)"
+    k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $name}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $name}}
+  template:
+    metadata: {labels: {app: $name}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: $holder}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: "$SOURCE_REGISTRY/$repo:1"}
+YAML
+    k -n "$ns" rollout status "deploy/$name" --timeout=180s >/dev/null
+    source_yaml="source: {type: NodeCache}"
+    if [[ "$mode" == backup ]]; then
+      k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: $name}
+spec:
+  selector: {images: {include: ["**/${repo#bench/}"]}}
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "bench/{policyNamespace}/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+YAML
+      k -n "$ns" wait --for=condition=Ready "ibp/$name" --timeout=300s >/dev/null
+      source_yaml="source: {type: BackupRegistry, backup: {policyName: $name}}"
+    fi
+    # The loss: manifest, tag and (garbage collection) blobs.
+    curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$repo/manifests/$digest" >/dev/null
+    docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+    t0="$(now)"
+    k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageRestore
+metadata: {name: $name}
+spec:
+  images: ["$SOURCE_REGISTRY/$repo:1@$digest"]
+  $source_yaml
+YAML
+    k -n "$ns" wait --for=condition=Ready "imagerestore/$name" --timeout=600s >/dev/null
+    t1="$(now)"
+    k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: repull-$name}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $other}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: "$SOURCE_REGISTRY/$repo@$digest", imagePullPolicy: Always}
+YAML
+    k -n "$ns" wait --for=condition=Ready "pod/repull-$name" --timeout=600s >/dev/null
+    t2="$(now)"
+    restored="$(k -n "$ns" get imagerestore "$name" -o jsonpath='{.status.images[0].restoredDigest}')"
+    same=no; [[ "$restored" == "$digest" ]] && same=yes
+    label="backup registry"; [[ "$mode" == node ]] && label="node cache ($holder)"
+    echo "| $label | $round | $(since "$t0" "$t1") | $(since "$t0" "$t2") | $same |"
+  done
+done

@@ -1,0 +1,693 @@
+//! The Kubernetes objects a restore runs on nodes, built from data (pure),
+//! and the results they report, parsed from termination messages.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Secret,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Deserialize;
+
+/// node-exporter's exit codes (`node-exporter/src/report.rs`, `report::exit`):
+/// the contract between the two binaries, mirrored here because the
+/// operator does not link node-exporter (and its containerd client).
+pub mod exit {
+    pub const OTHER: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NOT_ON_NODE: i32 = 3;
+    pub const PUSH_FAILED: i32 = 4;
+    pub const NO_CONTAINERD: i32 = 5;
+}
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_RESTORE_UID: &str = "lifeboat.dev/restore-uid";
+pub const LABEL_RESTORE_NAMESPACE: &str = "lifeboat.dev/restore-namespace";
+pub const LABEL_NODE: &str = "lifeboat.dev/node";
+pub const ANNOTATION_RESTORE: &str = "lifeboat.dev/restore";
+pub const MANAGED_BY: &str = "lifeboat-operator";
+
+/// Where the containerd socket is mounted inside export pods.
+pub const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
+/// Where the registry credentials are mounted.
+pub const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
+pub const DOCKER_CONFIG_FILE: &str = "config.json";
+
+/// How export and inventory Jobs are run (from the operator's
+/// configuration), the same for every restore.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSettings {
+    pub namespace: String,
+    pub image: String,
+    pub pull_policy: String,
+    /// The socket's path on the node; `{node}` stands for the node's name.
+    pub socket_template: String,
+    pub tolerations: Vec<Toleration>,
+    pub host_network: bool,
+    pub image_pull_secrets: Vec<String>,
+    pub plain_http_registries: Vec<String>,
+}
+
+impl JobSettings {
+    pub fn socket_path(&self, node: &str) -> String {
+        self.socket_template.replace("{node}", node)
+    }
+}
+
+/// One export Job: which restore, which node, what to push where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportJob {
+    pub name: String,
+    pub node: String,
+    pub restore_namespace: String,
+    pub restore_name: String,
+    pub restore_uid: String,
+    /// `SRC=DEST` (or `SRC`) arguments for node-exporter.
+    pub images: Vec<String>,
+    /// Secret (in the operator's namespace) with `.dockerconfigjson`.
+    pub credentials_secret: Option<String>,
+    /// Extra tolerations from the restore's spec (and the cordon taint when
+    /// the node is a last resort).
+    pub tolerations: Vec<Toleration>,
+    /// Registries to speak plain HTTP to, besides the configured ones.
+    pub plain_http: Vec<String>,
+    pub active_deadline_seconds: i64,
+    /// Set when the restore lives in the operator's namespace.
+    pub owner: Option<OwnerReference>,
+}
+
+/// Retries of a pod that failed for a reason worth retrying.
+pub const EXPORT_BACKOFF_LIMIT: i32 = 3;
+pub const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
+pub const INVENTORY_DEADLINE_SECONDS: i64 = 120;
+pub const INVENTORY_TTL_SECONDS: i32 = 300;
+
+fn labels(component: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = [
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_COMPONENT.to_owned(), component.to_owned()),
+    ]
+    .into();
+    for (k, v) in extra {
+        labels.insert((*k).to_owned(), label_value(v));
+    }
+    labels
+}
+
+/// A label value: at most 63 characters of `[a-zA-Z0-9._-]`, alphanumeric
+/// at both ends.
+fn label_value(text: &str) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+/// node-exporter's exit codes as a pod failure policy: bad arguments, an
+/// image not on the node, and no containerd fail the Job at once (a retry on
+/// the same node cannot help); a pod disrupted (evicted, preempted, node
+/// drained) is retried without counting; other failures (a push that failed
+/// after the engine's retries, a containerd error) count against
+/// `backoffLimit`.
+pub fn pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "FailJob".to_owned(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some("node-exporter".to_owned()),
+                    operator: "In".to_owned(),
+                    values: vec![exit::USAGE, exit::NOT_ON_NODE, exit::NO_CONTAINERD],
+                }),
+                on_pod_conditions: None,
+            },
+            PodFailurePolicyRule {
+                action: "Ignore".to_owned(),
+                on_exit_codes: None,
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".to_owned(),
+                    status: "True".to_owned(),
+                }]),
+            },
+        ],
+    }
+}
+
+fn pinned_to(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".to_owned(),
+                        operator: "In".to_owned(),
+                        values: Some(vec![node.to_owned()]),
+                    }]),
+                    match_expressions: None,
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        // The containerd socket is root's.
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod both kinds of Job run: node-exporter pinned to the node, the
+/// containerd socket as a hostPath of type Socket, no token, nothing else.
+fn pod(
+    settings: &JobSettings,
+    node: &str,
+    args: Vec<String>,
+    credentials_secret: Option<&str>,
+    extra_tolerations: &[Toleration],
+) -> PodSpec {
+    let mut mounts = vec![VolumeMount {
+        name: "containerd".to_owned(),
+        mount_path: SOCKET_MOUNT.to_owned(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "containerd".to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: settings.socket_path(node),
+            type_: Some("Socket".to_owned()),
+        }),
+        ..Volume::default()
+    }];
+    if let Some(secret) = credentials_secret {
+        mounts.push(VolumeMount {
+            name: "registry-credentials".to_owned(),
+            mount_path: DOCKER_CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "registry-credentials".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".to_owned(),
+                    path: DOCKER_CONFIG_FILE.to_owned(),
+                    mode: Some(0o400),
+                }]),
+                default_mode: Some(0o400),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    let mut tolerations = settings.tolerations.clone();
+    for t in extra_tolerations {
+        if !tolerations.contains(t) {
+            tolerations.push(t.clone());
+        }
+    }
+    PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        host_network: settings.host_network.then_some(true),
+        affinity: Some(pinned_to(node)),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        termination_grace_period_seconds: Some(10),
+        image_pull_secrets: (!settings.image_pull_secrets.is_empty()).then(|| {
+            settings
+                .image_pull_secrets
+                .iter()
+                .map(|name| k8s_openapi::api::core::v1::LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
+        containers: vec![Container {
+            name: "node-exporter".to_owned(),
+            image: Some(settings.image.clone()),
+            image_pull_policy: Some(settings.pull_policy.clone()),
+            args: Some(args),
+            security_context: Some(hardened()),
+            volume_mounts: Some(mounts),
+            termination_message_policy: Some("File".to_owned()),
+            ..Container::default()
+        }],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+fn plain_http_args(settings: &JobSettings, extra: &[String]) -> Vec<String> {
+    let mut registries: Vec<&String> = settings.plain_http_registries.iter().chain(extra).collect();
+    registries.sort();
+    registries.dedup();
+    registries
+        .into_iter()
+        .flat_map(|r| ["--plain-http".to_owned(), r.clone()])
+        .collect()
+}
+
+/// The export Job for one node of one restore.
+pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
+    let mut args = vec!["export".to_owned()];
+    for image in &job.images {
+        args.push("--image".to_owned());
+        args.push(image.clone());
+    }
+    args.extend(plain_http_args(settings, &job.plain_http));
+    args.extend(["--socket".to_owned(), SOCKET_MOUNT.to_owned()]);
+    if job.credentials_secret.is_some() {
+        args.extend([
+            "--docker-config".to_owned(),
+            format!("{DOCKER_CONFIG_DIR}/{DOCKER_CONFIG_FILE}"),
+        ]);
+    }
+    let labels = labels(
+        "export",
+        &[
+            (LABEL_RESTORE_UID, &job.restore_uid),
+            (LABEL_RESTORE_NAMESPACE, &job.restore_namespace),
+            (LABEL_NODE, &job.node),
+        ],
+    );
+    let annotations: BTreeMap<String, String> = [(
+        ANNOTATION_RESTORE.to_owned(),
+        format!("{}/{}", job.restore_namespace, job.restore_name),
+    )]
+    .into();
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job.name.clone()),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            owner_references: job.owner.clone().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(EXPORT_BACKOFF_LIMIT),
+            active_deadline_seconds: Some(job.active_deadline_seconds),
+            ttl_seconds_after_finished: Some(TTL_SECONDS_AFTER_FINISHED),
+            pod_failure_policy: Some(pod_failure_policy()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod(
+                    settings,
+                    &job.node,
+                    args,
+                    job.credentials_secret.as_deref(),
+                    &job.tolerations,
+                )),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A short read-only Job asking one node's containerd which of `images` it
+/// holds (`node-exporter inventory`).
+pub fn inventory_job(
+    settings: &JobSettings,
+    name: &str,
+    node: &str,
+    images: &[String],
+    extra_tolerations: &[Toleration],
+) -> Job {
+    let mut args = vec!["inventory".to_owned()];
+    for image in images {
+        args.push("--image".to_owned());
+        args.push(image.clone());
+    }
+    args.extend(["--socket".to_owned(), SOCKET_MOUNT.to_owned()]);
+    let labels = labels("inventory", &[(LABEL_NODE, node)]);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(INVENTORY_DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(INVENTORY_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod(settings, node, args, None, extra_tolerations)),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Secret export Jobs mount: the restore's push credentials, copied
+/// into the operator's namespace (pods can only mount Secrets of their own
+/// namespace).
+pub fn credentials_secret(
+    namespace: &str,
+    name: &str,
+    restore_uid: &str,
+    restore_namespace: &str,
+    docker_config_json: Vec<u8>,
+    owner: Option<OwnerReference>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels(
+                "restore-credentials",
+                &[
+                    (LABEL_RESTORE_UID, restore_uid),
+                    (LABEL_RESTORE_NAMESPACE, restore_namespace),
+                ],
+            )),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".to_owned()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_owned(),
+                ByteString(docker_config_json),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
+    }
+}
+
+// --- results ---------------------------------------------------------------------------
+
+/// One image's result in node-exporter's export termination message.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportResult {
+    pub image: String,
+    pub status: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub original_digest: Option<String>,
+    #[serde(default)]
+    pub incomplete_index: Option<String>,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct RunError {
+    pub reason: String,
+    pub message: String,
+}
+
+/// node-exporter's export report (the compact termination message).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ExportReport {
+    pub v: u32,
+    #[serde(default)]
+    pub results: Vec<ExportResult>,
+    #[serde(default)]
+    pub omitted: usize,
+    #[serde(default)]
+    pub error: Option<RunError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct InventoryEntry {
+    pub digest: String,
+    pub exportable: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// node-exporter's inventory report (the compact termination message).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct InventoryReport {
+    pub v: u32,
+    #[serde(default)]
+    pub images: Vec<InventoryEntry>,
+    #[serde(default)]
+    pub missing: Vec<String>,
+    #[serde(default)]
+    pub omitted: usize,
+    #[serde(default)]
+    pub error: Option<RunError>,
+}
+
+pub fn parse_export_report(message: &str) -> Option<ExportReport> {
+    serde_json::from_str(message.trim()).ok()
+}
+
+pub fn parse_inventory_report(message: &str) -> Option<InventoryReport> {
+    serde_json::from_str(message.trim()).ok()
+}
+
+/// What an inventory says about each image asked: by the name it was asked
+/// as. An image neither listed nor missing (cut from the message) is left
+/// out, so it is asked again.
+pub fn inventory_holdings(
+    report: &InventoryReport,
+    asked: &[String],
+) -> BTreeMap<String, super::planning::Exportable> {
+    use super::planning::Exportable;
+    let mut holdings = BTreeMap::new();
+    for image in asked {
+        let digest = image.rsplit_once('@').map(|(_, d)| d);
+        let entry = report.images.iter().find(|e| {
+            e.name.as_deref() == Some(image.as_str()) || Some(e.digest.as_str()) == digest
+        });
+        if let Some(entry) = entry {
+            holdings.insert(image.clone(), Exportable::parse(&entry.exportable));
+        } else if report.missing.iter().any(|m| m == image) {
+            holdings.insert(image.clone(), Exportable::None);
+        }
+    }
+    holdings
+}
+
+/// The `SRC=DEST` argument (just `SRC` when restoring in place).
+pub fn export_argument(source: &str, destination: &str) -> String {
+    let bare_source = source.split_once('@').map_or(source, |(n, _)| n);
+    let bare_destination = destination.split_once('@').map_or(destination, |(n, _)| n);
+    if bare_source == bare_destination || source == destination {
+        source.to_owned()
+    } else {
+        format!("{source}={destination}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> JobSettings {
+        JobSettings {
+            namespace: "lifeboat-system".into(),
+            image: "lifeboat.local/node-exporter:dev".into(),
+            pull_policy: "Never".into(),
+            socket_template: "/var/lib/lifeboat-cluster/nodes/{node}/containerd.sock".into(),
+            tolerations: vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }],
+            host_network: true,
+            image_pull_secrets: vec![],
+            plain_http_registries: vec!["127.0.0.1:5001".into()],
+        }
+    }
+
+    fn export() -> ExportJob {
+        ExportJob {
+            name: "lifeboat-restore-x-0123456789ab".into(),
+            node: "node-1".into(),
+            restore_namespace: "shop".into(),
+            restore_name: "x".into(),
+            restore_uid: "uid-1".into(),
+            images: vec!["127.0.0.1:5001/a@sha256:1".into()],
+            credentials_secret: Some("creds".into()),
+            tolerations: vec![],
+            plain_http: vec![],
+            active_deadline_seconds: 600,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn export_jobs_are_pinned_hardened_and_bounded() {
+        let job = export_job(&settings(), &export());
+        let value = serde_json::to_value(&job).unwrap();
+        let spec = &value["spec"];
+        assert_eq!(spec["backoffLimit"], EXPORT_BACKOFF_LIMIT);
+        assert_eq!(spec["activeDeadlineSeconds"], 600);
+        assert_eq!(spec["ttlSecondsAfterFinished"], TTL_SECONDS_AFTER_FINISHED);
+        let rules = &spec["podFailurePolicy"]["rules"];
+        assert_eq!(rules[0]["action"], "FailJob");
+        assert_eq!(
+            rules[0]["onExitCodes"]["values"],
+            serde_json::json!([2, 3, 5])
+        );
+        assert_eq!(rules[1]["action"], "Ignore");
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["hostNetwork"], true);
+        assert!(pod.get("nodeName").is_none());
+        let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"][0];
+        assert_eq!(term["key"], "metadata.name");
+        assert_eq!(term["values"], serde_json::json!(["node-1"]));
+        let volume = &pod["volumes"][0]["hostPath"];
+        assert_eq!(
+            volume["path"],
+            "/var/lib/lifeboat-cluster/nodes/node-1/containerd.sock"
+        );
+        assert_eq!(volume["type"], "Socket");
+        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "creds");
+        let container = &pod["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+        assert_eq!(
+            args,
+            [
+                "export",
+                "--image",
+                "127.0.0.1:5001/a@sha256:1",
+                "--plain-http",
+                "127.0.0.1:5001",
+                "--socket",
+                SOCKET_MOUNT,
+                "--docker-config",
+                "/var/run/lifeboat/registry/config.json"
+            ]
+        );
+        // Only Lifeboat's own labels; an owner only when given.
+        let labels = job.metadata.labels.unwrap();
+        assert!(
+            labels
+                .keys()
+                .all(|k| k.starts_with("app.kubernetes.io/") || k.starts_with("lifeboat.dev/"))
+        );
+        assert_eq!(labels[LABEL_RESTORE_UID], "uid-1");
+        assert!(job.metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn inventory_jobs_do_not_retry_and_mount_no_credentials() {
+        let job = inventory_job(&settings(), "inv", "node-2", &["a@sha256:1".into()], &[]);
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.volumes.unwrap().len(), 1);
+        assert_eq!(
+            pod.containers[0].args.clone().unwrap()[..3],
+            [
+                "inventory".to_owned(),
+                "--image".to_owned(),
+                "a@sha256:1".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn label_values_are_valid() {
+        assert_eq!(label_value("-a/b:c-"), "a-b-c");
+        assert!(label_value(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn export_reports_parse() {
+        let message = r#"{"v":1,"results":[{"image":"r/a@sha256:1","status":"Preserved","target":"r/a:sha256-1","digest":"sha256:1","bytes":10},
+            {"image":"r/b@sha256:2","status":"Failed","target":"r/b","reason":"ImageNotOnNode","message":"not here"}]}"#;
+        let report = parse_export_report(message).unwrap();
+        assert_eq!(report.results.len(), 2);
+        assert_eq!(report.results[0].digest.as_deref(), Some("sha256:1"));
+        assert_eq!(report.results[1].reason.as_deref(), Some("ImageNotOnNode"));
+        let failed = parse_export_report(
+            r#"{"v":1,"results":[],"error":{"reason":"ContainerdUnavailable","message":"m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(failed.error.unwrap().reason, "ContainerdUnavailable");
+        assert!(parse_export_report("killed").is_none());
+    }
+
+    #[test]
+    fn inventories_say_what_each_asked_image_is() {
+        use super::super::planning::Exportable;
+        let report = parse_inventory_report(
+            r#"{"v":1,"images":[{"digest":"sha256:1","exportable":"exact","name":"r/a@sha256:1"},
+                {"digest":"sha256:9","exportable":"platform","name":"r/c@sha256:3"}],"missing":["r/b@sha256:2"]}"#,
+        )
+        .unwrap();
+        let asked = vec![
+            "r/a@sha256:1".to_owned(),
+            "r/b@sha256:2".to_owned(),
+            "r/c@sha256:3".to_owned(),
+            "r/d@sha256:4".to_owned(),
+        ];
+        let holdings = inventory_holdings(&report, &asked);
+        assert_eq!(holdings["r/a@sha256:1"], Exportable::Exact);
+        assert_eq!(holdings["r/b@sha256:2"], Exportable::None);
+        assert_eq!(holdings["r/c@sha256:3"], Exportable::Platform);
+        assert!(!holdings.contains_key("r/d@sha256:4"));
+    }
+
+    #[test]
+    fn export_arguments_name_a_destination_only_when_it_differs() {
+        assert_eq!(export_argument("r/a@sha256:1", "r/a"), "r/a@sha256:1");
+        assert_eq!(
+            export_argument("r/a:1.0@sha256:1", "r/a:1.0"),
+            "r/a:1.0@sha256:1"
+        );
+        assert_eq!(
+            export_argument("r/a:1.0@sha256:1", "m/x/a:1.0"),
+            "r/a:1.0@sha256:1=m/x/a:1.0"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The ImageRestore controller: turns a restore into registry copies (from
+//! a backup target that holds the exact digest) and per-node export Jobs
+//! (node-exporter on the node whose containerd holds the image), verifies
+//! every restored digest at its destination, and reports per-image progress
+//! in the status, in Events and in metrics.
+//!
+//! Deciding is pure and unit-tested (`planning`: nodes and sources, `jobs`:
+//! the Job and Secret objects and the results they report, `status`:
+//! conditions); `reconcile` does the IO.
+
+pub mod jobs;
+pub mod planning;
+pub mod reconcile;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use lifeboat_api::ImageRestore;
+use tracing::warn;
+
+use crate::context::Context;
+use crate::error::OperatorError;
+use jobs::JobSettings;
+use planning::{Exportable, Holdings};
+
+/// Everything the restore reconciler shares across reconciles.
+pub struct RestoreController {
+    pub context: Arc<Context>,
+    pub recorder: Recorder,
+    pub settings: JobSettings,
+    /// What nodes said they hold: (node, image argument) → answer and when.
+    /// Only an optimisation (a restarted operator asks again).
+    pub inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
+    /// The last status written per restore (by uid). The operator is the
+    /// only writer of a restore's status, so this is never older than the
+    /// watch cache, which may lag behind a write: a reconcile started by a
+    /// Job event right after a write must not act on the older status
+    /// (that would repeat Events and metrics).
+    pub written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
+    /// Node exports tried per (restore uid, image), to bound retries on
+    /// other holders.
+    pub attempts: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl RestoreController {
+    pub fn new(context: Arc<Context>) -> RestoreController {
+        let config = &context.config;
+        let settings = JobSettings {
+            namespace: config.namespace.clone(),
+            image: config.node_exporter_image.clone(),
+            pull_policy: config.node_exporter_pull_policy.clone(),
+            socket_template: config.containerd_socket.clone(),
+            tolerations: config.node_exporter_tolerations.clone(),
+            host_network: config.node_exporter_host_network,
+            image_pull_secrets: config.image_pull_secrets.clone(),
+            plain_http_registries: config.plain_http_registries.clone(),
+        };
+        RestoreController {
+            recorder: Recorder::new(context.client.clone(), context.reporter.clone()),
+            settings,
+            context,
+            inventory: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fresh answers nodes gave.
+    pub fn known_holdings(&self, ttl: Duration) -> Holdings {
+        let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, at)| reconcile::fresh(*at, ttl));
+        reconcile::holdings_from(&cache, ttl)
+    }
+
+    /// The newest status of a restore: the one last written, else the
+    /// watch cache's.
+    pub fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
+        let uid = restore.uid().unwrap_or_default();
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match written.get(&uid) {
+            Some(status) => status.clone(),
+            None => restore.status_or_default(),
+        }
+    }
+
+    /// Notes a status written to the API server (or forgets a restore).
+    pub fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match status {
+            Some(status) => {
+                written.insert(uid.to_owned(), status);
+            }
+            None => {
+                written.remove(uid);
+                self.attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(u, _), _| u != uid);
+            }
+        }
+    }
+
+    /// Counts one more failed node export of an image; returns the count.
+    pub fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = attempts
+            .entry((uid.to_owned(), image.to_owned()))
+            .or_default();
+        *count += 1;
+        *count
+    }
+
+    /// Records a node's answers.
+    pub fn remember(&self, node: &str, holdings: std::collections::BTreeMap<String, Exportable>) {
+        let now = Instant::now();
+        let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
+        for (image, exportable) in holdings {
+            cache.insert((node.to_owned(), image), (exportable, now));
+        }
+    }
+}
+
+/// The restore an export Job belongs to (its annotation).
+fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
+    let text = job.annotations().get(jobs::ANNOTATION_RESTORE)?;
+    let (namespace, name) = text.split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// Runs the controller until its watch of restores ends.
+pub async fn run(context: Arc<Context>) {
+    let client = context.client.clone();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
+    let controller = Arc::new(RestoreController::new(context));
+    let restores: Api<ImageRestore> = Api::all(client);
+    let selector = format!(
+        "{}={},{}=export",
+        jobs::LABEL_MANAGED_BY,
+        jobs::MANAGED_BY,
+        jobs::LABEL_COMPONENT
+    );
+    Controller::new(restores, watcher::Config::default().any_semantic())
+        .watches(
+            jobs,
+            watcher::Config::default().labels(&selector).any_semantic(),
+            restore_of,
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(4))
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, controller)
+        .for_each(|result| {
+            match result {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => warn!(error = %e, "restore reconcile failed"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn error_policy(
+    restore: Arc<ImageRestore>,
+    error: &OperatorError,
+    controller: Arc<RestoreController>,
+) -> Action {
+    controller.context.metrics.reconcile_errors.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("kind", "ImageRestore"),
+            opentelemetry::KeyValue::new("reason", error.metric_label()),
+        ],
+    );
+    warn!(
+        restore = %restore.name_any(),
+        reason = error.reason(), error = %error, "reconcile failed; retrying"
+    );
+    if error.is_terminal() {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(10))
+    }
+}

@@ -1,0 +1,672 @@
+//! Deciding where each image of a restore comes from. Pure: facts in
+//! (nodes, what their content stores hold, which backups hold what), a plan
+//! out. The reconciler gathers the facts and carries the plan out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use lifeboat_api::ImageReference;
+use lifeboat_api::template::{TargetRegistry, TemplateContext, target_reference};
+use sha2::{Digest as _, Sha256};
+
+/// The taint a cordoned node carries.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// What the reconciler needs to know about a node.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct NodeFacts {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+impl NodeFacts {
+    pub fn from_node(node: &Node) -> NodeFacts {
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let spec = node.spec.as_ref();
+        NodeFacts {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            ready,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether and how a node may be used for exports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeUse {
+    /// Ready, schedulable, matching the selector, its taints tolerated.
+    Preferred,
+    /// Cordoned: only if no preferred node holds the image.
+    LastResort,
+    /// Not usable, and why.
+    Excluded(String),
+}
+
+/// Whether `toleration` tolerates `taint` (the scheduler's rule).
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect_matches = toleration
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    if !effect_matches {
+        return false;
+    }
+    match toleration.operator.as_deref() {
+        Some("Exists") => toleration
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key),
+        // Equal is the default.
+        _ => {
+            toleration.key.as_deref() == Some(taint.key.as_str())
+                && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+    }
+}
+
+/// Classifies a node for a restore's node selector and tolerations.
+/// A NotReady node is excluded: no Job can run there.
+pub fn classify_node(
+    node: &NodeFacts,
+    selector: &BTreeMap<String, String>,
+    tolerations: &[Toleration],
+) -> NodeUse {
+    if !node.ready {
+        return NodeUse::Excluded("NotReady".to_owned());
+    }
+    if let Some((key, value)) = selector
+        .iter()
+        .find(|(k, v)| node.labels.get(*k) != Some(*v))
+    {
+        return NodeUse::Excluded(format!("does not match the node selector {key}={value}"));
+    }
+    let untolerated = node.taints.iter().find(|taint| {
+        taint.key != UNSCHEDULABLE_TAINT
+            && (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
+            && !tolerations.iter().any(|t| tolerates(t, taint))
+    });
+    if let Some(taint) = untolerated {
+        return NodeUse::Excluded(format!(
+            "taint {}:{} is not tolerated",
+            taint.key, taint.effect
+        ));
+    }
+    if node.unschedulable {
+        return NodeUse::LastResort;
+    }
+    NodeUse::Preferred
+}
+
+/// How an image can be exported from a node (node-exporter's `exportable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exportable {
+    /// Every blob: digest-exact.
+    Exact,
+    /// One platform of an index, digest-exact for that manifest.
+    Platform,
+    /// Layers must be rebuilt: a new digest.
+    Rebuild,
+    /// Not on the node, or not recoverable.
+    None,
+}
+
+impl Exportable {
+    pub fn parse(text: &str) -> Exportable {
+        match text {
+            "exact" => Exportable::Exact,
+            "platform" => Exportable::Platform,
+            "rebuild" => Exportable::Rebuild,
+            _ => Exportable::None,
+        }
+    }
+}
+
+/// What each node holds, keyed by the image argument asked about.
+pub type Holdings = BTreeMap<String, BTreeMap<String, Exportable>>;
+
+/// Where one image will be exported from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeChoice {
+    Node {
+        node: String,
+        exportable: Exportable,
+    },
+    /// No usable node holds it; the message says which were asked.
+    NotFound(String),
+}
+
+/// Chooses a node per image: the best exportability first (every blob over
+/// one platform over a rebuild), then the node with the least work assigned
+/// so far (spreading exports), then by name (deterministic). Cordoned nodes
+/// only when no preferred node holds the image.
+pub fn choose_nodes(
+    images: &[String],
+    nodes: &BTreeMap<String, NodeUse>,
+    holdings: &Holdings,
+) -> BTreeMap<String, NodeChoice> {
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut choices = BTreeMap::new();
+    let mut sorted: Vec<&String> = images.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    for image in sorted {
+        let candidates = |wanted: &NodeUse| -> Vec<(Exportable, &str)> {
+            nodes
+                .iter()
+                .filter(|(_, use_)| *use_ == wanted)
+                .filter_map(|(node, _)| {
+                    let exportable = holdings.get(node)?.get(image).copied()?;
+                    (exportable != Exportable::None).then_some((exportable, node.as_str()))
+                })
+                .collect()
+        };
+        let mut found = candidates(&NodeUse::Preferred);
+        if found.is_empty() {
+            found = candidates(&NodeUse::LastResort);
+        }
+        let best = found.into_iter().min_by_key(|(exportable, node)| {
+            (*exportable, load.get(node).copied().unwrap_or(0), *node)
+        });
+        let choice = match best {
+            Some((exportable, node)) => {
+                *load.entry(node).or_default() += 1;
+                NodeChoice::Node {
+                    node: node.to_owned(),
+                    exportable,
+                }
+            }
+            None => {
+                let asked: Vec<&str> = nodes
+                    .iter()
+                    .filter(|(_, u)| !matches!(u, NodeUse::Excluded(_)))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                let excluded: Vec<String> = nodes
+                    .iter()
+                    .filter_map(|(n, u)| match u {
+                        NodeUse::Excluded(why) => Some(format!("{n} ({why})")),
+                        _ => None,
+                    })
+                    .collect();
+                let mut message = format!("no node holds {image} (asked: {})", list(&asked));
+                if !excluded.is_empty() {
+                    message.push_str(&format!("; not usable: {}", excluded.join(", ")));
+                }
+                NodeChoice::NotFound(message)
+            }
+        };
+        choices.insert(image.clone(), choice);
+    }
+    choices
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Whether an export failure means the node does not (completely) hold the
+/// image, so another holder is worth trying (node-exporter's reasons).
+pub fn node_lost_image(reason: Option<&str>) -> bool {
+    matches!(
+        reason,
+        Some("ImageNotOnNode" | "ContentMissing" | "LayerUnrecoverable")
+    )
+}
+
+/// Nodes that must still be asked about some of `images` (no fresh answer
+/// in `known`), with the images to ask each about.
+pub fn inventory_needed(
+    images: &[String],
+    nodes: &BTreeMap<String, NodeUse>,
+    known: &Holdings,
+) -> BTreeMap<String, Vec<String>> {
+    let mut needed = BTreeMap::new();
+    for (node, use_) in nodes {
+        if matches!(use_, NodeUse::Excluded(_)) {
+            continue;
+        }
+        let held = known.get(node);
+        let mut ask: Vec<String> = images
+            .iter()
+            .filter(|i| held.is_none_or(|h| !h.contains_key(*i)))
+            .cloned()
+            .collect();
+        ask.sort();
+        ask.dedup();
+        if !ask.is_empty() {
+            needed.insert(node.clone(), ask);
+        }
+    }
+    needed
+}
+
+/// The argument node-exporter is given for an image: the pinned form when
+/// a digest is known (exactly the lost content), else the reference.
+pub fn image_argument(reference: &ImageReference) -> String {
+    reference
+        .pinned()
+        .unwrap_or_else(|| reference.clone())
+        .to_string()
+}
+
+/// Where a restored image goes: back to its own repository, or under the
+/// destination override (the template rendered with the restore's
+/// namespace and name).
+pub fn destination_for(
+    image: &ImageReference,
+    override_: Option<(&TargetRegistry, &str)>,
+    context: TemplateContext<'_>,
+) -> Result<ImageReference, lifeboat_api::Error> {
+    match override_ {
+        None => Ok(image.clone()),
+        Some((registry, template)) => target_reference(registry, template, image, context),
+    }
+}
+
+/// One backup target of a policy, as a restore sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupCandidate {
+    pub policy: String,
+    pub target: String,
+    pub registry: TargetRegistry,
+    pub template: String,
+}
+
+/// The references in backup targets to look for an image, in order. Only
+/// digest-pinned images can be found in a backup (by exact digest).
+pub fn backup_references(
+    image: &ImageReference,
+    candidates: &[BackupCandidate],
+    namespace: &str,
+) -> Vec<(String, ImageReference)> {
+    if image.digest.is_none() {
+        return Vec::new();
+    }
+    candidates
+        .iter()
+        .filter_map(|c| {
+            let context = TemplateContext {
+                policy_namespace: namespace,
+                policy_name: &c.policy,
+            };
+            target_reference(&c.registry, &c.template, image, context)
+                .ok()
+                .map(|r| (c.target.clone(), r))
+        })
+        .collect()
+}
+
+fn short_hash(parts: &[&str], length: usize) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let mut text = hex::encode(hasher.finalize());
+    text.truncate(length);
+    text
+}
+
+/// A name prefix from an object name: lowercase alphanumerics and `-`,
+/// at most `max` characters, no trailing `-`.
+fn name_part(name: &str, max: usize) -> String {
+    let mut part: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    while part.ends_with('-') {
+        part.pop();
+    }
+    part
+}
+
+/// The export Job of one restore on one node for a batch of images:
+/// deterministic (a restarted operator computes the same name and finds
+/// the Job instead of creating another), at most 63 characters.
+pub fn export_job_name(
+    restore_name: &str,
+    restore_uid: &str,
+    node: &str,
+    images: &[String],
+) -> String {
+    let mut sorted: Vec<&str> = images.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut parts = vec![restore_uid, node];
+    parts.extend(sorted);
+    format!(
+        "lifeboat-restore-{}-{}",
+        name_part(restore_name, 30),
+        short_hash(&parts, 12)
+    )
+    .replace("--", "-")
+}
+
+/// The inventory Job asking one node about a set of images.
+pub fn inventory_job_name(node: &str, images: &[String]) -> String {
+    let mut sorted: Vec<&str> = images.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut parts = vec![node];
+    parts.extend(sorted);
+    format!(
+        "lifeboat-inventory-{}-{}",
+        name_part(node, 28),
+        short_hash(&parts, 12)
+    )
+    .replace("--", "-")
+}
+
+/// The Secret in the operator's namespace holding a restore's push
+/// credentials for its export Jobs.
+pub fn credentials_secret_name(restore_name: &str, restore_uid: &str) -> String {
+    format!(
+        "lifeboat-restore-{}-{}-registry",
+        name_part(restore_name, 25),
+        short_hash(&[restore_uid], 8)
+    )
+    .replace("--", "-")
+}
+
+/// The ImageRestore a policy's automatic restore creates for a set of
+/// missing digests: the same set always gives the same name, so a policy
+/// never creates a second restore for the same loss.
+pub fn automatic_restore_name(policy_name: &str, missing: &BTreeSet<String>) -> String {
+    let parts: Vec<&str> = missing.iter().map(String::as_str).collect();
+    format!(
+        "{}-restore-{}",
+        name_part(policy_name, 40),
+        short_hash(&parts, 10)
+    )
+    .replace("--", "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            ready: true,
+            ..NodeFacts::default()
+        }
+    }
+
+    fn taint(key: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            ..Taint::default()
+        }
+    }
+
+    #[test]
+    fn nodes_are_classified_by_readiness_selector_taints_and_cordon() {
+        let none = BTreeMap::new();
+        assert_eq!(classify_node(&node("a"), &none, &[]), NodeUse::Preferred);
+        let not_ready = NodeFacts {
+            ready: false,
+            ..node("a")
+        };
+        assert!(matches!(
+            classify_node(&not_ready, &none, &[]),
+            NodeUse::Excluded(_)
+        ));
+        let cordoned = NodeFacts {
+            unschedulable: true,
+            taints: vec![taint(UNSCHEDULABLE_TAINT, "NoSchedule")],
+            ..node("a")
+        };
+        assert_eq!(classify_node(&cordoned, &none, &[]), NodeUse::LastResort);
+
+        let selector: BTreeMap<String, String> = [("zone".to_owned(), "a".to_owned())].into();
+        let labelled = NodeFacts {
+            labels: selector.clone(),
+            ..node("a")
+        };
+        assert_eq!(classify_node(&labelled, &selector, &[]), NodeUse::Preferred);
+        let NodeUse::Excluded(why) = classify_node(&node("b"), &selector, &[]) else {
+            panic!("a node without the label must be excluded");
+        };
+        assert!(why.contains("zone=a"), "{why}");
+
+        let tainted = NodeFacts {
+            taints: vec![taint("gpu", "NoSchedule")],
+            ..node("a")
+        };
+        assert!(matches!(
+            classify_node(&tainted, &none, &[]),
+            NodeUse::Excluded(_)
+        ));
+        let exists = Toleration {
+            key: Some("gpu".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        };
+        assert_eq!(
+            classify_node(&tainted, &none, &[exists]),
+            NodeUse::Preferred
+        );
+        let wrong_value = Toleration {
+            key: Some("gpu".into()),
+            value: Some("x".into()),
+            ..Toleration::default()
+        };
+        assert!(matches!(
+            classify_node(&tainted, &none, &[wrong_value]),
+            NodeUse::Excluded(_)
+        ));
+        // PreferNoSchedule does not keep a Job off the node.
+        let soft = NodeFacts {
+            taints: vec![taint("gpu", "PreferNoSchedule")],
+            ..node("a")
+        };
+        assert_eq!(classify_node(&soft, &none, &[]), NodeUse::Preferred);
+    }
+
+    fn uses(entries: &[(&str, NodeUse)]) -> BTreeMap<String, NodeUse> {
+        entries
+            .iter()
+            .map(|(n, u)| (n.to_string(), u.clone()))
+            .collect()
+    }
+
+    fn holdings(entries: &[(&str, &str, Exportable)]) -> Holdings {
+        let mut h = Holdings::new();
+        for (node, image, e) in entries {
+            h.entry(node.to_string())
+                .or_default()
+                .insert(image.to_string(), *e);
+        }
+        h
+    }
+
+    #[test]
+    fn the_node_holding_the_image_is_chosen_not_another() {
+        let nodes = uses(&[("n1", NodeUse::Preferred), ("n2", NodeUse::Preferred)]);
+        let held = holdings(&[
+            ("n1", "img", Exportable::None),
+            ("n2", "img", Exportable::Exact),
+        ]);
+        let choices = choose_nodes(&["img".into()], &nodes, &held);
+        assert_eq!(
+            choices["img"],
+            NodeChoice::Node {
+                node: "n2".into(),
+                exportable: Exportable::Exact
+            }
+        );
+    }
+
+    #[test]
+    fn exact_copies_win_and_work_is_spread() {
+        let nodes = uses(&[("n1", NodeUse::Preferred), ("n2", NodeUse::Preferred)]);
+        let held = holdings(&[
+            ("n1", "a", Exportable::Rebuild),
+            ("n2", "a", Exportable::Exact),
+            ("n1", "b", Exportable::Exact),
+            ("n2", "b", Exportable::Exact),
+            ("n1", "c", Exportable::Exact),
+            ("n2", "c", Exportable::Exact),
+        ]);
+        let choices = choose_nodes(&["a".into(), "b".into(), "c".into()], &nodes, &held);
+        let node_of = |i: &str| match &choices[i] {
+            NodeChoice::Node { node, .. } => node.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(node_of("a"), "n2");
+        // b goes to the node with less work (n1), c then ties and goes to n1 by name.
+        assert_eq!(node_of("b"), "n1");
+        assert_eq!(node_of("c"), "n1");
+    }
+
+    #[test]
+    fn cordoned_nodes_only_as_last_holder_and_not_found_says_where_it_looked() {
+        let nodes = uses(&[
+            ("n1", NodeUse::Preferred),
+            ("n2", NodeUse::LastResort),
+            ("n3", NodeUse::Excluded("NotReady".into())),
+        ]);
+        let held = holdings(&[
+            ("n1", "a", Exportable::Exact),
+            ("n2", "a", Exportable::Exact),
+            ("n2", "b", Exportable::Exact),
+            ("n3", "c", Exportable::Exact),
+        ]);
+        let choices = choose_nodes(&["a".into(), "b".into(), "c".into()], &nodes, &held);
+        assert!(matches!(&choices["a"], NodeChoice::Node { node, .. } if node == "n1"));
+        assert!(matches!(&choices["b"], NodeChoice::Node { node, .. } if node == "n2"));
+        let NodeChoice::NotFound(message) = &choices["c"] else {
+            panic!("c is only on a NotReady node");
+        };
+        assert!(message.contains("asked: n1, n2"), "{message}");
+        assert!(message.contains("n3 (NotReady)"), "{message}");
+    }
+
+    #[test]
+    fn only_missing_content_sends_an_image_to_another_node() {
+        assert!(node_lost_image(Some("ImageNotOnNode")));
+        assert!(node_lost_image(Some("LayerUnrecoverable")));
+        assert!(!node_lost_image(Some("PushFailed")));
+        assert!(!node_lost_image(None));
+    }
+
+    #[test]
+    fn only_unknown_images_are_asked_about() {
+        let nodes = uses(&[
+            ("n1", NodeUse::Preferred),
+            ("n2", NodeUse::Excluded("NotReady".into())),
+        ]);
+        let known = holdings(&[("n1", "a", Exportable::Exact)]);
+        let needed = inventory_needed(&["a".into(), "b".into()], &nodes, &known);
+        assert_eq!(needed.len(), 1);
+        assert_eq!(needed["n1"], vec!["b".to_owned()]);
+        let all_known = holdings(&[
+            ("n1", "a", Exportable::Exact),
+            ("n1", "b", Exportable::None),
+        ]);
+        assert!(inventory_needed(&["a".into(), "b".into()], &nodes, &all_known).is_empty());
+    }
+
+    #[test]
+    fn job_names_are_deterministic_bounded_and_distinct() {
+        let images = vec!["r/a@sha256:1".to_owned(), "r/b@sha256:2".to_owned()];
+        let reversed: Vec<String> = images.iter().rev().cloned().collect();
+        let long = "x".repeat(253);
+        let a = export_job_name(&long, "uid-1", "node-1", &images);
+        assert!(a.len() <= 63, "{a}");
+        assert_eq!(a, export_job_name(&long, "uid-1", "node-1", &reversed));
+        assert_ne!(a, export_job_name(&long, "uid-1", "node-2", &images));
+        assert_ne!(a, export_job_name(&long, "uid-2", "node-1", &images));
+        assert_ne!(a, export_job_name(&long, "uid-1", "node-1", &images[..1]));
+        for name in [
+            a,
+            export_job_name("Restore.With.Dots-", "u", "n", &[]),
+            inventory_job_name(&long, &images),
+            credentials_secret_name(&long, "uid"),
+            automatic_restore_name(&long, &BTreeSet::new()),
+        ] {
+            assert!(name.len() <= 63, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+            assert!(!name.contains("--"), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_automatic_restore_name_follows_the_missing_set() {
+        let one: BTreeSet<String> = ["sha256:a".to_owned()].into();
+        let two: BTreeSet<String> = ["sha256:a".to_owned(), "sha256:b".to_owned()].into();
+        assert_eq!(
+            automatic_restore_name("web", &one),
+            automatic_restore_name("web", &one.clone())
+        );
+        assert_ne!(
+            automatic_restore_name("web", &one),
+            automatic_restore_name("web", &two)
+        );
+        assert!(automatic_restore_name("web", &one).starts_with("web-restore-"));
+    }
+
+    #[test]
+    fn destinations_and_backup_references() {
+        let image = ImageReference::parse(&format!(
+            "127.0.0.1:5001/team/app:1.0@sha256:{}",
+            "a".repeat(64)
+        ))
+        .unwrap();
+        let context = TemplateContext {
+            policy_namespace: "ns",
+            policy_name: "r",
+        };
+        assert_eq!(destination_for(&image, None, context).unwrap(), image);
+        let registry = TargetRegistry::parse("mirror.example/restored").unwrap();
+        let moved = destination_for(&image, Some((&registry, "{repository}")), context).unwrap();
+        assert_eq!(moved.registry, "mirror.example");
+        assert_eq!(moved.repository, "restored/team/app");
+        assert_eq!(moved.digest, image.digest);
+
+        let candidates = vec![BackupCandidate {
+            policy: "p".into(),
+            target: "backup".into(),
+            registry: TargetRegistry::parse("127.0.0.1:5002/e2e/{x}".replace("/{x}", "").as_str())
+                .unwrap(),
+            template: "{policyNamespace}/{registry}/{repository}".into(),
+        }];
+        let refs = backup_references(&image, &candidates, "shop");
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].0, "backup");
+        assert_eq!(refs[0].1.repository, "e2e/shop/127.0.0.1-5001/team/app");
+        // Without a digest nothing can be found by exact digest.
+        let by_tag = ImageReference::parse("127.0.0.1:5001/team/app:1.0").unwrap();
+        assert!(backup_references(&by_tag, &candidates, "shop").is_empty());
+        assert_eq!(
+            image_argument(&image),
+            format!("127.0.0.1:5001/team/app@sha256:{}", "a".repeat(64))
+        );
+        assert_eq!(image_argument(&by_tag), "127.0.0.1:5001/team/app:1.0");
+    }
+}

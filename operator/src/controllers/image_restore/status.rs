@@ -1,0 +1,390 @@
+//! From the per-image states to the restore's status: progress, conditions,
+//! completion. Pure: the same images give the same status, and conditions
+//! keep their `lastTransitionTime` while their status does not change.
+
+use chrono::{DateTime, Utc};
+use lifeboat_api::ImageRestoreStatus;
+use lifeboat_api::conditions::{
+    ConditionStatus, new_condition, reasons, remove_condition, set_condition, types,
+};
+use lifeboat_api::restore::{ImageRestoreState, RestoredImage};
+use lifeboat_api::time::to_k8s_time;
+
+/// Kubernetes `Time` has second precision on the wire: compare like it.
+pub fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time)
+}
+
+fn set(
+    status: &mut ImageRestoreStatus,
+    now: DateTime<Utc>,
+    type_: &str,
+    value: ConditionStatus,
+    reason: &str,
+    message: impl Into<String>,
+    generation: i64,
+) {
+    set_condition(
+        &mut status.conditions,
+        new_condition(type_, value, reason, message, Some(generation)),
+        to_k8s_time(whole_seconds(now)),
+    );
+}
+
+/// A new, pending entry for an image.
+pub fn pending_image(reference: &str, digest: Option<String>) -> RestoredImage {
+    RestoredImage {
+        reference: reference.to_owned(),
+        requested_digest: digest,
+        state: ImageRestoreState::Pending,
+        ..RestoredImage::default()
+    }
+}
+
+/// Marks an image failed.
+pub fn fail(image: &mut RestoredImage, reason: &str, message: impl Into<String>) {
+    image.state = ImageRestoreState::Failed;
+    image.reason = Some(reason.to_owned());
+    image.message = Some(lifeboat_api::conditions::bounded_message(
+        message.into(),
+        lifeboat_api::conditions::MAX_SHORT_MESSAGE_LENGTH,
+    ));
+}
+
+/// Whether the restore reached a terminal outcome.
+pub fn is_complete(status: &ImageRestoreStatus) -> bool {
+    status.completion_time.is_some()
+}
+
+/// The status for the current per-image states: progress recounted,
+/// `Ready` Unknown while images are open, True when every image is
+/// restored, False (and `Stalled` with the first failure's reason) when
+/// any failed; `completionTime` once every image is terminal.
+pub fn summarize(
+    mut status: ImageRestoreStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+) -> ImageRestoreStatus {
+    status.observed_generation = generation;
+    if status.start_time.is_none() {
+        status.start_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    status.recount();
+    let total = status.images.len();
+    let restored = status
+        .images
+        .iter()
+        .filter(|i| i.state == ImageRestoreState::Restored)
+        .count();
+    let failed: Vec<&RestoredImage> = status
+        .images
+        .iter()
+        .filter(|i| i.state == ImageRestoreState::Failed)
+        .collect();
+    if !status.all_images_terminal() {
+        let open = total - restored - failed.len();
+        let message = format!("{restored} of {total} images restored, {open} in progress");
+        set(
+            &mut status,
+            now,
+            types::READY,
+            ConditionStatus::Unknown,
+            reasons::RESTORING,
+            message.clone(),
+            generation,
+        );
+        set(
+            &mut status,
+            now,
+            types::RECONCILING,
+            ConditionStatus::True,
+            reasons::RESTORING,
+            message,
+            generation,
+        );
+        remove_condition(&mut status.conditions, types::STALLED);
+        return status;
+    }
+    remove_condition(&mut status.conditions, types::RECONCILING);
+    if status.completion_time.is_none() {
+        status.completion_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    match failed.first() {
+        None => {
+            let message = format!("all {total} images restored");
+            set(
+                &mut status,
+                now,
+                types::READY,
+                ConditionStatus::True,
+                reasons::SUCCEEDED,
+                message,
+                generation,
+            );
+            remove_condition(&mut status.conditions, types::STALLED);
+        }
+        Some(first) => {
+            let reason = first
+                .reason
+                .clone()
+                .unwrap_or_else(|| reasons::FAILED.to_owned());
+            let mut message = format!(
+                "{} of {total} images failed, {restored} restored; {}: {}",
+                failed.len(),
+                first.reference,
+                first.message.as_deref().unwrap_or("failed")
+            );
+            if failed.len() > 1 {
+                message.push_str(" (see status.images for the others)");
+            }
+            set(
+                &mut status,
+                now,
+                types::READY,
+                ConditionStatus::False,
+                &reason,
+                message.clone(),
+                generation,
+            );
+            set(
+                &mut status,
+                now,
+                types::STALLED,
+                ConditionStatus::True,
+                &reason,
+                message,
+                generation,
+            );
+        }
+    }
+    status
+}
+
+/// A spec the operator cannot act on, or a restore that cannot start
+/// (its policy is gone): `Stalled` and `Ready=False` with the reason.
+pub fn stalled(
+    mut status: ImageRestoreStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+    reason: &str,
+    message: &str,
+    terminal: bool,
+) -> ImageRestoreStatus {
+    status.observed_generation = generation;
+    if status.start_time.is_none() {
+        status.start_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    if terminal && status.completion_time.is_none() {
+        status.completion_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    remove_condition(&mut status.conditions, types::RECONCILING);
+    set(
+        &mut status,
+        now,
+        types::READY,
+        ConditionStatus::False,
+        reason,
+        message,
+        generation,
+    );
+    set(
+        &mut status,
+        now,
+        types::STALLED,
+        ConditionStatus::True,
+        reason,
+        message,
+        generation,
+    );
+    status
+}
+
+/// A policy restore for a policy that reports nothing missing: done, and
+/// nothing to do (`Ready=True NothingToRestore`).
+pub fn nothing_to_restore(
+    mut status: ImageRestoreStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+) -> ImageRestoreStatus {
+    status.observed_generation = generation;
+    if status.start_time.is_none() {
+        status.start_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    if status.completion_time.is_none() {
+        status.completion_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+    status.recount();
+    remove_condition(&mut status.conditions, types::RECONCILING);
+    remove_condition(&mut status.conditions, types::STALLED);
+    set(
+        &mut status,
+        now,
+        types::READY,
+        ConditionStatus::True,
+        reasons::NOTHING_TO_RESTORE,
+        "the policy reports no missing images",
+        generation,
+    );
+    status
+}
+
+/// Images whose state became terminal between two statuses: what to send
+/// an Event about.
+pub fn newly_terminal<'a>(
+    before: &ImageRestoreStatus,
+    after: &'a ImageRestoreStatus,
+) -> Vec<&'a RestoredImage> {
+    after
+        .images
+        .iter()
+        .filter(|image| image.state.is_terminal())
+        .filter(|image| {
+            before
+                .images
+                .iter()
+                .find(|b| b.reference == image.reference)
+                .is_none_or(|b| b.state != image.state)
+        })
+        .collect()
+}
+
+/// Fails every image not yet terminal (the deadline passed).
+pub fn fail_open_images(status: &mut ImageRestoreStatus, reason: &str, message: &str) {
+    for image in status.images.iter_mut().filter(|i| !i.state.is_terminal()) {
+        fail(image, reason, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_api::conditions::find_condition;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn with_images(states: &[ImageRestoreState]) -> ImageRestoreStatus {
+        ImageRestoreStatus {
+            images: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| RestoredImage {
+                    reference: format!("r/img-{i}"),
+                    state: *s,
+                    ..RestoredImage::default()
+                })
+                .collect(),
+            ..ImageRestoreStatus::default()
+        }
+    }
+
+    fn condition(status: &ImageRestoreStatus, type_: &str) -> Option<(String, String)> {
+        find_condition(&status.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn running_restores_are_reconciling_and_not_yet_ready() {
+        use ImageRestoreState::*;
+        let status = summarize(with_images(&[Restored, InProgress]), 1, at(0));
+        assert_eq!(
+            condition(&status, types::READY),
+            Some(("Unknown".into(), "Restoring".into()))
+        );
+        assert_eq!(
+            condition(&status, types::RECONCILING),
+            Some(("True".into(), "Restoring".into()))
+        );
+        assert_eq!(condition(&status, types::STALLED), None);
+        assert!(status.completion_time.is_none());
+        assert_eq!(status.progress.as_ref().unwrap().restored, 1);
+        assert_eq!(status.progress.as_ref().unwrap().total, 2);
+        assert_eq!(status.start_time, Some(to_k8s_time(at(0))));
+    }
+
+    #[test]
+    fn success_is_ready_and_complete_and_stable() {
+        use ImageRestoreState::*;
+        let running = summarize(with_images(&[Restored, InProgress]), 1, at(0));
+        let mut done = running.clone();
+        done.images[1].state = Restored;
+        let done = summarize(done, 1, at(10));
+        assert_eq!(
+            condition(&done, types::READY),
+            Some(("True".into(), "Succeeded".into()))
+        );
+        assert_eq!(condition(&done, types::RECONCILING), None);
+        assert_eq!(done.completion_time, Some(to_k8s_time(at(10))));
+        // Later reconciles change nothing: same transition and completion times.
+        let again = summarize(done.clone(), 1, at(99));
+        assert_eq!(again, done);
+    }
+
+    #[test]
+    fn a_failure_is_stalled_with_its_reason_and_message() {
+        use ImageRestoreState::*;
+        let mut status = with_images(&[Restored, Pending]);
+        fail(
+            &mut status.images[1],
+            reasons::IMAGE_NOT_FOUND,
+            "no node holds r/img-1 (asked: n1, n2)",
+        );
+        let status = summarize(status, 2, at(5));
+        assert_eq!(
+            condition(&status, types::READY),
+            Some(("False".into(), "ImageNotFound".into()))
+        );
+        assert_eq!(
+            condition(&status, types::STALLED),
+            Some(("True".into(), "ImageNotFound".into()))
+        );
+        let stalled = find_condition(&status.conditions, types::STALLED).unwrap();
+        assert!(
+            stalled.message.contains("no node holds r/img-1"),
+            "{}",
+            stalled.message
+        );
+        assert_eq!(stalled.observed_generation, Some(2));
+        assert_eq!(status.progress.as_ref().unwrap().failed, 1);
+        assert!(status.completion_time.is_some());
+    }
+
+    #[test]
+    fn transition_times_survive_unchanged_statuses() {
+        use ImageRestoreState::*;
+        let first = summarize(with_images(&[InProgress]), 1, at(0));
+        let second = summarize(first.clone(), 1, at(30));
+        let time = |s: &ImageRestoreStatus| {
+            find_condition(&s.conditions, types::READY)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(&first), time(&second));
+    }
+
+    #[test]
+    fn events_only_for_images_that_just_finished() {
+        use ImageRestoreState::*;
+        let before = with_images(&[Restored, InProgress, Pending]);
+        let mut after = before.clone();
+        after.images[1].state = Restored;
+        after.images[2].state = Failed;
+        let names: Vec<&str> = newly_terminal(&before, &after)
+            .iter()
+            .map(|i| i.reference.as_str())
+            .collect();
+        assert_eq!(names, ["r/img-1", "r/img-2"]);
+        assert!(newly_terminal(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn the_deadline_fails_only_open_images() {
+        use ImageRestoreState::*;
+        let mut status = with_images(&[Restored, InProgress, Pending]);
+        fail_open_images(&mut status, reasons::DEADLINE_EXCEEDED, "too slow");
+        let states: Vec<_> = status.images.iter().map(|i| i.state).collect();
+        assert_eq!(states, [Restored, Failed, Failed]);
+        assert_eq!(status.images[1].reason.as_deref(), Some("DeadlineExceeded"));
+    }
+}

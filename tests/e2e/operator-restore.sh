@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# The operator's restore side on the real cluster. Images built for this run
+# only (unique content, so exactly one node holds each) are run by
+# Deployments pinned to a node, then deleted from the source registry:
+#
+# - a restore from the backup registry brings back the same digest, and a
+#   restarted pod pulls it;
+# - with no backup, the restore exports the image from the node that holds
+#   it (not the other one) with a hardened Job, and a pod on the other node
+#   pulls it;
+# - an image no node holds fails with Stalled ImageNotFound and a clear message;
+# - an export pod killed midway is retried and the image is restored once;
+# - an operator restarted during a restore creates no second Job;
+# - a policy with restore.automatic brings a lost image back by itself.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+started=$SECONDS
+ns="ir-e2e-$RANDOM"
+base="e2e/restore-$RANDOM"
+node1="${NODE_NAMES[0]}"
+node2="${NODE_NAMES[1]}"
+CA="$CLUSTER_PKI/ca.crt"
+echo "operator restore e2e (namespace $ns, images under $SOURCE_REGISTRY/$base)"
+
+work="$(mktemp -d)"
+cleanup() {
+  k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the operator ------------------------------------------------------------------
+check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
+check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
+check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
+check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+
+# --- images only this run uses ----------------------------------------------------------
+run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
+# make_image NAME BYTES: a busybox image with one random layer of its own.
+make_image() {
+  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$base/$1:1" --busybox \
+    --random-layer "$2:$base-$1-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null &&
+  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/$1:1" "docker://$SOURCE_REGISTRY/$base/$1:1"
+}
+names=(backup node killed restart auto)
+build_images() {
+  local spec
+  for spec in backup:262144 node:262144 killed:8388608 restart:262144 auto:262144; do
+    make_image "${spec%%:*}" "${spec##*:}" || return 1
+  done
+}
+check "five single-use images are pushed" build_images
+# (check runs its command in a subshell: what it learns is read again here.)
+declare -A digest
+for name in "${names[@]}"; do digest[$name]="$(registry_digest "$base/$name" 1)"; done
+have_digests() { for name in "${names[@]}"; do [[ "${digest[$name]}" == sha256:* ]] || { echo "no digest for $name"; return 1; }; done; }
+check "each has a digest" have_digests
+ref() { echo "$SOURCE_REGISTRY/$base/$1:1@${digest[$1]}"; }
+
+k create namespace "$ns" >/dev/null
+k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
+  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+
+# deployment NAME NODE: runs image NAME on NODE, pulling on every start.
+deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: $2}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: "$SOURCE_REGISTRY/$base/$1:1", imagePullPolicy: Always}
+---
+YAML
+}
+{
+  deployment backup "$node1"; deployment node "$node2"; deployment killed "$node1"
+  deployment restart "$node2"; deployment auto "$node1"
+} | k apply -n "$ns" -f - >/dev/null
+workloads_run() {
+  local d
+  for d in backup node killed restart auto; do
+    k -n "$ns" rollout status "deploy/$d" --timeout=120s >/dev/null || { echo "deploy/$d did not roll out"; return 1; }
+  done
+}
+check "the workloads run on their nodes" workloads_run
+
+# Policies: one backs up only the "backup" image, one only the "auto" image
+# and restores automatically.
+policy() { # policy NAME IMAGE [extra yaml]
+  cat <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: $1}
+spec:
+  selector: {images: {include: ["**/${base#e2e/}/$2"]}}
+  targets:
+  - name: backup
+    registry: $BACKUP_REGISTRY
+    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
+    secretRef: {name: backup-credentials}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+${3:-}
+---
+YAML
+}
+{ policy backup backup; policy auto auto "  restore: {automatic: true}"; } | k apply -n "$ns" -f - >/dev/null
+check "the backup policy becomes Ready (image in the backup registry)" k -n "$ns" wait --for=condition=Ready ibp/backup --timeout=120s
+
+manifest_status() { # manifest_status NAME DIGEST -> HTTP status at the source
+  curl -s -o /dev/null -w '%{http_code}' -I -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json' \
+    "http://$SOURCE_REGISTRY/v2/$base/$1/manifests/$2"
+}
+lose() { # lose NAME: delete the manifest (and its tag) from the source registry
+  curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$base/$1/manifests/${digest[$1]}" >/dev/null || return 1
+  [[ "$(manifest_status "$1" "${digest[$1]}")" == 404 ]] || { echo "manifest still served"; return 1; }
+}
+restore() { # restore NAME IMAGE-REF [source yaml]
+  k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageRestore
+metadata:
+  name: $1
+  labels: {team: checkout}
+  annotations: {example.com/note: "not for Jobs"}
+spec:
+  images: ["$2"]
+  ${3:-}
+YAML
+}
+field() { k -n "$ns" get imagerestore "$1" -o jsonpath="$2"; }
+image_field() { field "$1" "{.status.images[0].$2}"; }
+restore_jobs() { # restore_jobs NAME -> names of its export Jobs
+  local uid; uid="$(field "$1" '{.metadata.uid}')"
+  k -n lifeboat-system get jobs -l "lifeboat.dev/restore-uid=$uid" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
+}
+events() { # events NAME REASON -> how many
+  k -n "$ns" get events --field-selector "involvedObject.name=$1,reason=$2" -o jsonpath='{.items[*].reason}' | wc -w
+}
+pod_pulls() { # pod_pulls NAME NODE IMAGE: a fresh pod on NODE pulls IMAGE and runs
+  k -n "$ns" delete pod "$1" --ignore-not-found --wait=true >/dev/null 2>&1
+  k -n "$ns" apply -f - >/dev/null <<YAML || return 1
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $2}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: "$3", imagePullPolicy: Always}
+YAML
+  k -n "$ns" wait --for=condition=Ready "pod/$1" --timeout=90s
+}
+
+# --- 1. from the backup registry ----------------------------------------------------------
+check "the backup image is deleted from the source registry" lose backup
+restore from-backup "$(ref backup)" "source: {type: Auto, backup: {policyName: backup}}"
+check "restore from-backup becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-backup --timeout=90s
+from_backup_status() {
+  local got
+  got="$(image_field from-backup 'state') $(image_field from-backup 'source.kind')/$(image_field from-backup 'source.name') $(image_field from-backup 'restoredDigest') $(image_field from-backup 'digestPreserved')"
+  [[ "$got" == "Restored BackupRegistry/backup ${digest[backup]} true" ]] || { echo "status: $got"; return 1; }
+  [[ "$(field from-backup '{.status.progress.restored}/{.status.progress.total}')" == 1/1 ]] || return 1
+  [[ -n "$(field from-backup '{.status.completionTime}')" ]] || { echo "no completionTime"; return 1; }
+}
+check "its status: Restored from backup target 'backup', same digest, digest preserved, completed" from_backup_status
+check "the source registry serves the digest and the tag again" \
+  test "$(registry_digest "$base/backup" 1)" == "${digest[backup]}"
+restart_pulls() {
+  k -n "$ns" rollout restart deploy/backup >/dev/null && k -n "$ns" rollout status deploy/backup --timeout=90s
+}
+check "the Deployment restarts and pulls it" restart_pulls
+check "an ImageRestored event is recorded" test "$(events from-backup ImageRestored)" -ge 1
+
+# --- 2. from the node that holds it ---------------------------------------------------------
+lose_with_blobs() {
+  lose node || return 1
+  # Blobs go too, so every byte must come back from the node.
+  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+}
+check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
+restore from-node "$(ref node)"
+check "restore from-node (no backup holds it) becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-node --timeout=120s
+from_node_status() {
+  local got
+  got="$(image_field from-node 'state') $(image_field from-node 'source.kind')/$(image_field from-node 'source.name') $(image_field from-node 'restoredDigest') $(image_field from-node 'digestPreserved')"
+  [[ "$got" == "Restored NodeCache/$node2 ${digest[node]} true" ]] || { echo "status: $got (want the image from $node2, not $node1)"; return 1; }
+}
+check "it was exported from $node2, which holds it (not $node1), digest preserved" from_node_status
+job="$(image_field from-node jobName)"
+job_is_hardened() {
+  local j; j="$(k -n lifeboat-system get job "$job" -o json)" || { echo "no Job $job"; return 1; }
+  jq -e --arg node "$node2" '
+    .spec.backoffLimit > 0 and .spec.activeDeadlineSeconds > 0 and .spec.ttlSecondsAfterFinished > 0 and
+    (.spec.podFailurePolicy.rules | length) >= 2 and
+    (.spec.template.spec | .automountServiceAccountToken == false and (has("nodeName") | not) and
+      .affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].key == "metadata.name" and
+      .affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values == [$node] and
+      (.volumes[] | select(.name == "containerd") | .hostPath.type) == "Socket") and
+    (.spec.template.spec.containers[0].securityContext | .readOnlyRootFilesystem == true and .capabilities.drop == ["ALL"]) and
+    (.metadata.labels | has("team") | not) and (.metadata.annotations | has("example.com/note") | not) and
+    (.metadata.name | length) <= 63' <<<"$j" >/dev/null || { echo "$j" | jq '.metadata, .spec'; return 1; }
+}
+check "the export Job ($job) is pinned by node affinity, hardened, bounded, and carries none of the CR's labels" job_is_hardened
+check "a pod on $node1 (which never had it) pulls the restored image" pod_pulls repull "$node1" "$(ref node)"
+
+# --- 3. on no node ------------------------------------------------------------------------
+nowhere="$SOURCE_REGISTRY/$base/nowhere:1@sha256:$(head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1)"
+restore nowhere "$nowhere"
+stalled_not_found() {
+  [[ "$(field nowhere '{.status.conditions[?(@.type=="Stalled")].status} {.status.conditions[?(@.type=="Stalled")].reason}')" == "True ImageNotFound" ]]
+}
+check "an image no node holds: Stalled ImageNotFound" eventually 90 stalled_not_found
+clear_message() {
+  local ready message
+  ready="$(field nowhere '{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}')"
+  message="$(field nowhere '{.status.conditions[?(@.type=="Stalled")].message}')"
+  [[ "$ready" == "False ImageNotFound" ]] || { echo "Ready: $ready"; return 1; }
+  [[ "$message" == *"no node holds"* && "$message" == *"$node1"* && "$message" == *"$node2"* && "$message" == *"not in backup target"* ]] ||
+    { echo "message: $message"; return 1; }
+  [[ "$(image_field nowhere state)/$(image_field nowhere reason)" == Failed/ImageNotFound ]]
+}
+check "... Ready False, and the message says where it looked" clear_message
+
+# --- 4. an export pod killed midway -----------------------------------------------------
+check "the killed image is deleted from the source registry" lose killed
+restore killed "$(ref killed)" "source: {type: NodeCache}"
+kill_first_pod() {
+  # A watch sees the Job's first pod the moment it is created; it is killed
+  # outright (node-exporter is PID 1 and would ignore SIGTERM).
+  local uid pod; uid="$(field killed '{.metadata.uid}')"
+  pod="$(timeout 120 "$KUBECTL" -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid" --watch -o name | head -1)"
+  [[ -n "$pod" ]] || { echo "no export pod appeared"; return 1; }
+  echo "${pod#pod/}" >"$work/killed-pod"
+  k -n lifeboat-system delete "$pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
+}
+check "the first export pod is killed as soon as it exists" kill_first_pod
+check "restore killed still becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/killed --timeout=180s
+completed_once() {
+  local jobs killed_pod; jobs="$(restore_jobs killed)"; killed_pod="$(cat "$work/killed-pod")"
+  [[ "$(wc -l <<<"$jobs")" == 1 ]] || { echo "jobs: $jobs"; return 1; }
+  local j; j="$(k -n lifeboat-system get job "$jobs" -o json)"
+  [[ "$(jq -r '.status.succeeded' <<<"$j")" == 1 ]] || { echo "succeeded: $(jq -c .status <<<"$j")"; return 1; }
+  local winner; winner="$(k -n lifeboat-system get pods -l "job-name=$jobs" --field-selector=status.phase=Succeeded -o jsonpath='{.items[*].metadata.name}')"
+  [[ -n "$winner" && "$winner" != "$killed_pod" ]] || { echo "succeeded pod '$winner', killed '$killed_pod'"; return 1; }
+  [[ "$(events killed ImageRestored)" == 1 ]] || { echo "ImageRestored events: $(events killed ImageRestored)"; return 1; }
+  [[ "$(registry_digest "$base/killed" 1)" == "${digest[killed]}" ]]
+}
+check "the Job retried in a new pod, succeeded once, one ImageRestored event, the digest is back" completed_once
+
+# --- 5. the operator restarted during a restore -----------------------------------------
+check "the restart image is deleted from the source registry" lose restart
+restore restart "$(ref restart)"
+job_named() { [[ -n "$(image_field restart jobName)" ]]; }
+check "the restore names its export Job" eventually 60 job_named
+k -n lifeboat-system delete pod -l app.kubernetes.io/component=operator --wait=false >/dev/null
+check "the operator comes back" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+check "restore restart becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/restart --timeout=120s
+one_job() {
+  local jobs; jobs="$(restore_jobs restart)"
+  [[ "$(wc -l <<<"$jobs")" == 1 && "$jobs" == "$(image_field restart jobName)" ]] || { echo "jobs: $jobs"; return 1; }
+}
+check "exactly one export Job exists for it" one_job
+
+# --- 6. automatic restore from a policy ---------------------------------------------------
+check "the auto policy becomes Ready" k -n "$ns" wait --for=condition=Ready ibp/auto --timeout=60s
+check "the auto image is deleted from the source registry" lose auto
+auto_name() { k -n "$ns" get imagerestores -l lifeboat.dev/policy=auto -o jsonpath='{.items[0].metadata.name}'; }
+auto_created() { [[ -n "$(auto_name)" ]]; }
+check "the policy creates an ImageRestore for the lost image" eventually 120 auto_created
+auto_restore="$(auto_name)"
+auto_closed() {
+  [[ "$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]] || return 1
+  [[ "$(registry_digest "$base/auto" 1)" == "${digest[auto]}" ]] || return 1
+  [[ "$(k -n "$ns" get ibp auto -o jsonpath='{.status.automaticRestore.name} {.status.automaticRestore.ready}')" == "$auto_restore True" ]]
+}
+check "... which restores it, and the policy reports the automatic restore Ready" eventually 120 auto_closed
+owned_by_policy() {
+  [[ "$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')" == ImageBackupPolicy/auto ]]
+}
+check "the automatic restore is owned by its policy" owned_by_policy
+
+# --- metrics and the table ----------------------------------------------------------------
+operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
+metrics_exported() {
+  local m; m="$(k get --raw "/api/v1/namespaces/lifeboat-system/pods/$operator_pod:18080/proxy/metrics")" || return 1
+  grep -q 'lifeboat_restores_total{.*result="Succeeded"' <<<"$m" &&
+  grep -q 'lifeboat_restore_duration_seconds_bucket{' <<<"$m" || { grep lifeboat_restore <<<"$m"; return 1; }
+}
+check "metrics: restores by result and time to restore" eventually 30 metrics_exported
+printer_columns() {
+  local table; table="$(k -n "$ns" get imagerestores from-backup nowhere)"
+  grep -Eq '^from-backup +True +Succeeded +1 +1 ' <<<"$table" && grep -Eq '^nowhere +False +ImageNotFound +0 +1 ' <<<"$table" ||
+    { echo "$table"; return 1; }
+}
+check "kubectl get imagerestores shows state, reason and counts" printer_columns
+
+# Deleting a restore outside the operator's namespace cleans up its Jobs (finalizer).
+cleanup_on_delete() {
+  local uid; uid="$(field from-node '{.metadata.uid}')"
+  k -n "$ns" delete imagerestore from-node --timeout=60s >/dev/null || return 1
+  [[ -z "$(k -n lifeboat-system get jobs -l "lifeboat.dev/restore-uid=$uid" -o name)" ]]
+}
+check "deleting a restore deletes its export Jobs" eventually 30 cleanup_on_delete
+
+echo "operator-restore: $((SECONDS - started)) s"
+summary "operator-restore"
