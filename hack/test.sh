@@ -54,7 +54,12 @@ if ! kubectl_admin get --raw /readyz >/dev/null 2>&1; then
   log "cluster start took ${warm_start} s"
   step "cluster starts within 90 s" test "$warm_start" -le 90
 fi
-stop_cluster() { $cluster_started_here && ! $keep_cluster && hack/cluster/down.sh --purge; }
+# An EXIT trap's own status becomes the script's: keep the tests' status.
+stop_cluster() {
+  local rc=$?
+  if $cluster_started_here && ! $keep_cluster; then hack/cluster/down.sh --purge || true; fi
+  exit "$rc"
+}
 trap stop_cluster EXIT
 
 hack/images/push-test-images.sh
