@@ -157,7 +157,7 @@ k -n legacy delete pod -l app=worker --wait=false >/dev/null
 banner "8/8 recovery"
 log "Lifeboat sees the api pod failing to pull, checks the source registry, reports the image missing and, as the policy asks, restores it from the backup"
 k -n lifeboat-system wait --for=condition=ImagesAvailable=False ibp/shop --timeout=180s || true
-k -n lifeboat-system get ibp shop -o jsonpath='{range .status.missingImages[*]}missing: {.reference}@{.digest}, backed up in: {.backupTargets[*]}, on nodes: {.nodes[*]}{"\n"}{end}' || true
+k -n lifeboat-system get ibp shop -o jsonpath='{range .status.missingImages[*]}missing: {.reference}, backed up in: {.backupTargets[*]}, on nodes: {.nodes[*]}{"\n"}{end}' || true
 until restore="$(k -n lifeboat-system get ibp shop -o jsonpath='{.status.automaticRestore.name}')" && [[ -n "$restore" ]]; do
   (( SECONDS - disaster < 180 )) || die "no automatic ImageRestore after 180 s"
   sleep 2
@@ -166,7 +166,9 @@ k get imagebackuppolicies,imagerestores -A
 k -n lifeboat-system wait --for=condition=Ready "imagerestore/$restore" --timeout=300s
 k -n shop rollout status deploy/api --timeout=180s
 api_recovered="$(elapsed "$disaster")"
-log "shop/api is back, same digest $(digest_of shop/api "$api_digest") ($api_recovered after the disaster)"
+# The restored image must be the very one that was lost: same digest, under its tag again.
+[[ "$(digest_of shop/api 2.3)" == "$api_digest" ]] || die "shop/api:2.3 came back with another digest"
+log "shop/api is back, same digest $api_digest ($api_recovered after the disaster)"
 
 log "legacy/worker had no backup: an ImageRestore exports it from the node that still holds it"
 k apply -n lifeboat-system -f - <<YAML
@@ -180,6 +182,7 @@ YAML
 k -n lifeboat-system wait --for=condition=Ready imagerestore/legacy-worker --timeout=300s
 k -n legacy rollout status deploy/worker --timeout=180s
 worker_recovered="$(elapsed "$disaster")"
+[[ "$(digest_of legacy/worker 0.9)" == "$worker_digest" ]] || die "legacy/worker:0.9 came back with another digest"
 k get imagebackuppolicies,imagerestores -A
 k -n lifeboat-system get imagerestore legacy-worker \
   -o jsonpath='{range .status.images[*]}{.reference}: {.state} from {.source.kind} {.source.name}, digest {.restoredDigest} (preserved: {.digestPreserved}){"\n"}{end}'
@@ -192,7 +195,7 @@ cat <<EOF
   disaster:         shop/api:2.3 and legacy/worker:0.9 deleted from $SOURCE_REGISTRY and garbage-collected
   shop/api:         restored automatically from the backup registry, pod running again $api_recovered after the disaster
   legacy/worker:    restored from a node's containerd by an export Job, pod running again $worker_recovered after the disaster
-  digests:          shop/api $api_digest, legacy/worker $worker_digest (both unchanged)
+  digests:          shop/api $api_digest, legacy/worker $worker_digest (both verified unchanged in $SOURCE_REGISTRY)
   total demo time:  $(elapsed "$demo_start")
 EOF
 if $keep_cluster || ! $cluster_started_here; then

@@ -17,6 +17,27 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LIFEBOAT_CACHE/cargo-target}"
 log "building lifeboat-operator and node-exporter ($profile)"
 (cd "$REPO_ROOT" && cargo build --quiet "${cargo_flags[@]}" -p lifeboat-operator -p lifeboat-node-exporter)
 
+# Packing and importing ~450 MiB of debug binaries takes ~20 s and every e2e
+# suite calls this: skip it when the nodes already hold images of exactly
+# these binaries (the stamp names their hashes; each node is asked too).
+stamp="$CLUSTER_DIR/images/lifeboat-images.stamp"
+wanted="$(cd "$CARGO_TARGET_DIR/$profile" && sha256sum lifeboat-operator node-exporter)"
+loaded_everywhere() {
+  local node sock image
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]] || return 1
+  for node in "${NODE_NAMES[@]}"; do
+    sock="$(node_containerd_socket "$node")"
+    for image in lifeboat-operator node-exporter; do
+      ctr -a "$sock" -n k8s.io images ls -q "name==lifeboat.local/$image:dev" | grep -x "lifeboat.local/$image:dev" >/dev/null || return 1
+    done
+  done
+}
+if loaded_everywhere; then
+  log "lifeboat.local/lifeboat-operator:dev and lifeboat.local/node-exporter:dev are current in ${NODE_NAMES[*]}"
+  exit 0
+fi
+rm -f "$stamp"
+
 layout="$CLUSTER_DIR/images/lifeboat-layout"
 rm -rf "$layout"
 declare -A binaries=([lifeboat-operator]=lifeboat-operator [node-exporter]=node-exporter)
@@ -35,4 +56,6 @@ for node in "${NODE_NAMES[@]}"; do
   [[ -S "$sock" ]] || die "node $node is not running (start the cluster with hack/cluster/up.sh)"
   ctr -a "$sock" -n k8s.io images import "$layout.tar" >/dev/null
 done
+mkdir -p "$(dirname "$stamp")"
+printf '%s\n' "$wanted" >"$stamp"
 log "loaded lifeboat.local/lifeboat-operator:dev and lifeboat.local/node-exporter:dev into ${NODE_NAMES[*]}"

@@ -48,6 +48,8 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     metrics.bytes_copied.add(1024, &policy);
     metrics.copy_duration.record(1.5, &policy);
     metrics.last_success.record(1.8e9, &policy);
+    metrics.retention_deleted.add(2, &policy);
+    metrics.retention_failures.add(1, &policy);
     // The restore controller records these (object labels and the result).
     metrics.restores.add(1, &with(&restore, "result", "Failed"));
     metrics.restore_duration.record(12.0, &restore);
@@ -166,6 +168,8 @@ fn the_exposition_has_the_names_the_docs_promise() {
         "lifeboat_copied_bytes_total",
         "lifeboat_image_copy_duration_seconds_bucket",
         "lifeboat_backup_last_success_timestamp_seconds",
+        "lifeboat_retention_deleted_total",
+        "lifeboat_retention_failures_total",
         "lifeboat_restores_total",
         "lifeboat_restore_duration_seconds_count",
     ] {

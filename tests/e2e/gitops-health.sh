@@ -7,6 +7,7 @@
 # computes) and the Argo CD health scripts of config/gitops/argocd/argocd-cm.yaml
 # in an embedded Lua interpreter.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+started=$SECONDS # after lib.sh took the e2e lock
 
 ns="gitops-$RANDOM"
 CA="$CLUSTER_PKI/ca.crt"
@@ -148,7 +149,11 @@ PY
 hang_pid=$!
 port_known() { [[ -s "$work/hang.port" ]]; }
 check "a registry that never answers listens on $bridge_ip" eventually 10 port_known
-policy slow "{name: slow, registry: \"$bridge_ip:$(cat "$work/hang.port" 2>/dev/null)\", insecure: true}" | k apply -f - >/dev/null
+# Only demo/web: for an image missing at its source (the one deleted above) the
+# operator asks the targets whether they hold it before any run, and that
+# question would hang too.
+policy slow "{name: slow, registry: \"$bridge_ip:$(cat "$work/hang.port" 2>/dev/null)\", insecure: true}" \
+  '  selector: {images: {include: ["*/demo/web*"]}}' | k apply -f - >/dev/null
 reconciling() { [[ "$(condition_of ibp slow Reconciling)" == "True BackupRunning" ]] || { condition_of ibp slow Reconciling; return 1; }; }
 check "a backup run into it is in progress (Reconciling True, BackupRunning)" eventually 60 reconciling
 check "progressing policy: kstatus InProgress, Argo CD Progressing" health_is ibp slow "InProgress/Progressing"
@@ -184,12 +189,11 @@ fresh_restore() {
 }
 check "fresh restore: kstatus InProgress, Argo CD Progressing" fresh_restore
 
-# The states a restore reaches need the restore controller.
 observed() { [[ "$(k -n "$ns" get imagerestore restore-web -o jsonpath='{.status.observedGeneration}')" == 1 ]]; }
-if eventually 30 observed; then
-  check "restored (the image from the backup registry): kstatus Current, Argo CD Healthy" \
-    eventually 120 health_is imagerestore restore-web "Current/Healthy"
-  k -n "$ns" apply -f - >/dev/null <<YAML
+check "the restore controller observes the restore" eventually 30 observed
+check "restored (the image from the backup registry): kstatus Current, Argo CD Healthy" \
+  eventually 120 health_is imagerestore restore-web "Current/Healthy"
+k -n "$ns" apply -f - >/dev/null <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageRestore
 metadata: {name: restore-nothing}
@@ -197,11 +201,8 @@ spec:
   images: ["$SOURCE_REGISTRY/gitops/never-existed@sha256:$(printf '0%.0s' {1..64})"]
   source: {type: BackupRegistry, backup: {policyName: ready}}
 YAML
-  check "failed restore (no source holds the digest): kstatus Failed, Argo CD Degraded" \
-    eventually 120 health_is imagerestore restore-nothing "Failed/Degraded"
-else
-  echo "  note  the operator does not reconcile ImageRestores (no restore controller yet): restore states beyond fresh not checked"
-fi
+check "failed restore (no source holds the digest): kstatus Failed, Argo CD Degraded" \
+  eventually 120 health_is imagerestore restore-nothing "Failed/Degraded"
 
 # --- every Lifeboat object at once, as a List (what `flux`/Argo see in bulk) ---------
 all_judged() {
@@ -213,4 +214,5 @@ all_judged() {
 check "every object of the namespace is judged from one List" all_judged
 
 k -n "$ns" delete ibp slow --wait=false >/dev/null 2>&1
+echo "  measured: $((SECONDS - started)) s from taking the e2e lock to the end"
 summary "gitops-health"

@@ -33,8 +33,8 @@ use super::discovery::{DigestHints, Inventory, Scope, discover, running_digests}
 use super::plan::{CopyTask, PlanTarget, copy_tasks};
 use super::registry::{self, copy_task, holds, image_ref, policy_settings};
 use super::retention::{
-    Backup, DeleteReason, InUse, Rules, in_use_digests, lifeboat_tag_digest, parse_created,
-    plan_deletions,
+    Backup, DeleteReason, InUse, RetentionTiming, Rules, in_use_digests, lifeboat_tag_digest,
+    parse_created, plan_deletions, retention_due,
 };
 use super::status::{
     Evaluation, blocked_status, counts, evaluated_status, reconciling_status, stalled_status,
@@ -486,14 +486,17 @@ async fn reconcile_with(
         finished_run = Some((record, started_status));
     }
 
-    // 8. Retention: after a run, when the spec changed, and otherwise once
-    // per source-check interval; a dry run only plans.
+    // 8. Retention (see `retention_due`); a dry run only plans.
     let mut retention_only = false;
     if let Some(rules) = &retention_rules
-        && (finished_run.is_some()
-            || memory
-                .retention_checked
-                .is_none_or(|(at, seen)| seen != generation || now - at >= interval))
+        && retention_due(&RetentionTiming {
+            last: memory.retention_checked,
+            generation,
+            now,
+            interval,
+            run_finished: finished_run.is_some(),
+            suspended: spec.suspend,
+        })
     {
         memory.retention_checked = Some((now, generation));
         let copied: Vec<String> = memory.verified.values().map(|v| v.digest.clone()).collect();

@@ -169,6 +169,35 @@ pub fn plan_deletions(
     deletions
 }
 
+/// When retention looks at the targets.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionTiming {
+    /// When it last did, and for which generation of the policy.
+    pub last: Option<(DateTime<Utc>, i64)>,
+    pub generation: i64,
+    pub now: DateTime<Utc>,
+    /// The source-check interval.
+    pub interval: TimeDelta,
+    /// A backup run finished in this reconcile.
+    pub run_finished: bool,
+    pub suspended: bool,
+}
+
+/// Whether retention runs now: after every run (an on-demand one too, also
+/// while suspended), and otherwise, unless suspended, when the spec changed
+/// or once per interval.
+pub fn retention_due(timing: &RetentionTiming) -> bool {
+    if timing.run_finished {
+        return true;
+    }
+    if timing.suspended {
+        return false;
+    }
+    timing.last.is_none_or(|(at, generation)| {
+        generation != timing.generation || timing.now - at >= timing.interval
+    })
+}
+
 /// Every digest that must stay: what the policy's workloads use (and the
 /// digests their by-tag images were last copied as), what is reported
 /// missing (a backup may be the only copy left), and whatever any pod in
@@ -401,6 +430,46 @@ mod tests {
                 (digest('c'), DeleteReason::BeyondKeepLast)
             ]
         );
+    }
+
+    #[test]
+    fn retention_runs_after_runs_on_changes_and_on_an_interval_not_while_suspended() {
+        let timing = RetentionTiming {
+            last: Some((now(), 4)),
+            generation: 4,
+            now: now() + TimeDelta::seconds(5),
+            interval: TimeDelta::seconds(20),
+            run_finished: false,
+            suspended: false,
+        };
+        assert!(!retention_due(&timing));
+        assert!(retention_due(&RetentionTiming {
+            run_finished: true,
+            ..timing
+        }));
+        assert!(retention_due(&RetentionTiming {
+            generation: 5,
+            ..timing
+        }));
+        assert!(retention_due(&RetentionTiming {
+            now: now() + TimeDelta::seconds(20),
+            ..timing
+        }));
+        assert!(retention_due(&RetentionTiming {
+            last: None,
+            ..timing
+        }));
+        // Suspended: only with a run (on demand).
+        let suspended = RetentionTiming {
+            last: None,
+            suspended: true,
+            ..timing
+        };
+        assert!(!retention_due(&suspended));
+        assert!(retention_due(&RetentionTiming {
+            run_finished: true,
+            ..suspended
+        }));
     }
 
     #[test]
