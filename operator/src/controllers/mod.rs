@@ -4,8 +4,13 @@ pub mod backup_policy;
 pub mod image_restore;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::{self, Action};
+use tracing::warn;
 
 use crate::context::Context;
+use crate::error::OperatorError;
 
 /// Runs every controller, side by side, until the process ends (or the
 /// first of them stops).
@@ -14,4 +19,45 @@ pub async fn run(context: Arc<Context>) {
         _ = backup_policy::run(context.clone()) => {}
         _ = image_restore::run(context) => {}
     }
+}
+
+/// What both controllers do after a failed reconcile: count it by kind and
+/// reason, log it, and either wait for a change of the object (an error only
+/// a new spec can fix, so no hot loop) or try again after `retry`.
+fn after_error(
+    context: &Context,
+    kind: &'static str,
+    name: &str,
+    error: &OperatorError,
+    retry: Duration,
+) -> Action {
+    context.metrics.reconcile_errors.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("kind", kind),
+            opentelemetry::KeyValue::new("reason", error.metric_label()),
+        ],
+    );
+    warn!(
+        kind, name, reason = error.reason(), error = %error,
+        "reconcile failed; retrying"
+    );
+    if error.is_terminal() {
+        Action::await_change()
+    } else {
+        Action::requeue(retry)
+    }
+}
+
+/// Logs what the controller runtime reports about one reconcile. An object
+/// deleted while it was queued is not worth a line.
+fn log_outcome<T, E: std::error::Error, Q: std::error::Error>(
+    kind: &'static str,
+    result: Result<T, controller::Error<E, Q>>,
+) -> futures::future::Ready<()> {
+    match result {
+        Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
+        Err(e) => warn!(kind, error = %e, "reconcile failed"),
+    }
+    futures::future::ready(())
 }

@@ -28,7 +28,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::watcher;
 use lifeboat_api::ImageBackupPolicy;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::context::Context;
 use crate::error::OperatorError;
@@ -99,15 +99,7 @@ pub async fn run(context: Arc<Context>) {
         .reconcile_all_on(changes)
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, controller)
-        .for_each(|result| {
-            match result {
-                Ok(_) => {}
-                // A policy deleted while queued: nothing to do.
-                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => warn!(error = %e, "policy reconcile failed"),
-            }
-            futures::future::ready(())
-        })
+        .for_each(|result| super::log_outcome("ImageBackupPolicy", result))
         .await;
 }
 
@@ -116,20 +108,11 @@ fn error_policy(
     error: &OperatorError,
     controller: Arc<BackupController>,
 ) -> Action {
-    controller.context.metrics.reconcile_errors.add(
-        1,
-        &[
-            opentelemetry::KeyValue::new("kind", "ImageBackupPolicy"),
-            opentelemetry::KeyValue::new("reason", error.metric_label()),
-        ],
-    );
-    warn!(
-        policy = %kube::ResourceExt::name_any(policy.as_ref()),
-        reason = error.reason(), error = %error, "reconcile failed; retrying"
-    );
-    if error.is_terminal() {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(30))
-    }
+    super::after_error(
+        &controller.context,
+        "ImageBackupPolicy",
+        &kube::ResourceExt::name_any(policy.as_ref()),
+        error,
+        Duration::from_secs(30),
+    )
 }

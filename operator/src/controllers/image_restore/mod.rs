@@ -25,7 +25,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use lifeboat_api::ImageRestore;
-use tracing::warn;
 
 use crate::context::Context;
 use crate::error::OperatorError;
@@ -179,14 +178,7 @@ pub async fn run(context: Arc<Context>) {
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, controller)
-        .for_each(|result| {
-            match result {
-                Ok(_) => {}
-                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => warn!(error = %e, "restore reconcile failed"),
-            }
-            futures::future::ready(())
-        })
+        .for_each(|result| super::log_outcome("ImageRestore", result))
         .await;
 }
 
@@ -195,20 +187,11 @@ fn error_policy(
     error: &OperatorError,
     controller: Arc<RestoreController>,
 ) -> Action {
-    controller.context.metrics.reconcile_errors.add(
-        1,
-        &[
-            opentelemetry::KeyValue::new("kind", "ImageRestore"),
-            opentelemetry::KeyValue::new("reason", error.metric_label()),
-        ],
-    );
-    warn!(
-        restore = %restore.name_any(),
-        reason = error.reason(), error = %error, "reconcile failed; retrying"
-    );
-    if error.is_terminal() {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(10))
-    }
+    super::after_error(
+        &controller.context,
+        "ImageRestore",
+        &kube::ResourceExt::name_any(restore.as_ref()),
+        error,
+        Duration::from_secs(10),
+    )
 }
