@@ -250,20 +250,39 @@ pub async fn copy_task(
     })
 }
 
+/// How long one existence check may take. The copy engine's own timeouts
+/// and retries suit moving bytes; a registry that accepts connections and
+/// never answers would hold a reconcile for minutes on a question that is
+/// only worth asking again later.
+const HOLDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Whether a registry holds this exact manifest: one HEAD by digest (never
 /// a pull on Docker Hub's rate limit). `false` for a reference without a
-/// digest; an error when the registry could not say (unreachable, denied).
+/// digest; an error when the registry could not say (unreachable, denied,
+/// no answer within [`HOLDS_TIMEOUT`]).
 pub async fn holds(
     transfer: &registry_transfer::Transfer,
     reference: &lifeboat_api::ImageReference,
 ) -> Result<bool, TransferError> {
+    holds_within(transfer, reference, HOLDS_TIMEOUT).await
+}
+
+async fn holds_within(
+    transfer: &registry_transfer::Transfer,
+    reference: &lifeboat_api::ImageReference,
+    limit: std::time::Duration,
+) -> Result<bool, TransferError> {
     let Some(pinned) = reference.pinned() else {
         return Ok(false);
     };
-    Ok(transfer
-        .manifest_digest(&image_ref(&pinned)?)
-        .await?
-        .is_some())
+    let manifest = image_ref(&pinned)?;
+    match tokio::time::timeout(limit, transfer.manifest_digest(&manifest)).await {
+        Ok(answer) => Ok(answer?.is_some()),
+        Err(_) => Err(TransferError::RegistryUnavailable {
+            registry: pinned.registry.clone(),
+            detail: format!("no answer within {} ms", limit.as_millis()),
+        }),
+    }
 }
 
 /// Groups items by registry so checks can be rate-limited per registry.
@@ -273,4 +292,60 @@ pub fn by_registry<T>(items: Vec<(String, T)>) -> BTreeMap<String, Vec<T>> {
         groups.entry(registry).or_default().push(item);
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use registry_transfer::{RegistrySettings, Transfer, TransferConfig};
+
+    use super::*;
+
+    fn crypto_provider() {
+        // As in main: one provider for the process (a second install is refused, fine here).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
+    /// A registry that accepts connections and never says a word must not
+    /// hold a reconcile for the copy engine's minutes of read timeouts and
+    /// retries.
+    #[tokio::test]
+    async fn a_registry_that_never_answers_is_unavailable_within_the_limit() {
+        crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registry = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let transfer = Transfer::new(
+            TransferConfig::default(),
+            RegistrySettings::new().allow_plain_http(&registry),
+        );
+        let reference = lifeboat_api::ImageReference::parse(&format!(
+            "{registry}/demo/web@sha256:{}",
+            "a".repeat(64)
+        ))
+        .unwrap();
+
+        let started = Instant::now();
+        let answer = holds_within(&transfer, &reference, Duration::from_millis(300)).await;
+        assert!(
+            matches!(answer, Err(TransferError::RegistryUnavailable { .. })),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        silent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reference_without_a_digest_is_not_asked_for() {
+        crypto_provider();
+        let transfer = Transfer::new(TransferConfig::default(), RegistrySettings::new());
+        let by_tag = lifeboat_api::ImageReference::parse("127.0.0.1:1/demo/web:1.0").unwrap();
+        assert!(!holds(&transfer, &by_tag).await.unwrap());
+    }
 }
