@@ -79,26 +79,40 @@ pub async fn reconcile(
 }
 
 /// Writes the status with server-side apply, unless nothing changed.
+/// The newest status of a policy: the one this process last wrote, else
+/// the watch cache's.
+fn newest_status(policy: &ImageBackupPolicy, memory: &PolicyMemory) -> ImageBackupPolicyStatus {
+    let uid = policy.metadata.uid.as_deref().unwrap_or_default();
+    match &memory.written_status {
+        Some((written_uid, status)) if written_uid == uid => status.clone(),
+        _ => policy.status_or_default(),
+    }
+}
+
 async fn write_status(
     api: &Api<ImageBackupPolicy>,
-    name: &str,
+    policy: &ImageBackupPolicy,
+    memory: &mut PolicyMemory,
     previous: &ImageBackupPolicyStatus,
     status: &ImageBackupPolicyStatus,
 ) -> Result<(), OperatorError> {
     if previous == status {
         return Ok(());
     }
+    let name = kube::ResourceExt::name_any(policy);
     let patch = serde_json::json!({
         "apiVersion": "lifeboat.dev/v1alpha1",
         "kind": KIND,
         "status": status,
     });
     api.patch_status(
-        name,
+        &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    memory.written_status = Some((uid, status.clone()));
     Ok(())
 }
 
@@ -181,7 +195,7 @@ async fn reconcile_with(
     let context = &controller.context;
     let api: Api<ImageBackupPolicy> = Api::namespaced(context.client.clone(), namespace);
     let generation = policy.metadata.generation.unwrap_or(0);
-    let previous = policy.status_or_default();
+    let previous = newest_status(policy, memory);
     let now = whole_seconds(Utc::now());
     let spec = &policy.spec;
 
@@ -191,7 +205,7 @@ async fn reconcile_with(
         Err(e) => {
             let (reason, message) = (e.reason(), e.to_string());
             let status = stalled_status(&previous, generation, now, reason, &message);
-            write_status(&api, name, &previous, &status).await?;
+            write_status(&api, policy, memory, &previous, &status).await?;
             report_problem(controller, policy, memory, reason, &message).await;
             info!(policy = %name, namespace, reason, %message, "invalid spec: stalled");
             return Ok(Action::await_change());
@@ -230,7 +244,7 @@ async fn reconcile_with(
         Err(e) => {
             let reason = lifeboat_api::conditions::reasons::INVALID_SPEC;
             let status = stalled_status(&previous, generation, now, reason, &e.0);
-            write_status(&api, name, &previous, &status).await?;
+            write_status(&api, policy, memory, &previous, &status).await?;
             report_problem(controller, policy, memory, reason, &e.0).await;
             return Ok(Action::await_change());
         }
@@ -276,7 +290,7 @@ async fn reconcile_with(
                 Err(e) => {
                     let (reason, message) = (e.reason(), e.to_string());
                     let status = blocked_status(&previous, generation, now, reason, &message);
-                    write_status(&api, name, &previous, &status).await?;
+                    write_status(&api, policy, memory, &previous, &status).await?;
                     report_problem(controller, policy, memory, reason, &message).await;
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
@@ -414,7 +428,7 @@ async fn reconcile_with(
             targets.len()
         );
         let running = reconciling_status(&previous, generation, now, message.clone());
-        write_status(&api, name, &previous, &running).await?;
+        write_status(&api, policy, memory, &previous, &running).await?;
         let started_status = if previous == running {
             previous.clone()
         } else {
@@ -605,7 +619,7 @@ async fn reconcile_with(
     } else {
         previous.clone()
     };
-    write_status(&api, name, &server, &status).await?;
+    write_status(&api, policy, memory, &server, &status).await?;
     record_image_metrics(controller, &evaluation, &labels);
 
     let ready = find_condition(&status.conditions, types::READY).map(|c| c.status.clone());
