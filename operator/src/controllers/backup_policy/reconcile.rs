@@ -1232,6 +1232,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_status_last_written_wins_over_a_lagging_cache_for_the_same_policy_only() {
+        let mut cached: ImageBackupPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "uid-1"},
+            "spec": {"targets": [{"name": "backup", "registry": "backup.example"}]},
+        }))
+        .unwrap();
+        cached.status = Some(ImageBackupPolicyStatus {
+            observed_generation: 1,
+            ..ImageBackupPolicyStatus::default()
+        });
+        let written = ImageBackupPolicyStatus {
+            observed_generation: 2,
+            ..ImageBackupPolicyStatus::default()
+        };
+        let mut memory = PolicyMemory::default();
+        assert_eq!(newest_status(&cached, &memory).observed_generation, 1);
+        memory.written_status = Some(("uid-1".into(), written));
+        assert_eq!(newest_status(&cached, &memory).observed_generation, 2);
+        // A policy deleted and created again under the same name is new.
+        cached.metadata.uid = Some("uid-2".into());
+        assert_eq!(newest_status(&cached, &memory).observed_generation, 1);
+    }
+
+    #[test]
     fn requeue_for_the_schedule_or_the_next_source_check() {
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let check = Duration::from_secs(20);
