@@ -21,6 +21,27 @@ pub async fn run(context: Arc<Context>) {
     }
 }
 
+/// Writes an object's status by server-side apply as the operator's one
+/// field manager (forced: the operator owns every status field).
+async fn apply_status<K, S>(api: &kube::Api<K>, name: &str, status: &S) -> Result<(), OperatorError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(crate::context::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// What both controllers do after a failed reconcile: count it by kind and
 /// reason, log it, and either wait for a change of the object (an error only
 /// a new spec can fix, so no hot loop) or try again after `retry`.

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -40,7 +39,6 @@ use super::status::{
     Evaluation, blocked_status, counts, evaluated_status, reconciling_status, stalled_status,
     whole_seconds,
 };
-use crate::context::FIELD_MANAGER;
 use crate::error::OperatorError;
 use crate::telemetry::object_labels;
 
@@ -99,18 +97,7 @@ async fn write_status(
     if previous == status {
         return Ok(());
     }
-    let name = kube::ResourceExt::name_any(policy);
-    let patch = serde_json::json!({
-        "apiVersion": "lifeboat.dev/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::controllers::apply_status(api, &kube::ResourceExt::name_any(policy), status).await?;
     let uid = policy.metadata.uid.clone().unwrap_or_default();
     memory.written_status = Some((uid, status.clone()));
     Ok(())

@@ -44,7 +44,6 @@ use super::status::{
     fail, fail_open_images, is_complete, newly_terminal, nothing_to_restore, pending_image,
     stalled, summarize, whole_seconds,
 };
-use crate::context::FIELD_MANAGER;
 use crate::controllers::backup_policy::registry::{ca_bundle, docker_config};
 use crate::error::OperatorError;
 use crate::telemetry::object_labels;
@@ -88,17 +87,7 @@ async fn write_status(
     let name = restore.name_any();
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<ImageRestore> = Api::namespaced(controller.context.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "lifeboat.dev/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::controllers::apply_status(&api, &name, status).await?;
     controller.wrote(&restore.uid().unwrap_or_default(), Some(status.clone()));
     Ok(())
 }
