@@ -62,15 +62,27 @@ impl OperatorConfig {
                 )));
             }
         };
-        let leader_election = match get("LIFEBOAT_LEADER_ELECTION").as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(OperatorError::Config(format!(
-                    "LIFEBOAT_LEADER_ELECTION must be true or false, not {other:?}"
-                )));
+        let boolean = |name: &str, default: bool| -> Result<bool, OperatorError> {
+            match get(name).as_deref() {
+                None => Ok(default),
+                Some("true") => Ok(true),
+                Some("false") => Ok(false),
+                Some(other) => Err(OperatorError::Config(format!(
+                    "{name} must be true or false, not {other:?}"
+                ))),
             }
         };
+        // A comma-separated list; blanks and empty items are ignored.
+        let list = |name: &str| -> Vec<String> {
+            get(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let leader_election = boolean("LIFEBOAT_LEADER_ELECTION", true)?;
         let node_exporter_image = get("LIFEBOAT_NODE_EXPORTER_IMAGE")
             .unwrap_or_else(|| "lifeboat.local/node-exporter:dev".to_owned());
         let number = |name: &str, default: u64| -> Result<u64, OperatorError> {
@@ -87,13 +99,7 @@ impl OperatorConfig {
             std::time::Duration::from_secs(number("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", 300)?);
         let max_concurrent_copies =
             usize::try_from(number("LIFEBOAT_MAX_CONCURRENT_COPIES", 8)?).unwrap_or(8);
-        let plain_http_registries = get("LIFEBOAT_PLAIN_HTTP_REGISTRIES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let plain_http_registries = list("LIFEBOAT_PLAIN_HTTP_REGISTRIES");
         let node_exporter_pull_policy = match get("LIFEBOAT_NODE_EXPORTER_PULL_POLICY") {
             None => "IfNotPresent".to_owned(),
             Some(p) if ["Always", "IfNotPresent", "Never"].contains(&p.as_str()) => p,
@@ -115,23 +121,8 @@ impl OperatorConfig {
                 ))
             })?,
         };
-        let node_exporter_host_network = match get("LIFEBOAT_NODE_EXPORTER_HOST_NETWORK").as_deref()
-        {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(OperatorError::Config(format!(
-                    "LIFEBOAT_NODE_EXPORTER_HOST_NETWORK must be true or false, not {other:?}"
-                )));
-            }
-        };
-        let image_pull_secrets = get("LIFEBOAT_IMAGE_PULL_SECRETS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let node_exporter_host_network = boolean("LIFEBOAT_NODE_EXPORTER_HOST_NETWORK", false)?;
+        let image_pull_secrets = list("LIFEBOAT_IMAGE_PULL_SECRETS");
         Ok(OperatorConfig {
             node_exporter_pull_policy,
             containerd_socket,
