@@ -52,9 +52,7 @@ check "the operator becomes available" k -n lifeboat-system rollout status deplo
 
 # --- a namespace with one workload and backup credentials --------------------------
 k create namespace "$ns" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+backup_registry_access "$ns"
 k -n "$ns" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod

@@ -53,3 +53,12 @@ registry_digest() {
   curl -sfI -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json' \
     "http://$SOURCE_REGISTRY/v2/$repo/manifests/$tag" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
 }
+
+# backup_registry_access NS: the Secret `backup-credentials` (basic auth) and
+# the ConfigMap `backup-ca` (the cluster CA) that policies in NS use to reach
+# the backup registry.
+backup_registry_access() {
+  k -n "$1" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
+    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+  k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+}

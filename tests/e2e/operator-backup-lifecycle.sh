@@ -52,9 +52,7 @@ k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
 check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
 
 k create namespace "$ns" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+backup_registry_access "$ns"
 target() { # target NAME SUBPATH [REGISTRY] [SECRET]
   cat <<YAML
   - name: $1

@@ -68,9 +68,7 @@ lost_digest="$(registry_digest "$lost_repo" 0.9)"
 # --- workloads of every kind ---------------------------------------------------------
 k create namespace "$ns" >/dev/null
 k create namespace "$other" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+backup_registry_access "$ns"
 k apply -n "$ns" -f - >/dev/null <<YAML
 apiVersion: apps/v1
 kind: Deployment

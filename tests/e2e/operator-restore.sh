@@ -60,9 +60,7 @@ check "each has a digest" have_digests
 ref() { echo "$SOURCE_REGISTRY/$base/$1:1@${digest[$1]}"; }
 
 k create namespace "$ns" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CA" >/dev/null
+backup_registry_access "$ns"
 
 # deployment NAME NODE: runs image NAME on NODE, pulling on every start.
 deployment() {
