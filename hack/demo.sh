@@ -78,6 +78,11 @@ k label --overwrite namespace lifeboat-system pod-security.kubernetes.io/enforce
 k -n lifeboat-system get deploy,pods -o wide
 
 banner "5/8 workloads: namespace shop (protected by a policy) and namespace legacy (not protected)"
+# A previous run kept with --keep-cluster left its objects behind: start clean.
+k -n lifeboat-system delete imagebackuppolicy shop --ignore-not-found --wait=true >/dev/null
+k -n lifeboat-system delete imagerestore -l lifeboat.dev/policy=shop --ignore-not-found --wait=true >/dev/null
+k -n lifeboat-system delete imagerestore legacy-worker --ignore-not-found --wait=true >/dev/null
+k delete namespace shop legacy --ignore-not-found --wait=true --timeout=120s >/dev/null
 for ns in shop legacy; do k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null; done
 deployment() { # deployment NS NAME IMAGE
   k apply -n "$1" -f - >/dev/null <<YAML

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use lifeboat_api::backup_policy::{LocalObjectRef, RestoreLink};
 use lifeboat_api::conditions::{find_condition, types};
@@ -85,6 +85,26 @@ pub fn automatic_restore(
     })
 }
 
+/// Whether an existing automatic restore belongs to an earlier loss of the
+/// same images: it finished before the newest of the current losses was
+/// seen (restored, then lost again). Such a restore is replaced; one that
+/// is running, or finished after the loss was seen, stands. Pure.
+pub fn superseded(restore: &ImageRestore, status: &ImageBackupPolicyStatus) -> bool {
+    let Some(completed) = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+    else {
+        return false;
+    };
+    status
+        .missing_images
+        .iter()
+        .map(|m| &m.since)
+        .max_by_key(|since| since.0)
+        .is_some_and(|newest_loss| completed.0 < newest_loss.0)
+}
+
 /// What the policy's status says about a restore.
 pub fn link_of(restore: &ImageRestore) -> RestoreLink {
     let status = restore.status.as_ref();
@@ -109,14 +129,24 @@ pub async fn link(
     let name = match automatic_restore(policy, status) {
         Some(wanted) => {
             let name = wanted.name_any();
-            if api.get_opt(&name).await?.is_none() {
-                match api.create(&PostParams::default(), &wanted).await {
+            match api.get_opt(&name).await? {
+                None => match api.create(&PostParams::default(), &wanted).await {
                     Ok(_) => {
                         info!(policy = %policy.name_any(), restore = %name, "automatic restore created")
                     }
+                    // Exists (or is still being deleted): the next reconcile looks again.
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e.into()),
+                },
+                Some(existing) if superseded(&existing, status) => {
+                    // Background propagation: its Jobs go too.
+                    api.delete(&name, &DeleteParams::background()).await?;
+                    info!(
+                        policy = %policy.name_any(), restore = %name,
+                        "images lost again after their automatic restore: replacing it"
+                    );
                 }
+                Some(_) => {}
             }
             Some(name)
         }
@@ -178,6 +208,28 @@ mod tests {
                 .collect(),
             ..ImageBackupPolicyStatus::default()
         }
+    }
+
+    #[test]
+    fn a_restore_finished_before_the_newest_loss_is_superseded() {
+        let policy = policy(true);
+        let at = |seconds: i64| Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap());
+        let mut lost = missing(&["sha256:a"]);
+        lost.missing_images[0].since = at(100);
+        let mut restore = automatic_restore(&policy, &lost).unwrap();
+        // Running: stands.
+        assert!(!superseded(&restore, &lost));
+        // Finished after this loss was seen: stands (the policy has not looked again yet).
+        restore.status = Some(lifeboat_api::ImageRestoreStatus {
+            completion_time: Some(at(150)),
+            ..lifeboat_api::ImageRestoreStatus::default()
+        });
+        assert!(!superseded(&restore, &lost));
+        // The same image lost again later: replaced.
+        lost.missing_images[0].since = at(200);
+        assert!(superseded(&restore, &lost));
+        // Nothing missing: nothing to replace it for.
+        assert!(!superseded(&restore, &missing(&[])));
     }
 
     #[test]
