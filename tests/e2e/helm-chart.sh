@@ -309,7 +309,7 @@ rbac() {
   can update leases.coordination.k8s.io -n "$ns" && cannot update leases.coordination.k8s.io -n kube-system &&
   can patch imagebackuppolicies.lifeboat.dev --subresource=status -n default &&
   cannot patch imagebackuppolicies.lifeboat.dev -n default && cannot delete imagebackuppolicies.lifeboat.dev -n default &&
-  can create imagerestores.lifeboat.dev -n default && can update imagerestores.lifeboat.dev --subresource=finalizers -n default &&
+  can create imagerestores.lifeboat.dev -n default && can delete imagerestores.lifeboat.dev -n default && can update imagerestores.lifeboat.dev --subresource=finalizers -n default &&
   cannot create clusterroles.rbac.authorization.k8s.io
 }
 check "RBAC: Jobs and Secret writes only in its namespace, no Secret listing, read-only elsewhere" rbac

@@ -287,6 +287,18 @@ owned_by_policy() {
   [[ "$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')" == ImageBackupPolicy/auto ]]
 }
 check "the automatic restore is owned by its policy" owned_by_policy
+# Lost again once the policy has seen it back: the finished restore is
+# replaced by a new one of the same name, which brings it back again.
+first_uid="$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.metadata.uid}')"
+seen_back() { [[ "$(k -n "$ns" get ibp auto -o jsonpath='{.status.missingImages}')" == "" ]]; }
+check "the policy sees the auto image back (missingImages empty)" eventually 90 seen_back
+check "the auto image is lost again" lose auto
+restored_again() {
+  local uid; uid="$(k -n "$ns" get imagerestore "$auto_restore" -o jsonpath='{.metadata.uid}')"
+  [[ -n "$uid" && "$uid" != "$first_uid" ]] || { echo "restore uid '$uid' (first $first_uid)"; return 1; }
+  auto_closed
+}
+check "... which replaces the finished restore, and the image comes back again" eventually 180 restored_again
 
 # --- metrics and the table ----------------------------------------------------------------
 operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
