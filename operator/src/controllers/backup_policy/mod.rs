@@ -39,7 +39,7 @@ pub struct BackupController {
     pub context: Arc<Context>,
     pub caches: caches::Caches,
     pub recorder: Recorder,
-    /// What each policy's earlier reconciles learned; keyed `namespace/name`.
+    /// What each policy's earlier reconciles learned; keyed by the policy's uid.
     /// Only an optimisation: the registries are the truth, and a restarted
     /// operator relearns all of it (without copying bytes again).
     pub memory: Mutex<HashMap<String, PolicyMemory>>,
@@ -59,13 +59,7 @@ impl BackupController {
         let live: std::collections::HashSet<String> = store
             .state()
             .iter()
-            .map(|p| {
-                format!(
-                    "{}/{}",
-                    kube::ResourceExt::namespace(p.as_ref()).unwrap_or_default(),
-                    kube::ResourceExt::name_any(p.as_ref())
-                )
-            })
+            .filter_map(|p| kube::ResourceExt::uid(p.as_ref()))
             .collect();
         self.memory
             .lock()

@@ -56,7 +56,11 @@ pub async fn reconcile(
 ) -> Result<Action, OperatorError> {
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let key = format!("{namespace}/{name}");
+    // By uid: a policy deleted and created again under the same name is a
+    // new policy and must not inherit what the old one verified or saw.
+    let key = policy
+        .uid()
+        .unwrap_or_else(|| format!("{namespace}/{name}"));
     controller
         .context
         .metrics
