@@ -73,8 +73,11 @@ k label --overwrite namespace lifeboat-system pod-security.kubernetes.io/enforce
   pod-security.kubernetes.io/audit=privileged pod-security.kubernetes.io/warn=privileged >/dev/null
 # --take-ownership: the e2e suites may have applied the same objects from
 # config/operator (the chart rendered) before; Helm adopts them.
+# The local image tag is always :dev; an annotation with the binaries' hash
+# rolls the operator out when they changed (a re-run after a rebuild).
+build="$(cat "$CLUSTER_DIR/images/lifeboat-images.stamp" | sha256sum | cut -c1-16)"
 "$HELM" upgrade --install lifeboat helm/lifeboat --namespace lifeboat-system --take-ownership \
-  -f hack/values-local.yaml --wait --timeout 180s
+  -f hack/values-local.yaml --set-string "podAnnotations.lifeboat\.dev/build=$build" --wait --timeout 180s
 k -n lifeboat-system get deploy,pods -o wide
 
 banner "5/8 workloads: namespace shop (protected by a policy) and namespace legacy (not protected)"
