@@ -56,6 +56,15 @@ pub fn is_complete(status: &ImageRestoreStatus) -> bool {
     status.completion_time.is_some()
 }
 
+/// Every status the controller writes has seen this generation and, from the
+/// first write on, a `startTime`.
+fn observed(status: &mut ImageRestoreStatus, generation: i64, now: DateTime<Utc>) {
+    status.observed_generation = generation;
+    if status.start_time.is_none() {
+        status.start_time = Some(to_k8s_time(whole_seconds(now)));
+    }
+}
+
 /// The status for the current per-image states: progress recounted,
 /// `Ready` Unknown while images are open, True when every image is
 /// restored, False (and `Stalled` with the first failure's reason) when
@@ -65,10 +74,7 @@ pub fn summarize(
     generation: i64,
     now: DateTime<Utc>,
 ) -> ImageRestoreStatus {
-    status.observed_generation = generation;
-    if status.start_time.is_none() {
-        status.start_time = Some(to_k8s_time(whole_seconds(now)));
-    }
+    observed(&mut status, generation, now);
     status.recount();
     let total = status.images.len();
     let restored = status
@@ -170,10 +176,7 @@ pub fn stalled(
     message: &str,
     terminal: bool,
 ) -> ImageRestoreStatus {
-    status.observed_generation = generation;
-    if status.start_time.is_none() {
-        status.start_time = Some(to_k8s_time(whole_seconds(now)));
-    }
+    observed(&mut status, generation, now);
     if terminal && status.completion_time.is_none() {
         status.completion_time = Some(to_k8s_time(whole_seconds(now)));
     }
@@ -206,10 +209,7 @@ pub fn nothing_to_restore(
     generation: i64,
     now: DateTime<Utc>,
 ) -> ImageRestoreStatus {
-    status.observed_generation = generation;
-    if status.start_time.is_none() {
-        status.start_time = Some(to_k8s_time(whole_seconds(now)));
-    }
+    observed(&mut status, generation, now);
     if status.completion_time.is_none() {
         status.completion_time = Some(to_k8s_time(whole_seconds(now)));
     }
