@@ -96,15 +96,7 @@ pub fn image_manifest(layers: &[Blob], media_type: &str, platform: (&str, &str))
         layers_json.join(",\n      ")
     )
     .into_bytes();
-    let mut blobs = vec![config];
-    blobs.extend(layers.iter().cloned());
-    Manifest {
-        digest: sha256(&bytes),
-        bytes,
-        media_type: media_type.to_owned(),
-        blobs,
-        children: Vec::new(),
-    }
+    single_manifest(bytes, media_type, config, layers)
 }
 
 /// An OCI image manifest whose config says when the image was created
@@ -125,15 +117,7 @@ pub fn dated_image_manifest(layers: &[Blob], created: &str) -> Manifest {
         layers_json.join(",")
     )
     .into_bytes();
-    let mut blobs = vec![config];
-    blobs.extend(layers.iter().cloned());
-    Manifest {
-        digest: sha256(&bytes),
-        bytes,
-        media_type: OCI_MANIFEST.to_owned(),
-        blobs,
-        children: Vec::new(),
-    }
+    single_manifest(bytes, OCI_MANIFEST, config, layers)
 }
 
 /// An artifact manifest: arbitrary config and layer media types.
@@ -373,5 +357,18 @@ impl RegistryHttp {
                 .unwrap_or_else(|| panic!("blob {} missing in {repository}", blob.digest));
             assert_eq!(sha256(&data), blob.digest);
         }
+    }
+}
+
+/// A single-platform manifest of these bytes, holding its config and layers.
+fn single_manifest(bytes: Vec<u8>, media_type: &str, config: Blob, layers: &[Blob]) -> Manifest {
+    let mut blobs = vec![config];
+    blobs.extend(layers.iter().cloned());
+    Manifest {
+        digest: sha256(&bytes),
+        bytes,
+        media_type: media_type.to_owned(),
+        blobs,
+        children: Vec::new(),
     }
 }
