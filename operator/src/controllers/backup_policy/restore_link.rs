@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use lifeboat_api::backup_policy::{LocalObjectRef, RestoreLink};
 use lifeboat_api::conditions::{find_condition, types};
 use lifeboat_api::restore::{BackupSource, RestoreDestination, RestoreSource, RestoreSourceType};
@@ -44,14 +44,8 @@ pub fn automatic_restore(
         return None;
     }
     let policy_name = policy.name_any();
-    let owner = OwnerReference {
-        api_version: "lifeboat.dev/v1alpha1".to_owned(),
-        kind: "ImageBackupPolicy".to_owned(),
-        name: policy_name.clone(),
-        uid: policy.uid()?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    // apiVersion, kind, name, uid; controller and blockOwnerDeletion set.
+    let owner = policy.controller_owner_ref(&())?;
     let spec = ImageRestoreSpec {
         images: None,
         policy_ref: Some(LocalObjectRef {

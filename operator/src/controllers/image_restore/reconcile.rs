@@ -126,14 +126,9 @@ struct Facts<'a> {
 
 impl Facts<'_> {
     fn owner(&self, operator_namespace: &str) -> Option<OwnerReference> {
-        (self.namespace == operator_namespace).then(|| OwnerReference {
-            api_version: "lifeboat.dev/v1alpha1".to_owned(),
-            kind: KIND.to_owned(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        })
+        (self.namespace == operator_namespace)
+            .then(|| self.restore.controller_owner_ref(&()))
+            .flatten()
     }
 
     fn template_context(&self) -> TemplateContext<'_> {
