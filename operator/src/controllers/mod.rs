@@ -2,6 +2,7 @@
 
 pub mod backup_policy;
 pub mod image_restore;
+pub mod object_names;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,29 @@ where
     )
     .await?;
     Ok(())
+}
+
+/// Publishes one Event about `regarding`, its note bounded to what the
+/// Events API keeps. A failed publish is logged, never a reconcile error:
+/// Events are a courtesy, the status is the record.
+pub(crate) async fn publish(
+    recorder: &kube::runtime::events::Recorder,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(lifeboat_api::conditions::bounded_message(note, 1024)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        warn!(reason, error = %e, "could not publish event");
+    }
 }
 
 /// What both controllers do after a failed reconcile: count it by kind and

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use lifeboat_api::backup_policy::{
     DryRunPlan, ImageBackupPolicyStatus, MAX_PLAN_ENTRIES, REQUESTED_AT_ANNOTATION, RunRecord,
@@ -20,7 +20,7 @@ use lifeboat_api::time::{from_k8s_time, to_k8s_time};
 use lifeboat_api::validation::validate_policy_spec;
 use lifeboat_api::{ImageBackupPolicy, ImageReference};
 use opentelemetry::KeyValue;
-use registry_transfer::{ImageRef, RepositoryRef, Transfer, TransferConfig, TransferError};
+use registry_transfer::{ImageRef, RepositoryRef, Transfer, TransferError};
 use tracing::{debug, info, warn};
 
 use super::BackupController;
@@ -30,7 +30,7 @@ use super::decide::{
 };
 use super::discovery::{DigestHints, Inventory, Scope, discover, running_digests};
 use super::plan::{CopyTask, PlanTarget, copy_tasks};
-use super::registry::{self, copy_task, holds, image_ref, policy_settings};
+use super::registry::{self, copy_task, holds, policy_settings};
 use super::retention::{
     Backup, DeleteReason, InUse, RetentionTiming, Rules, in_use_digests, lifeboat_tag_digest,
     parse_created, plan_deletions, retention_due,
@@ -40,6 +40,7 @@ use super::status::{
     whole_seconds,
 };
 use crate::error::OperatorError;
+use crate::registry_access::{image_ref, transfer_config};
 use crate::telemetry::object_labels;
 
 const KIND: &str = "ImageBackupPolicy";
@@ -115,16 +116,7 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(lifeboat_api::conditions::bounded_message(note, 1024)),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = controller.recorder.publish(&event, regarding).await {
-        warn!(reason, error = %e, "could not publish event");
-    }
+    crate::controllers::publish(&controller.recorder, regarding, type_, reason, action, note).await;
 }
 
 fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
@@ -164,12 +156,7 @@ fn transfer_for(memory: &mut PolicyMemory, settings: registry::PolicySettings) -
     match &memory.transfer {
         Some((fingerprint, transfer)) if *fingerprint == settings.fingerprint => transfer.clone(),
         _ => {
-            let config = TransferConfig {
-                max_concurrent_requests: 16,
-                max_concurrent_per_registry: 8,
-                ..TransferConfig::default()
-            };
-            let transfer = Transfer::new(config, settings.settings);
+            let transfer = Transfer::new(transfer_config(), settings.settings);
             memory.transfer = Some((settings.fingerprint, transfer.clone()));
             transfer
         }

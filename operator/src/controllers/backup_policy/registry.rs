@@ -3,19 +3,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lifeboat_api::ImageBackupPolicySpec;
 use lifeboat_api::backup_policy::LocalObjectRef;
 use lifeboat_api::template::TargetRegistry;
 use registry_transfer::{
-    CopyReport, CopyRequest, DockerConfig, ImageRef, Platform, RegistrySettings, RepositoryRef,
-    TransferError, deterministic_tag,
+    CopyReport, CopyRequest, Platform, RegistrySettings, RepositoryRef, TransferError,
+    deterministic_tag,
 };
 
 use super::discovery::SecretId;
 use super::plan::CopyTask;
 use crate::error::OperatorError;
+use crate::registry_access::{ca_bundle, docker_config, image_ref};
 
 /// Registry settings for one policy, and a fingerprint of what they were
 /// built from (Secret and ConfigMap resource versions), so the engine is
@@ -25,92 +26,6 @@ pub struct PolicySettings {
     pub fingerprint: String,
     /// Pull secrets that could not be read (skipped, not fatal).
     pub skipped_pull_secrets: Vec<String>,
-}
-
-const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
-
-pub async fn docker_config(
-    secrets: &Api<Secret>,
-    namespace: &str,
-    name: &str,
-    fingerprint: &mut String,
-) -> Result<DockerConfig, OperatorError> {
-    let not_found = || OperatorError::CredentialsNotFound {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
-    let secret = secrets.get_opt(name).await?.ok_or_else(not_found)?;
-    let invalid = |message: String| OperatorError::CredentialsInvalid {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        message,
-    };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(DOCKER_CONFIG_JSON))
-        .ok_or_else(|| {
-            invalid(format!(
-                "it has no {DOCKER_CONFIG_JSON} key (use type kubernetes.io/dockerconfigjson)"
-            ))
-        })?;
-    let config = DockerConfig::parse(&bytes.0).map_err(|e| invalid(e.to_string()))?;
-    fingerprint.push_str(&format!(
-        "secret/{namespace}/{name}@{};",
-        secret.metadata.resource_version.unwrap_or_default()
-    ));
-    Ok(config)
-}
-
-pub async fn ca_bundle(
-    client: &Client,
-    namespace: &str,
-    bundle: &lifeboat_api::backup_policy::CaBundle,
-    fingerprint: &mut String,
-) -> Result<Vec<u8>, OperatorError> {
-    if let Some(key_ref) = &bundle.config_map_key_ref {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let missing = || OperatorError::CaBundleNotFound {
-            kind: "ConfigMap",
-            namespace: namespace.to_owned(),
-            name: key_ref.name.clone(),
-            key: key_ref.key.clone(),
-        };
-        let map = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
-        let pem = map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&key_ref.key))
-            .ok_or_else(missing)?;
-        fingerprint.push_str(&format!(
-            "configmap/{namespace}/{}@{};",
-            key_ref.name,
-            map.metadata.resource_version.clone().unwrap_or_default()
-        ));
-        return Ok(pem.clone().into_bytes());
-    }
-    if let Some(key_ref) = &bundle.secret_key_ref {
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let missing = || OperatorError::CaBundleNotFound {
-            kind: "Secret",
-            namespace: namespace.to_owned(),
-            name: key_ref.name.clone(),
-            key: key_ref.key.clone(),
-        };
-        let secret = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
-        let pem = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&key_ref.key))
-            .ok_or_else(missing)?;
-        fingerprint.push_str(&format!(
-            "secret/{namespace}/{}@{};",
-            key_ref.name,
-            secret.metadata.resource_version.clone().unwrap_or_default()
-        ));
-        return Ok(pem.0.clone());
-    }
-    Ok(Vec::new())
 }
 
 /// Reads every credential a policy uses. All references are looked up in
@@ -172,11 +87,6 @@ pub async fn policy_settings(
         fingerprint,
         skipped_pull_secrets,
     })
-}
-
-/// The transfer library's reference for one of ours.
-pub fn image_ref(reference: &lifeboat_api::ImageReference) -> Result<ImageRef, TransferError> {
-    ImageRef::parse(&reference.to_string())
 }
 
 /// What copying one task gave.

@@ -14,7 +14,7 @@ use lifeboat_api::restore::{BackupSource, RestoreDestination, RestoreSource, Res
 use lifeboat_api::{ImageBackupPolicy, ImageBackupPolicyStatus, ImageRestore, ImageRestoreSpec};
 use tracing::{info, warn};
 
-use crate::controllers::image_restore::planning::automatic_restore_name;
+use crate::controllers::object_names::automatic_restore_name;
 use crate::error::OperatorError;
 
 /// Label on automatic restores naming their policy.

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use lifeboat_api::conditions::reasons;
 use lifeboat_api::restore::{ImageRestoreState, ImageSourceRef, RestoreSourceKind, RestoredImage};
@@ -26,7 +26,7 @@ use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestore, ImageRestore
 use opentelemetry::KeyValue;
 use registry_transfer::{
     ContentSource as _, CopyRequest, ImageRef, RegistrySettings, RepositoryRef, Transfer,
-    TransferConfig, TransferError, deterministic_tag,
+    TransferError, deterministic_tag,
 };
 use tracing::{debug, info, warn};
 
@@ -44,8 +44,9 @@ use super::status::{
     fail, fail_open_images, is_complete, newly_terminal, nothing_to_restore, pending_image,
     stalled, summarize, whole_seconds,
 };
-use crate::controllers::backup_policy::registry::{ca_bundle, docker_config};
+use crate::controllers::object_names;
 use crate::error::OperatorError;
+use crate::registry_access::{ca_bundle, docker_config, transfer_config};
 use crate::telemetry::object_labels;
 
 const KIND: &str = "ImageRestore";
@@ -99,20 +100,16 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
+    let regarding = restore.object_ref(&());
+    crate::controllers::publish(
+        &controller.recorder,
+        &regarding,
         type_,
-        reason: reason.to_owned(),
-        note: Some(lifeboat_api::conditions::bounded_message(note, 1024)),
-        action: "Restore".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = controller
-        .recorder
-        .publish(&event, &restore.object_ref(&()))
-        .await
-    {
-        warn!(reason, error = %e, "could not publish event");
-    }
+        reason,
+        "Restore",
+        note,
+    )
+    .await;
 }
 
 /// Everything a reconcile derives from the restore once.
@@ -564,12 +561,7 @@ async fn registry_engine(
             }
         }
     }
-    let config = TransferConfig {
-        max_concurrent_requests: 16,
-        max_concurrent_per_registry: 8,
-        ..TransferConfig::default()
-    };
-    Ok(Transfer::new(config, settings))
+    Ok(Transfer::new(transfer_config(), settings))
 }
 
 // --- following export Jobs ---------------------------------------------------------
@@ -1093,7 +1085,7 @@ async fn from_nodes(
             .iter()
             .filter_map(|i| facts.export_argument(&status.images[*i]).ok())
             .collect();
-        let job_name = planning::export_job_name(&facts.name, &facts.uid, &node, &arguments);
+        let job_name = object_names::export_job_name(&facts.name, &facts.uid, &node, &arguments);
         for index in indices {
             let image = &mut status.images[index];
             image.state = ImageRestoreState::InProgress;
@@ -1118,7 +1110,7 @@ async fn inventory(
 ) -> Result<bool, OperatorError> {
     let namespace = &controller.context.config.namespace;
     let api: Api<Job> = Api::namespaced(controller.context.client.clone(), namespace);
-    let name = planning::inventory_job_name(node, images);
+    let name = object_names::inventory_job_name(node, images);
     let Some(job) = api.get_opt(&name).await? else {
         let job = inventory_job(
             &controller.settings,
@@ -1277,7 +1269,7 @@ async fn ensure_credentials(
                 .to_owned(),
         })?;
     let namespace = &controller.context.config.namespace;
-    let name = planning::credentials_secret_name(&facts.name, &facts.uid);
+    let name = object_names::credentials_secret_name(&facts.name, &facts.uid);
     let copy = jobs::credentials_secret(
         namespace,
         &name,
@@ -1339,7 +1331,7 @@ async fn delete_credentials(controller: &RestoreController, name: &str, uid: &st
         controller.context.client.clone(),
         &controller.context.config.namespace,
     );
-    let secret = planning::credentials_secret_name(name, uid);
+    let secret = object_names::credentials_secret_name(name, uid);
     match api.delete(&secret, &DeleteParams::default()).await {
         Ok(_) => debug!(%secret, "restore credentials deleted"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
