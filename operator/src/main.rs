@@ -1,6 +1,8 @@
 //! Binary edge of the operator: configuration, crypto provider, logging,
 //! metrics endpoint, leader election, then the controllers.
 
+#![warn(clippy::too_many_lines)] // threshold and why: clippy.toml
+
 use std::sync::Arc;
 
 use anyhow::Context as _;

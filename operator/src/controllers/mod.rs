@@ -10,7 +10,10 @@
 //! - [`publish`]: Events, bounded, never a reconcile error;
 //! - `after_error` and `log_outcome`: what happens after a reconcile.
 
-pub mod backup_policy;
+mod backup_policy;
+// Its reconcile is being restructured into a pipeline (issue 13, restore
+// side), which splits its long functions.
+#[allow(clippy::too_many_lines)]
 pub mod image_restore;
 pub mod object_names;
 #[cfg(test)]

@@ -1,118 +1,68 @@
-//! The controller's decisions between IO steps: when to run, what to copy,
-//! what to check in the source registries, and where each image stands.
-//! Pure: times come in as arguments.
+//! Steps 2 and 4 of a policy's reconcile, the decisions: what to do (the
+//! [`Plan`]: copy tasks, whether and why a run starts, which copies are
+//! due) and what it all comes to (the [`Evaluation`] the status is built
+//! from, in `status`). Pure: facts, memory and times come in as arguments.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use lifeboat_api::backup_policy::{RunTrigger, WorkloadKind};
+use kube::ResourceExt as _;
+use lifeboat_api::ImageBackupPolicy;
+use lifeboat_api::backup_policy::{
+    DryRunPlan, ImageBackupPolicyStatus, MAX_PLAN_ENTRIES, REQUESTED_AT_ANNOTATION, RunRecord,
+    RunResult, RunTrigger,
+};
+use lifeboat_api::conditions::bounded_message;
 use lifeboat_api::schedule::{Schedule, due_run};
+use lifeboat_api::template::TemplateContext;
+use lifeboat_api::time::{from_k8s_time, to_k8s_time};
+use lifeboat_api::validation::ValidPolicy;
 
-use super::discovery::Inventory;
-use super::plan::CopyTask;
-use super::status::ImageState;
+use super::act::Acted;
+use super::discovery::{Inventory, Scope};
+use super::memory::{FAILURE_BACKOFF, PolicyMemory};
+use super::plan::{CopyTask, MappingError, PlanTarget, copy_tasks};
+use super::status::{Evaluation, ImageState};
 
-/// A target known to hold an image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
-    pub digest: String,
-    pub at: DateTime<Utc>,
-}
-
-/// How long credentials read from Secrets are reused before they are read
-/// again (the operator gets Secrets by name, it does not watch them).
-pub const CREDENTIALS_TTL: TimeDelta = TimeDelta::seconds(30);
-
-/// A copy that failed, and when.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: String,
-    pub message: String,
-    pub at: DateTime<Utc>,
-}
-
-/// How long a failed copy waits before it is tried again outside a full
-/// run, so a broken image or registry is not hammered on every change.
-pub const FAILURE_BACKOFF: TimeDelta = TimeDelta::seconds(30);
-
-/// What the source registry said about an image, last time we asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceState {
-    pub checked: DateTime<Utc>,
-    pub missing_since: Option<DateTime<Utc>>,
-}
-
-/// What earlier reconciles of one policy learned.
-#[derive(Default)]
-pub struct PolicyMemory {
-    /// The policy's copy engine and the fingerprint of its credentials.
-    pub transfer: Option<(String, registry_transfer::Transfer)>,
-    /// When the credentials were last read, and for which generation and
-    /// set of pull secrets (re-read after [`CREDENTIALS_TTL`] or a change).
-    pub credentials_read: Option<(DateTime<Utc>, i64, u64)>,
-    /// (target name, image key) -> held there.
-    pub verified: HashMap<(String, String), Verified>,
-    /// (target name, image key) -> last copy failure.
-    pub failures: HashMap<(String, String), Failure>,
-    /// image key -> source registry state.
-    pub source: HashMap<String, SourceState>,
-    /// Dry run: (target name, image key) -> when the target was last found
-    /// not to hold it (asked again after the source-check interval).
-    pub absent_at_target: HashMap<(String, String), DateTime<Utc>>,
-    /// Images a Warning event was emitted for (so it is emitted once).
-    pub announced_missing: BTreeSet<String>,
-    /// Pods told (by a Warning event) that the image they fail to pull is
-    /// gone: (namespace, pod, image key).
-    pub announced_pods: BTreeSet<(String, String, String)>,
-    /// The last Stalled/blocked reason reported by event.
-    pub announced_problem: Option<String>,
-    /// The digests each workload's images ran at, as the last discovery
-    /// saw them: hints for pods that restart and cannot pull any more.
-    pub digests_seen: super::discovery::DigestsByWorkload,
-    /// When retention last looked at the targets, for which generation.
-    pub retention_checked: Option<(DateTime<Utc>, i64)>,
-    /// (repository, Lifeboat tag) -> what it points at (content under a
-    /// digest never changes, so it is read once).
-    pub retention_cache: HashMap<(String, String), super::retention::Backup>,
-    /// Dry run: what retention would delete, as last planned.
-    pub would_delete: Vec<String>,
-}
+/// Longest wait before a policy is looked at again.
+pub(crate) const MAX_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Whether and why to run now, and the schedule bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct RunDecision {
+pub(crate) struct RunDecision {
     /// A full run (every image re-verified at every target).
-    pub full_run: Option<RunTrigger>,
-    pub scheduled_time: Option<DateTime<Utc>>,
+    pub(crate) full_run: Option<RunTrigger>,
+    pub(crate) scheduled_time: Option<DateTime<Utc>>,
     /// The requestedAt value this reconcile handles.
-    pub handled_request: Option<String>,
-    pub last_schedule_time: Option<DateTime<Utc>>,
+    pub(crate) handled_request: Option<String>,
+    pub(crate) last_schedule_time: Option<DateTime<Utc>>,
     /// The next run, for status (none while suspended).
-    pub next_schedule_time: Option<DateTime<Utc>>,
+    pub(crate) next_schedule_time: Option<DateTime<Utc>>,
     /// When to look again for the schedule's sake, suspended or not (a
     /// passed time is recorded while suspended, so it is never replayed).
-    pub wake_at: Option<DateTime<Utc>>,
+    pub(crate) wake_at: Option<DateTime<Utc>>,
 }
 
 /// The inputs of [`decide_run`].
-pub struct RunInputs<'a> {
-    pub schedule: Option<&'a Schedule>,
-    pub time_zone: Tz,
-    pub starting_deadline_seconds: Option<i64>,
-    pub suspend: bool,
-    pub created: DateTime<Utc>,
-    pub last_schedule_time: Option<DateTime<Utc>>,
-    pub requested_at: Option<&'a str>,
-    pub last_handled: Option<&'a str>,
-    pub now: DateTime<Utc>,
+pub(crate) struct RunInputs<'a> {
+    pub(crate) schedule: Option<&'a Schedule>,
+    pub(crate) time_zone: Tz,
+    pub(crate) starting_deadline_seconds: Option<i64>,
+    pub(crate) suspend: bool,
+    pub(crate) created: DateTime<Utc>,
+    pub(crate) last_schedule_time: Option<DateTime<Utc>>,
+    pub(crate) requested_at: Option<&'a str>,
+    pub(crate) last_handled: Option<&'a str>,
+    pub(crate) now: DateTime<Utc>,
 }
 
 /// CronJob semantics for the schedule (no run at creation, only the most
 /// recent missed time, within the deadline, nothing replayed after
 /// suspend), plus on-demand runs through the requestedAt annotation, which
 /// run even while suspended (suspend stops the schedule, not a person).
-pub fn decide_run(inputs: &RunInputs<'_>) -> RunDecision {
+pub(crate) fn decide_run(inputs: &RunInputs<'_>) -> RunDecision {
     let mut decision = RunDecision {
         last_schedule_time: inputs.last_schedule_time,
         ..RunDecision::default()
@@ -152,7 +102,7 @@ pub fn decide_run(inputs: &RunInputs<'_>) -> RunDecision {
 /// engine only moves what the target lacks); otherwise only what no earlier
 /// copy verified, and by-tag images again after `recheck` (their tag may
 /// have moved).
-pub fn needs_copy(
+pub(crate) fn needs_copy(
     task: &CopyTask,
     memory: &PolicyMemory,
     full_run: bool,
@@ -179,13 +129,13 @@ pub fn needs_copy(
 
 /// Shortest time between two checks of one image while a pod fails to
 /// pull it (kubelet retries often; the registry need not hear it each time).
-pub const PULL_FAILURE_RECHECK: TimeDelta = TimeDelta::seconds(10);
+pub(crate) const PULL_FAILURE_RECHECK: TimeDelta = TimeDelta::seconds(10);
 
 /// Images to look up in their source registries now: digest-pinned images
 /// never checked or checked longer than `interval` ago, and at once
 /// (within [`PULL_FAILURE_RECHECK`]) every digest of a repository some pod
 /// fails to pull.
-pub fn source_checks_due(
+pub(crate) fn source_checks_due(
     inventory: &Inventory,
     memory: &PolicyMemory,
     now: DateTime<Utc>,
@@ -215,7 +165,7 @@ pub fn source_checks_due(
 }
 
 /// Where each selected image stands, from the inventory and the memory.
-pub fn image_states(
+pub(crate) fn image_states(
     inventory: &Inventory,
     target_names: &[String],
     memory: &PolicyMemory,
@@ -251,13 +201,281 @@ pub fn image_states(
         .collect()
 }
 
-/// Workload counts by kind, for logs.
-pub fn workloads_by_kind(inventory: &Inventory) -> HashMap<WorkloadKind, usize> {
-    let mut counts = HashMap::new();
-    for w in &inventory.workloads {
-        *counts.entry(w.kind).or_default() += 1;
+/// What a reconcile is to do: decided from the facts before any registry
+/// is asked.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) generation: i64,
+    pub(crate) target_names: Vec<String>,
+    /// Every selected image to every target.
+    pub(crate) tasks: Vec<CopyTask>,
+    /// Images a target's repository template cannot name.
+    pub(crate) mapping_errors: Vec<MappingError>,
+    pub(crate) run: RunDecision,
+    /// Copies start whenever one is due (`continuous`, not suspended).
+    pub(crate) continuous: bool,
+    pub(crate) suspended: bool,
+    pub(crate) dry_run: bool,
+    /// How often a source is checked; also how long a by-tag backup and a
+    /// dry run's "the target lacks it" are trusted.
+    pub(crate) check_interval: TimeDelta,
+}
+
+/// Decides what this reconcile does: the copy tasks (every image to every
+/// target) and whether the schedule or an on-demand request starts a run.
+pub(crate) fn plan(
+    policy: &ImageBackupPolicy,
+    valid: &ValidPolicy,
+    inventory: &Inventory,
+    previous: &ImageBackupPolicyStatus,
+    now: DateTime<Utc>,
+    check_interval: TimeDelta,
+) -> Plan {
+    let spec = &policy.spec;
+    let targets: Vec<PlanTarget> = valid
+        .targets
+        .iter()
+        .zip(&spec.targets)
+        .map(|(valid, target)| PlanTarget {
+            valid: valid.clone(),
+            platforms: target.platforms.clone().unwrap_or_default(),
+        })
+        .collect();
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let template_context = TemplateContext {
+        policy_namespace: &namespace,
+        policy_name: &name,
+    };
+    let (tasks, mapping_errors) = copy_tasks(inventory, &targets, template_context);
+    let created = policy
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(from_k8s_time)
+        .unwrap_or(now);
+    let run = decide_run(&RunInputs {
+        schedule: valid.schedule.as_ref(),
+        time_zone: valid.time_zone,
+        starting_deadline_seconds: spec.starting_deadline_seconds,
+        suspend: spec.suspend,
+        created,
+        last_schedule_time: previous.last_schedule_time.as_ref().map(from_k8s_time),
+        requested_at: policy
+            .annotations()
+            .get(REQUESTED_AT_ANNOTATION)
+            .map(String::as_str),
+        last_handled: previous.last_handled_reconcile_at.as_deref(),
+        now,
+    });
+    Plan {
+        now,
+        generation: policy.metadata.generation.unwrap_or(0),
+        target_names: targets.iter().map(|t| t.valid.name.clone()).collect(),
+        tasks,
+        mapping_errors,
+        run,
+        continuous: spec.continuous && !spec.suspend,
+        suspended: spec.suspend,
+        dry_run: spec.dry_run,
+        check_interval,
     }
-    counts
+}
+
+/// The copies due now (decided after the source checks): images still in
+/// their source registry that [`needs_copy`] says to copy.
+pub(crate) fn due_copies<'a>(plan: &'a Plan, memory: &PolicyMemory) -> Vec<&'a CopyTask> {
+    let full_run = plan.run.full_run.is_some();
+    plan.tasks
+        .iter()
+        .filter(|task| !memory.is_missing(&task.image_key))
+        .filter(|task| needs_copy(task, memory, full_run, plan.now, plan.check_interval))
+        .collect()
+}
+
+/// Why a run starts now, if one does: the schedule or a request (a full
+/// run), else `continuous` when some copy is due.
+pub(crate) fn run_trigger(plan: &Plan, due: usize) -> Option<RunTrigger> {
+    match plan.run.full_run {
+        Some(trigger) => Some(trigger),
+        None if plan.continuous && due > 0 => Some(RunTrigger::Continuous),
+        None => None,
+    }
+}
+
+/// What the copies of one run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RunTally {
+    pub(crate) copied: i32,
+    pub(crate) up_to_date: i32,
+    pub(crate) failed: i32,
+    pub(crate) bytes: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+impl RunTally {
+    pub(crate) fn result(&self) -> RunResult {
+        if self.failed == 0 {
+            RunResult::Succeeded
+        } else if self.copied + self.up_to_date > 0 {
+            RunResult::PartiallyFailed
+        } else {
+            RunResult::Failed
+        }
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        let mut text = format!(
+            "{} copied, {} already up to date, {} failed, {} bytes",
+            self.copied, self.up_to_date, self.failed, self.bytes
+        );
+        if let Some(error) = &self.first_error {
+            text.push_str(&format!("; first failure: {error}"));
+        }
+        text
+    }
+
+    /// The run's entry in `status.history`.
+    pub(crate) fn record(
+        &self,
+        trigger: RunTrigger,
+        started: DateTime<Utc>,
+        completed: DateTime<Utc>,
+        scheduled: Option<DateTime<Utc>>,
+    ) -> RunRecord {
+        RunRecord {
+            trigger,
+            result: self.result(),
+            start_time: to_k8s_time(started),
+            completion_time: Some(to_k8s_time(completed)),
+            scheduled_time: scheduled.map(to_k8s_time),
+            copied: self.copied,
+            up_to_date: self.up_to_date,
+            failed: self.failed,
+            deleted: 0,
+            bytes_copied: i64::try_from(self.bytes).unwrap_or(i64::MAX),
+            message: Some(bounded_message(self.summary(), 1024)),
+        }
+    }
+}
+
+/// Adds a retention pass's deletions to this reconcile's record: to the
+/// run's, or (no run) to a record of their own, which goes into the history
+/// but says nothing about backups (the returned flag, `retention_only`).
+pub(crate) fn with_deletions(
+    run: Option<RunRecord>,
+    deleted: &[String],
+    now: DateTime<Utc>,
+) -> (Option<RunRecord>, bool) {
+    let count = i32::try_from(deleted.len()).unwrap_or(i32::MAX);
+    if count == 0 {
+        return (run, false);
+    }
+    let note = format!("retention deleted {count} digests");
+    match run {
+        Some(mut record) => {
+            record.deleted = count;
+            let message = format!("{}; {note}", record.message.clone().unwrap_or_default());
+            record.message = Some(bounded_message(message, 1024));
+            (Some(record), false)
+        }
+        None => {
+            let at = to_k8s_time(now);
+            let record = RunRecord {
+                trigger: RunTrigger::Continuous,
+                result: RunResult::Succeeded,
+                start_time: at.clone(),
+                completion_time: Some(at),
+                scheduled_time: None,
+                copied: 0,
+                up_to_date: 0,
+                failed: 0,
+                deleted: count,
+                bytes_copied: 0,
+                message: Some(bounded_message(
+                    format!("{note}: {}", deleted.join(", ")),
+                    1024,
+                )),
+            };
+            (Some(record), true)
+        }
+    }
+}
+
+/// A dry run's plan with what retention would delete (sorted, bounded).
+pub(crate) fn with_would_delete(mut plan: DryRunPlan, would_delete: &[String]) -> DryRunPlan {
+    let mut would_delete = would_delete.to_vec();
+    would_delete.sort();
+    plan.would_delete_total = i32::try_from(would_delete.len()).unwrap_or(i32::MAX);
+    would_delete.truncate(MAX_PLAN_ENTRIES);
+    plan.would_delete = would_delete;
+    plan
+}
+
+/// The ScopeRestricted message of a tenant policy (outside the operator's
+/// namespace), `None` for others.
+pub(crate) fn scope_restricted(scope: &Scope) -> Option<String> {
+    scope.only_namespace.as_ref().map(|own| {
+        if scope.selector_reaches_beyond() {
+            format!("this policy is outside the operator's namespace: it protects only namespace {own}, whatever its selector names")
+        } else {
+            format!("this policy is outside the operator's namespace: it protects only namespace {own}")
+        }
+    })
+}
+
+/// Everything the new status is built from (see `status::evaluated_status`).
+pub(crate) fn evaluation(
+    plan: &Plan,
+    scope: &Scope,
+    inventory: &Inventory,
+    memory: &PolicyMemory,
+    acted: &Acted,
+    previous: &ImageBackupPolicyStatus,
+) -> Evaluation {
+    let bytes_before = previous.summary.as_ref().map_or(0, |s| s.bytes_copied);
+    let bytes_this_run = acted.finished_run.as_ref().map_or(0, |r| r.bytes_copied);
+    Evaluation {
+        generation: plan.generation,
+        now: plan.now,
+        target_count: plan.target_names.len(),
+        workloads: i32::try_from(inventory.workloads.len()).unwrap_or(i32::MAX),
+        images: image_states(inventory, &plan.target_names, memory),
+        finished_run: acted.finished_run.clone(),
+        last_schedule_time: plan.run.last_schedule_time,
+        next_schedule_time: plan.run.next_schedule_time,
+        handled_request: plan.run.handled_request.clone(),
+        scope_restricted: scope_restricted(scope),
+        plan: acted.dry_run_plan.clone(),
+        dry_run: plan.dry_run,
+        bytes_copied_total: bytes_before.saturating_add(bytes_this_run),
+        retention_only: acted.retention_only,
+    }
+}
+
+/// When to look again: the next scheduled time or the next source check,
+/// whichever is first, at most [`MAX_REQUEUE`].
+pub(crate) fn requeue_after(
+    next_schedule: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    check_interval: Duration,
+) -> Duration {
+    let mut wait = check_interval.min(MAX_REQUEUE);
+    if let Some(next) = next_schedule {
+        let until = (next - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+        wait = wait.min(until);
+    }
+    wait.max(Duration::from_secs(1))
+}
+
+/// A fingerprint of a value (the set of pull secrets a policy's workloads
+/// name), to notice a change without keeping the value.
+pub(crate) fn fingerprint<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -267,6 +485,7 @@ mod tests {
     use lifeboat_api::ImageReference;
 
     use super::super::discovery::{ImageUse, image_key};
+    use super::super::memory::{Failure, SourceState, Verified};
     use super::*;
 
     fn at(seconds: i64) -> DateTime<Utc> {
@@ -496,5 +715,25 @@ mod tests {
         assert_eq!(states[0].missing_since, Some(at(5)));
         assert_eq!(states[0].nodes, vec!["node-2".to_owned()]);
         assert_eq!(states[0].digest.as_deref(), Some(DIGEST));
+    }
+
+    #[test]
+    fn requeue_for_the_schedule_or_the_next_source_check() {
+        let now = at(0);
+        let check = Duration::from_secs(20);
+        assert_eq!(requeue_after(None, now, check), check);
+        assert_eq!(
+            requeue_after(Some(now + TimeDelta::seconds(5)), now, check),
+            Duration::from_secs(6)
+        );
+        // Never longer than MAX_REQUEUE, never a busy loop.
+        assert_eq!(
+            requeue_after(None, now, Duration::from_secs(3600)),
+            MAX_REQUEUE
+        );
+        assert_eq!(
+            requeue_after(Some(now - TimeDelta::seconds(5)), now, check),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -3,18 +3,26 @@
 //! stay available in their source registries, and reports it all in the
 //! policy's status, in Events and in metrics.
 //!
-//! Deciding is pure and unit-tested (`discovery`, `plan`, `status`,
-//! `decide`); `reconcile` does the IO; `caches` keeps trimmed watch caches.
+//! A reconcile is a pipeline (`reconcile` shows it top to bottom): gather
+//! the facts (`facts`, reading `caches` through `discovery`, credentials
+//! through `registry`) → decide what to do (`decide`, `plan`) → act
+//! (`act`: registry checks, copies, `retention`) → decide the new status
+//! (`decide`, `status`) → tell (`events`) → write the status once. Deciding
+//! is pure and unit-tested; `memory` is what reconciles of a policy learn.
 
-pub mod caches;
-pub mod decide;
-pub mod discovery;
-pub mod plan;
-pub mod reconcile;
-pub mod registry;
-pub mod restore_link;
-pub mod retention;
-pub mod status;
+mod act;
+mod caches;
+mod decide;
+mod discovery;
+mod events;
+mod facts;
+mod memory;
+mod plan;
+mod reconcile;
+mod registry;
+mod restore_link;
+mod retention;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,24 +41,24 @@ use tracing::info;
 use crate::context::Context;
 use crate::controllers::WrittenStatuses;
 use crate::error::OperatorError;
-use decide::PolicyMemory;
+use memory::PolicyMemory;
 
 /// Everything the policy reconciler shares across reconciles.
-pub struct BackupController {
-    pub context: Arc<Context>,
-    pub caches: caches::Caches,
-    pub recorder: Recorder,
+pub(crate) struct BackupController {
+    pub(crate) context: Arc<Context>,
+    pub(crate) caches: caches::Caches,
+    pub(crate) recorder: Recorder,
     /// What each policy's earlier reconciles learned; keyed by the policy's uid.
     /// Only an optimisation: the registries are the truth, and a restarted
     /// operator relearns all of it (without copying bytes again).
-    pub memory: Mutex<HashMap<String, PolicyMemory>>,
+    pub(crate) memory: Mutex<HashMap<String, PolicyMemory>>,
     /// The status last written per policy (by uid), and the one writer.
     pub(crate) written: WrittenStatuses<lifeboat_api::ImageBackupPolicyStatus>,
     /// Bounds image copies over all policies, so one policy with many
     /// images cannot starve the others.
-    pub copy_slots: Arc<Semaphore>,
+    pub(crate) copy_slots: Arc<Semaphore>,
     /// The controller's cache of policies, to forget deleted ones.
-    pub policies: std::sync::OnceLock<kube::runtime::reflector::Store<ImageBackupPolicy>>,
+    pub(crate) policies: std::sync::OnceLock<kube::runtime::reflector::Store<ImageBackupPolicy>>,
 }
 
 impl BackupController {
@@ -74,7 +82,7 @@ impl BackupController {
     }
 
     /// Drops what was learned about policies that no longer exist.
-    pub fn forget_deleted_policies(&self) {
+    pub(crate) fn forget_deleted_policies(&self) {
         let Some(store) = self.policies.get() else {
             return;
         };
@@ -95,7 +103,7 @@ impl BackupController {
 const TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the controller until its watch of policies ends.
-pub async fn run(context: Arc<Context>) {
+pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let (caches, changes) = caches::start(&client, TRIGGER_INTERVAL);
     caches.wait_until_ready().await;

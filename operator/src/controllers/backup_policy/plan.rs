@@ -68,14 +68,6 @@ pub fn copy_tasks(
     (tasks, errors)
 }
 
-/// The target repository (`host/path`) of a task, for the transfer engine.
-pub fn destination_repository(task: &CopyTask) -> (String, String) {
-    (
-        task.destination.registry.clone(),
-        task.destination.repository.clone(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -145,8 +137,11 @@ mod tests {
         assert_eq!(tasks[0].target_name, "one");
         assert_eq!(tasks[1].target_name, "two");
         assert_eq!(
-            destination_repository(&tasks[3]),
-            ("other.example".to_owned(), "mirror/shop/web".to_owned())
+            (
+                tasks[3].destination.registry.as_str(),
+                tasks[3].destination.repository.as_str()
+            ),
+            ("other.example", "mirror/shop/web")
         );
     }
 

@@ -108,9 +108,36 @@ pub fn evaluated_status(
     status.observed_generation = generation;
     remove_condition(&mut status.conditions, types::STALLED);
     remove_condition(&mut status.conditions, types::RECONCILING);
+    let counts = set_images(&mut status, evaluation);
+    set_runs_and_schedule(&mut status, evaluation);
+    match &evaluation.scope_restricted {
+        Some(message) => set(
+            &mut status,
+            &now,
+            types::SCOPE_RESTRICTED,
+            ConditionStatus::True,
+            reasons::OWN_NAMESPACE_ONLY,
+            message.clone(),
+            generation,
+        ),
+        None => {
+            remove_condition(&mut status.conditions, types::SCOPE_RESTRICTED);
+        }
+    }
+    set_ready(&mut status, &now, evaluation, counts);
+    set_last_backup(&mut status, &now, evaluation);
+    set_images_available(&mut status, &now, evaluation, counts);
+    status
+}
 
+/// The summary and the missing images (sorted, bounded); returns the
+/// counts per state.
+fn set_images(
+    status: &mut ImageBackupPolicyStatus,
+    evaluation: &Evaluation,
+) -> (i32, i32, i32, i32) {
     let (protected, pending, failed, missing) = counts(&evaluation.images, evaluation.target_count);
-    let selected = evaluation.images.len() as i32;
+    let selected = i32::try_from(evaluation.images.len()).unwrap_or(i32::MAX);
     status.summary = Some(PolicySummary {
         workloads: evaluation.workloads,
         selected,
@@ -120,8 +147,6 @@ pub fn evaluated_status(
         missing,
         bytes_copied: evaluation.bytes_copied_total,
     });
-
-    // Missing images, newest knowledge first kept bounded.
     let mut missing_images: Vec<MissingImage> = evaluation
         .images
         .iter()
@@ -146,8 +171,13 @@ pub fn evaluated_status(
     let total = missing_images.len();
     missing_images.truncate(MAX_MISSING_IMAGES);
     status.missing_images = missing_images;
-    status.missing_images_total = (total > 0).then_some(total as i32);
+    status.missing_images_total = (total > 0).then(|| i32::try_from(total).unwrap_or(i32::MAX));
+    (protected, pending, failed, missing)
+}
 
+/// The history (a finished run first, bounded), the last success, the
+/// schedule's times, the handled request and the dry-run plan.
+fn set_runs_and_schedule(status: &mut ImageBackupPolicyStatus, evaluation: &Evaluation) {
     if let Some(run) = &evaluation.finished_run {
         status.history.insert(0, run.clone());
         status.history.truncate(MAX_HISTORY);
@@ -166,32 +196,24 @@ pub fn evaluated_status(
         status.last_handled_reconcile_at = evaluation.handled_request.clone();
     }
     status.plan = evaluation.plan.clone();
+}
 
-    match &evaluation.scope_restricted {
-        Some(message) => set(
-            &mut status,
-            &now,
-            types::SCOPE_RESTRICTED,
-            ConditionStatus::True,
-            reasons::OWN_NAMESPACE_ONLY,
-            message.clone(),
-            generation,
-        ),
-        None => {
-            remove_condition(&mut status.conditions, types::SCOPE_RESTRICTED);
-        }
-    }
-
-    // Ready: every selected image is held by every target.
+/// Ready: every selected image is held by every target (a dry run is
+/// Ready with what it would do).
+fn set_ready(
+    status: &mut ImageBackupPolicyStatus,
+    now: &Time,
+    evaluation: &Evaluation,
+    (protected, pending, failed, _): (i32, i32, i32, i32),
+) {
+    let generation = evaluation.generation;
+    let selected = evaluation.images.len();
     let first_failure = evaluation
         .images
         .iter()
         .find_map(|i| i.failure.as_ref().map(|f| (i, f)));
-    if evaluation.dry_run {
-        set(
-            &mut status,
-            &now,
-            types::READY,
+    let (value, reason, message) = if evaluation.dry_run {
+        (
             ConditionStatus::True,
             reasons::DRY_RUN,
             format!(
@@ -199,13 +221,9 @@ pub fn evaluated_status(
                 evaluation.plan.as_ref().map_or(0, |p| p.would_copy_total),
                 evaluation.plan.as_ref().map_or(0, |p| p.would_delete_total)
             ),
-            generation,
-        );
+        )
     } else if let Some((image, (reason, message))) = first_failure {
-        set(
-            &mut status,
-            &now,
-            types::READY,
+        (
             ConditionStatus::False,
             if protected > 0 {
                 reasons::BACKUP_PARTIALLY_FAILED
@@ -216,39 +234,44 @@ pub fn evaluated_status(
                 "{failed} of {selected} images could not be backed up; {}: {reason}: {message}",
                 image.reference
             ),
-            generation,
-        );
+        )
     } else if pending > 0 {
-        set(
-            &mut status,
-            &now,
-            types::READY,
+        (
             ConditionStatus::False,
             reasons::NO_BACKUP_YET,
             format!("{pending} of {selected} images are not backed up yet"),
-            generation,
-        );
+        )
     } else {
-        set(
-            &mut status,
-            &now,
-            types::READY,
+        (
             ConditionStatus::True,
             reasons::PROTECTED,
             format!(
                 "{protected} images backed up to {} targets",
                 evaluation.target_count
             ),
-            generation,
-        );
-    }
+        )
+    };
+    set(
+        status,
+        now,
+        types::READY,
+        value,
+        reason,
+        message,
+        generation,
+    );
+}
 
+/// LastBackupSucceeded: from a run that finished now; Unknown until the
+/// first; else kept, for this generation.
+fn set_last_backup(status: &mut ImageBackupPolicyStatus, now: &Time, evaluation: &Evaluation) {
+    use lifeboat_api::backup_policy::RunResult;
+    let generation = evaluation.generation;
     if let Some(run) = evaluation
         .finished_run
         .as_ref()
         .filter(|_| !evaluation.retention_only)
     {
-        use lifeboat_api::backup_policy::RunResult;
         let (value, reason) = match run.result {
             RunResult::Succeeded => (ConditionStatus::True, reasons::BACKUP_SUCCEEDED),
             RunResult::PartiallyFailed => {
@@ -259,8 +282,8 @@ pub fn evaluated_status(
             }
         };
         set(
-            &mut status,
-            &now,
+            status,
+            now,
             types::LAST_BACKUP_SUCCEEDED,
             value,
             reason,
@@ -274,8 +297,8 @@ pub fn evaluated_status(
     .is_none()
     {
         set(
-            &mut status,
-            &now,
+            status,
+            now,
             types::LAST_BACKUP_SUCCEEDED,
             ConditionStatus::Unknown,
             if evaluation.dry_run {
@@ -293,34 +316,46 @@ pub fn evaluated_status(
     {
         c.observed_generation = Some(generation);
     }
+}
 
-    if missing > 0 {
+/// ImagesAvailable: False while any selected image is gone from its
+/// source registry.
+fn set_images_available(
+    status: &mut ImageBackupPolicyStatus,
+    now: &Time,
+    evaluation: &Evaluation,
+    (_, _, _, missing): (i32, i32, i32, i32),
+) {
+    let (value, reason, message) = if missing > 0 {
         let first = status
             .missing_images
             .first()
             .map(|m| m.reference.clone())
             .unwrap_or_default();
-        set(
-            &mut status,
-            &now,
-            types::IMAGES_AVAILABLE,
+        (
             ConditionStatus::False,
             reasons::IMAGES_MISSING,
             format!("{missing} images are gone from their source registry, e.g. {first}"),
-            generation,
-        );
+        )
     } else {
-        set(
-            &mut status,
-            &now,
-            types::IMAGES_AVAILABLE,
+        (
             ConditionStatus::True,
             reasons::ALL_IMAGES_AVAILABLE,
-            format!("all {selected} images are available in their source registries"),
-            generation,
-        );
-    }
-    status
+            format!(
+                "all {} images are available in their source registries",
+                evaluation.images.len()
+            ),
+        )
+    };
+    set(
+        status,
+        now,
+        types::IMAGES_AVAILABLE,
+        value,
+        reason,
+        message,
+        evaluation.generation,
+    );
 }
 
 /// The status while a run is copying (kstatus: Reconciling=True).
