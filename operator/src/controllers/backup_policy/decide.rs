@@ -736,4 +736,239 @@ mod tests {
             Duration::from_secs(1)
         );
     }
+
+    fn policy(spec: serde_json::Value, annotations: serde_json::Value) -> ImageBackupPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "uid-1", "generation": 4,
+                "annotations": annotations,
+                "creationTimestamp": "2027-01-15T08:00:00Z",
+            },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn plan_for(policy: &ImageBackupPolicy, inventory: &Inventory) -> Plan {
+        let valid = lifeboat_api::validation::validate_policy_spec(&policy.spec).unwrap();
+        plan(
+            policy,
+            &valid,
+            inventory,
+            &ImageBackupPolicyStatus::default(),
+            at(0),
+            TimeDelta::seconds(300),
+        )
+    }
+
+    #[test]
+    fn the_plan_maps_every_image_to_every_target_and_reads_the_request() {
+        let policy = policy(
+            serde_json::json!({"continuous": true, "targets": [
+                {"name": "one", "registry": "backup.example", "platforms": ["linux/amd64"]},
+                {"name": "two", "registry": "other.example"},
+            ]}),
+            serde_json::json!({(REQUESTED_AT_ANNOTATION): "2027-01-01T00:00:00Z"}),
+        );
+        let inventory = inventory_with(&format!("reg.local/web:1@{DIGEST}"), false);
+        let plan = plan_for(&policy, &inventory);
+        assert_eq!(plan.generation, 4);
+        assert_eq!(plan.target_names, vec!["one".to_owned(), "two".to_owned()]);
+        assert_eq!(plan.tasks.len(), 2);
+        assert_eq!(plan.tasks[0].platforms, vec!["linux/amd64".to_owned()]);
+        assert!(plan.tasks[1].platforms.is_empty());
+        assert!(plan.mapping_errors.is_empty());
+        assert_eq!(plan.run.full_run, Some(RunTrigger::OnDemand));
+        assert!(plan.continuous && !plan.dry_run && !plan.suspended);
+    }
+
+    #[test]
+    fn lost_images_are_not_copied_and_continuous_runs_only_when_something_is_due() {
+        let policy = policy(
+            serde_json::json!({"continuous": true, "targets": [
+                {"name": "backup", "registry": "backup.example"},
+            ]}),
+            serde_json::json!({}),
+        );
+        let inventory = inventory_with(&format!("reg.local/web:1@{DIGEST}"), false);
+        let plan = plan_for(&policy, &inventory);
+        let mut memory = PolicyMemory::default();
+        assert_eq!(due_copies(&plan, &memory).len(), 1);
+        assert_eq!(run_trigger(&plan, 1), Some(RunTrigger::Continuous));
+        assert_eq!(run_trigger(&plan, 0), None);
+        memory.source.insert(
+            plan.tasks[0].image_key.clone(),
+            SourceState {
+                checked: at(0),
+                missing_since: Some(at(0)),
+            },
+        );
+        assert!(
+            due_copies(&plan, &memory).is_empty(),
+            "lost: nothing to copy from"
+        );
+
+        let not_continuous = Plan {
+            continuous: false,
+            ..plan.clone()
+        };
+        assert_eq!(run_trigger(&not_continuous, 1), None);
+        let scheduled = Plan {
+            run: RunDecision {
+                full_run: Some(RunTrigger::Schedule),
+                ..RunDecision::default()
+            },
+            ..not_continuous
+        };
+        assert_eq!(run_trigger(&scheduled, 0), Some(RunTrigger::Schedule));
+    }
+
+    #[test]
+    fn a_run_is_succeeded_partially_failed_or_failed() {
+        let mut tally = RunTally {
+            copied: 2,
+            up_to_date: 1,
+            bytes: 300,
+            ..RunTally::default()
+        };
+        assert_eq!(tally.result(), RunResult::Succeeded);
+        assert_eq!(
+            tally.summary(),
+            "2 copied, 1 already up to date, 0 failed, 300 bytes"
+        );
+        tally.failed = 1;
+        tally.first_error = Some("a -> backup: denied".into());
+        assert_eq!(tally.result(), RunResult::PartiallyFailed);
+        assert!(
+            tally
+                .summary()
+                .ends_with("; first failure: a -> backup: denied")
+        );
+        let none_done = RunTally {
+            failed: 2,
+            ..RunTally::default()
+        };
+        assert_eq!(none_done.result(), RunResult::Failed);
+
+        let record = tally.record(RunTrigger::Schedule, at(0), at(9), Some(at(-1)));
+        assert_eq!(record.result, RunResult::PartiallyFailed);
+        assert_eq!(record.start_time, to_k8s_time(at(0)));
+        assert_eq!(record.completion_time, Some(to_k8s_time(at(9))));
+        assert_eq!(record.scheduled_time, Some(to_k8s_time(at(-1))));
+        assert_eq!((record.copied, record.up_to_date, record.failed), (2, 1, 1));
+        assert_eq!(record.bytes_copied, 300);
+        assert_eq!(record.deleted, 0);
+    }
+
+    #[test]
+    fn deletions_go_into_the_run_or_a_retention_record_of_their_own() {
+        let deleted = vec!["b/r@sha256:1 (beyond keepLast)".to_owned()];
+        assert_eq!(with_deletions(None, &[], at(0)), (None, false));
+        let run = RunTally::default().record(RunTrigger::Continuous, at(0), at(1), None);
+        let (record, retention_only) = with_deletions(Some(run), &deleted, at(1));
+        let record = record.unwrap();
+        assert!(!retention_only);
+        assert_eq!(record.deleted, 1);
+        assert!(
+            record
+                .message
+                .unwrap()
+                .ends_with("; retention deleted 1 digests")
+        );
+
+        let (record, retention_only) = with_deletions(None, &deleted, at(5));
+        let record = record.unwrap();
+        assert!(retention_only);
+        assert_eq!(record.result, RunResult::Succeeded);
+        assert_eq!((record.copied, record.deleted), (0, 1));
+        assert_eq!(
+            record.message.as_deref(),
+            Some("retention deleted 1 digests: b/r@sha256:1 (beyond keepLast)")
+        );
+    }
+
+    #[test]
+    fn the_dry_run_plan_lists_deletions_sorted_and_bounded() {
+        let would_delete: Vec<String> = (0..MAX_PLAN_ENTRIES + 3)
+            .rev()
+            .map(|i| format!("r@sha256:{i:04}"))
+            .collect();
+        let plan = with_would_delete(DryRunPlan::default(), &would_delete);
+        assert_eq!(
+            plan.would_delete_total,
+            i32::try_from(MAX_PLAN_ENTRIES + 3).unwrap()
+        );
+        assert_eq!(plan.would_delete.len(), MAX_PLAN_ENTRIES);
+        assert_eq!(plan.would_delete[0], "r@sha256:0000");
+    }
+
+    #[test]
+    fn only_a_tenant_policy_is_scope_restricted() {
+        let selector = lifeboat_api::backup_policy::WorkloadSelector::default();
+        let operators = Scope::for_policy("lifeboat-system", "lifeboat-system", selector.clone());
+        assert_eq!(scope_restricted(&operators), None);
+        let tenant = Scope::for_policy("shop", "lifeboat-system", selector);
+        assert_eq!(
+            scope_restricted(&tenant).as_deref(),
+            Some(
+                "this policy is outside the operator's namespace: it protects only namespace shop"
+            )
+        );
+    }
+
+    #[test]
+    fn the_evaluation_adds_this_run_to_the_bytes_copied_so_far() {
+        let policy = policy(
+            serde_json::json!({"targets": [{"name": "backup", "registry": "backup.example"}]}),
+            serde_json::json!({}),
+        );
+        let inventory = inventory_with(&format!("reg.local/web:1@{DIGEST}"), false);
+        let plan = plan_for(&policy, &inventory);
+        let scope = Scope::for_policy("shop", "shop", Default::default());
+        let previous = ImageBackupPolicyStatus {
+            summary: Some(lifeboat_api::backup_policy::PolicySummary {
+                bytes_copied: 1000,
+                ..Default::default()
+            }),
+            ..ImageBackupPolicyStatus::default()
+        };
+        let tally = RunTally {
+            copied: 1,
+            bytes: 24,
+            ..RunTally::default()
+        };
+        let acted = Acted {
+            finished_run: Some(tally.record(RunTrigger::OnDemand, at(0), at(1), None)),
+            ..Acted::default()
+        };
+        let memory = PolicyMemory::default();
+        let evaluation = evaluation(&plan, &scope, &inventory, &memory, &acted, &previous);
+        assert_eq!(evaluation.bytes_copied_total, 1024);
+        assert_eq!(evaluation.generation, 4);
+        assert_eq!(evaluation.target_count, 1);
+        assert_eq!(evaluation.images.len(), 1);
+        assert!(evaluation.finished_run.is_some());
+        assert_eq!(evaluation.scope_restricted, None);
+        let idle = evaluation_without_run(&plan, &scope, &inventory, &memory, &previous);
+        assert_eq!(idle.bytes_copied_total, 1000);
+    }
+
+    fn evaluation_without_run(
+        plan: &Plan,
+        scope: &Scope,
+        inventory: &Inventory,
+        memory: &PolicyMemory,
+        previous: &ImageBackupPolicyStatus,
+    ) -> Evaluation {
+        evaluation(plan, scope, inventory, memory, &Acted::default(), previous)
+    }
+
+    #[test]
+    fn a_fingerprint_changes_with_the_value() {
+        let one: BTreeSet<(String, String)> = [("shop".into(), "pull".into())].into();
+        let two: BTreeSet<(String, String)> = [("shop".into(), "other".into())].into();
+        assert_eq!(fingerprint(&one), fingerprint(&one.clone()));
+        assert_ne!(fingerprint(&one), fingerprint(&two));
+    }
 }

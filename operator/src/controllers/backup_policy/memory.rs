@@ -144,3 +144,99 @@ impl PolicyMemory {
             .is_some_and(|s| s.missing_since.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lifeboat_api::ImageReference;
+    use registry_transfer::{RegistrySettings, Transfer, TransferConfig};
+
+    use super::super::decide::{Plan, RunDecision};
+    use super::super::discovery::{ImageUse, image_key};
+    use super::super::plan::MappingError;
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn credentials_are_reused_only_while_fresh_for_the_same_generation_and_secrets() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut memory = PolicyMemory::default();
+        assert!(
+            memory.transfer_if_fresh(1, 7, at(0)).is_none(),
+            "nothing read yet"
+        );
+        memory.transfer = Some((
+            "fingerprint".into(),
+            Transfer::new(TransferConfig::default(), RegistrySettings::new()),
+        ));
+        memory.credentials_read = Some((at(0), 1, 7));
+        assert!(memory.transfer_if_fresh(1, 7, at(10)).is_some());
+        assert!(
+            memory.transfer_if_fresh(2, 7, at(10)).is_none(),
+            "new generation"
+        );
+        assert!(
+            memory.transfer_if_fresh(1, 8, at(10)).is_none(),
+            "other pull secrets"
+        );
+        assert!(
+            memory
+                .transfer_if_fresh(1, 7, at(0) + CREDENTIALS_TTL)
+                .is_none(),
+            "read too long ago"
+        );
+    }
+
+    #[test]
+    fn a_plan_records_mapping_failures_and_forgets_what_is_no_longer_selected() {
+        let kept = ImageReference::parse("reg.local/web:1").unwrap();
+        let kept_key = image_key(&kept);
+        let mut inventory = Inventory::default();
+        inventory.images.insert(
+            kept_key.clone(),
+            ImageUse {
+                reference: kept,
+                workloads: Default::default(),
+                nodes: Default::default(),
+                pull_failures: Default::default(),
+                pull_secrets: Default::default(),
+            },
+        );
+        let mut memory = PolicyMemory::default();
+        memory.verified_at("backup", &kept_key, "sha256:1".into(), at(0));
+        memory.verified_at("backup", "reg.local/gone:1", "sha256:2".into(), at(0));
+        memory.source.insert(
+            "reg.local/gone:1".into(),
+            SourceState {
+                checked: at(0),
+                missing_since: Some(at(0)),
+            },
+        );
+        assert!(memory.is_missing("reg.local/gone:1"));
+        let plan = Plan {
+            now: at(5),
+            generation: 1,
+            target_names: vec!["backup".into()],
+            tasks: vec![],
+            mapping_errors: vec![MappingError {
+                image_key: kept_key.clone(),
+                target_name: "offsite".into(),
+                message: "repository too long".into(),
+            }],
+            run: RunDecision::default(),
+            continuous: false,
+            suspended: false,
+            dry_run: false,
+            check_interval: TimeDelta::seconds(300),
+        };
+        memory.take_in(&plan, &inventory);
+        assert_eq!(memory.holders(&kept_key), vec!["backup".to_owned()]);
+        assert!(memory.holders("reg.local/gone:1").is_empty());
+        assert!(!memory.is_missing("reg.local/gone:1"), "forgotten");
+        let failure = &memory.failures[&("offsite".to_owned(), kept_key)];
+        assert_eq!(failure.reason, "InvalidRepositoryTemplate");
+        assert_eq!(failure.at, at(5));
+    }
+}
