@@ -74,7 +74,7 @@ impl OperatorError {
             OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
             OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
             OperatorError::CaBundleNotFound { .. } => "ca_bundle_not_found",
-            OperatorError::Transfer(_) => "registry",
+            OperatorError::Transfer(e) => e.metric_label(),
             OperatorError::Config(_) => "configuration",
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",

@@ -23,6 +23,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod auth;
+pub mod bounded;
 mod client;
 pub mod credentials;
 mod engine;
@@ -37,6 +38,7 @@ pub mod source;
 mod tls;
 mod upload;
 
+pub use bounded::ThroughputFloor;
 pub use client::RegistrySettings;
 pub use credentials::{Credentials, DockerConfig, Secret};
 pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision};
