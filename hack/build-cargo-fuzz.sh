@@ -14,7 +14,7 @@ log "installing cargo-fuzz $CARGO_FUZZ_VERSION into $dir"
 partial="$dir.partial.$$"
 rm -rf "$partial"
 with_heartbeat "cargo install cargo-fuzz" \
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$partial" --quiet
+  env -u CARGO_TARGET_DIR cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$partial" --quiet
 mkdir -p "$(dirname "$dir")"
 rm -rf "$dir"
 mv "$partial" "$dir"
