@@ -36,7 +36,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The three durations of an election, checked by [`ElectionTiming::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +203,9 @@ pub struct Leadership {
 enum LeadershipState {
     /// Leader election is off: this replica always works.
     Unconditional,
-    /// Works until the deadline (`None`: not leading).
-    Until(Option<Instant>),
+    /// Works until the deadline (`None`: not leading), in the lease term
+    /// (`leaseTransitions`) it holds.
+    Until(Option<Instant>, i32),
 }
 
 impl Leadership {
@@ -219,7 +220,7 @@ impl Leadership {
     /// A candidate that does not lead yet.
     pub fn candidate() -> Leadership {
         Leadership {
-            state: Arc::new(Mutex::new(LeadershipState::Until(None))),
+            state: Arc::new(Mutex::new(LeadershipState::Until(None, 0))),
             changes: watch::Sender::new(false),
         }
     }
@@ -228,7 +229,16 @@ impl Leadership {
     pub fn is_leading_at(&self, now: Instant) -> bool {
         match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             LeadershipState::Unconditional => true,
-            LeadershipState::Until(deadline) => deadline.is_some_and(|d| now < d),
+            LeadershipState::Until(deadline, _) => deadline.is_some_and(|d| now < d),
+        }
+    }
+
+    /// The lease term this replica leads in (`leaseTransitions` when it took
+    /// the lease; 0 without election).
+    pub fn term(&self) -> i32 {
+        match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            LeadershipState::Unconditional => 0,
+            LeadershipState::Until(_, term) => term,
         }
     }
 
@@ -240,22 +250,27 @@ impl Leadership {
     /// A renewal whose round started at `started` keeps this replica leading
     /// until `started + renew deadline`: the record was written after
     /// `started`, so no other replica can take it before `started + lease`.
-    fn renewed(&self, started: Instant, timing: &ElectionTiming) {
+    fn renewed(&self, started: Instant, timing: &ElectionTiming, term: i32) {
         let deadline = started.checked_add(timing.renew_deadline);
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = LeadershipState::Until(deadline);
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
+            LeadershipState::Until(deadline, term);
         self.changes.send_replace(deadline.is_some());
     }
 
     /// Stops leading, at once.
     fn revoke(&self) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = LeadershipState::Until(None);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let LeadershipState::Until(deadline, _) = &mut *state {
+            *deadline = None;
+        }
+        drop(state);
         self.changes.send_replace(false);
     }
 
     fn deadline(&self) -> Option<Instant> {
         match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             LeadershipState::Unconditional => None,
-            LeadershipState::Until(deadline) => deadline,
+            LeadershipState::Until(deadline, _) => deadline,
         }
     }
 
@@ -314,7 +329,7 @@ impl LeaderElector {
             let started = Instant::now();
             match self.round_within(started, self.timing.renew_deadline).await {
                 Ok(true) => {
-                    leadership.renewed(started, &self.timing);
+                    leadership.renewed(started, &self.timing, self.term());
                     info!(
                         identity = %self.identity, lease = %self.name,
                         term = self.term(), "became leader"
@@ -342,7 +357,7 @@ impl LeaderElector {
                 break;
             };
             match self.round_within(started, left).await {
-                Ok(true) => leadership.renewed(started, &self.timing),
+                Ok(true) => leadership.renewed(started, &self.timing, self.term()),
                 Ok(false) => {
                     warn!(
                         identity = %self.identity,
@@ -518,6 +533,13 @@ where
                 Box::new(NotLeading { method }) as BoxError
             )));
         }
+        // One line per write, with the term it was allowed in (debug level):
+        // what the partition e2e test reads to show that no two replicas
+        // wrote in the same term.
+        debug!(
+            method = %request.method(), path = request.uri().path(),
+            term = self.leadership.term(), "write sent"
+        );
         let response = self.inner.call(request);
         Box::pin(async move { response.await.map_err(Into::into) })
     }
@@ -647,7 +669,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(!leadership.is_leading_at(t0));
         // Renewed in a round that started at t0: leads until t0 + 10 s.
-        leadership.renewed(t0, &timing);
+        leadership.renewed(t0, &timing, 4);
         assert!(leadership.is_leading_at(t0 + secs(9)));
         assert!(!leadership.is_leading_at(t0 + timing.renew_deadline));
         // Another replica saw the renewal no earlier than t0, so it may
@@ -661,7 +683,8 @@ mod tests {
             decide(&other, "b", t0 + timing.lease_duration, LEASE),
             LeaseDecision::Acquire
         );
-        leadership.renewed(t0 + secs(2), &timing);
+        leadership.renewed(t0 + secs(2), &timing, 4);
+        assert_eq!(leadership.term(), 4);
         assert!(leadership.is_leading_at(t0 + secs(11)));
         leadership.revoke();
         assert!(!leadership.is_leading_at(t0 + secs(3)));
@@ -690,7 +713,7 @@ mod tests {
         assert_eq!(read.unwrap(), "sent");
         let write = fence.clone().oneshot(request(http::Method::PATCH)).await;
         assert!(write.unwrap_err().to_string().contains("not the leader"));
-        leadership.renewed(Instant::now(), &ElectionTiming::DEFAULT);
+        leadership.renewed(Instant::now(), &ElectionTiming::DEFAULT, 1);
         let write = fence.clone().oneshot(request(http::Method::POST)).await;
         assert_eq!(write.unwrap(), "sent");
     }
