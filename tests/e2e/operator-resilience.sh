@@ -130,7 +130,7 @@ for line in sys.stdin:
     except ValueError: continue
     if e.get("message") == "write sent":
         t = datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
-        print(f"{t:.6f} {e.get(\"term\")} {e.get(\"method\")} {e.get(\"path\")}")'
+        print("%.6f %s %s %s" % (t, e.get("term"), e.get("method"), e.get("path")))'
 }
 one_writer_per_term() {
   writes_of "$old" --previous >"$work/old-writes" && writes_of "$new" >"$work/new-writes" || return 1
