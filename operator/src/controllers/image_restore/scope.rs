@@ -81,22 +81,17 @@ async fn namespace_images(
     let mut known = NamespaceImages::default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), request.namespace);
     for pod in pods.list(&ListParams::default()).await?.items {
-        let spec_images = pod.spec.iter().flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-                .filter_map(|c| c.image.clone())
-        });
-        for image in spec_images {
-            known.record(&image, None);
-        }
+        // Only what the kubelet reports as pulled (an imageID): a pod spec
+        // is the tenant's to write, so naming another team's digest there
+        // must not bring it into scope.
         let statuses = pod.status.iter().flat_map(|s| {
             s.container_statuses
                 .iter()
                 .flatten()
                 .chain(s.init_container_statuses.iter().flatten())
         });
-        for status in statuses {
+        for status in statuses.filter(|s| !s.image_id.is_empty()) {
+            known.record(&status.image, None);
             known.record_image_id(&status.image_id);
         }
     }
