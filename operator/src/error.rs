@@ -25,6 +25,17 @@ pub enum OperatorError {
         message: String,
     },
 
+    #[error(
+        "the operator may not read {kind} {namespace}/{name}: let it with a RoleBinding in {namespace}: {grant}"
+    )]
+    CredentialsForbidden {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        /// The command that creates the RoleBinding.
+        grant: String,
+    },
+
     #[error("{kind} {namespace}/{name} has no key {key:?} with a CA bundle")]
     CaBundleNotFound {
         kind: &'static str,
@@ -66,6 +77,7 @@ impl OperatorError {
             OperatorError::InvalidSpec { reason, .. } => reason,
             OperatorError::CredentialsNotFound { .. } => "CredentialsNotFound",
             OperatorError::CredentialsInvalid { .. } => "CredentialsInvalid",
+            OperatorError::CredentialsForbidden { .. } => "CredentialsForbidden",
             OperatorError::CaBundleNotFound { .. } => "CABundleNotFound",
             OperatorError::Transfer(e) => e.reason(),
             OperatorError::Config(_) => "ConfigurationError",
@@ -84,6 +96,7 @@ impl OperatorError {
             OperatorError::InvalidSpec { .. } => "invalid_spec",
             OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
             OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
+            OperatorError::CredentialsForbidden { .. } => "credentials_forbidden",
             OperatorError::CaBundleNotFound { .. } => "ca_bundle_not_found",
             OperatorError::Transfer(e) => e.metric_label(),
             OperatorError::Config(_) => "configuration",
@@ -149,6 +162,12 @@ mod tests {
                 namespace: "a".into(),
                 name: "b".into(),
                 message: "m".into(),
+            },
+            OperatorError::CredentialsForbidden {
+                kind: "Secret",
+                namespace: "a".into(),
+                name: "b".into(),
+                grant: "kubectl create rolebinding".into(),
             },
             OperatorError::CaBundleNotFound {
                 kind: "ConfigMap",

@@ -409,3 +409,32 @@ mod tests {
         assert_eq!(sent.body["status"]["observedGeneration"], 3);
     }
 }
+
+/// Delete parameters for an object the operator owns: only the object of
+/// that uid goes (a namesake created since, by anyone, is left alone), and
+/// its dependents with it (background propagation; a Job's default would
+/// orphan its pods).
+pub(crate) fn delete_exactly(uid: Option<String>) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        preconditions: uid.map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::default()
+    }
+}
+
+#[cfg(test)]
+mod delete_tests {
+    #[test]
+    fn owned_deletes_carry_the_uid() {
+        let params = super::delete_exactly(Some("u-1".into()));
+        let uid = params.preconditions.and_then(|p| p.uid);
+        assert_eq!(uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            params.propagation_policy,
+            Some(kube::api::PropagationPolicy::Background)
+        );
+    }
+}

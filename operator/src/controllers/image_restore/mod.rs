@@ -11,6 +11,7 @@
 pub mod jobs;
 pub mod planning;
 pub mod reconcile;
+mod scope;
 pub mod status;
 
 use std::collections::HashMap;
