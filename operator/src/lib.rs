@@ -5,6 +5,7 @@
 //! - `leader`: Lease-based leader election (pure decision + thin IO loop);
 //! - `telemetry`, `http`: logs, metrics, `/metrics` `/healthz` `/readyz`;
 //! - `otlp` (feature `otlp`): optional OTLP trace export;
+//! - `tenancy`: what a tenant namespace may restore and choose (pure rules);
 //! - `error`: the one error type, with condition/event/metric reasons.
 
 // A function a reader holds in their head at once: about one and a half
@@ -22,3 +23,4 @@ pub mod leader;
 pub mod otlp;
 pub mod registry_access;
 pub mod telemetry;
+pub mod tenancy;

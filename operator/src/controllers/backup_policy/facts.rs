@@ -195,6 +195,7 @@ async fn credentials(
         &policy.spec,
         &pull_secrets,
         &context.config.plain_http_registries,
+        namespace == context.config.namespace,
     )
     .await?;
     for skipped in &settings.skipped_pull_secrets {
