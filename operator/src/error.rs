@@ -58,6 +58,15 @@ pub enum OperatorError {
 
     #[error("serializing: {0}")]
     Serialization(#[from] serde_json::Error),
+
+    /// A reconcile panicked; caught so that only its object backs off.
+    #[error("reconcile panicked: {message}")]
+    Panic { message: String },
+
+    /// The object cannot be decoded by this operator version (version skew,
+    /// or a value the schema allows but the operator's types do not).
+    #[error("the operator cannot decode this {kind}: {message}")]
+    InvalidObject { kind: &'static str, message: String },
 }
 
 impl OperatorError {
@@ -75,6 +84,8 @@ impl OperatorError {
             OperatorError::Telemetry(_) => "TelemetryError",
             OperatorError::Http(_) => "HttpServerError",
             OperatorError::Serialization(_) => "SerializationError",
+            OperatorError::Panic { .. } => "Panic",
+            OperatorError::InvalidObject { .. } => "InvalidObject",
         }
     }
 
@@ -92,13 +103,18 @@ impl OperatorError {
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",
             OperatorError::Serialization(_) => "serialization",
+            OperatorError::Panic { .. } => "panic",
+            OperatorError::InvalidObject { .. } => "invalid_object",
         }
     }
 
     /// Whether retrying without a change to the object can help. Invalid
     /// specs wait for the user to change them instead of hot-looping.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, OperatorError::InvalidSpec { .. })
+        matches!(
+            self,
+            OperatorError::InvalidSpec { .. } | OperatorError::InvalidObject { .. }
+        )
     }
 }
 
@@ -162,6 +178,13 @@ mod tests {
             OperatorError::Config("x".into()),
             OperatorError::Telemetry("x".into()),
             OperatorError::Http("x".into()),
+            OperatorError::Panic {
+                message: "x".into(),
+            },
+            OperatorError::InvalidObject {
+                kind: "ImageRestore",
+                message: "x".into(),
+            },
             OperatorError::Transfer(TransferError::ResponseTooLarge {
                 registry: "r".into(),
                 what: "manifest",
