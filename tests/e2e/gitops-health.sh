@@ -7,7 +7,6 @@
 # computes) and the Argo CD health scripts of config/gitops/argocd/argocd-cm.yaml
 # in an embedded Lua interpreter.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-started=$SECONDS # after lib.sh took the e2e lock
 
 ns="gitops-$RANDOM"
 argocd_cm="$REPO_ROOT/config/gitops/argocd/argocd-cm.yaml"
@@ -182,5 +181,4 @@ all_judged() {
 check "every object of the namespace is judged from one List" all_judged
 
 k -n "$ns" delete ibp slow --wait=false >/dev/null 2>&1
-echo "  measured: $((SECONDS - started)) s from taking the e2e lock to the end"
 summary "gitops-health"

@@ -10,6 +10,7 @@ export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_ADMIN}"
 exec {E2E_LOCK_FD}>/var/lock/lifeboat-e2e.lock
 flock "$E2E_LOCK_FD"
 
+E2E_STARTED=$SECONDS # after the lock: what the suite itself takes
 E2E_PASSED=0
 E2E_FAILED=0
 E2E_FAILURES=()
@@ -28,9 +29,11 @@ check() {
   fi
 }
 
-# Prints the summary; returns non-zero when anything failed.
+# Prints how long the suite took and the summary; returns non-zero when
+# anything failed.
 summary() {
   local suite="$1"
+  echo "  measured: $suite took $((SECONDS - E2E_STARTED)) s from taking the e2e lock"
   echo "$suite: $E2E_PASSED passed, $E2E_FAILED failed"
   ((E2E_FAILED == 0))
 }

@@ -16,7 +16,6 @@
 #   deleted from the source with every platform manifest, restored whole.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-started=$SECONDS
 ns="ir-e2e-$RANDOM"
 base="e2e/restore-$RANDOM"
 node1="${NODE_NAMES[0]}"
@@ -342,5 +341,4 @@ cleanup_on_delete() {
 }
 check "deleting a restore deletes its export Jobs" eventually 30 cleanup_on_delete
 
-echo "operator-restore: $((SECONDS - started)) s"
 summary "operator-restore"
