@@ -18,6 +18,9 @@ export CARGO_MACHETE_VERSION="${CARGO_MACHETE_VERSION:-0.9.2}"
 export LIFEBOAT_CACHE="${LIFEBOAT_CACHE:-/var/cache/lifeboat}"
 export LIFEBOAT_BIN_CACHE="$LIFEBOAT_CACHE/bin"
 
+# The entrypoint of the test images (busybox): runs until it is told to stop.
+RUN_FOREVER='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

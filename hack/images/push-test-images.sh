@@ -10,7 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../cluster/env.sh"
 
 layout="$CLUSTER_DIR/images/test-layout"
 oci() { python3 "$REPO_ROOT/hack/images/oci-image.py" "$@" >/dev/null; }
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
 
 # name:tag  random-layer bytes:seed ...   (all on top of the busybox base layer
 # and a shared 2 MiB "runtime" layer)
@@ -41,7 +40,7 @@ for entry in "${images[@]}"; do
   args=()
   for layer in $layers; do args+=(--random-layer "$layer"); done
   oci image --layout "$layout" --ref "$name" --busybox --random-layer 2097152:shared-runtime "${args[@]}" \
-    --entrypoint "$run_forever"
+    --entrypoint "$RUN_FOREVER"
   push "$name" "$name"
   log "pushed $SOURCE_REGISTRY/$name"
 done
@@ -49,9 +48,9 @@ done
 # A two-platform index: the amd64 image runs here, the arm64 one only exists.
 if ! exists demo/multiarch:1.0; then
   oci image --layout "$layout" --ref multiarch-amd64 --platform linux/amd64 --busybox \
-    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-amd64 --entrypoint "$run_forever"
+    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-amd64 --entrypoint "$RUN_FOREVER"
   oci image --layout "$layout" --ref multiarch-arm64 --platform linux/arm64 --busybox \
-    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-arm64 --entrypoint "$run_forever"
+    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-arm64 --entrypoint "$RUN_FOREVER"
   oci index --layout "$layout" --ref demo/multiarch:1.0 --manifests multiarch-amd64,multiarch-arm64
   push demo/multiarch:1.0 demo/multiarch:1.0 --all
   log "pushed $SOURCE_REGISTRY/demo/multiarch:1.0 (index: linux/amd64, linux/arm64)"

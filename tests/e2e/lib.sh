@@ -68,6 +68,12 @@ manifest_status() {
   curl -s -o /dev/null -w '%{http_code}' -I -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$1/manifests/$2"
 }
 
+# source_garbage_collect: the source registry deletes every blob no manifest
+# references (after a manifest was deleted: the image's bytes are gone too).
+source_garbage_collect() {
+  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+}
+
 # source_copy FROM TO: copies FROM (repo:tag) to TO in the source registry,
 # every platform of an index included, so a run has an image of its own to
 # delete with the same digest.
@@ -110,11 +116,15 @@ trap run_cleanups EXIT
 # the ConfigMap `backup-ca` (the cluster CA) that policies in NS use to reach
 # the backup registry.
 backup_registry_access() {
-  k -n "$1" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+  registry_secret "$1" backup-credentials "$BACKUP_REGISTRY"
   k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
 }
-
+# registry_secret NS NAME SERVER: a docker-registry Secret with the backup
+# registry's credentials for SERVER (the backup registry, or a relay to it).
+registry_secret() {
+  k -n "$1" create secret docker-registry "$2" --docker-server="$3" \
+    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+}
 # backup_target TEMPLATE [NAME] [REGISTRY] [SECRET]: the YAML of one item of
 # an ImageBackupPolicy's spec.targets (indented to follow "  targets:") that
 # writes to the backup registry (or REGISTRY) under repositoryTemplate
@@ -164,9 +174,6 @@ event_reasons() {
   k -n "$1" get events --field-selector "involvedObject.name=$2${3:+,type=$3}" -o jsonpath='{.items[*].reason}'
 }
 
-# An entrypoint for test images that runs until it is told to stop.
-RUN_FOREVER='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
-
 # pinned_deployment NAME NODE IMAGE: the YAML of a one-replica Deployment
 # (label app=NAME, container "main") that runs IMAGE on NODE and pulls it on
 # every start, so a restarted pod asks the registry as after a node change.
@@ -188,6 +195,26 @@ spec:
 ---
 YAML
 }
+# idle_deployment NAME IMAGE [POD-SPEC-YAML]: the YAML of a Deployment scaled
+# to zero (container "main"): only its template names IMAGE. POD-SPEC-YAML,
+# indented by six spaces, adds to the pod spec.
+idle_deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      containers: [{name: main, image: "$2"}]
+${3:-}
+---
+YAML
+}
+
 # pinned_pod NAME NODE IMAGE: the YAML of a pod that runs IMAGE on NODE,
 # pulling it (a fresh pull: the proof that a registry serves it).
 pinned_pod() {

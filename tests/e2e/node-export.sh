@@ -30,7 +30,7 @@ check "the pod reports a registry digest" test -n "$digest" -a "$image_id" == "$
 lose_image() {
   curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$repo/manifests/$digest" >/dev/null || return 1
   # Blobs go too: garbage collection removes everything no manifest references.
-  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1 || return 1
+  source_garbage_collect || return 1
   [[ "$(manifest_status "$repo" "$digest")" == 404 ]] || { echo "manifest still served"; return 1; }
 }
 check "the image is deleted from the source registry and its blobs collected" lose_image

@@ -90,7 +90,7 @@ declare -A ret_digest=()
 push_dated() {
   local tag="$1"
   oci image --layout "$work/ret" --ref "$tag" --busybox --random-layer "4096:ret-$run-$tag" \
-    --created "$(days_ago "${created[$tag]}")" --entrypoint '["/bin/sh","-c","trap \"exit 0\" TERM; while :; do sleep 3600 & wait $!; done"]' >/dev/null &&
+    --created "$(days_ago "${created[$tag]}")" --entrypoint "$RUN_FOREVER" >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/ret:$tag" "docker://$SOURCE_REGISTRY/$ret_repo:$tag"
 }
 pushed_all() { for t in v0 v1 v2 v3 v4; do push_dated "$t" || return 1; done; }
@@ -110,24 +110,10 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       containers: [{name: app, image: $SOURCE_REGISTRY/$ret_repo:v1}]
-YAML
-  for t in v0 v2 v3 v4; do
-    cat <<YAML
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: ret-$t}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: ret-$t}}
-  template:
-    metadata: {labels: {app: ret-$t}}
-    spec:
-      containers: [{name: app, image: "$SOURCE_REGISTRY/$ret_repo@${ret_digest[$t]}"}]
 YAML
-  done
+  for t in v0 v2 v3 v4; do idle_deployment "ret-$t" "$SOURCE_REGISTRY/$ret_repo@${ret_digest[$t]}"; done
   cat <<YAML
----
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: keep}
@@ -200,21 +186,8 @@ check "a private image is pushed to the authenticated registry" skopeo copy --qu
   --dest-cert-dir "$BACKUP_CERT_DIR" --dest-creds "$BACKUP_CREDS" \
   "docker://$SOURCE_REGISTRY/demo/init:1" "docker://$BACKUP_REGISTRY/$private_repo:1"
 private_digest="$(backup_digest "$private_repo" 1 || true)"
-k -n "$ns" create secret docker-registry private-pull --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: private}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: private}}
-  template:
-    metadata: {labels: {app: private}}
-    spec:
-      imagePullSecrets: [{name: private-pull}]
-      containers: [{name: app, image: $BACKUP_REGISTRY/$private_repo:1}]
----
+registry_secret "$ns" private-pull "$BACKUP_REGISTRY"
+{ idle_deployment private "$BACKUP_REGISTRY/$private_repo:1" "      imagePullSecrets: [{name: private-pull}]"; cat <<YAML
 # No credentials of its own: only the workload's pull secret can open the
 # registry (the CA bundle is for TLS only).
 apiVersion: lifeboat.dev/v1alpha1
@@ -228,6 +201,7 @@ spec:
     repositoryTemplate: "e2e/{policyNamespace}/mirror/{repository}"
     caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
 YAML
+} | k -n "$ns" apply -f - >/dev/null
 check "without the opt-in the image cannot be read (Ready False BackupFailed)" \
   eventually 60 condition_is "$ns" ibp/private Ready "False BackupFailed"
 failed_unauthorized() {
@@ -297,20 +271,8 @@ PY
 slow_port=5012
 nsenter "--net=/run/netns/$(node_netns "$op_node")" python3 "$work/throttle.py" "$slow_port" "${BACKUP_REGISTRY##*:}" 8388608 &
 proxy_pid=$!
-k -n "$ns" create secret docker-registry slow-credentials --docker-server="127.0.0.1:$slow_port" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: big}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: big}}
-  template:
-    metadata: {labels: {app: big}}
-    spec:
-      containers: [{name: app, image: $SOURCE_REGISTRY/$big_repo:1}]
----
+registry_secret "$ns" slow-credentials "127.0.0.1:$slow_port"
+{ idle_deployment big "$SOURCE_REGISTRY/$big_repo:1"; cat <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: big}
@@ -319,6 +281,7 @@ spec:
   targets:
 $(target slow big "127.0.0.1:$slow_port" slow-credentials)
 YAML
+} | k -n "$ns" apply -f - >/dev/null
 # Kill as soon as the first layer has arrived (and before the last).
 killed_at=""
 stored_at_kill=0

@@ -206,7 +206,7 @@ check "the source serves the index, its tag and both platforms again, every blob
 lose_with_blobs() {
   lose node || return 1
   # Blobs go too, so every byte must come back from the node.
-  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+  source_garbage_collect
 }
 check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
 restore from-node "$(ref node)"
