@@ -143,12 +143,15 @@ check "an ImageRestored event is recorded" test "$(events from-backup ImageResto
 # --- 1b. a multi-platform index, whole ------------------------------------------------------
 # A copy of demo/multiarch:1.0 (two platforms; only the amd64 one runs here)
 # under this run's prefix: the same index digest, and deleting it harms nobody.
+# (push-test-images.sh pushes it again when a garbage collection took its
+# platform manifests, which no tag names.)
 multi="$base/multiarch"
-check "demo/multiarch:1.0 is copied as $multi:1" source_copy demo/multiarch:1.0 "$multi:1"
-digest[multiarch]="$(registry_digest "$multi" 1)"
-multi_children="$(curl -sf -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$multi/manifests/1" | jq -r '.manifests[]?.digest')"
+copy_multiarch() { "$REPO_ROOT/hack/images/push-test-images.sh" >/dev/null && source_copy demo/multiarch:1.0 "$multi:1"; }
+check "demo/multiarch:1.0 is whole in the source registry and copied as $multi:1" copy_multiarch
+digest[multiarch]="$(registry_digest "$multi" 1 || true)"
+multi_children="$(curl -sf -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$multi/manifests/1" | jq -r '.manifests[]?.digest' || true)"
 same_index() {
-  local original; original="$(registry_digest demo/multiarch 1.0)"
+  local original; original="$(registry_digest demo/multiarch 1.0 || true)"
   [[ -n "$original" && "${digest[multiarch]}" == "$original" ]] || { echo "copy '${digest[multiarch]}', demo/multiarch '$original'"; return 1; }
   [[ "$(wc -w <<<"$multi_children")" == 2 ]] || { echo "platform manifests: $multi_children"; return 1; }
 }
