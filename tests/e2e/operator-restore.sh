@@ -195,9 +195,9 @@ check "restore multiarch (from the backup registry) becomes Ready" k -n "$ns" wa
 multi_status() {
   local got
   got="$(image_field multiarch 'state') $(image_field multiarch 'source.kind')/$(image_field multiarch 'source.name') $(image_field multiarch 'restoredDigest') $(image_field multiarch 'digestPreserved')"
-  [[ "$got" == "Restored BackupRegistry/multiarch ${digest[multiarch]} true" ]] || { echo "status: $got"; return 1; }
+  [[ "$got" == "Restored BackupRegistry/backup ${digest[multiarch]} true" ]] || { echo "status: $got"; return 1; }
 }
-check "its status: Restored from the backup target, the index digest preserved" multi_status
+check "its status: Restored from the policy's backup target 'backup', the index digest preserved" multi_status
 restored_whole() {
   whole_at registry_digest "$multi" || return 1
   [[ "$(registry_digest "$multi" 1)" == "${digest[multiarch]}" ]] || { echo "the tag is not back"; return 1; }
