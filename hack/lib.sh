@@ -12,6 +12,7 @@ export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 export HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # cargo-machete: the unused-dependency check (hack/build-cargo-machete.sh).
 export CARGO_MACHETE_VERSION="${CARGO_MACHETE_VERSION:-0.9.2}"
+export CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.1}"
 
 # Built binaries live outside the repository, keyed by version, so a fresh
 # clone (and CI on the same machine) reuses them.

@@ -139,21 +139,26 @@ backup_target() {
 YAML
 }
 
-# deploy_operator: builds Lifeboat's images from this checkout, loads them
-# into the nodes, applies the CRDs and config/operator, and restarts the
-# operator so the new binary runs (the :dev tag does not change). Each step
-# is a check.
-deploy_operator() {
+# install_operator: builds Lifeboat's images from this checkout, loads them
+# into the nodes and applies the CRDs and config/operator. Each step is a check.
+install_operator() {
   check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
   check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
   check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+}
+# restart_operator: restarts the operator so the new binary (the :dev tag
+# does not change) and the Deployment's settings run; checks it comes back.
+restart_operator() {
   k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
   check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
 }
+# deploy_operator: the operator built from this checkout, running.
+deploy_operator() { install_operator; restart_operator; }
 
-# The operator's pod (config/operator runs one replica) and its metrics.
+# The operator's running pod (config/operator runs one replica) and its metrics.
 operator_pod() {
-  k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}'
+  k -n lifeboat-system get pods -l app.kubernetes.io/component=operator \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'
 }
 operator_metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$(operator_pod):18080/proxy/metrics"; }
 
