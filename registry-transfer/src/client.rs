@@ -1155,3 +1155,96 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(registry: &str, settings: RegistrySettings) -> RegistryClient {
+        crate::install_crypto_provider();
+        let settings = settings.with_credentials(
+            registry,
+            Credentials::Basic {
+                username: "u".into(),
+                password: Secret::new("p"),
+            },
+        );
+        let tuning = HttpTuning {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            blob_floor: None,
+            retry: RetryPolicy::default(),
+            max_idle_per_host: 1,
+        };
+        RegistryClient::new(
+            registry,
+            registry,
+            settings.client_options(registry),
+            &tuning,
+        )
+        .unwrap()
+    }
+
+    fn realm_ok(client: &RegistryClient, realm: &str) -> Result<(), String> {
+        client
+            .check_realm_may_receive_credentials(&Url::parse(realm).unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_realm_only_on_the_registrys_own_or_a_trusted_origin() {
+        let tls = client("registry.example", RegistrySettings::new());
+        assert!(realm_ok(&tls, "https://registry.example/token").is_ok());
+        // Same host, other port or scheme: another origin.
+        let other_port = realm_ok(&tls, "https://registry.example:8443/token").unwrap_err();
+        assert!(other_port.contains("another host"), "{other_port}");
+        let downgraded = realm_ok(&tls, "http://registry.example/token").unwrap_err();
+        assert!(downgraded.contains("plain HTTP"), "{downgraded}");
+        let elsewhere = realm_ok(&tls, "https://collector.example/token").unwrap_err();
+        assert!(elsewhere.contains("collector.example"), "{elsewhere}");
+        assert!(!elsewhere.contains("p@") && !elsewhere.contains("Basic"));
+
+        // Docker Hub's token service is built in; another registry's is not.
+        let hub = client("docker.io", RegistrySettings::new());
+        assert!(realm_ok(&hub, "https://auth.docker.io/token").is_ok());
+        assert!(realm_ok(&tls, "https://auth.docker.io/token").is_err());
+
+        // An admin-trusted realm, over TLS; over plain HTTP only when listed.
+        let trusting = client(
+            "registry.example",
+            RegistrySettings::new()
+                .trust_token_realm("registry.example", "https://auth.example")
+                .trust_token_realm("registry.example", "http://auth.local:5000"),
+        );
+        assert!(realm_ok(&trusting, "https://auth.example/jwt").is_ok());
+        assert!(realm_ok(&trusting, "http://auth.local:5000/t").is_err());
+        let listed = client(
+            "registry.example",
+            RegistrySettings::new()
+                .trust_token_realm("registry.example", "http://auth.local:5000")
+                .allow_plain_http("auth.local:5000"),
+        );
+        assert!(realm_ok(&listed, "http://auth.local:5000/t").is_ok());
+
+        // A plain-HTTP registry's own origin.
+        let plain = client(
+            "127.0.0.1:5000",
+            RegistrySettings::new().allow_plain_http("127.0.0.1:5000"),
+        );
+        assert!(realm_ok(&plain, "http://127.0.0.1:5000/token").is_ok());
+        assert!(realm_ok(&plain, "http://127.0.0.1:5001/token").is_err());
+    }
+
+    #[test]
+    fn range_ends_from_the_registry_cannot_overflow() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_static("0-18446744073709551615"),
+        );
+        assert_eq!(range_end(&headers), None);
+        headers.insert(header::RANGE, HeaderValue::from_static("0-99"));
+        assert_eq!(range_end(&headers), Some(100));
+    }
+}

@@ -112,10 +112,19 @@ run_cleanups() {
 }
 trap run_cleanups EXIT
 
-# backup_registry_access NS: the Secret `backup-credentials` (basic auth) and
-# the ConfigMap `backup-ca` (the cluster CA) that policies in NS use to reach
-# the backup registry.
+# grant_credentials NS: what a team does so the operator may read the
+# Secrets and ConfigMaps its policies name: a RoleBinding in its namespace to
+# the chart's credentials-reader ClusterRole (docs/security.md).
+grant_credentials() {
+  k -n "$1" create rolebinding lifeboat-credentials-reader --clusterrole lifeboat-credentials-reader \
+    --serviceaccount lifeboat-system:lifeboat-operator >/dev/null
+}
+
+# backup_registry_access NS: grant_credentials, then the Secret
+# `backup-credentials` (basic auth) and the ConfigMap `backup-ca` (the cluster
+# CA) that policies in NS use to reach the backup registry.
 backup_registry_access() {
+  grant_credentials "$1"
   registry_secret "$1" backup-credentials "$BACKUP_REGISTRY"
   k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
 }
