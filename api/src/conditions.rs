@@ -65,7 +65,7 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
     pub const INVALID_TIME_ZONE: &str = "InvalidTimeZone";
-    pub const INVALID_IMAGE_REFERENCE: &str = "InvalidImageReference";
+    pub const INVALID_IMAGE_REFERENCE: &str = lifeboat_reference::INVALID_IMAGE_REFERENCE;
     pub const INVALID_IMAGE_PATTERN: &str = "InvalidImagePattern";
     pub const INVALID_REPOSITORY_TEMPLATE: &str = "InvalidRepositoryTemplate";
 
