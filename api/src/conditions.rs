@@ -55,6 +55,9 @@ pub mod reasons {
     pub const RESTORING: &str = "Restoring";
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
     pub const NODE_EXPORT_FAILED: &str = "NodeExportFailed";
+    /// node-exporter wrote a report of a version this operator does not
+    /// read (the two images come from different releases).
+    pub const UNSUPPORTED_NODE_REPORT_VERSION: &str = "UnsupportedNodeReportVersion";
     pub const PUSH_FAILED: &str = "PushFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
@@ -92,6 +95,7 @@ pub mod reasons {
         RESTORING,
         IMAGE_NOT_FOUND,
         NODE_EXPORT_FAILED,
+        UNSUPPORTED_NODE_REPORT_VERSION,
         PUSH_FAILED,
         VERIFICATION_FAILED,
         DEADLINE_EXCEEDED,

@@ -20,7 +20,7 @@ use lifeboat_api::time::{from_k8s_time, to_k8s_time};
 use lifeboat_api::validation::validate_policy_spec;
 use lifeboat_api::{ImageBackupPolicy, ImageReference};
 use opentelemetry::KeyValue;
-use registry_transfer::{ImageRef, RepositoryRef, Transfer, TransferError};
+use registry_transfer::{RepositoryRef, Transfer, TransferError};
 use tracing::{debug, info, warn};
 
 use super::BackupController;
@@ -40,7 +40,7 @@ use super::status::{
     whole_seconds,
 };
 use crate::error::OperatorError;
-use crate::registry_access::{image_ref, transfer_config};
+use crate::registry_access::transfer_config;
 use crate::telemetry::object_labels;
 
 const KIND: &str = "ImageBackupPolicy";
@@ -796,10 +796,7 @@ async fn retention_pass(
                 in_use_here.insert(digest);
                 continue;
             }
-            let held = match image_ref(&task.destination) {
-                Ok(reference) => transfer.manifest_digest(&reference).await,
-                Err(e) => Err(e),
-            };
+            let held = transfer.manifest_digest(&task.destination).await;
             match held {
                 Ok(Some(digest)) => {
                     in_use_here.insert(digest.to_string());
@@ -831,7 +828,8 @@ async fn retention_pass(
                 backups.push(backup.clone());
                 continue;
             }
-            let summary = match ImageRef::parse(&format!("{name}:{tag}")) {
+            let summary = match registry_transfer::reference::parse_image(&format!("{name}:{tag}"))
+            {
                 Ok(reference) => transfer.manifest_summary(&reference).await,
                 Err(e) => Err(e),
             };
@@ -859,7 +857,7 @@ async fn retention_pass(
                 outcome.planned.push(reference);
                 continue;
             }
-            let Some(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
+            let Ok(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
                 continue;
             };
             match transfer.delete_manifest(&target, &digest).await {
