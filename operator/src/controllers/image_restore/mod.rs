@@ -11,6 +11,7 @@
 pub mod jobs;
 pub mod planning;
 pub mod reconcile;
+mod scope;
 pub mod status;
 
 use std::collections::HashMap;
@@ -159,17 +160,22 @@ fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
 pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
+    // Decoded per object: one undecodable restore is reported on itself
+    // instead of stalling the watch of all of them.
+    let (store, restores) = super::lenient_watch::watch::<ImageRestore>(
+        context.clone(),
+        "ImageRestore",
+        watcher::Config::default().any_semantic(),
+    );
     let controller = Arc::new(RestoreController::new(context));
-    let restores: Api<ImageRestore> = Api::all(client);
     let selector = format!(
         "{}={},{}=export",
         jobs::LABEL_MANAGED_BY,
         jobs::MANAGED_BY,
         jobs::LABEL_COMPONENT
     );
-    let restore_controller = Controller::new(restores, watcher::Config::default().any_semantic());
-    let _ = controller.restores.set(restore_controller.store());
-    restore_controller
+    let _ = controller.restores.set(store.clone());
+    Controller::for_stream(restores, store)
         .watches(
             jobs,
             watcher::Config::default().labels(&selector).any_semantic(),
@@ -177,7 +183,18 @@ pub async fn run(context: Arc<Context>) {
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, controller)
+        .run(
+            |restore, controller| {
+                let name = kube::ResourceExt::name_any(restore.as_ref());
+                super::isolate_panics(
+                    "ImageRestore",
+                    name,
+                    reconcile::reconcile(restore, controller),
+                )
+            },
+            error_policy,
+            controller,
+        )
         .for_each(|result| super::log_outcome("ImageRestore", result))
         .await;
 }

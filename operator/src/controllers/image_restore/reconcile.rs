@@ -13,7 +13,7 @@ use chrono::Utc;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -39,6 +39,7 @@ use super::planning::{
     UNSCHEDULABLE_TAINT, backup_references, choose_nodes, classify_node, destination_for,
     image_argument, inventory_needed,
 };
+use super::scope;
 use super::status::{
     fail, fail_open_images, is_complete, newly_terminal, nothing_to_restore, pending_image,
     stalled, summarize, whole_seconds,
@@ -50,6 +51,7 @@ use crate::telemetry::object_labels;
 use lifeboat_node_protocol::{
     ExportImage, ExportReport, ImageSource, InventoryReport, ReportError, reasons as node_reasons,
 };
+use crate::tenancy;
 
 const KIND: &str = "ImageRestore";
 /// Finalizer for restores outside the operator's namespace, whose Jobs
@@ -296,6 +298,29 @@ async fn reconcile_with(
         }
     };
 
+    // 4b. Tenant rules, once, before any node is asked or any Job exists.
+    if previous.images.is_empty() {
+        let request = scope::Request {
+            namespace: &namespace,
+            spec: &restore.spec,
+            images: status
+                .images
+                .iter()
+                .filter_map(|i| facts.reference(i).ok())
+                .collect(),
+            destination_host: facts.valid.destination.as_ref().map(|d| d.host.as_str()),
+        };
+        if let Err(refusal) = scope::check(controller, &request, &transfer, &candidates).await? {
+            let (reason, message) = (refusal.reason, refusal.message);
+            let status = stalled(previous.clone(), generation, now, reason, &message, false);
+            if status != previous {
+                write_status(controller, restore, &previous, &status).await?;
+                publish(controller, restore, EventType::Warning, reason, message).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    }
+
     // 5. Export Jobs already running: read and verify what they did.
     let mut existing_jobs = BTreeSet::new();
     follow_jobs(
@@ -540,7 +565,14 @@ async fn registry_engine(
         {
             settings = settings.with_ca_bundle(&candidate.registry.host, pem);
         }
-        if target.is_insecure() {
+        // A tenant's `insecure: true` counts only for hosts the admin listed.
+        let plain_http_allowed = crate::tenancy::plain_http(
+            facts.namespace == controller.context.config.namespace,
+            &candidate.registry.host,
+            &controller.context.config.plain_http_registries,
+        )
+        .is_ok();
+        if target.is_insecure() && plain_http_allowed {
             settings = settings.allow_plain_http(&candidate.registry.host);
         }
     }
@@ -1052,13 +1084,21 @@ async fn from_nodes(
     let selector = node_cache.node_selector.unwrap_or_default();
     let mut tolerations = controller.settings.tolerations.clone();
     tolerations.extend(node_cache.tolerations.unwrap_or_default());
+    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
     let uses: BTreeMap<String, NodeUse> = nodes
         .list(&ListParams::default())
         .await?
         .items
         .iter()
         .map(NodeFacts::from_node)
-        .map(|n| (n.name.clone(), classify_node(&n, &selector, &tolerations)))
+        .map(|n| {
+            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
+                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
+            } else {
+                classify_node(&n, &selector, &tolerations)
+            };
+            (n.name.clone(), usable)
+        })
         .collect();
 
     let arguments: BTreeMap<usize, String> = indices
@@ -1197,7 +1237,7 @@ async fn inventory(
         };
         controller.remember(node, holdings);
     }
-    delete_job(&api, &name).await;
+    delete_job(&api, &job).await;
     Ok(!stale)
 }
 
@@ -1261,6 +1301,53 @@ async fn ensure_jobs(
             Err(e) => return Err(e.into()),
         }
     }
+    if let Some(secret) = &credentials {
+        owned_by_jobs(controller, facts, secret).await?;
+    }
+    Ok(())
+}
+
+/// Makes the credentials copy a dependent of the restore's Jobs that mount
+/// it, so the garbage collector deletes it with the last of them (their
+/// TTL) even if the operator is gone by then.
+async fn owned_by_jobs(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+    secret: &str,
+) -> Result<(), OperatorError> {
+    let namespace = &controller.context.config.namespace;
+    let jobs: Api<Job> = Api::namespaced(controller.context.client.clone(), namespace);
+    let jobs = jobs
+        .list(&ListParams::default().labels(&format!("{LABEL_RESTORE_UID}={}", facts.uid)))
+        .await?
+        .items;
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(controller.context.client.clone(), namespace);
+    let Some(existing) = api.get_opt(secret).await? else {
+        return Ok(());
+    };
+    let mut owners = existing.metadata.owner_references.unwrap_or_default();
+    owners.extend(facts.owner(namespace));
+    for job in &jobs {
+        if let Some(uid) = job.metadata.uid.clone() {
+            owners.push(OwnerReference {
+                api_version: "batch/v1".to_owned(),
+                kind: "Job".to_owned(),
+                name: job.name_any(),
+                uid,
+                ..OwnerReference::default()
+            });
+        }
+    }
+    owners.sort_by(|a, b| a.uid.cmp(&b.uid));
+    owners.dedup_by(|a, b| a.uid == b.uid);
+    let patch = serde_json::json!({
+        "metadata": {"ownerReferences": owners, "resourceVersion": existing.metadata.resource_version}
+    });
+    api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -1285,8 +1372,7 @@ async fn ensure_credentials(
         namespace: facts.namespace.clone(),
         name: secret_ref.name.clone(),
     };
-    let secret = source
-        .get_opt(&secret_ref.name)
+    let secret = crate::registry_access::get_secret(&source, &facts.namespace, &secret_ref.name)
         .await?
         .ok_or_else(not_found)?;
     let data = secret
@@ -1319,16 +1405,17 @@ async fn ensure_credentials(
     Ok(Some(name))
 }
 
-async fn delete_job(api: &Api<Job>, name: &str) {
-    // Background propagation: the default for Jobs orphans their pods.
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
+/// Deletes a Job the operator created, by name and uid.
+async fn delete_job(api: &Api<Job>, job: &Job) {
+    let name = job.name_any();
+    match api
+        .delete(&name, &crate::controllers::delete_exactly(job.uid()))
+        .await
+    {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => warn!(job = name, error = %e, "could not delete Job"),
+        // Gone, or a namesake (409: the uid precondition failed).
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => warn!(job = %name, error = %e, "could not delete Job"),
     }
 }
 
@@ -1345,7 +1432,7 @@ async fn delete_jobs(controller: &RestoreController, uid: &str) {
             for job in list.items {
                 let running = job_finished(&job).is_none();
                 if running {
-                    delete_job(&api, &job.name_any()).await;
+                    delete_job(&api, &job).await;
                 }
             }
         }
@@ -1362,9 +1449,21 @@ async fn delete_credentials(controller: &RestoreController, name: &str, uid: &st
         &controller.context.config.namespace,
     );
     let secret = object_names::credentials_secret_name(name, uid);
-    match api.delete(&secret, &DeleteParams::default()).await {
+    // By uid: the name is the restore's, and only the copy it made goes.
+    let existing = match api.get_opt(&secret).await {
+        Ok(Some(existing)) => existing,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(%secret, error = %e, "could not read restore credentials");
+            return;
+        }
+    };
+    match api
+        .delete(&secret, &crate::controllers::delete_exactly(existing.uid()))
+        .await
+    {
         Ok(_) => debug!(%secret, "restore credentials deleted"),
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(e) => warn!(%secret, error = %e, "could not delete restore credentials"),
     }
 }
@@ -1383,7 +1482,7 @@ async fn cleanup(
         .list(&ListParams::default().labels(&format!("{LABEL_RESTORE_UID}={uid}")))
         .await?;
     for job in list.items {
-        delete_job(&api, &job.name_any()).await;
+        delete_job(&api, &job).await;
     }
     delete_credentials(controller, name, uid).await;
     Ok(())
