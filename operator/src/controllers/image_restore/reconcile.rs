@@ -48,10 +48,10 @@ use crate::controllers::object_names;
 use crate::error::OperatorError;
 use crate::registry_access::{ca_bundle, docker_config, transfer_config};
 use crate::telemetry::object_labels;
+use crate::tenancy;
 use lifeboat_node_protocol::{
     ExportImage, ExportReport, ImageSource, InventoryReport, ReportError, reasons as node_reasons,
 };
-use crate::tenancy;
 
 const KIND: &str = "ImageRestore";
 /// Finalizer for restores outside the operator's namespace, whose Jobs
