@@ -57,6 +57,9 @@ pub mod reasons {
     pub const RESTORING: &str = "Restoring";
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
     pub const NODE_EXPORT_FAILED: &str = "NodeExportFailed";
+    /// node-exporter wrote a report of a version this operator does not
+    /// read (the two images come from different releases).
+    pub const UNSUPPORTED_NODE_REPORT_VERSION: &str = "UnsupportedNodeReportVersion";
     pub const PUSH_FAILED: &str = "PushFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
@@ -69,7 +72,7 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
     pub const INVALID_TIME_ZONE: &str = "InvalidTimeZone";
-    pub const INVALID_IMAGE_REFERENCE: &str = "InvalidImageReference";
+    pub const INVALID_IMAGE_REFERENCE: &str = lifeboat_reference::INVALID_IMAGE_REFERENCE;
     pub const INVALID_IMAGE_PATTERN: &str = "InvalidImagePattern";
     pub const INVALID_REPOSITORY_TEMPLATE: &str = "InvalidRepositoryTemplate";
 
@@ -98,6 +101,7 @@ pub mod reasons {
         RESTORING,
         IMAGE_NOT_FOUND,
         NODE_EXPORT_FAILED,
+        UNSUPPORTED_NODE_REPORT_VERSION,
         PUSH_FAILED,
         VERIFICATION_FAILED,
         DEADLINE_EXCEEDED,

@@ -11,37 +11,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Error {
     // --- image references -------------------------------------------------
-    #[error("image reference is empty")]
-    EmptyReference,
-
-    #[error("image reference is {length} characters long; at most {max} are allowed")]
-    ReferenceTooLong { length: usize, max: usize },
-
-    #[error("image reference {input:?} contains {what}; only printable ASCII is allowed")]
-    ReferenceCharacters { input: String, what: &'static str },
-
-    #[error("image reference {input:?} is malformed: {problem}")]
-    MalformedReference { input: String, problem: String },
-
-    #[error("registry {registry:?} is not a valid host[:port]: {problem}")]
-    InvalidRegistry { registry: String, problem: String },
-
-    #[error("repository name {repository:?} must be lowercase")]
-    UppercaseRepository { repository: String },
-
-    #[error("repository name {repository:?} is invalid: {problem}")]
-    InvalidRepository { repository: String, problem: String },
-
-    #[error(
-        "repository name {name:?} is {length} characters long; at most 255 are allowed (registry included)"
-    )]
-    NameTooLong { name: String, length: usize },
-
-    #[error("tag {tag:?} is invalid: {problem}")]
-    InvalidTag { tag: String, problem: String },
-
-    #[error("digest {digest:?} is invalid: {problem}")]
-    InvalidDigest { digest: String, problem: String },
+    /// A reference, repository name, tag or digest that does not parse.
+    #[error(transparent)]
+    Reference(#[from] lifeboat_reference::ReferenceError),
 
     // --- schedules and time zones -----------------------------------------
     #[error(
@@ -84,16 +56,7 @@ impl Error {
     /// One CamelCase word for a condition's `reason`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::EmptyReference
-            | Error::ReferenceTooLong { .. }
-            | Error::ReferenceCharacters { .. }
-            | Error::MalformedReference { .. }
-            | Error::InvalidRegistry { .. }
-            | Error::UppercaseRepository { .. }
-            | Error::InvalidRepository { .. }
-            | Error::NameTooLong { .. }
-            | Error::InvalidTag { .. }
-            | Error::InvalidDigest { .. } => crate::conditions::reasons::INVALID_IMAGE_REFERENCE,
+            Error::Reference(error) => error.reason(),
             Error::ScheduleTimeZonePrefix { .. } | Error::InvalidSchedule { .. } => {
                 crate::conditions::reasons::INVALID_SCHEDULE
             }

@@ -9,7 +9,12 @@ pub mod crd;
 pub mod docs;
 pub mod error;
 pub mod patterns;
-pub mod reference;
+/// Image references and digests: the `lifeboat-reference` crate, re-exported
+/// so `lifeboat_api::reference::…` and `lifeboat_api::ImageReference` keep
+/// working.
+pub mod reference {
+    pub use lifeboat_reference::*;
+}
 pub mod restore;
 pub mod schedule;
 pub mod schema;

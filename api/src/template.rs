@@ -17,7 +17,7 @@
 
 use crate::error::{Error, Result};
 use crate::reference::{
-    DOCKER_HUB, ImageReference, NAME_MAX_LENGTH, check_registry, check_repository,
+    DOCKER_HUB, ImageReference, NAME_MAX_LENGTH, ReferenceError, check_registry, check_repository,
 };
 
 /// What `repositoryTemplate` means when unset on a backup target.
@@ -43,16 +43,16 @@ impl TargetRegistry {
     /// Parses `host[:port][/prefix]`.
     pub fn parse(input: &str) -> Result<TargetRegistry> {
         if input.contains("://") {
-            return Err(Error::InvalidRegistry {
+            return Err(Error::from(ReferenceError::InvalidRegistry {
                 registry: input.to_owned(),
                 problem: "write the host without a scheme such as https://".to_owned(),
-            });
+            }));
         }
         if !input.is_ascii() {
-            return Err(Error::InvalidRegistry {
+            return Err(Error::from(ReferenceError::InvalidRegistry {
                 registry: input.to_owned(),
                 problem: "it contains a non-ASCII character".to_owned(),
-            });
+            }));
         }
         let (host, prefix) = match input.split_once('/') {
             Some((host, prefix)) => (host, Some(prefix)),
@@ -236,10 +236,10 @@ pub fn target_reference(
     };
     let length = target.host.len() + 1 + repository.len();
     if length > NAME_MAX_LENGTH {
-        return Err(Error::NameTooLong {
+        return Err(Error::from(ReferenceError::NameTooLong {
             name: format!("{}/{repository}", target.host),
             length,
-        });
+        }));
     }
     Ok(ImageReference {
         registry: target.host.clone(),
@@ -395,6 +395,9 @@ mod tests {
             &image(&format!("ghcr.io/{}", "r".repeat(100))),
             CONTEXT,
         );
-        assert!(matches!(e, Err(Error::NameTooLong { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(Error::Reference(ReferenceError::NameTooLong { .. }))),
+            "{e:?}"
+        );
     }
 }

@@ -360,7 +360,7 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
             let mut seen = BTreeSet::new();
             for (index, image) in images.iter().enumerate() {
                 let reference = ImageReference::parse(image)
-                    .map_err(|e| e.at(format!("spec.images[{index}]")))?;
+                    .map_err(|e| Error::from(e).at(format!("spec.images[{index}]")))?;
                 if !seen.insert(reference.to_string()) {
                     return Err(invalid(format!(
                         "{image:?} is the same image as an earlier entry"

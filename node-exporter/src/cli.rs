@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+use lifeboat_node_protocol::args::{
+    EXPORT, FLAG_DOCKER_CONFIG, FLAG_IMAGE, FLAG_PLAIN_HTTP, FLAG_SOCKET, INVENTORY,
+};
+use lifeboat_node_protocol::{ExportImage, ImageArgumentError};
+
 use crate::error::Error;
 
 /// Where Kubernetes expects the termination message.
@@ -55,17 +60,11 @@ pub enum Mode {
     Inventory,
 }
 
-/// One `--image` argument.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageArg {
-    pub source: String,
-    pub destination: Option<String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub mode: Mode,
-    pub images: Vec<ImageArg>,
+    /// The `--image` arguments, parsed (inventory takes no `=DEST`).
+    pub images: Vec<ExportImage>,
     pub target_registry: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub plain_http: Vec<String>,
@@ -91,8 +90,8 @@ pub enum Command {
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, Error> {
     let mut args = args.iter();
     let mode = match args.next().map(String::as_str) {
-        Some("export") => Mode::Export,
-        Some("inventory") => Mode::Inventory,
+        Some(EXPORT) => Mode::Export,
+        Some(INVENTORY) => Mode::Inventory,
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("-V" | "--version") => return Ok(Command::Version),
         Some(other) => return Err(usage(format!("unknown command {other:?}"))),
@@ -135,15 +134,15 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             }
         };
         match flag {
-            "--image" => image_args.push(value()?),
+            FLAG_IMAGE => image_args.push(value()?),
             "--target-registry" => options.target_registry = Some(value()?),
-            "--docker-config" => options.docker_config = Some(value()?.into()),
-            "--plain-http" => options.plain_http.extend(split_list(&value()?)),
+            FLAG_DOCKER_CONFIG => options.docker_config = Some(value()?.into()),
+            FLAG_PLAIN_HTTP => options.plain_http.extend(split_list(&value()?)),
             "--no-rebuild" => options.allow_rebuild = false,
             "--allow-tag-move" => options.allow_tag_move = true,
             "--parallel" => options.parallel_blobs = parse_parallel(&value()?)?,
             "--snapshotter" => options.snapshotter = Some(value()?),
-            "--socket" => options.socket = Some(value()?.into()),
+            FLAG_SOCKET => options.socket = Some(value()?.into()),
             "--host-root" => options.host_root = value()?.into(),
             "--namespace" => options.namespace = value()?,
             "--termination-log" => options.termination_log = value()?.into(),
@@ -152,17 +151,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             other => return Err(usage(format!("unknown option {other:?}"))),
         }
     }
+    // Bad references are usage errors, caught before touching containerd.
     options.images = image_args
         .iter()
         .map(|a| parse_image_arg(a))
         .collect::<Result<_, _>>()?;
-    // Bad references are usage errors, caught before touching containerd.
-    for image in &options.images {
-        crate::reference::Query::parse(&image.source)?;
-        if let Some(destination) = &image.destination {
-            crate::reference::parse_reference(destination)?;
-        }
-    }
     if options.mode == Mode::Export && options.images.is_empty() {
         return Err(usage("export needs at least one --image".into()));
     }
@@ -179,17 +172,19 @@ fn parse_parallel(value: &str) -> Result<usize, Error> {
     }
 }
 
-fn parse_image_arg(arg: &str) -> Result<ImageArg, Error> {
-    let (source, destination) = match arg.split_once('=') {
-        Some((source, destination)) => (source, Some(destination)),
-        None => (arg, None),
-    };
-    if source.is_empty() || destination.is_some_and(str::is_empty) {
-        return Err(usage(format!("bad --image {arg:?}")));
-    }
-    Ok(ImageArg {
-        source: source.to_owned(),
-        destination: destination.map(str::to_owned),
+/// One `--image SRC[=DEST]`, with the protocol's parser (the one the
+/// operator's arguments are built to).
+fn parse_image_arg(arg: &str) -> Result<ExportImage, Error> {
+    ExportImage::parse(arg).map_err(|error| match error {
+        ImageArgumentError::Empty(_) => usage(error.to_string()),
+        ImageArgumentError::Reference { input, error } => Error::InvalidReference {
+            reference: input,
+            reason: error.to_string(),
+        },
+        ImageArgumentError::DestinationDigest(input) => Error::InvalidReference {
+            reference: input,
+            reason: "a target cannot name a digest".to_owned(),
+        },
     })
 }
 
@@ -223,6 +218,10 @@ mod tests {
         }
     }
 
+    fn image(text: &str) -> ExportImage {
+        ExportImage::parse(text).unwrap()
+    }
+
     #[test]
     fn parses_export_flags_in_both_spellings() {
         let options = run(parse(
@@ -246,14 +245,8 @@ mod tests {
         assert_eq!(
             options.images,
             vec![
-                ImageArg {
-                    source: "nginx:1".into(),
-                    destination: Some("backup:5000/nginx".into())
-                },
-                ImageArg {
-                    source: format!("sha256:{}", "a".repeat(64)),
-                    destination: None
-                },
+                image("nginx:1=backup:5000/nginx"),
+                image(&format!("sha256:{}", "a".repeat(64))),
             ]
         );
         assert_eq!(options.target_registry.as_deref(), Some("backup:5000/m"));
@@ -299,7 +292,7 @@ mod tests {
             );
         }
         for bad in [
-            vec!["export", "--image", "Bad/Ref"],
+            vec!["export", "--image", "ghcr.io/Bad/Ref"],
             vec!["export", "--image", "sha256:123"],
             vec!["export", "--image", "a=x//y"],
         ] {
@@ -318,5 +311,85 @@ mod tests {
             parse(&args(&["inventory"]), no_env),
             Ok(Command::Run(_))
         ));
+    }
+}
+
+/// The operator builds node-exporter's command line with the protocol
+/// crate's builders; this parser must read back exactly what they wrote.
+#[cfg(test)]
+mod protocol_round_trip {
+    use lifeboat_node_protocol::{
+        Destination, ExportArguments, ImageReference, ImageSource, InventoryArguments,
+    };
+
+    use super::*;
+
+    fn reference(text: &str) -> ImageReference {
+        ImageReference::parse(text).unwrap()
+    }
+
+    fn options(args: Vec<String>) -> Options {
+        match parse(&args, |_| None) {
+            Ok(Command::Run(options)) => *options,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn export_arguments_built_by_the_operator_parse_back() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let images = vec![
+            // In place: no destination.
+            ExportImage::to(
+                reference(&format!("127.0.0.1:5001/demo/app:v1@{digest}")),
+                &reference("127.0.0.1:5001/demo/app:v1"),
+            ),
+            // Elsewhere, with an IPv6 registry and a tag.
+            ExportImage::to(
+                reference(&format!("nginx@{digest}")),
+                &reference("[::1]:5002/mirror/nginx:1.27"),
+            ),
+            // A bare digest with an explicit untagged destination.
+            ExportImage {
+                source: ImageSource::parse(&digest).unwrap(),
+                destination: Some(Destination::parse("backup.example/x").unwrap()),
+            },
+        ];
+        let built = ExportArguments {
+            images: images.clone(),
+            plain_http: vec!["127.0.0.1:5001".into(), "[::1]:5002".into()],
+            socket: Some("/run/containerd/containerd.sock".into()),
+            docker_config: Some("/var/run/lifeboat/registry/config.json".into()),
+        };
+        let options = options(built.to_args());
+        assert_eq!(options.mode, Mode::Export);
+        assert_eq!(options.images, images);
+        assert_eq!(options.images[0].destination, None);
+        assert_eq!(options.plain_http, built.plain_http);
+        assert_eq!(
+            options.socket,
+            Some(PathBuf::from("/run/containerd/containerd.sock"))
+        );
+        assert_eq!(
+            options.docker_config,
+            Some(PathBuf::from("/var/run/lifeboat/registry/config.json"))
+        );
+    }
+
+    #[test]
+    fn inventory_arguments_built_by_the_operator_parse_back() {
+        let digest = format!("sha256:{}", "d".repeat(64));
+        let sources = vec![
+            ImageSource::from(reference(&format!("127.0.0.1:5001/a@{digest}"))),
+            ImageSource::parse(&digest).unwrap(),
+        ];
+        let built = InventoryArguments {
+            images: sources.clone(),
+            socket: Some("/s.sock".into()),
+        };
+        let options = options(built.to_args());
+        assert_eq!(options.mode, Mode::Inventory);
+        let parsed: Vec<ImageSource> = options.images.into_iter().map(|i| i.source).collect();
+        assert_eq!(parsed, sources);
     }
 }

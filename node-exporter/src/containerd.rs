@@ -289,7 +289,7 @@ impl Containerd {
                 operation: "Diff.Diff",
                 status: tonic::Status::internal("no descriptor in response"),
             })?;
-        let digest = Digest::parse(&produced.digest).ok_or_else(|| Error::Containerd {
+        let digest = Digest::parse(&produced.digest).map_err(|_| Error::Containerd {
             operation: "Diff.Diff",
             status: tonic::Status::internal(format!("bad digest {:?}", produced.digest)),
         })?;

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use lifeboat_node_protocol::reasons;
+
 /// Everything that can go wrong while reading a node's containerd or pushing
 /// out of it. Each variant maps to a CamelCase [`reason`](Self::reason) that
 /// ends up in the termination message, so the operator can act on it without
@@ -68,18 +70,18 @@ impl Error {
     /// CamelCase machine-readable cause, stable across releases.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Usage(_) => "InvalidArguments",
-            Error::SocketNotFound { .. } => "ContainerdSocketNotFound",
-            Error::Connect { .. } => "ContainerdUnavailable",
-            Error::Containerd { .. } => "ContainerdError",
-            Error::ImageNotFound(_) => "ImageNotOnNode",
-            Error::ContentMissing { .. } => "ContentMissing",
-            Error::LayerUnrecoverable { .. } => "LayerUnrecoverable",
-            Error::RebuildDenied { .. } => "RebuildDenied",
-            Error::InvalidManifest { .. } => "InvalidManifest",
-            Error::InvalidReference { .. } => "InvalidReference",
-            Error::Push { .. } => "PushFailed",
-            Error::Io { .. } => "IoError",
+            Error::Usage(_) => reasons::INVALID_ARGUMENTS,
+            Error::SocketNotFound { .. } => reasons::CONTAINERD_SOCKET_NOT_FOUND,
+            Error::Connect { .. } => reasons::CONTAINERD_UNAVAILABLE,
+            Error::Containerd { .. } => reasons::CONTAINERD_ERROR,
+            Error::ImageNotFound(_) => reasons::IMAGE_NOT_ON_NODE,
+            Error::ContentMissing { .. } => reasons::CONTENT_MISSING,
+            Error::LayerUnrecoverable { .. } => reasons::LAYER_UNRECOVERABLE,
+            Error::RebuildDenied { .. } => reasons::REBUILD_DENIED,
+            Error::InvalidManifest { .. } => reasons::INVALID_MANIFEST,
+            Error::InvalidReference { .. } => reasons::INVALID_REFERENCE,
+            Error::Push { .. } => reasons::PUSH_FAILED,
+            Error::Io { .. } => reasons::IO_ERROR,
         }
     }
 
@@ -111,6 +113,23 @@ fn display_paths(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_on_node_errors_are_the_protocols_not_on_node_reasons() {
+        let errors = [
+            Error::ImageNotFound("x".into()),
+            Error::ContentMissing { digest: "d".into() },
+            Error::Usage("x".into()),
+            Error::SocketNotFound { tried: vec![] },
+        ];
+        for error in errors {
+            assert_eq!(
+                error.is_not_on_node(),
+                reasons::is_not_on_node(error.reason()),
+                "{error:?}"
+            );
+        }
+    }
 
     #[test]
     fn reasons_are_camel_case() {

@@ -1,16 +1,18 @@
 //! The `export` command: each requested image from containerd to a registry.
 
-use crate::cli::{ImageArg, Options};
+use lifeboat_node_protocol::{ExportImage, ImageSource};
+
+use crate::cli::Options;
 use crate::containerd::Containerd;
 use crate::error::Error;
 use crate::image::{self, ImageState, Plan};
 use crate::oci::Platform;
 use crate::push::{Pushed, Pusher};
 use crate::rebuild;
-use registry_transfer::ImageRef;
+use registry_transfer::ImageReference;
 
-use crate::reference::{self, Query, parse_reference};
-use crate::report::{ImageResult, Report, Status};
+use crate::reference;
+use crate::report::{self, ImageResult, Report, Status};
 use crate::source::ContainerdSource;
 
 /// How long content made while rebuilding survives if node-exporter dies
@@ -29,7 +31,7 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Report {
         Ok(pusher) => pusher,
         Err(error) => {
             tracing::error!(reason = error.reason(), %error, "cannot set up the registry client");
-            return Report::run_failed(&error);
+            return report::run_failed(&error);
         }
     };
     let mut results = Vec::with_capacity(options.images.len());
@@ -38,7 +40,7 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Report {
             Ok(result) => result,
             Err((target, error)) => {
                 tracing::error!(image = %arg.source, reason = error.reason(), %error, "export failed");
-                ImageResult::failed(&arg.source, target, &error)
+                report::failed(&arg.source, target, &error)
             }
         };
         if result.status != Status::Failed {
@@ -46,9 +48,9 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Report {
                 image = %result.image,
                 status = ?result.status,
                 target = result.target.as_deref().unwrap_or_default(),
-                digest = result.digest.as_deref().unwrap_or_default(),
-                original_digest = result.original_digest.as_deref().unwrap_or_default(),
-                incomplete_index = result.incomplete_index.as_deref().unwrap_or_default(),
+                digest = result.digest.as_ref().map(|d| d.as_str()).unwrap_or_default(),
+                original_digest = result.original_digest.as_ref().map(|d| d.as_str()).unwrap_or_default(),
+                incomplete_index = result.incomplete_index.as_ref().map(|d| d.as_str()).unwrap_or_default(),
                 bytes = result.bytes,
                 "exported"
             );
@@ -63,14 +65,14 @@ type Failure = (Option<String>, Error);
 async fn export_one(
     containerd: &Containerd,
     pusher: &Pusher,
-    arg: &ImageArg,
+    arg: &ExportImage,
     options: &Options,
 ) -> Result<ImageResult, Failure> {
-    let query = Query::parse(&arg.source).map_err(|e| (None, e))?;
-    let located = image::locate(containerd, &query)
+    let query = &arg.source;
+    let located = image::locate(containerd, query)
         .await
         .map_err(|e| (None, e))?;
-    let target = target_for(&query, located.name.as_ref(), arg, options).map_err(|e| (None, e))?;
+    let target = target_for(query, located.name.as_ref(), arg, options).map_err(|e| (None, e))?;
     let target_name = Some(target.to_string());
     let fail = |e: Error| (target_name.clone(), e);
     tracing::info!(
@@ -85,18 +87,8 @@ async fn export_one(
         .map_err(fail)?;
     let plan = image::decide(&state, &Platform::current()).map_err(fail)?;
     let mut result = ImageResult {
-        image: arg.source.clone(),
-        status: Status::Preserved,
         target: target_name.clone(),
-        digest: None,
-        original_digest: None,
-        incomplete_index: None,
-        platform: None,
-        rebuilt_layers: 0,
-        bytes: 0,
-        reason: None,
-        engine_reason: None,
-        message: None,
+        ..ImageResult::new(arg.source.clone())
     };
     match plan {
         Plan::Exact { root } => {
@@ -104,8 +96,8 @@ async fn export_one(
             let pushed = push_verified(pusher, &source, &target)
                 .await
                 .map_err(fail)?;
-            result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
+            result.digest = Some(pushed.digest);
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
             result.bytes = pushed.bytes_uploaded;
         }
         Plan::PlatformOnly {
@@ -123,10 +115,10 @@ async fn export_one(
             let pushed = push_verified(pusher, &source, &target)
                 .await
                 .map_err(fail)?;
-            result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
+            result.digest = Some(pushed.digest);
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
             result.bytes = pushed.bytes_uploaded;
-            result.incomplete_index = Some(index.digest.to_string());
+            result.incomplete_index = Some(index.digest);
             result.platform = platform;
         }
         Plan::Rebuild {
@@ -179,10 +171,10 @@ async fn export_one(
                 "pushed a REBUILT image: same files, different digest than the original"
             );
             result.status = Status::Rebuilt;
-            result.digest = Some(pushed.digest.to_string());
-            result.target = Some(format!("{}:{}", target.repository, pushed.tag));
-            result.original_digest = Some(manifest.digest.to_string());
-            result.incomplete_index = index.map(|i| i.digest.to_string());
+            result.digest = Some(pushed.digest);
+            result.target = Some(format!("{}:{}", target.name(), pushed.tag));
+            result.original_digest = Some(manifest.digest);
+            result.incomplete_index = index.map(|i| i.digest);
             result.platform = platform;
             result.rebuilt_layers = rebuilt.layers.len();
             result.bytes = pushed.bytes_uploaded;
@@ -196,7 +188,7 @@ async fn export_one(
 async fn push_verified(
     pusher: &Pusher,
     source: &ContainerdSource,
-    target: &ImageRef,
+    target: &ImageReference,
 ) -> Result<Pushed, Error> {
     let pushed = pusher.push(source, target).await?;
     if pushed.digest != source.root().digest {
@@ -225,22 +217,22 @@ async fn push_verified(
 /// The push target for an image: a bare digest has no repository of its
 /// own, so it takes the name containerd knows it by, if any.
 fn target_for(
-    query: &Query,
-    found_name: Option<&ImageRef>,
-    arg: &ImageArg,
+    query: &ImageSource,
+    found_name: Option<&ImageReference>,
+    arg: &ExportImage,
     options: &Options,
-) -> Result<ImageRef, Error> {
+) -> Result<ImageReference, Error> {
     let source_name = match (query, found_name) {
-        (Query::Reference(reference), _) => reference.clone(),
-        (Query::Digest(_), Some(name)) => ImageRef {
+        (ImageSource::Reference(reference), _) => reference.clone(),
+        (ImageSource::Digest(_), Some(name)) => ImageReference {
             // Name the repository only: a tag found on the node is not what
             // a digest request asked for.
             tag: None,
             digest: None,
             ..name.clone()
         },
-        (Query::Digest(digest), None) => match &arg.destination {
-            Some(destination) => parse_reference(destination)?,
+        (ImageSource::Digest(digest), None) => match &arg.destination {
+            Some(destination) => reference::destination_image(destination),
             None => {
                 return Err(Error::InvalidReference {
                     reference: digest.to_string(),
@@ -252,7 +244,7 @@ fn target_for(
     };
     reference::map_target(
         &source_name,
-        arg.destination.as_deref(),
+        arg.destination.as_ref(),
         options.target_registry.as_deref(),
     )
 }

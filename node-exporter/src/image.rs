@@ -10,16 +10,18 @@ use serde::Serialize;
 use crate::containerd::Containerd;
 use crate::error::Error;
 use crate::oci::{self, DocumentKind, ImageIndex, ImageManifest, Platform, RawDescriptor};
-use registry_transfer::ImageRef;
+use registry_transfer::ImageReference;
 
-use crate::reference::{Query, parse_reference};
+use lifeboat_node_protocol::{Exportable, ImageSource as Query};
+
+use crate::reference::parse_reference;
 
 /// An image located in containerd.
 #[derive(Clone, Debug)]
 pub struct Located {
     /// The best name containerd has for it (a tagged name if there is one),
     /// used to name the push target when the query was a bare digest.
-    pub name: Option<ImageRef>,
+    pub name: Option<ImageReference>,
     /// What the query designates: an index or a manifest.
     pub descriptor: Descriptor,
 }
@@ -129,7 +131,7 @@ async fn locate_digest(
     containerd: &Containerd,
     images: &[Image],
     digest: &Digest,
-    reference: Option<&ImageRef>,
+    reference: Option<&ImageReference>,
 ) -> Result<Located, Error> {
     let target_matches: Vec<&Image> = images
         .iter()
@@ -202,7 +204,7 @@ fn image_target(image: &Image) -> Result<Descriptor, Error> {
             digest: image.name.clone(),
             reason: "image record has no target".to_owned(),
         })?;
-    let digest = Digest::parse(&target.digest).ok_or_else(|| Error::InvalidManifest {
+    let digest = Digest::parse(&target.digest).map_err(|_| Error::InvalidManifest {
         digest: image.name.clone(),
         reason: format!("bad target digest {:?}", target.digest),
     })?;
@@ -215,11 +217,11 @@ fn image_target(image: &Image) -> Result<Descriptor, Error> {
 
 /// Prefers a tagged name, then a `name@digest` name; CRI's bare `sha256:`
 /// image-ID records name no repository at all.
-fn best_name(images: &[&Image], reference: Option<&ImageRef>) -> Option<ImageRef> {
+fn best_name(images: &[&Image], reference: Option<&ImageReference>) -> Option<ImageReference> {
     if let Some(reference) = reference {
         return Some(reference.clone());
     }
-    let parsed: Vec<ImageRef> = images
+    let parsed: Vec<ImageReference> = images
         .iter()
         .filter(|image| !image.name.starts_with("sha256:"))
         .filter_map(|image| parse_reference(&image.name).ok())
@@ -418,11 +420,11 @@ fn decide_manifest(manifest: &ManifestState, index: Option<&Descriptor>) -> Resu
 #[serde(rename_all = "camelCase")]
 pub struct InventoryEntry {
     pub names: Vec<String>,
-    pub digest: String,
+    pub digest: registry_transfer::Digest,
     pub media_type: String,
     /// `exact`, `platform` (one platform of an index, digest-exact),
     /// `rebuild` (layers must be rebuilt) or `none`.
-    pub exportable: &'static str,
+    pub exportable: Exportable,
     pub manifests: Vec<InventoryManifest>,
 }
 
@@ -449,14 +451,14 @@ pub fn inventory_entry(names: Vec<String>, state: &ImageState, node: &Platform) 
         } => (descriptor, children.iter().collect()),
     };
     let exportable = match decide(state, node) {
-        Ok(Plan::Exact { .. }) => "exact",
-        Ok(Plan::PlatformOnly { .. }) => "platform",
-        Ok(Plan::Rebuild { .. }) => "rebuild",
-        Err(_) => "none",
+        Ok(Plan::Exact { .. }) => Exportable::Exact,
+        Ok(Plan::PlatformOnly { .. }) => Exportable::Platform,
+        Ok(Plan::Rebuild { .. }) => Exportable::Rebuild,
+        Err(_) => Exportable::None,
     };
     InventoryEntry {
         names,
-        digest: descriptor.digest.to_string(),
+        digest: descriptor.digest.clone(),
         media_type: descriptor.media_type.clone(),
         exportable,
         manifests: manifests
@@ -637,7 +639,7 @@ mod tests {
             manifest('b', "arm64", None),
         ]);
         let entry = inventory_entry(vec!["x".into()], &state, &amd64());
-        assert_eq!(entry.exportable, "rebuild");
+        assert_eq!(entry.exportable, Exportable::Rebuild);
         assert_eq!(entry.manifests[0].layers, 2);
         assert_eq!(entry.manifests[0].layers_present, 1);
         assert!(!entry.manifests[1].present);

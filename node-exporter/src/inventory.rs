@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cli::Options;
 use crate::containerd::Containerd;
@@ -12,8 +12,8 @@ use crate::error::Error;
 use crate::image::{self, InventoryEntry};
 use crate::oci::Platform;
 use crate::rebuild;
-use crate::reference::Query;
-use crate::report::FORMAT_VERSION;
+use lifeboat_node_protocol::report::{InventoryEntry as ReportedEntry, InventoryReport};
+use lifeboat_node_protocol::{Exportable, VERSION};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Inventory {
@@ -39,7 +39,7 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory
             let Some(target) = &record.target else {
                 continue;
             };
-            let Some(digest) = registry_transfer::Digest::parse(&target.digest) else {
+            let Ok(digest) = registry_transfer::Digest::parse(&target.digest) else {
                 continue;
             };
             let entry = by_digest.entry(target.digest.clone()).or_insert_with(|| {
@@ -67,22 +67,21 @@ pub async fn run(containerd: &Containerd, options: &Options) -> Result<Inventory
         }
     } else {
         for arg in &options.images {
-            let query = Query::parse(&arg.source)?;
-            let located = match image::locate(containerd, &query).await {
+            let located = match image::locate(containerd, &arg.source).await {
                 Ok(located) => located,
                 Err(error) if error.is_not_on_node() => {
-                    missing.push(arg.source.clone());
+                    missing.push(arg.source.to_string());
                     continue;
                 }
                 Err(error) => return Err(error),
             };
             let state = image::inspect(containerd, &located.descriptor).await?;
-            let entry = image::inventory_entry(vec![arg.source.clone()], &state, &node);
+            let entry = image::inventory_entry(vec![arg.source.to_string()], &state, &node);
             images.push(confirm_rebuild(containerd, options, &state, &node, entry).await?);
         }
     }
     Ok(Inventory {
-        v: FORMAT_VERSION,
+        v: VERSION,
         namespace: containerd.namespace().to_owned(),
         images,
         missing,
@@ -124,72 +123,30 @@ async fn confirm_rebuild(
         Ok(()) => Ok(entry),
         Err(error) if error.is_not_on_node() => {
             tracing::info!(image = %entry.digest, %error, "cannot be rebuilt on this node");
-            entry.exportable = "none";
+            entry.exportable = Exportable::None;
             Ok(entry)
         }
         Err(error) => Err(error),
     }
 }
 
-/// The inventory cut down to fit a termination message: digests and
-/// exportability first, names and per-manifest detail only if room remains.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompactInventory {
-    pub v: u32,
-    pub images: Vec<CompactEntry>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub missing: Vec<String>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub omitted: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompactEntry {
-    pub digest: String,
-    pub exportable: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
+/// The inventory as the protocol's report, cut down to fit a termination
+/// message: digests and exportability first, names only if room remains.
 pub fn termination_message(inventory: &Inventory, limit: usize) -> String {
-    let mut compact = CompactInventory {
-        v: inventory.v,
-        images: inventory
-            .images
-            .iter()
-            .map(|entry| CompactEntry {
-                digest: entry.digest.clone(),
-                exportable: entry.exportable.to_owned(),
-                name: entry
-                    .names
-                    .iter()
-                    .find(|n| !n.starts_with("sha256:"))
-                    .cloned(),
-            })
-            .collect(),
-        missing: inventory.missing.clone(),
-        omitted: 0,
-    };
-    let render = |c: &CompactInventory| serde_json::to_string(c).unwrap_or_default();
-    if render(&compact).len() <= limit {
-        return render(&compact);
-    }
-    for entry in &mut compact.images {
-        entry.name = None;
-    }
-    while render(&compact).len() > limit && !compact.missing.is_empty() {
-        compact.missing.pop();
-        compact.omitted += 1;
-    }
-    while render(&compact).len() > limit && !compact.images.is_empty() {
-        compact.images.pop();
-        compact.omitted += 1;
-    }
-    render(&compact)
+    let images = inventory
+        .images
+        .iter()
+        .map(|entry| ReportedEntry {
+            digest: entry.digest.clone(),
+            exportable: entry.exportable,
+            name: entry
+                .names
+                .iter()
+                .find(|n| !n.starts_with("sha256:"))
+                .cloned(),
+        })
+        .collect();
+    InventoryReport::new(images, inventory.missing.clone()).termination_message(limit)
 }
 
 #[cfg(test)]
@@ -203,9 +160,9 @@ mod tests {
                 format!("sha256:{i}"),
                 format!("registry.example/team/app-{i}:v1"),
             ],
-            digest: format!("sha256:{:064x}", i),
+            digest: registry_transfer::Digest::parse(&format!("sha256:{:064x}", i)).unwrap(),
             media_type: crate::oci::OCI_INDEX.into(),
-            exportable: "exact",
+            exportable: Exportable::Exact,
             manifests: vec![],
         };
         let small = Inventory {
@@ -215,7 +172,7 @@ mod tests {
             missing: vec![],
         };
         let message = termination_message(&small, 4096);
-        let back: CompactInventory = serde_json::from_str(&message).unwrap();
+        let back = InventoryReport::read(&message).unwrap();
         assert_eq!(
             back.images[0].name.as_deref(),
             Some("registry.example/team/app-1:v1")
@@ -227,7 +184,7 @@ mod tests {
         };
         let message = termination_message(&big, 4096);
         assert!(message.len() <= 4096);
-        let back: CompactInventory = serde_json::from_str(&message).unwrap();
+        let back = InventoryReport::read(&message).unwrap();
         assert_eq!(back.images.len() + back.omitted, 200);
         assert!(back.images.iter().all(|e| e.name.is_none()));
     }

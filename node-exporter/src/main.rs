@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use lifeboat_node_exporter::cli::{self, Command, Mode, Options};
 use lifeboat_node_exporter::containerd::Containerd;
-use lifeboat_node_exporter::report::{Report, TERMINATION_MESSAGE_LIMIT, exit};
+use lifeboat_node_exporter::report::{self, TERMINATION_MESSAGE_LIMIT, exit};
 use lifeboat_node_exporter::{Error, export, inventory, socket};
 
 fn main() -> ExitCode {
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             eprintln!("node-exporter: {error}\n\n{}", cli::USAGE);
             // Where the termination log goes is itself an argument that may
             // not have parsed: only the default is tried.
-            let report = Report::run_failed(&error);
+            let report = report::run_failed(&error);
             write_termination_message(
                 std::path::Path::new(cli::DEFAULT_TERMINATION_LOG),
                 &report.termination_message(TERMINATION_MESSAGE_LIMIT),
@@ -75,7 +75,7 @@ async fn run(options: &Options) -> i32 {
         Ok(containerd) => containerd,
         Err(error) => {
             tracing::error!(reason = error.reason(), %error, "no containerd");
-            let report = Report::run_failed(&error);
+            let report = report::run_failed(&error);
             write_termination_message(
                 &options.termination_log,
                 &report.termination_message(TERMINATION_MESSAGE_LIMIT),
@@ -107,7 +107,7 @@ async fn run(options: &Options) -> i32 {
             }
             Err(error) => {
                 tracing::error!(reason = error.reason(), %error, "inventory failed");
-                let report = Report::run_failed(&error);
+                let report = report::run_failed(&error);
                 write_termination_message(
                     &options.termination_log,
                     &report.termination_message(TERMINATION_MESSAGE_LIMIT),

@@ -81,7 +81,7 @@ pub struct RawDescriptor {
 
 impl RawDescriptor {
     pub fn to_descriptor(&self, parent: &Digest) -> Result<Descriptor, Error> {
-        let digest = Digest::parse(&self.digest).ok_or_else(|| Error::InvalidManifest {
+        let digest = Digest::parse(&self.digest).map_err(|_| Error::InvalidManifest {
             digest: parent.to_string(),
             reason: format!("bad child digest {:?}", self.digest),
         })?;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use registry_transfer::{
-    CopyRequest, Digest, DockerConfig, ImageRef, RegistrySettings, Transfer, TransferConfig,
-    TransferError,
+    CopyRequest, Digest, DockerConfig, ImageReference, RegistrySettings, RepositoryRef, Transfer,
+    TransferConfig, TransferError,
 };
 
 use crate::error::Error;
@@ -74,10 +74,10 @@ impl Pusher {
     pub async fn push(
         &self,
         source: &ContainerdSource,
-        target: &ImageRef,
+        target: &ImageReference,
     ) -> Result<Pushed, Error> {
         let mut request =
-            CopyRequest::new(target.repository.clone()).allowing_tag_move(self.allow_tag_move);
+            CopyRequest::new(RepositoryRef::of(target)).allowing_tag_move(self.allow_tag_move);
         if let Some(tag) = &target.tag {
             request = request.with_tag(tag.clone());
         }
@@ -98,7 +98,7 @@ impl Pusher {
 
 /// Content vanishing from the node mid-copy means the node cannot supply
 /// the image; everything else is a failed push.
-fn engine_error(error: TransferError, target: &ImageRef) -> Error {
+fn engine_error(error: TransferError, target: &ImageReference) -> Error {
     match error {
         TransferError::SourceNotFound { what } => Error::ContentMissing { digest: what },
         other => Error::Push {

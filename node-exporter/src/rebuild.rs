@@ -68,7 +68,7 @@ async fn prepare(
         .read_small(config_digest, oci::MAX_MANIFEST_BYTES)
         .await?;
     let config_parsed_digest =
-        Digest::parse(config_digest).ok_or_else(|| Error::InvalidManifest {
+        Digest::parse(config_digest).map_err(|_| Error::InvalidManifest {
             digest: manifest.digest.to_string(),
             reason: format!("bad config digest {config_digest:?}"),
         })?;

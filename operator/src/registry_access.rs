@@ -9,7 +9,7 @@
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use lifeboat_api::backup_policy::CaBundle;
-use registry_transfer::{DockerConfig, ImageRef, TransferConfig, TransferError};
+use registry_transfer::{DockerConfig, TransferConfig};
 
 use crate::error::OperatorError;
 
@@ -91,11 +91,6 @@ pub fn transfer_config() -> TransferConfig {
         max_concurrent_per_registry: 8,
         ..TransferConfig::default()
     }
-}
-
-/// The transfer library's reference for one of ours.
-pub fn image_ref(reference: &lifeboat_api::ImageReference) -> Result<ImageRef, TransferError> {
-    ImageRef::parse(&reference.to_string())
 }
 
 const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";

@@ -744,7 +744,7 @@ impl RegistryClient {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         match header_str(response.headers(), "docker-content-digest")
-            .and_then(|d| Digest::parse(&d))
+            .and_then(|d| Digest::parse(&d).ok())
         {
             Some(digest) => Ok(Some(ManifestHead {
                 digest,
@@ -810,7 +810,8 @@ impl RegistryClient {
                     .body(bytes.clone()))
             })
             .await?;
-        Ok(header_str(response.headers(), "docker-content-digest").and_then(|d| Digest::parse(&d)))
+        Ok(header_str(response.headers(), "docker-content-digest")
+            .and_then(|d| Digest::parse(&d).ok()))
     }
 
     /// One page of a repository's tags (`GET /v2/<name>/tags/list`), from

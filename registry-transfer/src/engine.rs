@@ -20,7 +20,7 @@ use crate::limits::{Limiter, Permits};
 use crate::manifest::{
     self, ManifestContent, Platform, effective_media_type, filter_index, sha256_digest, verify,
 };
-use crate::reference::{ImageRef, RepositoryRef, api_host, deterministic_tag, is_valid_tag};
+use crate::reference::{ImageReference, RepositoryRef, api_host, deterministic_tag, is_valid_tag};
 use crate::registry_source::RegistrySource;
 use crate::retry::RetryPolicy;
 use crate::source::SourceErrorKind;
@@ -383,17 +383,20 @@ impl Transfer {
     }
 
     /// A registry image as a source, sharing this engine's connections.
-    pub fn registry_source(&self, image: &ImageRef) -> Result<RegistrySource, TransferError> {
-        let client = self.client(&image.repository.registry)?;
+    pub fn registry_source(&self, image: &ImageReference) -> Result<RegistrySource, TransferError> {
+        let client = self.client(&image.registry)?;
         Ok(RegistrySource::new(client, image.clone()))
     }
 
     /// What a registry holds under an image reference (its digest if
     /// given, else its tag): the manifest digest, or `None` if absent. One
     /// HEAD request; never counts as a pull on Docker Hub.
-    pub async fn manifest_digest(&self, image: &ImageRef) -> Result<Option<Digest>, TransferError> {
-        let client = self.client(&image.repository.registry)?;
-        let repository = image.repository.repository.as_str();
+    pub async fn manifest_digest(
+        &self,
+        image: &ImageReference,
+    ) -> Result<Option<Digest>, TransferError> {
+        let client = self.client(&image.registry)?;
+        let repository = image.repository.as_str();
         let reference = match (&image.digest, &image.tag) {
             (Some(digest), _) => digest.to_string(),
             (None, Some(tag)) => tag.clone(),
@@ -411,7 +414,7 @@ impl Transfer {
     /// tag is used, and for a digest-only source the deterministic tag.
     pub async fn copy_image(
         &self,
-        source: &ImageRef,
+        source: &ImageReference,
         request: &CopyRequest,
     ) -> Result<CopyReport, TransferError> {
         let registry_source = self.registry_source(source)?;
@@ -952,7 +955,7 @@ mod tests {
     fn copy_futures_are_send(
         transfer: &Transfer,
         source: &RegistrySource,
-        image: &ImageRef,
+        image: &ImageReference,
         request: &CopyRequest,
     ) {
         fn send<T: Send>(_: T) {}

@@ -12,7 +12,7 @@
 //! use registry_transfer::*;
 //! install_crypto_provider();
 //! let engine = Transfer::new(TransferConfig::default(), RegistrySettings::new());
-//! let source = ImageRef::parse("docker.io/library/nginx:1.27")?;
+//! let source = reference::parse_image("docker.io/library/nginx:1.27")?;
 //! let target = RepositoryRef::parse("backup.example/mirror/nginx")?;
 //! let report = engine.copy_image(&source, &CopyRequest::new(target)).await?;
 //! println!("{} at {}", report.tag, report.digest);
@@ -60,7 +60,7 @@ pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig,
 pub use error::TransferError;
 pub use maintenance::{ManifestSummary, config_created};
 pub use manifest::Platform;
-pub use reference::{ImageRef, RepositoryRef, deterministic_tag};
+pub use reference::{ImageReference, RepositoryRef, deterministic_tag};
 pub use registry_source::RegistrySource;
 pub use retry::RetryPolicy;
 pub use source::{BlobStream, ContentSource, Descriptor, Digest, SourceErrorKind};

@@ -9,7 +9,7 @@ use crate::client::pull_scope;
 use crate::engine::Transfer;
 use crate::error::TransferError;
 use crate::manifest::{self, ManifestContent, sha256_digest, verify};
-use crate::reference::{ImageRef, RepositoryRef};
+use crate::reference::{ImageReference, RepositoryRef};
 use crate::{Descriptor, Digest};
 
 /// Tags asked for per page of a tag list.
@@ -122,10 +122,10 @@ impl Transfer {
     /// config blob.
     pub async fn manifest_summary(
         &self,
-        image: &ImageRef,
+        image: &ImageReference,
     ) -> Result<Option<ManifestSummary>, TransferError> {
-        let client = self.client(&image.repository.registry)?;
-        let repository = image.repository.repository.as_str();
+        let client = self.client(&image.registry)?;
+        let repository = image.repository.as_str();
         let scopes = [pull_scope(repository)];
         let reference = match (&image.digest, &image.tag) {
             (Some(digest), _) => digest.to_string(),
@@ -176,7 +176,7 @@ impl Transfer {
             .ok()
             .and_then(|p| p.config)
             .filter(|c| c.size <= MAX_CONFIG_BYTES)
-            .and_then(|c| Digest::parse(&c.digest));
+            .and_then(|c| Digest::parse(&c.digest).ok());
         let created = match config {
             Some(config_digest) => self
                 .read_config(&client, repository, &config_digest)
@@ -269,12 +269,12 @@ mod tests {
             child('c', Some(("linux", "amd64"))),
         ];
         assert_eq!(
-            representative_child(&children).map(|d| d.digest.hex().chars().next()),
+            representative_child(&children).map(|d| d.digest.encoded().chars().next()),
             Some(Some('b'))
         );
         let odd = [child('d', None)];
         assert_eq!(
-            representative_child(&odd).map(|d| d.digest.hex().chars().next()),
+            representative_child(&odd).map(|d| d.digest.encoded().chars().next()),
             Some(Some('d'))
         );
         assert_eq!(representative_child(&[]), None);

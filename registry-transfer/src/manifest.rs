@@ -135,7 +135,7 @@ fn invalid(digest: &Digest, detail: impl Into<String>) -> TransferError {
 impl RawDescriptor {
     fn into_descriptor(self, owner: &Digest) -> Result<Descriptor, TransferError> {
         let digest = Digest::parse(&self.digest)
-            .ok_or_else(|| invalid(owner, format!("bad digest {:?}", self.digest)))?;
+            .map_err(|e| invalid(owner, format!("bad digest {:?}: {e}", self.digest)))?;
         Ok(Descriptor {
             media_type: self.media_type,
             digest,
@@ -262,7 +262,7 @@ pub fn filter_index(
 
 /// The sha256 digest of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> Digest {
-    Digest::from_sha256_hex(hex::encode(Sha256::digest(bytes)))
+    Digest::sha256(&Sha256::digest(bytes).into())
 }
 
 /// Checks that `bytes` hash to `expected` (sha256 or sha512).

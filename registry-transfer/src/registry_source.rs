@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::client::{RegistryClient, pull_scope};
 use crate::error::TransferError;
 use crate::manifest::{sha256_digest, verify};
-use crate::reference::{DOCKER_HUB_API_HOST, ImageRef, RepositoryRef};
+use crate::reference::{DOCKER_HUB_API_HOST, ImageReference, RepositoryRef};
 use crate::source::SourceErrorKind;
 use crate::{BlobStream, ContentSource, Descriptor, Digest};
 
@@ -17,7 +17,7 @@ use crate::{BlobStream, ContentSource, Descriptor, Digest};
 /// shares the engine's connections, credentials and limits.
 pub struct RegistrySource {
     client: Arc<RegistryClient>,
-    image: ImageRef,
+    image: ImageReference,
     /// The top-level manifest as fetched by `resolve`, so that the copy's
     /// `fetch_manifest` right after does not ask again.
     resolved: Mutex<Option<(Digest, Bytes, String)>>,
@@ -32,7 +32,7 @@ impl fmt::Debug for RegistrySource {
 }
 
 impl RegistrySource {
-    pub(crate) fn new(client: Arc<RegistryClient>, image: ImageRef) -> RegistrySource {
+    pub(crate) fn new(client: Arc<RegistryClient>, image: ImageReference) -> RegistrySource {
         RegistrySource {
             client,
             image,
@@ -40,12 +40,12 @@ impl RegistrySource {
         }
     }
 
-    pub fn image(&self) -> &ImageRef {
+    pub fn image(&self) -> &ImageReference {
         &self.image
     }
 
     fn repository(&self) -> &str {
-        &self.image.repository.repository
+        &self.image.repository
     }
 
     fn scopes(&self) -> [String; 1] {
@@ -93,7 +93,7 @@ impl ContentSource for RegistrySource {
     /// needs its bytes right after. Except on Docker Hub, where a manifest
     /// GET counts against the pull rate limit and a HEAD does not.
     async fn resolve(&self) -> Result<Descriptor, TransferError> {
-        if self.image.repository.api_host() == DOCKER_HUB_API_HOST {
+        if self.image.api_host() == DOCKER_HUB_API_HOST {
             return self.resolve_by_head().await;
         }
         let (bytes, media_type) = self
@@ -138,7 +138,7 @@ impl ContentSource for RegistrySource {
             .manifest_get(self.repository(), digest.as_str(), &self.scopes())
             .await?
             .ok_or_else(|| TransferError::SourceNotFound {
-                what: format!("{}@{digest}", self.image.repository),
+                what: format!("{}@{digest}", self.image.name()),
             })?;
         verify(&bytes, digest)?;
         Ok((bytes, media_type))
@@ -163,7 +163,7 @@ impl ContentSource for RegistrySource {
         {
             Some(stream) => Ok(Box::pin(stream)),
             None => Err(TransferError::SourceNotFound {
-                what: format!("blob {} in {}", descriptor.digest, self.image.repository),
+                what: format!("blob {} in {}", descriptor.digest, self.image.name()),
             }),
         }
     }
@@ -179,7 +179,7 @@ impl ContentSource for RegistrySource {
     }
 
     fn mount_origin(&self) -> Option<RepositoryRef> {
-        Some(self.image.repository.clone())
+        Some(RepositoryRef::of(&self.image))
     }
 
     fn concurrency_key(&self) -> Option<String> {

@@ -1,6 +1,5 @@
 //! The contract between the copy engine and where bytes come from.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -9,57 +8,8 @@ use futures::Stream;
 
 use crate::reference::RepositoryRef;
 
-/// A content digest such as `sha256:3f1c...`, validated on construction.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-impl Digest {
-    /// Parses `algorithm:hex`. Only sha256 (64 lower-case hex digits) and
-    /// sha512 (128) are accepted: the registry and containerd use nothing else.
-    pub fn parse(s: &str) -> Option<Digest> {
-        let (algorithm, hex) = s.split_once(':')?;
-        let expected_len = match algorithm {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => return None,
-        };
-        let valid = hex.len() == expected_len
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| Digest(s.to_owned()))
-    }
-
-    /// The digest of content whose sha256 is `hex` (64 lower-case hex digits,
-    /// as produced by `hex::encode` of a sha256 output).
-    pub(crate) fn from_sha256_hex(hex: String) -> Digest {
-        Digest(format!("sha256:{hex}"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn algorithm(&self) -> &str {
-        self.0.split_once(':').map(|(a, _)| a).unwrap_or_default()
-    }
-
-    pub fn hex(&self) -> &str {
-        self.0.split_once(':').map(|(_, h)| h).unwrap_or_default()
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.0)
-    }
-}
+/// Content digests are the project-wide type, validated on construction.
+pub use lifeboat_reference::Digest;
 
 /// What the OCI spec calls a descriptor: enough to fetch and verify content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,15 +155,5 @@ mod tests {
                 "offset {offset}"
             );
         }
-    }
-
-    #[test]
-    fn digest_accepts_sha256_and_rejects_garbage() {
-        let ok = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(Digest::parse(&ok).map(|d| d.hex().len()), Some(64));
-        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());
-        assert!(Digest::parse("sha256:abc").is_none());
-        assert!(Digest::parse(&format!("md5:{}", "a".repeat(32))).is_none());
-        assert!(Digest::parse("nocolon").is_none());
     }
 }

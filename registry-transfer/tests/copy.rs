@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use registry_transfer::{
-    CopyRequest, DockerConfig, ImageRef, Platform, RegistrySettings, RepositoryRef, RetryPolicy,
-    Transfer, TransferConfig, TransferError, deterministic_tag,
+    CopyRequest, DockerConfig, ImageReference, Platform, RegistrySettings, RepositoryRef,
+    RetryPolicy, Transfer, TransferConfig, TransferError, deterministic_tag,
 };
 use support::images::{
     Blob, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST, RegistryHttp, artifact_manifest,
@@ -43,8 +43,8 @@ fn engine(config: TransferConfig, plain_hosts: &[&str]) -> Transfer {
     Transfer::new(config, settings)
 }
 
-fn image_ref(registry: &str, path: &str) -> ImageRef {
-    ImageRef::parse(&format!("{registry}/{path}")).expect("image ref")
+fn image_ref(registry: &str, path: &str) -> ImageReference {
+    registry_transfer::reference::parse_image(&format!("{registry}/{path}")).expect("image ref")
 }
 
 fn repo(registry: &str, path: &str) -> RepositoryRef {

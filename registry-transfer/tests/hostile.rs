@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use registry_transfer::{
-    CopyRequest, Credentials, ImageRef, RegistrySettings, RepositoryRef, RetryPolicy, Secret,
+    CopyRequest, Credentials, ImageReference, RegistrySettings, RepositoryRef, RetryPolicy, Secret,
     ThroughputFloor, Transfer, TransferConfig, TransferError,
 };
 use support::hostile::{HostileServer, ImageStore, Reply, Request};
@@ -80,8 +80,8 @@ fn store_with(image: &Manifest) -> ImageStore {
     store
 }
 
-fn source(host: &str) -> ImageRef {
-    ImageRef::parse(&format!("{host}/src/app:v1")).unwrap()
+fn source(host: &str) -> ImageReference {
+    registry_transfer::reference::parse_image(&format!("{host}/src/app:v1")).unwrap()
 }
 
 fn target(host: &str) -> CopyRequest {
@@ -587,7 +587,11 @@ async fn wrong_digests_are_never_accepted() {
     let mut store = ImageStore::new();
     store.add_raw("src/app", &image.digest, other.bytes.clone(), OCI_MANIFEST);
     let server = HostileServer::start(move |request: &Request| store.answer(request)).await;
-    let by_digest = ImageRef::parse(&format!("{}/src/app@{}", server.host, image.digest)).unwrap();
+    let by_digest = registry_transfer::reference::parse_image(&format!(
+        "{}/src/app@{}",
+        server.host, image.digest
+    ))
+    .unwrap();
     let error = expect_err(
         engine(&[&server.host], None)
             .copy_image(&by_digest, &target(&server.host))

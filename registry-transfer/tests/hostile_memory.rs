@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use registry_transfer::{
-    CopyRequest, ImageRef, RegistrySettings, RepositoryRef, RetryPolicy, Transfer, TransferConfig,
+    CopyRequest, RegistrySettings, RepositoryRef, RetryPolicy, Transfer, TransferConfig,
     TransferError,
 };
 use support::hostile::{HostileServer, Reply, Request};
@@ -68,7 +68,9 @@ async fn endless_bodies_cost_bounded_memory() {
         RegistrySettings::new().allow_plain_http(&warm.host),
     );
     let _ = engine
-        .manifest_digest(&ImageRef::parse(&format!("{}/a/b:c", warm.host)).unwrap())
+        .manifest_digest(
+            &registry_transfer::reference::parse_image(&format!("{}/a/b:c", warm.host)).unwrap(),
+        )
         .await;
     let baseline = peak_rss_kib();
     let mut sent_total = 0;
@@ -96,7 +98,8 @@ async fn endless_bodies_cost_bounded_memory() {
         } else {
             engine
                 .copy_image(
-                    &ImageRef::parse(&format!("{}/a/b:c", server.host)).unwrap(),
+                    &registry_transfer::reference::parse_image(&format!("{}/a/b:c", server.host))
+                        .unwrap(),
                     &CopyRequest::new(RepositoryRef::new(&server.host, "x/y")),
                 )
                 .await

@@ -7,8 +7,8 @@ mod support;
 
 use base64::Engine as _;
 use registry_transfer::{
-    DockerConfig, ImageRef, RegistrySettings, RepositoryRef, Transfer, TransferConfig,
-    TransferError, deterministic_tag,
+    DockerConfig, RegistrySettings, RepositoryRef, Transfer, TransferConfig, TransferError,
+    deterministic_tag,
 };
 use support::images::{Blob, OCI_INDEX, RegistryHttp, dated_image_manifest, index_manifest};
 use support::registry::{RegistryOptions, TestRegistry};
@@ -52,14 +52,22 @@ async fn tags_creation_times_and_deletes_by_digest() {
             .is_empty()
     );
 
-    let by_tag = ImageRef::parse(&format!("{}/team/app:{old_tag}", registry.host)).unwrap();
+    let by_tag =
+        registry_transfer::reference::parse_image(&format!("{}/team/app:{old_tag}", registry.host))
+            .unwrap();
     let summary = engine.manifest_summary(&by_tag).await.unwrap().unwrap();
     assert_eq!(summary.digest, digest(&old));
     assert_eq!(summary.created.as_deref(), Some("2020-01-02T03:04:05Z"));
-    let by_digest = ImageRef::parse(&format!("{}/team/app@{}", registry.host, new.digest)).unwrap();
+    let by_digest = registry_transfer::reference::parse_image(&format!(
+        "{}/team/app@{}",
+        registry.host, new.digest
+    ))
+    .unwrap();
     let summary = engine.manifest_summary(&by_digest).await.unwrap().unwrap();
     assert_eq!(summary.created.as_deref(), Some("2026-06-07T08:09:10.5Z"));
-    let absent = ImageRef::parse(&format!("{}/team/app:nope", registry.host)).unwrap();
+    let absent =
+        registry_transfer::reference::parse_image(&format!("{}/team/app:nope", registry.host))
+            .unwrap();
     assert_eq!(engine.manifest_summary(&absent).await.unwrap(), None);
 
     // Deleting the old digest takes its tags with it and leaves the new one.
@@ -99,7 +107,10 @@ async fn an_index_is_dated_by_its_platform_image() {
     http.push("multi", "1", &index).await;
     let engine = plain_engine(&registry.host);
     let summary = engine
-        .manifest_summary(&ImageRef::parse(&format!("{}/multi:1", registry.host)).unwrap())
+        .manifest_summary(
+            &registry_transfer::reference::parse_image(&format!("{}/multi:1", registry.host))
+                .unwrap(),
+        )
         .await
         .unwrap()
         .unwrap();

@@ -12,9 +12,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use registry_transfer::{
-    BlobStream, ContentSource, CopyRequest, Credentials, Descriptor, Digest, ImageRef,
-    RegistrySettings, RepositoryRef, RetryPolicy, Secret, SourceErrorKind, Transfer,
-    TransferConfig,
+    BlobStream, ContentSource, CopyRequest, Credentials, Descriptor, Digest, RegistrySettings,
+    RepositoryRef, RetryPolicy, Secret, SourceErrorKind, Transfer, TransferConfig,
 };
 use support::images::{Blob, Manifest, OCI_MANIFEST, RegistryHttp, image_manifest, random_bytes};
 use support::registry::TestRegistry;
@@ -291,7 +290,8 @@ async fn bearer_token_flow_learns_the_challenge_and_caches_tokens() {
             )
     };
     let transfer = Transfer::new(quick.clone(), settings("t0ken-pass"));
-    let image = ImageRef::parse(&format!("{}/app:v1", registry.host)).unwrap();
+    let image =
+        registry_transfer::reference::parse_image(&format!("{}/app:v1", registry.host)).unwrap();
     let source = transfer.registry_source(&image).unwrap();
     let resolved = source
         .resolve()

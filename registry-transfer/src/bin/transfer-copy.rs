@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use registry_transfer::{
-    CopyRequest, DockerConfig, ImageRef, Platform, RegistrySettings, RepositoryRef, Transfer,
+    CopyRequest, DockerConfig, ImageReference, Platform, RegistrySettings, RepositoryRef, Transfer,
     TransferConfig, TransferError,
 };
 
@@ -26,7 +26,7 @@ struct Args {
     config: TransferConfig,
     platforms: Vec<Platform>,
     allow_tag_move: bool,
-    pairs: Vec<(ImageRef, RepositoryRef, Option<String>)>,
+    pairs: Vec<(ImageReference, RepositoryRef, Option<String>)>,
 }
 
 fn usage() -> String {
@@ -102,7 +102,7 @@ fn parse_args() -> Result<Args, String> {
     let pairs = positional
         .chunks(2)
         .map(|pair| {
-            let source = ImageRef::parse(&pair[0])?;
+            let source = registry_transfer::reference::parse_image(&pair[0])?;
             let (target, tag) = parse_target(&pair[1])?;
             Ok((source, target, tag))
         })

@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use kube::{Api, ResourceExt as _};
 use lifeboat_api::backup_policy::{DryRunPlan, MAX_PLAN_ENTRIES, RunRecord, RunTrigger};
 use lifeboat_api::{ImageBackupPolicy, ImageBackupPolicyStatus, ImageReference};
-use registry_transfer::{ImageRef, RepositoryRef, Transfer, TransferError};
+use registry_transfer::{RepositoryRef, Transfer, TransferError};
 use tracing::{debug, info, warn};
 
 use super::BackupController;
@@ -29,7 +29,6 @@ use super::retention::{
 };
 use super::status::{reconciling_status, whole_seconds};
 use crate::error::OperatorError;
-use crate::registry_access::image_ref;
 
 /// Copies of one policy running at once (the global bound applies too).
 const COPIES_PER_POLICY: usize = 4;
@@ -464,7 +463,7 @@ async fn retention_pass(
                 outcome.planned.push(reference);
                 continue;
             }
-            let Some(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
+            let Ok(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
                 continue;
             };
             match transfer.delete_manifest(&target, &digest).await {
@@ -508,10 +507,7 @@ async fn in_use_in(
             in_use_here.insert(digest);
             continue;
         }
-        let held = match image_ref(&task.destination) {
-            Ok(reference) => transfer.manifest_digest(&reference).await,
-            Err(e) => Err(e),
-        };
+        let held = transfer.manifest_digest(&task.destination).await;
         match held {
             Ok(Some(digest)) => {
                 in_use_here.insert(digest.to_string());
@@ -549,7 +545,7 @@ async fn backups_in(
             backups.push(backup.clone());
             continue;
         }
-        let summary = match ImageRef::parse(&format!("{name}:{tag}")) {
+        let summary = match registry_transfer::reference::parse_image(&format!("{name}:{tag}")) {
             Ok(reference) => transfer.manifest_summary(&reference).await,
             Err(e) => Err(e),
         };

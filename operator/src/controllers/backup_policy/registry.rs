@@ -16,7 +16,7 @@ use registry_transfer::{
 use super::discovery::SecretId;
 use super::plan::CopyTask;
 use crate::error::OperatorError;
-use crate::registry_access::{ca_bundle, docker_config, image_ref};
+use crate::registry_access::{ca_bundle, docker_config};
 
 /// Registry settings for one policy, and a fingerprint of what they were
 /// built from (Secret and ConfigMap resource versions), so the engine is
@@ -125,7 +125,7 @@ pub async fn copy_task(
     let mut up_to_date = true;
     let digest = match task.source.pinned() {
         Some(pinned) => {
-            let source = image_ref(&pinned)?;
+            let source = pinned;
             let digest_tag = source
                 .digest
                 .as_ref()
@@ -144,12 +144,12 @@ pub async fn copy_task(
     if let Some(tag) = &task.source.tag {
         // With a digest this only moves the tag (everything is there); by
         // tag alone it is the copy.
-        let source = image_ref(&task.source)?;
+        let source = &task.source;
         let request = CopyRequest::new(target)
             .with_platforms(platforms)
             .with_tag(tag.clone())
             .allowing_tag_move(true);
-        let report = transfer.copy_image(&source, &request).await?;
+        let report = transfer.copy_image(source, &request).await?;
         bytes += report.bytes_copied;
         up_to_date &= report.up_to_date;
         if digest.is_empty() {
@@ -192,8 +192,7 @@ async fn holds_within(
     let Some(pinned) = reference.pinned() else {
         return Ok(false);
     };
-    let manifest = image_ref(&pinned)?;
-    match tokio::time::timeout(limit, transfer.manifest_digest(&manifest)).await {
+    match tokio::time::timeout(limit, transfer.manifest_digest(&pinned)).await {
         Ok(answer) => Ok(answer?.is_some()),
         Err(_) => Err(TransferError::RegistryUnavailable {
             registry: pinned.registry.clone(),

@@ -16,18 +16,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use serde::Deserialize;
-
-/// node-exporter's exit codes (`node-exporter/src/report.rs`, `report::exit`):
-/// the contract between the two binaries, mirrored here because the
-/// operator does not link node-exporter (and its containerd client).
-pub mod exit {
-    pub const OTHER: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const NOT_ON_NODE: i32 = 3;
-    pub const PUSH_FAILED: i32 = 4;
-    pub const NO_CONTAINERD: i32 = 5;
-}
+use lifeboat_node_protocol::report::InventoryReport;
+use lifeboat_node_protocol::{
+    ExportArguments, ExportImage, Exportable, ImageSource, InventoryArguments, exit,
+};
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
@@ -72,8 +64,8 @@ pub struct ExportJob {
     pub restore_namespace: String,
     pub restore_name: String,
     pub restore_uid: String,
-    /// `SRC=DEST` (or `SRC`) arguments for node-exporter.
-    pub images: Vec<String>,
+    /// What to push where (node-exporter's `--image SRC[=DEST]`).
+    pub images: Vec<ExportImage>,
     /// Secret (in the operator's namespace) with `.dockerconfigjson`.
     pub credentials_secret: Option<String>,
     /// Extra tolerations from the restore's spec (and the cordon taint when
@@ -137,7 +129,7 @@ pub fn pod_failure_policy() -> PodFailurePolicy {
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
                     container_name: Some("node-exporter".to_owned()),
                     operator: "In".to_owned(),
-                    values: vec![exit::USAGE, exit::NOT_ON_NODE, exit::NO_CONTAINERD],
+                    values: exit::FINAL_ON_THIS_NODE.to_vec(),
                 }),
                 on_pod_conditions: None,
             },
@@ -296,31 +288,35 @@ fn pod(
     }
 }
 
-fn plain_http_args(settings: &JobSettings, extra: &[String]) -> Vec<String> {
-    let mut registries: Vec<&String> = settings.plain_http_registries.iter().chain(extra).collect();
+fn plain_http_registries(settings: &JobSettings, extra: &[String]) -> Vec<String> {
+    let mut registries: Vec<String> = settings
+        .plain_http_registries
+        .iter()
+        .chain(extra)
+        .cloned()
+        .collect();
     registries.sort();
     registries.dedup();
     registries
-        .into_iter()
-        .flat_map(|r| ["--plain-http".to_owned(), r.clone()])
-        .collect()
+}
+
+/// node-exporter's command line for an export, built with the protocol
+/// crate node-exporter parses it with.
+pub fn export_arguments(settings: &JobSettings, job: &ExportJob) -> ExportArguments {
+    ExportArguments {
+        images: job.images.clone(),
+        plain_http: plain_http_registries(settings, &job.plain_http),
+        socket: Some(SOCKET_MOUNT.to_owned()),
+        docker_config: job
+            .credentials_secret
+            .as_ref()
+            .map(|_| format!("{DOCKER_CONFIG_DIR}/{DOCKER_CONFIG_FILE}")),
+    }
 }
 
 /// The export Job for one node of one restore.
 pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
-    let mut args = vec!["export".to_owned()];
-    for image in &job.images {
-        args.push("--image".to_owned());
-        args.push(image.clone());
-    }
-    args.extend(plain_http_args(settings, &job.plain_http));
-    args.extend(["--socket".to_owned(), SOCKET_MOUNT.to_owned()]);
-    if job.credentials_secret.is_some() {
-        args.extend([
-            "--docker-config".to_owned(),
-            format!("{DOCKER_CONFIG_DIR}/{DOCKER_CONFIG_FILE}"),
-        ]);
-    }
+    let args = export_arguments(settings, job).to_args();
     let labels = labels(
         "export",
         &[
@@ -373,15 +369,14 @@ pub fn inventory_job(
     settings: &JobSettings,
     name: &str,
     node: &str,
-    images: &[String],
+    images: &[ImageSource],
     extra_tolerations: &[Toleration],
 ) -> Job {
-    let mut args = vec!["inventory".to_owned()];
-    for image in images {
-        args.push("--image".to_owned());
-        args.push(image.clone());
+    let args = InventoryArguments {
+        images: images.to_vec(),
+        socket: Some(SOCKET_MOUNT.to_owned()),
     }
-    args.extend(["--socket".to_owned(), SOCKET_MOUNT.to_owned()]);
+    .to_args();
     let labels = labels("inventory", &[(LABEL_NODE, node)]);
     Job {
         metadata: ObjectMeta {
@@ -446,84 +441,13 @@ pub fn credentials_secret(
 
 // --- results ---------------------------------------------------------------------------
 
-/// One image's result in node-exporter's export termination message.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportResult {
-    pub image: String,
-    pub status: String,
-    #[serde(default)]
-    pub target: Option<String>,
-    #[serde(default)]
-    pub digest: Option<String>,
-    #[serde(default)]
-    pub original_digest: Option<String>,
-    #[serde(default)]
-    pub incomplete_index: Option<String>,
-    #[serde(default)]
-    pub bytes: u64,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct RunError {
-    pub reason: String,
-    pub message: String,
-}
-
-/// node-exporter's export report (the compact termination message).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct ExportReport {
-    pub v: u32,
-    #[serde(default)]
-    pub results: Vec<ExportResult>,
-    #[serde(default)]
-    pub omitted: usize,
-    #[serde(default)]
-    pub error: Option<RunError>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct InventoryEntry {
-    pub digest: String,
-    pub exportable: String,
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// node-exporter's inventory report (the compact termination message).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct InventoryReport {
-    pub v: u32,
-    #[serde(default)]
-    pub images: Vec<InventoryEntry>,
-    #[serde(default)]
-    pub missing: Vec<String>,
-    #[serde(default)]
-    pub omitted: usize,
-    #[serde(default)]
-    pub error: Option<RunError>,
-}
-
-pub fn parse_export_report(message: &str) -> Option<ExportReport> {
-    serde_json::from_str(message.trim()).ok()
-}
-
-pub fn parse_inventory_report(message: &str) -> Option<InventoryReport> {
-    serde_json::from_str(message.trim()).ok()
-}
-
 /// What an inventory says about each image asked: by the name it was asked
 /// as. An image neither listed nor missing (cut from the message) is left
 /// out, so it is asked again.
 pub fn inventory_holdings(
     report: &InventoryReport,
     asked: &[String],
-) -> BTreeMap<String, super::planning::Exportable> {
-    use super::planning::Exportable;
+) -> BTreeMap<String, Exportable> {
     let mut holdings = BTreeMap::new();
     for image in asked {
         let digest = image.rsplit_once('@').map(|(_, d)| d);
@@ -531,7 +455,7 @@ pub fn inventory_holdings(
             e.name.as_deref() == Some(image.as_str()) || Some(e.digest.as_str()) == digest
         });
         if let Some(entry) = entry {
-            holdings.insert(image.clone(), Exportable::parse(&entry.exportable));
+            holdings.insert(image.clone(), entry.exportable);
         } else if report.missing.iter().any(|m| m == image) {
             holdings.insert(image.clone(), Exportable::None);
         }
@@ -539,20 +463,15 @@ pub fn inventory_holdings(
     holdings
 }
 
-/// The `SRC=DEST` argument (just `SRC` when restoring in place).
-pub fn export_argument(source: &str, destination: &str) -> String {
-    let bare_source = source.split_once('@').map_or(source, |(n, _)| n);
-    let bare_destination = destination.split_once('@').map_or(destination, |(n, _)| n);
-    if bare_source == bare_destination || source == destination {
-        source.to_owned()
-    } else {
-        format!("{source}={destination}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use lifeboat_node_protocol::{ExportReport, ReportError};
+
     use super::*;
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
 
     fn settings() -> JobSettings {
         JobSettings {
@@ -577,7 +496,7 @@ mod tests {
             restore_namespace: "shop".into(),
             restore_name: "x".into(),
             restore_uid: "uid-1".into(),
-            images: vec!["127.0.0.1:5001/a@sha256:1".into()],
+            images: vec![ExportImage::parse(&format!("127.0.0.1:5001/a@{}", digest('1'))).unwrap()],
             credentials_secret: Some("creds".into()),
             tolerations: vec![],
             plain_http: vec![],
@@ -637,7 +556,7 @@ mod tests {
             [
                 "export",
                 "--image",
-                "127.0.0.1:5001/a@sha256:1",
+                &format!("127.0.0.1:5001/a@{}", digest('1')),
                 "--plain-http",
                 "127.0.0.1:5001",
                 "--socket",
@@ -659,7 +578,8 @@ mod tests {
 
     #[test]
     fn inventory_jobs_do_not_retry_and_mount_no_credentials() {
-        let job = inventory_job(&settings(), "inv", "node-2", &["a@sha256:1".into()], &[]);
+        let asked = ImageSource::parse(&format!("r.io/a@{}", digest('1'))).unwrap();
+        let job = inventory_job(&settings(), "inv", "node-2", &[asked], &[]);
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
@@ -682,7 +602,7 @@ mod tests {
             [
                 "inventory".to_owned(),
                 "--image".to_owned(),
-                "a@sha256:1".to_owned()
+                format!("r.io/a@{}", digest('1'))
             ]
         );
     }
@@ -694,52 +614,44 @@ mod tests {
     }
 
     #[test]
-    fn export_reports_parse() {
-        let message = r#"{"v":1,"results":[{"image":"r/a@sha256:1","status":"Preserved","target":"r/a:sha256-1","digest":"sha256:1","bytes":10},
-            {"image":"r/b@sha256:2","status":"Failed","target":"r/b","reason":"ImageNotOnNode","message":"not here"}]}"#;
-        let report = parse_export_report(message).unwrap();
-        assert_eq!(report.results.len(), 2);
-        assert_eq!(report.results[0].digest.as_deref(), Some("sha256:1"));
+    fn export_reports_are_read_with_the_protocol_and_versions_checked() {
+        let message = format!(
+            r#"{{"v":1,"results":[{{"image":"r.io/a@{a}","status":"Preserved","target":"r.io/a:t","digest":"{a}","bytes":10}},
+            {{"image":"r.io/b@{b}","status":"Failed","target":"r.io/b","reason":"ImageNotOnNode","message":"not here"}}]}}"#,
+            a = digest('1'),
+            b = digest('2')
+        );
+        let report = ExportReport::read(&message).unwrap();
+        let asked = ImageSource::parse(&format!("r.io/a@{}", digest('1'))).unwrap();
+        let result = report.result_for(&asked).unwrap();
+        assert!(result.status.is_pushed());
+        assert_eq!(
+            result.digest.as_ref().map(|d| d.to_string()),
+            Some(digest('1'))
+        );
         assert_eq!(report.results[1].reason.as_deref(), Some("ImageNotOnNode"));
-        let failed = parse_export_report(
-            r#"{"v":1,"results":[],"error":{"reason":"ContainerdUnavailable","message":"m"}}"#,
-        )
-        .unwrap();
-        assert_eq!(failed.error.unwrap().reason, "ContainerdUnavailable");
-        assert!(parse_export_report("killed").is_none());
+        let newer = message.replacen(r#""v":1"#, r#""v":2"#, 1);
+        assert!(matches!(
+            ExportReport::read(&newer),
+            Err(ReportError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]
     fn inventories_say_what_each_asked_image_is() {
-        use super::super::planning::Exportable;
-        let report = parse_inventory_report(
-            r#"{"v":1,"images":[{"digest":"sha256:1","exportable":"exact","name":"r/a@sha256:1"},
-                {"digest":"sha256:9","exportable":"platform","name":"r/c@sha256:3"}],"missing":["r/b@sha256:2"]}"#,
-        )
+        let [a, b, c, d] = ['1', '2', '3', '4'].map(|x| format!("r.io/{x}@{}", digest(x)));
+        let report = InventoryReport::read(&format!(
+            r#"{{"v":1,"images":[{{"digest":"{d1}","exportable":"exact","name":"{a}"}},
+                {{"digest":"{d9}","exportable":"platform","name":"{c}"}}],"missing":["{b}"]}}"#,
+            d1 = digest('1'),
+            d9 = digest('9'),
+        ))
         .unwrap();
-        let asked = vec![
-            "r/a@sha256:1".to_owned(),
-            "r/b@sha256:2".to_owned(),
-            "r/c@sha256:3".to_owned(),
-            "r/d@sha256:4".to_owned(),
-        ];
+        let asked = vec![a.clone(), b.clone(), c.clone(), d.clone()];
         let holdings = inventory_holdings(&report, &asked);
-        assert_eq!(holdings["r/a@sha256:1"], Exportable::Exact);
-        assert_eq!(holdings["r/b@sha256:2"], Exportable::None);
-        assert_eq!(holdings["r/c@sha256:3"], Exportable::Platform);
-        assert!(!holdings.contains_key("r/d@sha256:4"));
-    }
-
-    #[test]
-    fn export_arguments_name_a_destination_only_when_it_differs() {
-        assert_eq!(export_argument("r/a@sha256:1", "r/a"), "r/a@sha256:1");
-        assert_eq!(
-            export_argument("r/a:1.0@sha256:1", "r/a:1.0"),
-            "r/a:1.0@sha256:1"
-        );
-        assert_eq!(
-            export_argument("r/a:1.0@sha256:1", "m/x/a:1.0"),
-            "r/a:1.0@sha256:1=m/x/a:1.0"
-        );
+        assert_eq!(holdings[&a], Exportable::Exact);
+        assert_eq!(holdings[&b], Exportable::None);
+        assert_eq!(holdings[&c], Exportable::Platform);
+        assert!(!holdings.contains_key(&d));
     }
 }

@@ -2,6 +2,7 @@
 //! (nodes, what their content stores hold, which backups hold what), a plan
 //! out. The reconciler gathers the facts and carries the plan out.
 
+use lifeboat_node_protocol::reasons as node_reasons;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
@@ -106,29 +107,9 @@ pub fn classify_node(
     NodeUse::Preferred
 }
 
-/// How an image can be exported from a node (node-exporter's `exportable`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Exportable {
-    /// Every blob: digest-exact.
-    Exact,
-    /// One platform of an index, digest-exact for that manifest.
-    Platform,
-    /// Layers must be rebuilt: a new digest.
-    Rebuild,
-    /// Not on the node, or not recoverable.
-    None,
-}
-
-impl Exportable {
-    pub fn parse(text: &str) -> Exportable {
-        match text {
-            "exact" => Exportable::Exact,
-            "platform" => Exportable::Platform,
-            "rebuild" => Exportable::Rebuild,
-            _ => Exportable::None,
-        }
-    }
-}
+/// How an image can be exported from a node: node-exporter's
+/// `exportable`, from the shared protocol (ordered best first).
+pub use lifeboat_node_protocol::Exportable;
 
 /// What each node holds, keyed by the image argument asked about.
 pub type Holdings = BTreeMap<String, BTreeMap<String, Exportable>>;
@@ -220,9 +201,15 @@ fn list(items: &[&str]) -> String {
 /// Whether an export failure means the node does not (completely) hold the
 /// image, so another holder is worth trying (node-exporter's reasons).
 pub fn node_lost_image(reason: Option<&str>) -> bool {
+    // Not `RebuildDenied`: the node holds the image, the restore forbade
+    // rebuilding it; another node would be asked the same.
     matches!(
         reason,
-        Some("ImageNotOnNode" | "ContentMissing" | "LayerUnrecoverable")
+        Some(
+            node_reasons::IMAGE_NOT_ON_NODE
+                | node_reasons::CONTENT_MISSING
+                | node_reasons::LAYER_UNRECOVERABLE
+        )
     )
 }
 

@@ -25,15 +25,14 @@ use lifeboat_api::validation::{ValidRestore, validate_policy_spec, validate_rest
 use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestore, ImageRestoreStatus};
 use opentelemetry::KeyValue;
 use registry_transfer::{
-    ContentSource as _, CopyRequest, ImageRef, RegistrySettings, RepositoryRef, Transfer,
-    TransferError, deterministic_tag,
+    ContentSource as _, CopyRequest, RegistrySettings, RepositoryRef, Transfer, TransferError,
+    deterministic_tag,
 };
 use tracing::{debug, info, warn};
 
 use super::RestoreController;
 use super::jobs::{
-    self, ExportJob, LABEL_RESTORE_UID, export_argument, export_job, inventory_holdings,
-    inventory_job, parse_export_report, parse_inventory_report,
+    self, ExportJob, LABEL_RESTORE_UID, export_job, inventory_holdings, inventory_job,
 };
 use super::planning::{
     self, BackupCandidate, Exportable, Holdings, NodeChoice, NodeFacts, NodeUse,
@@ -50,6 +49,9 @@ use crate::error::OperatorError;
 use crate::registry_access::{ca_bundle, docker_config, transfer_config};
 use crate::telemetry::object_labels;
 use crate::tenancy;
+use lifeboat_node_protocol::{
+    ExportImage, ExportReport, ImageSource, InventoryReport, ReportError, reasons as node_reasons,
+};
 
 const KIND: &str = "ImageRestore";
 /// Finalizer for restores outside the operator's namespace, whose Jobs
@@ -166,16 +168,12 @@ impl Facts<'_> {
             .map_err(|e| e.to_string())
     }
 
-    /// The node-exporter argument for an image (`SRC` or `SRC=DEST`).
-    fn export_argument(&self, image: &RestoredImage) -> Result<String, String> {
+    /// What node-exporter is to push where for an image (`SRC` or
+    /// `SRC=DEST` on its command line).
+    fn export_argument(&self, image: &RestoredImage) -> Result<ExportImage, String> {
         let reference = self.reference(image)?;
         let destination = self.destination(&reference)?;
-        let mut destination_text = destination.name();
-        if let Some(tag) = &destination.tag {
-            destination_text.push(':');
-            destination_text.push_str(tag);
-        }
-        Ok(export_argument(&reference.to_string(), &destination_text))
+        Ok(ExportImage::to(reference, &destination))
     }
 
     fn node_tolerations(&self) -> Vec<Toleration> {
@@ -605,7 +603,10 @@ enum JobState {
     Finished {
         succeeded: bool,
         message: String,
-        report: Option<jobs::ExportReport>,
+        report: Option<ExportReport>,
+        /// A report node-exporter wrote in a version this operator does
+        /// not read: its results are not trusted.
+        rejected: Option<ReportError>,
     },
 }
 
@@ -672,17 +673,25 @@ async fn job_state(controller: &RestoreController, name: &str) -> Result<JobStat
     };
     let pods: Api<Pod> = Api::namespaced(controller.context.client.clone(), namespace);
     let found = termination_message(&pods, name).await?;
-    let (report, message) = match found {
+    let (read, message) = match found {
         Some((text, code)) => (
-            parse_export_report(&text),
+            Some(ExportReport::read(&text)),
             format!("{job_message} (exit code {})", code.unwrap_or(-1)),
         ),
         None => (None, job_message),
+    };
+    // An unreadable message (a crash, an OOM kill) is no report; a report
+    // of another version is rejected, with its own reason.
+    let (report, rejected) = match read {
+        Some(Ok(report)) => (Some(report), None),
+        Some(Err(error @ ReportError::UnsupportedVersion { .. })) => (None, Some(error)),
+        Some(Err(ReportError::Unreadable(_))) | None => (None, None),
     };
     Ok(JobState::Finished {
         succeeded,
         message,
         report,
+        rejected,
     })
 }
 
@@ -702,7 +711,7 @@ async fn follow_jobs(
     let mut bytes = 0u64;
     for job_name in names {
         let state = job_state(controller, &job_name).await?;
-        let (succeeded, job_message, report) = match state {
+        let (succeeded, job_message, report, rejected) = match state {
             JobState::Missing => continue,
             JobState::Running => {
                 existing.insert(job_name);
@@ -712,7 +721,8 @@ async fn follow_jobs(
                 succeeded,
                 message,
                 report,
-            } => (succeeded, message, report),
+                rejected,
+            } => (succeeded, message, report, rejected),
         };
         existing.insert(job_name.clone());
         for image in status
@@ -721,17 +731,27 @@ async fn follow_jobs(
             .filter(|i| i.job_name.as_deref() == Some(job_name.as_str()))
             .filter(|i| i.state == ImageRestoreState::InProgress)
         {
-            let argument = facts.export_argument(image).unwrap_or_default();
-            let source = argument.split('=').next().unwrap_or_default().to_owned();
-            let result = report.as_ref().and_then(|r| {
-                r.results
-                    .iter()
-                    .find(|r| r.image == source || r.image == argument)
-            });
+            if let Some(error) = &rejected {
+                fail(
+                    image,
+                    reasons::UNSUPPORTED_NODE_REPORT_VERSION,
+                    format!("export Job {job_name}: {error}"),
+                );
+                continue;
+            }
+            let asked = facts.export_argument(image).ok().map(|a| a.source);
+            let result = report
+                .as_ref()
+                .zip(asked.as_ref())
+                .and_then(|(report, asked)| report.result_for(asked));
             match result {
-                Some(result) if result.status == "Preserved" || result.status == "Rebuilt" => {
+                Some(result) if result.status.is_pushed() => {
                     bytes += result.bytes;
-                    let digest = result.digest.clone().unwrap_or_default();
+                    let digest = result
+                        .digest
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     verify_into(
                         facts,
                         transfer,
@@ -769,7 +789,7 @@ async fn follow_jobs(
                 }
                 Some(result) => {
                     let reason = match result.reason.as_deref() {
-                        Some("PushFailed") => reasons::PUSH_FAILED,
+                        Some(node_reasons::PUSH_FAILED) => reasons::PUSH_FAILED,
                         _ => reasons::NODE_EXPORT_FAILED,
                     };
                     fail(
@@ -851,7 +871,7 @@ async fn verify_into(
 }
 
 async fn verify(transfer: &Transfer, pinned: &str) -> Result<(), TransferError> {
-    let reference = ImageRef::parse(pinned)?;
+    let reference = registry_transfer::reference::parse_image(pinned)?;
     transfer.registry_source(&reference)?.resolve().await?;
     Ok(())
 }
@@ -972,10 +992,7 @@ async fn from_backup(
         let Some(pinned) = backup.pinned() else {
             continue;
         };
-        let held = match ImageRef::parse(&pinned.to_string()) {
-            Ok(r) => transfer.manifest_digest(&r).await,
-            Err(e) => Err(e),
-        };
+        let held = transfer.manifest_digest(&pinned).await;
         match held {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -1029,8 +1046,8 @@ async fn copy_back(
     backup: &ImageReference,
     destination: &ImageReference,
 ) -> Result<u64, TransferError> {
-    let source = ImageRef::parse(&backup.to_string())?;
-    let target = RepositoryRef::new(destination.registry.clone(), destination.repository.clone());
+    let source = backup;
+    let target = RepositoryRef::of(destination);
     let digest_tag = source
         .digest
         .as_ref()
@@ -1038,11 +1055,11 @@ async fn copy_back(
         .unwrap_or_default();
     let tag = destination.tag.clone().unwrap_or(digest_tag.clone());
     let request = CopyRequest::new(target.clone()).with_tag(tag);
-    match transfer.copy_image(&source, &request).await {
+    match transfer.copy_image(source, &request).await {
         Ok(report) => Ok(report.bytes_copied),
         Err(TransferError::TagConflict { .. }) => {
             let report = transfer
-                .copy_image(&source, &CopyRequest::new(target).with_tag(digest_tag))
+                .copy_image(source, &CopyRequest::new(target).with_tag(digest_tag))
                 .await?;
             Ok(report.bytes_copied)
         }
@@ -1124,6 +1141,7 @@ async fn from_nodes(
         let arguments: Vec<String> = indices
             .iter()
             .filter_map(|i| facts.export_argument(&status.images[*i]).ok())
+            .map(|argument| argument.to_string())
             .collect();
         let job_name = object_names::export_job_name(&facts.name, &facts.uid, &node, &arguments);
         for index in indices {
@@ -1152,11 +1170,17 @@ async fn inventory(
     let api: Api<Job> = Api::namespaced(controller.context.client.clone(), namespace);
     let name = object_names::inventory_job_name(node, images);
     let Some(job) = api.get_opt(&name).await? else {
+        // The keys are `image_argument`s, printed from parsed references:
+        // they parse back.
+        let sources: Vec<ImageSource> = images
+            .iter()
+            .filter_map(|image| ImageSource::parse(image).ok())
+            .collect();
         let job = inventory_job(
             &controller.settings,
             &name,
             node,
-            images,
+            &sources,
             &facts.node_tolerations(),
         );
         match api.create(&PostParams::default(), &job).await {
@@ -1184,7 +1208,13 @@ async fn inventory(
         let found = termination_message(&pods, &name).await?;
         let holdings = match found
             .as_ref()
-            .and_then(|(text, _)| parse_inventory_report(text))
+            .and_then(|(text, _)| match InventoryReport::read(text) {
+                Ok(report) => Some(report),
+                Err(error) => {
+                    warn!(%node, job = %name, reason = error.reason(), %error, "inventory report rejected");
+                    None
+                }
+            })
         {
             Some(report) => {
                 if let Some(error) = &report.error {
@@ -1220,7 +1250,7 @@ async fn ensure_jobs(
     existing: &BTreeSet<String>,
     deadline: i64,
 ) -> Result<(), OperatorError> {
-    let mut wanted: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, (String, Vec<ExportImage>)> = BTreeMap::new();
     for image in status
         .images
         .iter()

@@ -8,7 +8,7 @@ use kube::Api;
 use kube::api::ListParams;
 use lifeboat_api::restore::RestoreSourceKind;
 use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestoreSpec};
-use registry_transfer::{ImageRef, Transfer};
+use registry_transfer::Transfer;
 
 use super::RestoreController;
 use super::planning::{BackupCandidate, backup_references};
@@ -107,11 +107,8 @@ async fn namespace_images(
             let Some(pinned) = backup.pinned() else {
                 continue;
             };
-            let Ok(reference) = ImageRef::parse(&pinned.to_string()) else {
-                continue;
-            };
             // A target that cannot be asked holds nothing as far as scope goes.
-            if let Ok(Some(_)) = transfer.manifest_digest(&reference).await
+            if let Ok(Some(_)) = transfer.manifest_digest(&pinned).await
                 && let Some(digest) = &image.digest
             {
                 known.backed_up.insert(digest.as_str().to_owned());

@@ -1,29 +1,10 @@
-//! Container image references: parsing and normalisation.
-//!
-//! Follows the grammar of the CNCF distribution project's `reference`
-//! package and Docker's normalisation rules, written out by hand so that it
-//! is small, never panics on any input, and explains exactly what is wrong:
-//!
-//! ```text
-//! reference  := name [ ":" tag ] [ "@" digest ]
-//! name       := [ registry "/" ] path-component *( "/" path-component )
-//! registry   := host [ ":" port ]          host: DNS name, "localhost" or "[IPv6]"
-//! path-component := [a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*
-//! tag        := [A-Za-z0-9_] [A-Za-z0-9_.-]{0,127}
-//! digest     := algorithm ":" encoded       (sha256 or sha512, lowercase hex)
-//! ```
-//!
-//! Normalisation: a first path component is a registry only if it contains
-//! `.` or `:`, is `localhost`, or contains an upper-case letter (Docker's
-//! rule); otherwise the registry is `docker.io`. `index.docker.io` and
-//! `registry-1.docker.io` become `docker.io`, a one-component Docker Hub
-//! repository gets `library/`, and a reference without tag or digest gets
-//! the tag `latest`.
+//! Image references: parsing, normalisation and the canonical forms.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::{Error, Result};
+use crate::digest::Digest;
+use crate::error::{ReferenceError as Error, Result};
 
 /// Docker Hub's canonical registry name.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -40,115 +21,9 @@ pub const DEFAULT_TAG: &str = "latest";
 pub const NAME_MAX_LENGTH: usize = 255;
 /// Longest tag.
 pub const TAG_MAX_LENGTH: usize = 128;
-/// Longest digest algorithm name we accept.
-const DIGEST_ALGORITHM_MAX_LENGTH: usize = 32;
 /// Longest whole reference: name, tag and a sha512 digest with separators,
 /// rounded up. The CRDs bound reference strings to the same number.
 pub const REFERENCE_MAX_LENGTH: usize = 600;
-
-/// A content digest such as `sha256:<64 hex digits>`.
-///
-/// Only the algorithms registries actually use are accepted (`sha256`,
-/// `sha512`), with their exact lowercase-hex lengths, so two `Digest`s are
-/// equal exactly when they name the same content.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    /// The whole `algorithm:encoded` text.
-    value: String,
-    /// Index of the `:` in `value`.
-    colon: usize,
-}
-
-impl Digest {
-    /// Parses `algorithm:encoded`.
-    pub fn parse(input: &str) -> Result<Digest> {
-        let invalid = |problem: &str| Error::InvalidDigest {
-            digest: input.to_owned(),
-            problem: problem.to_owned(),
-        };
-        if !input.is_ascii() {
-            return Err(invalid("contains a non-ASCII character"));
-        }
-        let Some(colon) = input.find(':') else {
-            return Err(invalid(
-                "must be <algorithm>:<hex>, for example sha256:<64 hexadecimal digits>",
-            ));
-        };
-        let (algorithm, encoded) = (&input[..colon], &input[colon + 1..]);
-        if algorithm.is_empty() {
-            return Err(invalid("the algorithm before ':' is missing"));
-        }
-        if algorithm.len() > DIGEST_ALGORITHM_MAX_LENGTH {
-            return Err(invalid("the algorithm name is too long"));
-        }
-        let expected_hex_len = match algorithm {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => {
-                return Err(Error::InvalidDigest {
-                    digest: input.to_owned(),
-                    problem: format!("unsupported algorithm {algorithm:?}; use sha256 or sha512"),
-                });
-            }
-        };
-        if encoded.is_empty() {
-            return Err(invalid("the hexadecimal part after ':' is missing"));
-        }
-        if encoded
-            .bytes()
-            .any(|b| b.is_ascii_hexdigit() && b.is_ascii_uppercase())
-        {
-            return Err(invalid("hexadecimal digits must be lowercase"));
-        }
-        if !encoded
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(invalid("the part after ':' must be hexadecimal digits"));
-        }
-        if encoded.len() != expected_hex_len {
-            return Err(Error::InvalidDigest {
-                digest: input.to_owned(),
-                problem: format!(
-                    "a {algorithm} digest has {expected_hex_len} hexadecimal digits, this one has {}",
-                    encoded.len()
-                ),
-            });
-        }
-        Ok(Digest {
-            value: input.to_owned(),
-            colon,
-        })
-    }
-
-    /// `sha256` or `sha512`.
-    pub fn algorithm(&self) -> &str {
-        &self.value[..self.colon]
-    }
-
-    /// The lowercase hexadecimal part.
-    pub fn encoded(&self) -> &str {
-        &self.value[self.colon + 1..]
-    }
-
-    /// The whole `algorithm:encoded` text.
-    pub fn as_str(&self) -> &str {
-        &self.value
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.value)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Digest> {
-        Digest::parse(s)
-    }
-}
 
 /// A fully normalised image reference.
 ///
@@ -212,29 +87,7 @@ impl ImageReference {
             ));
         }
 
-        let (registry, repository) = split_registry(name);
-        check_registry(registry)?;
-        let registry = if DOCKER_HUB_ALIASES
-            .iter()
-            .any(|alias| registry.eq_ignore_ascii_case(alias))
-        {
-            DOCKER_HUB.to_owned()
-        } else {
-            registry.to_owned()
-        };
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("{DOCKER_HUB_OFFICIAL_NAMESPACE}{repository}")
-        } else {
-            repository.to_owned()
-        };
-        check_repository(&repository)?;
-        let name_length = registry.len() + 1 + repository.len();
-        if name_length > NAME_MAX_LENGTH {
-            return Err(Error::NameTooLong {
-                name: format!("{registry}/{repository}"),
-                length: name_length,
-            });
-        }
+        let (registry, repository) = normalise_name(name)?;
 
         let tag = match (tag, &digest) {
             (Some(tag), _) => Some(tag.to_owned()),
@@ -286,11 +139,7 @@ impl ImageReference {
     /// The host to talk the registry API to (`registry-1.docker.io` for
     /// Docker Hub, the registry itself otherwise).
     pub fn api_host(&self) -> &str {
-        if self.is_docker_hub() {
-            DOCKER_HUB_API_HOST
-        } else {
-            &self.registry
-        }
+        api_host(&self.registry)
     }
 
     /// Whether the image lives on Docker Hub.
@@ -330,6 +179,23 @@ impl FromStr for ImageReference {
     type Err = Error;
     fn from_str(s: &str) -> Result<ImageReference> {
         ImageReference::parse(s)
+    }
+}
+
+/// A reference travels as its canonical text and is parsed again when
+/// read, so what arrives is as valid as what was sent.
+impl serde::Serialize for ImageReference {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageReference {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ImageReference, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ImageReference::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -402,6 +268,72 @@ fn starts_with_registry(name: &str) -> bool {
     }
 }
 
+/// Splits a name (no tag, no digest) into its normalised registry and
+/// repository, checking both: the half of [`ImageReference::parse`] that a
+/// bare repository name (`backup.example/mirror/nginx`, `nginx`) goes
+/// through too.
+fn normalise_name(name: &str) -> Result<(String, String)> {
+    let (registry, repository) = split_registry(name);
+    check_registry(registry)?;
+    let registry = if DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| registry.eq_ignore_ascii_case(alias))
+    {
+        DOCKER_HUB.to_owned()
+    } else {
+        registry.to_owned()
+    };
+    let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+        format!("{DOCKER_HUB_OFFICIAL_NAMESPACE}{repository}")
+    } else {
+        repository.to_owned()
+    };
+    check_repository(&repository)?;
+    let name_length = registry.len() + 1 + repository.len();
+    if name_length > NAME_MAX_LENGTH {
+        return Err(Error::NameTooLong {
+            name: format!("{registry}/{repository}"),
+            length: name_length,
+        });
+    }
+    Ok((registry, repository))
+}
+
+/// Parses a repository name without tag or digest (`host[:port]/path`, or
+/// a Docker Hub short name such as `nginx` or `team/app`) into its
+/// normalised `(registry, repository)`, with the same rules and messages as
+/// [`ImageReference::parse`].
+pub fn parse_repository_name(input: &str) -> Result<(String, String)> {
+    check_characters(input)?;
+    if input.contains('@') {
+        return Err(malformed(
+            input,
+            "a repository name cannot carry a digest ('@')",
+        ));
+    }
+    let last_component_start = input.rfind('/').map_or(0, |slash| slash + 1);
+    if input[last_component_start..].contains(':') {
+        return Err(malformed(
+            input,
+            "a repository name cannot carry a tag (':')",
+        ));
+    }
+    normalise_name(input)
+}
+
+/// The host to talk the registry API to for a registry as written in
+/// references: any of Docker Hub's names gives `registry-1.docker.io`.
+pub fn api_host(registry: &str) -> &str {
+    if DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| registry.eq_ignore_ascii_case(alias))
+    {
+        DOCKER_HUB_API_HOST
+    } else {
+        registry
+    }
+}
+
 /// Splits off the registry, `docker.io` when the name has none.
 fn split_registry(name: &str) -> (&str, &str) {
     match name.split_once('/') {
@@ -411,7 +343,7 @@ fn split_registry(name: &str) -> (&str, &str) {
 }
 
 /// `host[:port]` where host is a DNS name, `localhost` or `[IPv6]`.
-pub(crate) fn check_registry(registry: &str) -> Result<()> {
+pub fn check_registry(registry: &str) -> Result<()> {
     let invalid = |problem: String| Error::InvalidRegistry {
         registry: registry.to_owned(),
         problem,
@@ -488,7 +420,7 @@ pub(crate) fn check_registry(registry: &str) -> Result<()> {
 
 /// Path components separated by `/`, each lowercase alphanumerics joined by
 /// `.`, `_`, `__` or runs of `-`.
-pub(crate) fn check_repository(repository: &str) -> Result<()> {
+pub fn check_repository(repository: &str) -> Result<()> {
     if repository.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(Error::UppercaseRepository {
             repository: repository.to_owned(),
@@ -550,7 +482,8 @@ fn check_path_component(component: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_tag(tag: &str) -> Result<()> {
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<()> {
     let invalid = |problem: String| Error::InvalidTag {
         tag: tag.to_owned(),
         problem,
