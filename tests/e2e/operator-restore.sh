@@ -142,6 +142,13 @@ restore_jobs() { # restore_jobs NAME -> names of its export Jobs
   local uid; uid="$(field "$1" '{.metadata.uid}')"
   k -n lifeboat-system get jobs -l "lifeboat.dev/restore-uid=$uid" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
 }
+# restore_reconciles: how many ImageRestore reconciles the operator counted
+# (lifeboat_reconciles_total; one operator replica, so one counter).
+restore_reconciles() {
+  local pod; pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')"
+  k get --raw "/api/v1/namespaces/lifeboat-system/pods/$pod:18080/proxy/metrics" |
+    awk '/^lifeboat_reconciles_total\{/ && /kind="ImageRestore"/ {n += $NF} END {print n + 0}'
+}
 events() { # events NAME REASON -> how many
   k -n "$ns" get events --field-selector "involvedObject.name=$1,reason=$2" -o jsonpath='{.items[*].reason}' | wc -w
 }
@@ -162,8 +169,12 @@ YAML
 
 # --- 1. from the backup registry ----------------------------------------------------------
 check "the backup image is deleted from the source registry" lose backup
+reconciles_before="$(restore_reconciles)"
 restore from-backup "$(ref backup)" "source: {type: Auto, backup: {policyName: backup}}"
 check "restore from-backup becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-backup --timeout=90s
+sleep 5 # re-entries after Ready count too
+from_backup_reconciles=$(($(restore_reconciles) - reconciles_before))
+echo "  (restore from-backup: $from_backup_reconciles reconciles)"
 from_backup_status() {
   local got
   got="$(image_field from-backup 'state') $(image_field from-backup 'source.kind')/$(image_field from-backup 'source.name') $(image_field from-backup 'restoredDigest') $(image_field from-backup 'digestPreserved')"
@@ -187,8 +198,12 @@ lose_with_blobs() {
   docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
 }
 check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
+reconciles_before="$(restore_reconciles)"
 restore from-node "$(ref node)"
 check "restore from-node (no backup holds it) becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-node --timeout=120s
+sleep 5 # re-entries after Ready count too
+from_node_reconciles=$(($(restore_reconciles) - reconciles_before))
+echo "  (restore from-node: $from_node_reconciles reconciles)"
 from_node_status() {
   local got
   got="$(image_field from-node 'state') $(image_field from-node 'source.kind')/$(image_field from-node 'source.name') $(image_field from-node 'restoredDigest') $(image_field from-node 'digestPreserved')"
