@@ -18,8 +18,10 @@ use serde::Deserialize;
 
 /// node-exporter's exit codes (`node-exporter/src/report.rs`, `report::exit`):
 /// the contract between the two binaries, mirrored here because the
-/// operator does not link node-exporter (and its containerd client).
-pub mod exit {
+/// operator does not link node-exporter (and its containerd client). The
+/// whole table is kept, though the pod failure policy reads only some.
+#[allow(dead_code)]
+pub(crate) mod exit {
     pub const OTHER: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const NOT_ON_NODE: i32 = 3;
@@ -27,24 +29,24 @@ pub mod exit {
     pub const NO_CONTAINERD: i32 = 5;
 }
 
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-pub const LABEL_RESTORE_UID: &str = "lifeboat.dev/restore-uid";
-pub const LABEL_RESTORE_NAMESPACE: &str = "lifeboat.dev/restore-namespace";
-pub const LABEL_NODE: &str = "lifeboat.dev/node";
-pub const ANNOTATION_RESTORE: &str = "lifeboat.dev/restore";
-pub const MANAGED_BY: &str = "lifeboat-operator";
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub(crate) const LABEL_RESTORE_UID: &str = "lifeboat.dev/restore-uid";
+pub(crate) const LABEL_RESTORE_NAMESPACE: &str = "lifeboat.dev/restore-namespace";
+pub(crate) const LABEL_NODE: &str = "lifeboat.dev/node";
+pub(crate) const ANNOTATION_RESTORE: &str = "lifeboat.dev/restore";
+pub(crate) const MANAGED_BY: &str = "lifeboat-operator";
 
 /// Where the containerd socket is mounted inside export pods.
-pub const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
+pub(crate) const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
 /// Where the registry credentials are mounted.
-pub const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
-pub const DOCKER_CONFIG_FILE: &str = "config.json";
+pub(crate) const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
+pub(crate) const DOCKER_CONFIG_FILE: &str = "config.json";
 
 /// How export and inventory Jobs are run (from the operator's
 /// configuration), the same for every restore.
 #[derive(Clone, Debug, PartialEq)]
-pub struct JobSettings {
+pub(crate) struct JobSettings {
     pub namespace: String,
     pub image: String,
     pub pull_policy: String,
@@ -64,7 +66,7 @@ impl JobSettings {
 
 /// One export Job: which restore, which node, what to push where.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ExportJob {
+pub(crate) struct ExportJob {
     pub name: String,
     pub node: String,
     pub restore_namespace: String,
@@ -85,10 +87,10 @@ pub struct ExportJob {
 }
 
 /// Retries of a pod that failed for a reason worth retrying.
-pub const EXPORT_BACKOFF_LIMIT: i32 = 3;
-pub const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
-pub const INVENTORY_DEADLINE_SECONDS: i64 = 120;
-pub const INVENTORY_TTL_SECONDS: i32 = 300;
+pub(crate) const EXPORT_BACKOFF_LIMIT: i32 = 3;
+pub(crate) const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
+pub(crate) const INVENTORY_DEADLINE_SECONDS: i64 = 120;
+pub(crate) const INVENTORY_TTL_SECONDS: i32 = 300;
 
 fn labels(component: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = [
@@ -127,7 +129,7 @@ fn label_value(text: &str) -> String {
 /// drained) is retried without counting; other failures (a push that failed
 /// after the engine's retries, a containerd error) count against
 /// `backoffLimit`.
-pub fn pod_failure_policy() -> PodFailurePolicy {
+pub(crate) fn pod_failure_policy() -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
             PodFailurePolicyRule {
@@ -277,7 +279,7 @@ fn plain_http_args(settings: &JobSettings, extra: &[String]) -> Vec<String> {
 }
 
 /// The export Job for one node of one restore.
-pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
+pub(crate) fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
     let mut args = vec!["export".to_owned()];
     for image in &job.images {
         args.push("--image".to_owned());
@@ -339,7 +341,7 @@ pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
 
 /// A short read-only Job asking one node's containerd which of `images` it
 /// holds (`node-exporter inventory`).
-pub fn inventory_job(
+pub(crate) fn inventory_job(
     settings: &JobSettings,
     name: &str,
     node: &str,
@@ -380,7 +382,7 @@ pub fn inventory_job(
 /// The Secret export Jobs mount: the restore's push credentials, copied
 /// into the operator's namespace (pods can only mount Secrets of their own
 /// namespace).
-pub fn credentials_secret(
+pub(crate) fn credentials_secret(
     namespace: &str,
     name: &str,
     restore_uid: &str,
@@ -419,7 +421,7 @@ pub fn credentials_secret(
 /// One image's result in node-exporter's export termination message.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ExportResult {
+pub(crate) struct ExportResult {
     pub image: String,
     pub status: String,
     #[serde(default)]
@@ -439,14 +441,14 @@ pub struct ExportResult {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct RunError {
+pub(crate) struct RunError {
     pub reason: String,
     pub message: String,
 }
 
 /// node-exporter's export report (the compact termination message).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct ExportReport {
+pub(crate) struct ExportReport {
     pub v: u32,
     #[serde(default)]
     pub results: Vec<ExportResult>,
@@ -457,7 +459,7 @@ pub struct ExportReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct InventoryEntry {
+pub(crate) struct InventoryEntry {
     pub digest: String,
     pub exportable: String,
     #[serde(default)]
@@ -466,7 +468,7 @@ pub struct InventoryEntry {
 
 /// node-exporter's inventory report (the compact termination message).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct InventoryReport {
+pub(crate) struct InventoryReport {
     pub v: u32,
     #[serde(default)]
     pub images: Vec<InventoryEntry>,
@@ -478,18 +480,18 @@ pub struct InventoryReport {
     pub error: Option<RunError>,
 }
 
-pub fn parse_export_report(message: &str) -> Option<ExportReport> {
+pub(crate) fn parse_export_report(message: &str) -> Option<ExportReport> {
     serde_json::from_str(message.trim()).ok()
 }
 
-pub fn parse_inventory_report(message: &str) -> Option<InventoryReport> {
+pub(crate) fn parse_inventory_report(message: &str) -> Option<InventoryReport> {
     serde_json::from_str(message.trim()).ok()
 }
 
 /// What an inventory says about each image asked: by the name it was asked
 /// as. An image neither listed nor missing (cut from the message) is left
 /// out, so it is asked again.
-pub fn inventory_holdings(
+pub(crate) fn inventory_holdings(
     report: &InventoryReport,
     asked: &[String],
 ) -> BTreeMap<String, super::planning::Exportable> {
@@ -510,7 +512,7 @@ pub fn inventory_holdings(
 }
 
 /// The `SRC=DEST` argument (just `SRC` when restoring in place).
-pub fn export_argument(source: &str, destination: &str) -> String {
+pub(crate) fn export_argument(source: &str, destination: &str) -> String {
     let bare_source = source.split_once('@').map_or(source, |(n, _)| n);
     let bare_destination = destination.split_once('@').map_or(destination, |(n, _)| n);
     if bare_source == bare_destination || source == destination {

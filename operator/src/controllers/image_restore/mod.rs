@@ -8,10 +8,15 @@
 //! the Job and Secret objects and the results they report, `status`:
 //! conditions); `reconcile` does the IO.
 
-pub mod jobs;
-pub mod planning;
-pub mod reconcile;
-pub mod status;
+mod backup_source;
+mod facts;
+pub(crate) mod jobs;
+mod node_source;
+mod objects;
+pub(crate) mod planning;
+mod reconcile;
+pub(crate) mod status;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,28 +37,28 @@ use jobs::JobSettings;
 use planning::{Exportable, Holdings};
 
 /// Everything the restore reconciler shares across reconciles.
-pub struct RestoreController {
-    pub context: Arc<Context>,
-    pub recorder: Recorder,
-    pub settings: JobSettings,
+pub(crate) struct RestoreController {
+    pub(crate) context: Arc<Context>,
+    pub(crate) recorder: Recorder,
+    pub(crate) settings: JobSettings,
     /// What nodes said they hold: (node, image argument) → answer and when.
     /// Only an optimisation (a restarted operator asks again).
-    pub inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
+    pub(crate) inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
     /// The last status written per restore (by uid). The operator is the
     /// only writer of a restore's status, so this is never older than the
     /// watch cache, which may lag behind a write: a reconcile started by a
     /// Job event right after a write must not act on the older status
     /// (that would repeat Events and metrics).
-    pub written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
+    pub(crate) written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
     /// Node exports tried per (restore uid, image), to bound retries on
     /// other holders.
-    pub attempts: Mutex<HashMap<(String, String), u32>>,
+    pub(crate) attempts: Mutex<HashMap<(String, String), u32>>,
     /// The controller's cache of restores, to forget deleted ones.
-    pub restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
+    pub(crate) restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
 }
 
 impl RestoreController {
-    pub fn new(context: Arc<Context>) -> RestoreController {
+    pub(crate) fn new(context: Arc<Context>) -> RestoreController {
         let config = &context.config;
         let settings = JobSettings {
             namespace: config.namespace.clone(),
@@ -77,15 +82,15 @@ impl RestoreController {
     }
 
     /// The fresh answers nodes gave.
-    pub fn known_holdings(&self, ttl: Duration) -> Holdings {
+    pub(crate) fn known_holdings(&self, ttl: Duration) -> Holdings {
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| reconcile::fresh(*at, ttl));
-        reconcile::holdings_from(&cache, ttl)
+        cache.retain(|_, (_, at)| node_source::fresh(*at, ttl));
+        node_source::holdings_from(&cache, ttl)
     }
 
     /// The newest status of a restore: the one last written, else the
     /// watch cache's.
-    pub fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
+    pub(crate) fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
         let uid = restore.uid().unwrap_or_default();
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         match written.get(&uid) {
@@ -95,7 +100,7 @@ impl RestoreController {
     }
 
     /// Notes a status written to the API server (or forgets a restore).
-    pub fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
+    pub(crate) fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         match status {
             Some(status) => {
@@ -112,7 +117,7 @@ impl RestoreController {
     }
 
     /// Drops what was remembered about restores that no longer exist.
-    pub fn forget_deleted_restores(&self) {
+    pub(crate) fn forget_deleted_restores(&self) {
         let Some(store) = self.restores.get() else {
             return;
         };
@@ -129,7 +134,7 @@ impl RestoreController {
     }
 
     /// Counts one more failed node export of an image; returns the count.
-    pub fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
+    pub(crate) fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         let count = attempts
             .entry((uid.to_owned(), image.to_owned()))
@@ -139,7 +144,11 @@ impl RestoreController {
     }
 
     /// Records a node's answers.
-    pub fn remember(&self, node: &str, holdings: std::collections::BTreeMap<String, Exportable>) {
+    pub(crate) fn remember(
+        &self,
+        node: &str,
+        holdings: std::collections::BTreeMap<String, Exportable>,
+    ) {
         let now = Instant::now();
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
         for (image, exportable) in holdings {
@@ -156,7 +165,7 @@ fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
 }
 
 /// Runs the controller until its watch of restores ends.
-pub async fn run(context: Arc<Context>) {
+pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
     let controller = Arc::new(RestoreController::new(context));
