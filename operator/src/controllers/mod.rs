@@ -1,10 +1,23 @@
-//! The controllers, one per custom resource.
+//! The controllers, one per custom resource, and the plumbing both share:
+//!
+//! - [`WrittenStatuses`]: the status this process last wrote per object
+//!   (by uid), and [`WrittenStatuses::write`], the one status writer
+//!   (compare with what the server holds, server-side apply, remember).
+//!   Each controller reads an object's newest status from it
+//!   ([`WrittenStatuses::newest`]) instead of trusting a watch cache that
+//!   may lag behind its own last write. The backup controller uses it; the
+//!   restore controller adopts it in its restructuring (issue 13).
+//! - [`publish`]: Events, bounded, never a reconcile error;
+//! - `after_error` and `log_outcome`: what happens after a reconcile.
 
 pub mod backup_policy;
 pub mod image_restore;
 pub mod object_names;
+#[cfg(test)]
+pub(crate) mod test_api;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::controller::{self, Action};
@@ -19,6 +32,93 @@ pub async fn run(context: Arc<Context>) {
     tokio::select! {
         _ = backup_policy::run(context.clone()) => {}
         _ = image_restore::run(context) => {}
+    }
+}
+
+/// The status this process last wrote for each object, keyed by uid.
+///
+/// The operator is the only writer of its objects' status, so what it last
+/// wrote is never older than the watch cache, which can lag behind a write:
+/// a reconcile that decided from the cache's older status would undo facts
+/// already written (a finished run's `LastBackupSucceeded`) or repeat Events
+/// and metrics. Keyed by uid, so an object deleted and created again under
+/// the same name starts from its own (empty) status.
+pub(crate) struct WrittenStatuses<S> {
+    by_uid: Mutex<HashMap<String, S>>,
+}
+
+impl<S> Default for WrittenStatuses<S> {
+    fn default() -> Self {
+        WrittenStatuses {
+            by_uid: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<S: Clone + PartialEq + serde::Serialize> WrittenStatuses<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, S>> {
+        // A panic while holding the lock cannot leave a half-written map
+        // (every change is one insert or retain): keep using it.
+        self.by_uid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest status of the object with this uid: the one last written,
+    /// else `cached` (the watch cache's, `None` when it has none yet).
+    pub(crate) fn newest(&self, uid: &str, cached: Option<&S>) -> S
+    where
+        S: Default,
+    {
+        match self.lock().get(uid) {
+            Some(written) => written.clone(),
+            None => cached.cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Notes a status the API server accepted for this uid.
+    pub(crate) fn wrote(&self, uid: &str, status: S) {
+        self.lock().insert(uid.to_owned(), status);
+    }
+
+    /// Forgets one object (deleted).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the restore controller (a restore's finalizer removed), once it adopts this type"
+        )
+    )]
+    pub(crate) fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Forgets every object whose uid `live` does not hold.
+    pub(crate) fn retain_live(&self, live: &std::collections::HashSet<String>) {
+        self.lock().retain(|uid, _| live.contains(uid));
+    }
+
+    /// The one status writer: writes `status` by server-side apply unless
+    /// it equals `known` (what the server holds, as far as this process
+    /// knows: [`WrittenStatuses::newest`] or an earlier return of this
+    /// call), then remembers it. Returns whether it wrote. A failed write
+    /// is not remembered, so the next reconcile writes again.
+    pub(crate) async fn write<K>(
+        &self,
+        api: &kube::Api<K>,
+        object: &K,
+        known: &S,
+        status: &S,
+    ) -> Result<bool, OperatorError>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if known == status {
+            return Ok(false);
+        }
+        let meta = object.meta();
+        let name = meta.name.as_deref().unwrap_or_default();
+        apply_status(api, name, status).await?;
+        self.wrote(meta.uid.as_deref().unwrap_or_default(), status.clone());
+        Ok(true)
     }
 }
 
@@ -105,4 +205,109 @@ fn log_outcome<T, E: std::error::Error, Q: std::error::Error>(
         Err(e) => warn!(kind, error = %e, "reconcile failed"),
     }
     futures::future::ready(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_last_written_wins_over_a_lagging_cache_for_the_same_uid_only() {
+        let written: WrittenStatuses<Option<i64>> = WrittenStatuses::default();
+        let cached = Some(1);
+        assert_eq!(written.newest("uid-1", Some(&cached)), Some(1));
+        assert_eq!(written.newest("uid-1", None), None, "no cache: default");
+        written.wrote("uid-1", Some(2));
+        assert_eq!(written.newest("uid-1", Some(&cached)), Some(2));
+        // An object deleted and created again under the same name is new.
+        assert_eq!(written.newest("uid-2", Some(&cached)), Some(1));
+        written.forget("uid-1");
+        assert_eq!(written.newest("uid-1", Some(&cached)), Some(1));
+    }
+
+    #[test]
+    fn only_live_objects_are_remembered() {
+        let written: WrittenStatuses<Option<i64>> = WrittenStatuses::default();
+        written.wrote("gone", Some(1));
+        written.wrote("live", Some(2));
+        written.retain_live(&["live".to_owned()].into());
+        assert_eq!(written.newest("gone", None), None);
+        assert_eq!(written.newest("live", None), Some(2));
+    }
+
+    fn policy() -> lifeboat_api::ImageBackupPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "uid-1"},
+            "spec": {"targets": [{"name": "backup", "registry": "backup.example"}]},
+        }))
+        .unwrap()
+    }
+
+    /// A refused write (409) is an error and is not remembered, so the next
+    /// reconcile writes again; an accepted one is remembered, and the same
+    /// status is not written twice.
+    #[tokio::test]
+    async fn the_writer_remembers_only_what_the_server_accepted() {
+        use lifeboat_api::ImageBackupPolicyStatus;
+        use test_api::{expect, scripted, status_error};
+        let path = "/apis/lifeboat.dev/v1alpha1/namespaces/shop/imagebackuppolicies/web/status";
+        let policy = policy();
+        let status = ImageBackupPolicyStatus {
+            observed_generation: 3,
+            ..ImageBackupPolicyStatus::default()
+        };
+        let (client, server) = scripted(vec![
+            expect(
+                http::Method::PATCH,
+                path,
+                409,
+                status_error(409, "Conflict", "the object has been modified"),
+            ),
+            expect(
+                http::Method::PATCH,
+                path,
+                200,
+                serde_json::to_value(&policy).unwrap(),
+            ),
+        ]);
+        let api: kube::Api<lifeboat_api::ImageBackupPolicy> = kube::Api::namespaced(client, "shop");
+        let written: WrittenStatuses<ImageBackupPolicyStatus> = WrittenStatuses::default();
+        let known = written.newest("uid-1", None);
+
+        let refused = written.write(&api, &policy, &known, &status).await;
+        assert!(
+            matches!(&refused, Err(OperatorError::Kube(kube::Error::Api(e))) if e.code == 409),
+            "{refused:?}"
+        );
+        assert_eq!(
+            written.newest("uid-1", None),
+            known,
+            "a refused write is not remembered"
+        );
+
+        assert!(written.write(&api, &policy, &known, &status).await.unwrap());
+        let newest = written.newest("uid-1", None);
+        assert_eq!(newest, status);
+        assert!(
+            !written
+                .write(&api, &policy, &newest, &status)
+                .await
+                .unwrap(),
+            "unchanged: no request"
+        );
+
+        let received = server.finish().await;
+        assert_eq!(received.len(), 2);
+        let sent = &received[1];
+        assert_eq!(sent.content_type, "application/apply-patch+yaml");
+        assert!(
+            sent.query.contains("fieldManager=lifeboat-operator"),
+            "{}",
+            sent.query
+        );
+        assert!(sent.query.contains("force=true"), "{}", sent.query);
+        assert_eq!(sent.body["kind"], "ImageBackupPolicy");
+        assert_eq!(sent.body["status"]["observedGeneration"], 3);
+    }
 }

@@ -130,6 +130,21 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// Caches no watch fills, for tests that drive a reconcile by hand.
+    #[cfg(test)]
+    pub(crate) fn empty() -> Caches {
+        Caches {
+            namespaces: reflector::store().0,
+            pods: reflector::store().0,
+            deployments: reflector::store().0,
+            stateful_sets: reflector::store().0,
+            daemon_sets: reflector::store().0,
+            replica_sets: reflector::store().0,
+            jobs: reflector::store().0,
+            cron_jobs: reflector::store().0,
+        }
+    }
+
     pub fn snapshot(&self) -> ClusterSnapshot {
         ClusterSnapshot {
             namespaces: self.namespaces.state(),

@@ -46,12 +46,6 @@ pub struct SourceState {
 /// What earlier reconciles of one policy learned.
 #[derive(Default)]
 pub struct PolicyMemory {
-    /// The status this process last wrote, with the policy's uid. The
-    /// operator is the only writer of status, so this is newer than (or the
-    /// same as) what a lagging watch cache hands to a reconcile; deciding
-    /// from an older status would undo facts already written (a finished
-    /// run's `LastBackupSucceeded`, for one).
-    pub written_status: Option<(String, lifeboat_api::ImageBackupPolicyStatus)>,
     /// The policy's copy engine and the fingerprint of its credentials.
     pub transfer: Option<(String, registry_transfer::Transfer)>,
     /// When the credentials were last read, and for which generation and

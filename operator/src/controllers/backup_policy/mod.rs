@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tracing::info;
 
 use crate::context::Context;
+use crate::controllers::WrittenStatuses;
 use crate::error::OperatorError;
 use decide::PolicyMemory;
 
@@ -43,6 +44,8 @@ pub struct BackupController {
     /// Only an optimisation: the registries are the truth, and a restarted
     /// operator relearns all of it (without copying bytes again).
     pub memory: Mutex<HashMap<String, PolicyMemory>>,
+    /// The status last written per policy (by uid), and the one writer.
+    pub(crate) written: WrittenStatuses<lifeboat_api::ImageBackupPolicyStatus>,
     /// Bounds image copies over all policies, so one policy with many
     /// images cannot starve the others.
     pub copy_slots: Arc<Semaphore>,
@@ -51,6 +54,25 @@ pub struct BackupController {
 }
 
 impl BackupController {
+    /// A controller on `client` with empty caches and default settings,
+    /// for tests that drive a reconcile against a scripted API server.
+    #[cfg(test)]
+    pub(crate) fn for_tests(client: kube::Client) -> BackupController {
+        let config = crate::config::OperatorConfig::from_lookup(|_| None)
+            .unwrap_or_else(|e| panic!("default configuration: {e}"));
+        let metrics = crate::telemetry::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        let context = Arc::new(Context::new(client.clone(), config, metrics));
+        BackupController {
+            recorder: Recorder::new(client, context.reporter.clone()),
+            copy_slots: Arc::new(Semaphore::new(context.config.max_concurrent_copies)),
+            context,
+            caches: caches::Caches::empty(),
+            memory: Mutex::new(HashMap::new()),
+            written: WrittenStatuses::default(),
+            policies: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Drops what was learned about policies that no longer exist.
     pub fn forget_deleted_policies(&self) {
         let Some(store) = self.policies.get() else {
@@ -65,6 +87,7 @@ impl BackupController {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| live.contains(key));
+        self.written.retain_live(&live);
     }
 }
 
@@ -83,6 +106,7 @@ pub async fn run(context: Arc<Context>) {
         context,
         caches,
         memory: Mutex::new(HashMap::new()),
+        written: WrittenStatuses::default(),
         policies: std::sync::OnceLock::new(),
     });
     let policies: Api<ImageBackupPolicy> = Api::all(client);

@@ -81,30 +81,29 @@ pub async fn reconcile(
     result
 }
 
-/// Writes the status with server-side apply, unless nothing changed.
-/// The newest status of a policy: the one this process last wrote, else
-/// the watch cache's.
-fn newest_status(policy: &ImageBackupPolicy, memory: &PolicyMemory) -> ImageBackupPolicyStatus {
-    let uid = policy.metadata.uid.as_deref().unwrap_or_default();
-    match &memory.written_status {
-        Some((written_uid, status)) if written_uid == uid => status.clone(),
-        _ => policy.status_or_default(),
-    }
+/// The newest status of a policy: the one this process last wrote (same
+/// uid), else the watch cache's.
+fn newest_status(
+    controller: &BackupController,
+    policy: &ImageBackupPolicy,
+) -> ImageBackupPolicyStatus {
+    controller.written.newest(
+        policy.metadata.uid.as_deref().unwrap_or_default(),
+        policy.status.as_ref(),
+    )
 }
 
 async fn write_status(
+    controller: &BackupController,
     api: &Api<ImageBackupPolicy>,
     policy: &ImageBackupPolicy,
-    memory: &mut PolicyMemory,
     previous: &ImageBackupPolicyStatus,
     status: &ImageBackupPolicyStatus,
 ) -> Result<(), OperatorError> {
-    if previous == status {
-        return Ok(());
-    }
-    crate::controllers::apply_status(api, &kube::ResourceExt::name_any(policy), status).await?;
-    let uid = policy.metadata.uid.clone().unwrap_or_default();
-    memory.written_status = Some((uid, status.clone()));
+    controller
+        .written
+        .write(api, policy, previous, status)
+        .await?;
     Ok(())
 }
 
@@ -173,7 +172,7 @@ async fn reconcile_with(
     let context = &controller.context;
     let api: Api<ImageBackupPolicy> = Api::namespaced(context.client.clone(), namespace);
     let generation = policy.metadata.generation.unwrap_or(0);
-    let previous = newest_status(policy, memory);
+    let previous = newest_status(controller, policy);
     let now = whole_seconds(Utc::now());
     let spec = &policy.spec;
 
@@ -183,7 +182,7 @@ async fn reconcile_with(
         Err(e) => {
             let (reason, message) = (e.reason(), e.to_string());
             let status = stalled_status(&previous, generation, now, reason, &message);
-            write_status(&api, policy, memory, &previous, &status).await?;
+            write_status(controller, &api, policy, &previous, &status).await?;
             report_problem(controller, policy, memory, reason, &message).await;
             info!(policy = %name, namespace, reason, %message, "invalid spec: stalled");
             return Ok(Action::await_change());
@@ -222,7 +221,7 @@ async fn reconcile_with(
         Err(e) => {
             let reason = lifeboat_api::conditions::reasons::INVALID_SPEC;
             let status = stalled_status(&previous, generation, now, reason, &e.0);
-            write_status(&api, policy, memory, &previous, &status).await?;
+            write_status(controller, &api, policy, &previous, &status).await?;
             report_problem(controller, policy, memory, reason, &e.0).await;
             return Ok(Action::await_change());
         }
@@ -268,7 +267,7 @@ async fn reconcile_with(
                 Err(e) => {
                     let (reason, message) = (e.reason(), e.to_string());
                     let status = blocked_status(&previous, generation, now, reason, &message);
-                    write_status(&api, policy, memory, &previous, &status).await?;
+                    write_status(controller, &api, policy, &previous, &status).await?;
                     report_problem(controller, policy, memory, reason, &message).await;
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
@@ -406,7 +405,7 @@ async fn reconcile_with(
             targets.len()
         );
         let running = reconciling_status(&previous, generation, now, message.clone());
-        write_status(&api, policy, memory, &previous, &running).await?;
+        write_status(controller, &api, policy, &previous, &running).await?;
         let started_status = if previous == running {
             previous.clone()
         } else {
@@ -597,7 +596,7 @@ async fn reconcile_with(
     } else {
         previous.clone()
     };
-    write_status(&api, policy, memory, &server, &status).await?;
+    write_status(controller, &api, policy, &server, &status).await?;
     record_image_metrics(controller, &evaluation, &labels);
 
     let ready = find_condition(&status.conditions, types::READY).map(|c| c.status.clone());
@@ -1209,29 +1208,119 @@ fn record_image_metrics(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_status_last_written_wins_over_a_lagging_cache_for_the_same_policy_only() {
-        let mut cached: ImageBackupPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
-            "metadata": {"name": "p", "namespace": "ns", "uid": "uid-1"},
-            "spec": {"targets": [{"name": "backup", "registry": "backup.example"}]},
-        }))
-        .unwrap();
-        cached.status = Some(ImageBackupPolicyStatus {
-            observed_generation: 1,
-            ..ImageBackupPolicyStatus::default()
-        });
-        let written = ImageBackupPolicyStatus {
-            observed_generation: 2,
-            ..ImageBackupPolicyStatus::default()
-        };
-        let mut memory = PolicyMemory::default();
-        assert_eq!(newest_status(&cached, &memory).observed_generation, 1);
-        memory.written_status = Some(("uid-1".into(), written));
-        assert_eq!(newest_status(&cached, &memory).observed_generation, 2);
-        // A policy deleted and created again under the same name is new.
-        cached.metadata.uid = Some("uid-2".into());
-        assert_eq!(newest_status(&cached, &memory).observed_generation, 1);
+    use crate::controllers::test_api::{expect, expect_event, scripted, status_error};
+    use lifeboat_api::conditions::reasons;
+
+    const STATUS_PATH: &str =
+        "/apis/lifeboat.dev/v1alpha1/namespaces/shop/imagebackuppolicies/web/status";
+
+    fn policy(spec: serde_json::Value) -> Arc<ImageBackupPolicy> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
+                "metadata": {"name": "web", "namespace": "shop", "uid": "uid-1", "generation": 2},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> Option<&'a serde_json::Value> {
+        status["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+    }
+
+    /// A target's Secret that does not exist (yet): Ready=False with
+    /// CredentialsNotFound, a Warning event, a retry soon; not Stalled (the
+    /// Secret may still be created).
+    #[tokio::test]
+    async fn a_missing_secret_blocks_the_policy_with_its_reason_and_a_retry() {
+        let policy = policy(serde_json::json!({"targets": [{
+            "name": "backup", "registry": "backup.example", "secretRef": {"name": "push"},
+        }]}));
+        let (client, server) = scripted(vec![
+            expect(
+                http::Method::GET,
+                "/api/v1/namespaces/shop/secrets/push",
+                404,
+                status_error(404, "NotFound", "secrets \"push\" not found"),
+            ),
+            expect(
+                http::Method::PATCH,
+                STATUS_PATH,
+                200,
+                serde_json::to_value(&*policy).unwrap(),
+            ),
+            expect_event("shop"),
+        ]);
+        let controller = Arc::new(BackupController::for_tests(client));
+
+        let action = reconcile(policy.clone(), controller.clone()).await.unwrap();
+
+        let received = server.finish().await;
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        let status = &received[1].body["status"];
+        assert_eq!(status["observedGeneration"], 2);
+        let ready = condition(status, types::READY).unwrap();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "CredentialsNotFound");
+        assert!(condition(status, types::STALLED).is_none());
+        let event = &received[2].body;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "CredentialsNotFound");
+        assert!(
+            event["note"].as_str().unwrap().contains("shop/push"),
+            "{event}"
+        );
+    }
+
+    /// A status write the API server refuses (409) fails the reconcile (the
+    /// controller retries it) and is not taken as written: the next
+    /// reconcile writes the same status again.
+    #[tokio::test]
+    async fn a_conflicting_status_write_is_retried_by_the_next_reconcile() {
+        let policy = policy(serde_json::json!({"targets": [{
+            "name": "backup", "registry": "backup.example",
+        }]}));
+        let (client, server) = scripted(vec![
+            expect(
+                http::Method::PATCH,
+                STATUS_PATH,
+                409,
+                status_error(409, "Conflict", "the object has been modified"),
+            ),
+            expect(
+                http::Method::PATCH,
+                STATUS_PATH,
+                200,
+                serde_json::to_value(&*policy).unwrap(),
+            ),
+        ]);
+        let controller = Arc::new(BackupController::for_tests(client));
+
+        let refused = reconcile(policy.clone(), controller.clone()).await;
+        assert!(
+            matches!(&refused, Err(e) if e.reason() == "KubernetesApiError"),
+            "{refused:?}"
+        );
+        let again = reconcile(policy.clone(), controller.clone()).await;
+        assert!(again.is_ok(), "{again:?}");
+
+        let received = server.finish().await;
+        assert_eq!(
+            received[0].body, received[1].body,
+            "the same status, written again"
+        );
+        let status = &received[1].body["status"];
+        let ready = condition(status, types::READY).unwrap();
+        // Nothing selected yet: every (zero) image protected.
+        assert_eq!(ready["reason"], reasons::PROTECTED);
+        assert_eq!(
+            controller.written.newest("uid-1", None).observed_generation,
+            2
+        );
     }
 
     #[test]
