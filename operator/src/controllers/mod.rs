@@ -80,13 +80,6 @@ impl<S: Clone + PartialEq + serde::Serialize> WrittenStatuses<S> {
     }
 
     /// Forgets one object (deleted).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the restore controller (a restore's finalizer removed), once it adopts this type"
-        )
-    )]
     pub(crate) fn forget(&self, uid: &str) {
         self.lock().remove(uid);
     }

@@ -32,6 +32,7 @@ use kube::{Api, ResourceExt};
 use lifeboat_api::ImageRestore;
 
 use crate::context::Context;
+use super::WrittenStatuses;
 use crate::error::OperatorError;
 use jobs::JobSettings;
 use planning::{Exportable, Holdings};
@@ -44,12 +45,10 @@ pub(crate) struct RestoreController {
     /// What nodes said they hold: (node, image argument) → answer and when.
     /// Only an optimisation (a restarted operator asks again).
     pub(crate) inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
-    /// The last status written per restore (by uid). The operator is the
-    /// only writer of a restore's status, so this is never older than the
-    /// watch cache, which may lag behind a write: a reconcile started by a
-    /// Job event right after a write must not act on the older status
-    /// (that would repeat Events and metrics).
-    pub(crate) written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
+    /// The last status written per restore (by uid): a reconcile started
+    /// by a Job event right after a write must not act on the watch
+    /// cache's older status (that would repeat Events and metrics).
+    pub(crate) written: WrittenStatuses<lifeboat_api::ImageRestoreStatus>,
     /// Node exports tried per (restore uid, image), to bound retries on
     /// other holders.
     pub(crate) attempts: Mutex<HashMap<(String, String), u32>>,
@@ -75,7 +74,7 @@ impl RestoreController {
             settings,
             context,
             inventory: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
+            written: WrittenStatuses::default(),
             attempts: Mutex::new(HashMap::new()),
             restores: std::sync::OnceLock::new(),
         }
@@ -92,28 +91,16 @@ impl RestoreController {
     /// watch cache's.
     pub(crate) fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
         let uid = restore.uid().unwrap_or_default();
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match written.get(&uid) {
-            Some(status) => status.clone(),
-            None => restore.status_or_default(),
-        }
+        self.written.newest(&uid, restore.status.as_ref())
     }
 
-    /// Notes a status written to the API server (or forgets a restore).
-    pub(crate) fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match status {
-            Some(status) => {
-                written.insert(uid.to_owned(), status);
-            }
-            None => {
-                written.remove(uid);
-                self.attempts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|(u, _), _| u != uid);
-            }
-        }
+    /// Forgets a deleted restore.
+    pub(crate) fn forget(&self, uid: &str) {
+        self.written.forget(uid);
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != uid);
     }
 
     /// Drops what was remembered about restores that no longer exist.
@@ -123,10 +110,7 @@ impl RestoreController {
         };
         let live: std::collections::HashSet<String> =
             store.state().iter().filter_map(|r| r.uid()).collect();
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|uid, _| live.contains(uid));
+        self.written.retain_live(&live);
         self.attempts
             .lock()
             .unwrap_or_else(|p| p.into_inner())

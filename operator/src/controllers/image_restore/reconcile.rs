@@ -112,7 +112,7 @@ async fn reconcile_with(
     if restore.metadata.deletion_timestamp.is_some() {
         objects::cleanup(controller, &name, &uid).await?;
         objects::remove_finalizer(controller, restore).await?;
-        controller.wrote(&uid, None);
+        controller.forget(&uid);
         return Ok(Action::await_change());
     }
     let previous = controller.latest_status(restore);
@@ -259,20 +259,19 @@ async fn advance<'a>(
     })
 }
 
+/// The one status write of a reconcile (none when nothing changed).
 async fn write_status(
     controller: &RestoreController,
     restore: &ImageRestore,
     previous: &ImageRestoreStatus,
     status: &ImageRestoreStatus,
 ) -> Result<(), OperatorError> {
-    if previous == status {
-        return Ok(());
-    }
-    let name = restore.name_any();
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<ImageRestore> = Api::namespaced(controller.context.client.clone(), &namespace);
-    crate::controllers::apply_status(&api, &name, status).await?;
-    controller.wrote(&restore.uid().unwrap_or_default(), Some(status.clone()));
+    controller
+        .written
+        .write(&api, restore, previous, status)
+        .await?;
     Ok(())
 }
 
