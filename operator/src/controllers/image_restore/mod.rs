@@ -22,17 +22,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use std::hash::{Hash as _, Hasher as _};
+
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, reflector, watcher};
 use kube::{Api, ResourceExt};
 use lifeboat_api::ImageRestore;
 
-use crate::context::Context;
 use super::WrittenStatuses;
+use crate::context::Context;
 use crate::error::OperatorError;
 use jobs::JobSettings;
 use planning::{Exportable, Holdings};
@@ -141,11 +143,48 @@ impl RestoreController {
     }
 }
 
-/// The restore an export Job belongs to (its annotation).
+/// The restore a Job belongs to (its annotation: the restore an export
+/// Job works for, or the one whose inventory it is).
 fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
     let text = job.annotations().get(jobs::ANNOTATION_RESTORE)?;
     let (namespace, name) = text.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// What of a restore is worth a reconcile: a new object (uid), a new
+/// spec (generation), its deletion starting, its finalizers. Not its
+/// status: the operator is its only writer, and each write used to come
+/// back as one more reconcile that had nothing to do.
+fn restore_changed(restore: &ImageRestore) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    restore.metadata.generation.hash(&mut hasher);
+    restore
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
+    restore.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The Job events a restore waits for: a Job finished (its result is to
+/// be read) or an export Job deleted (by someone else: it is created
+/// again). A Job created or making progress changes nothing a reconcile
+/// decides from; the inventory Jobs the operator deletes itself neither.
+fn job_worth_a_look(event: watcher::Event<Job>) -> Option<Job> {
+    match event {
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job)
+            if facts::job_finished(&job).is_some() =>
+        {
+            Some(job)
+        }
+        watcher::Event::Delete(job)
+            if job.labels().get(jobs::LABEL_COMPONENT).map(String::as_str) == Some("export") =>
+        {
+            Some(job)
+        }
+        _ => None,
+    }
 }
 
 /// Runs the controller until its watch of restores ends.
@@ -154,20 +193,29 @@ pub(crate) async fn run(context: Arc<Context>) {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
     let controller = Arc::new(RestoreController::new(context));
     let restores: Api<ImageRestore> = Api::all(client);
+    let (store, writer) = reflector::store();
+    // The cache sees every change (a reconcile reads the newest restore);
+    // only changes worth a reconcile trigger one.
+    let restore_changes = watcher(restores, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(restore_changed, Default::default());
+    let _ = controller.restores.set(store.clone());
     let selector = format!(
-        "{}={},{}=export",
+        "{}={},{} in (export,inventory)",
         jobs::LABEL_MANAGED_BY,
         jobs::MANAGED_BY,
         jobs::LABEL_COMPONENT
     );
-    let restore_controller = Controller::new(restores, watcher::Config::default().any_semantic());
-    let _ = controller.restores.set(restore_controller.store());
-    restore_controller
-        .watches(
-            jobs,
-            watcher::Config::default().labels(&selector).any_semantic(),
-            restore_of,
-        )
+    let job_changes = watcher(
+        jobs,
+        watcher::Config::default().labels(&selector).any_semantic(),
+    )
+    .default_backoff()
+    .try_filter_map(|event| std::future::ready(Ok(job_worth_a_look(event))));
+    Controller::for_stream(restore_changes, store)
+        .watches_stream(job_changes, restore_of)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, controller)

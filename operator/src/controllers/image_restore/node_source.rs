@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::RestoreController;
 use super::facts::{Facts, JobState, job_finished, job_state, termination_message};
-use super::jobs::{inventory_holdings, inventory_job, parse_inventory_report};
+use super::jobs::{self, inventory_holdings, inventory_job, parse_inventory_report};
 use super::objects::delete_job;
 use super::planning::{
     self, Exportable, Holdings, NodeChoice, NodeFacts, NodeUse, choose_nodes, classify_node,
@@ -257,12 +257,21 @@ pub(super) async fn inventory(
     let api: Api<Job> = Api::namespaced(controller.context.client.clone(), namespace);
     let name = object_names::inventory_job_name(node, images);
     let Some(job) = api.get_opt(&name).await? else {
-        let job = inventory_job(
+        let mut job = inventory_job(
             &controller.settings,
             &name,
             node,
             images,
             &facts.node_tolerations(),
+        );
+        // Its end wakes the restore that asked (others sharing the answer
+        // look again on their own).
+        job.metadata.annotations = Some(
+            [(
+                jobs::ANNOTATION_RESTORE.to_owned(),
+                format!("{}/{}", facts.namespace, facts.name),
+            )]
+            .into(),
         );
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => info!(%node, job = %name, images = images.len(), "inventory Job created"),

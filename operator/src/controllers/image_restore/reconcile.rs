@@ -45,10 +45,14 @@ use crate::error::OperatorError;
 use crate::telemetry::object_labels;
 
 const KIND: &str = "ImageRestore";
-/// How often a running restore is looked at (Job changes also wake it).
-const POLL: Duration = Duration::from_secs(5);
-/// How soon a restore waiting for node inventories looks again.
-const INVENTORY_POLL: Duration = Duration::from_secs(2);
+/// How often a running restore is looked at when nothing wakes it: export
+/// Jobs wake it when they finish or vanish, so this only bounds how late
+/// something missed (a watch restarted) is noticed.
+const POLL: Duration = Duration::from_secs(30);
+/// How soon a restore waiting for node inventories looks again: its own
+/// inventory Jobs wake it when they finish; one it shares with another
+/// restore, or one found stale and deleted, does not.
+const INVENTORY_POLL: Duration = Duration::from_secs(5);
 /// How soon a restore stalled on something outside it (a policy, a
 /// credential) looks again.
 const STALLED_RETRY: Duration = Duration::from_secs(30);
@@ -255,7 +259,7 @@ async fn advance<'a>(
             deadline_seconds,
         }),
         may_finish: true,
-        next: Action::requeue(if waiting { INVENTORY_POLL } else { POLL }),
+        next: Action::requeue(status::next_look(waiting, remaining, INVENTORY_POLL, POLL)),
     })
 }
 

@@ -275,6 +275,27 @@ pub(crate) fn deadline_remaining(
     limit_seconds.map(|limit| limit.saturating_sub((now - started).num_seconds()))
 }
 
+/// When a running restore looks again by itself: soon while inventories
+/// are collected, else after `poll`, but never after its deadline passed
+/// (the deadline fails what is still open).
+pub(crate) fn next_look(
+    waiting_for_inventories: bool,
+    deadline_remaining: Option<i64>,
+    inventory_poll: std::time::Duration,
+    poll: std::time::Duration,
+) -> std::time::Duration {
+    let look = if waiting_for_inventories {
+        inventory_poll
+    } else {
+        poll
+    };
+    match deadline_remaining.and_then(|r| u64::try_from(r).ok()) {
+        // One second after the deadline, so the reconcile finds it passed.
+        Some(seconds) => look.min(std::time::Duration::from_secs(seconds.saturating_add(1))),
+        None => look,
+    }
+}
+
 /// One Event to publish about a restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Note {
