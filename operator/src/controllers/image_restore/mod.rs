@@ -82,6 +82,15 @@ impl RestoreController {
         }
     }
 
+    /// A controller around `client` with the default configuration.
+    #[cfg(test)]
+    pub(crate) fn for_tests(client: kube::Client) -> RestoreController {
+        let config = crate::config::OperatorConfig::from_lookup(|_| None)
+            .unwrap_or_else(|e| panic!("default configuration: {e}"));
+        let metrics = crate::telemetry::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        RestoreController::new(Arc::new(Context::new(client, config, metrics)))
+    }
+
     /// The fresh answers nodes gave.
     pub(crate) fn known_holdings(&self, ttl: Duration) -> Holdings {
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,4 +244,75 @@ fn error_policy(
         error,
         Duration::from_secs(10),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restore(generation: i64, uid: &str) -> ImageRestore {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageRestore",
+            "metadata": {"name": "r", "namespace": "shop", "uid": uid, "generation": generation},
+            "spec": {"images": ["registry.example/app:1"]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restore_is_worth_a_reconcile_when_its_spec_deletion_or_finalizers_change_not_its_status() {
+        let base = restore(1, "u1");
+        let mut with_status = base.clone();
+        with_status.status = Some(lifeboat_api::ImageRestoreStatus {
+            observed_generation: 1,
+            ..Default::default()
+        });
+        with_status.metadata.resource_version = Some("42".into());
+        assert_eq!(restore_changed(&base), restore_changed(&with_status));
+        assert_ne!(restore_changed(&base), restore_changed(&restore(2, "u1")));
+        let mut deleting = base.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_ne!(restore_changed(&base), restore_changed(&deleting));
+        let mut finalized = base.clone();
+        finalized.metadata.finalizers = Some(vec!["lifeboat.dev/cleanup".into()]);
+        assert_ne!(restore_changed(&base), restore_changed(&finalized));
+    }
+
+    fn job(component: &str, condition: Option<&str>) -> Job {
+        let conditions: Vec<serde_json::Value> = condition
+            .map(|c| serde_json::json!({"type": c, "status": "True"}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "j",
+                "labels": {"app.kubernetes.io/component": component},
+                "annotations": {"lifeboat.dev/restore": "shop/r"},
+            },
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn finished_jobs_and_vanished_export_jobs_wake_their_restore_nothing_else() {
+        use watcher::Event;
+        let woken = |event: Event<Job>| job_worth_a_look(event).is_some();
+        assert!(woken(Event::Apply(job("export", Some("Complete")))));
+        assert!(woken(Event::Apply(job("export", Some("Failed")))));
+        assert!(woken(Event::InitApply(job("inventory", Some("Complete")))));
+        assert!(!woken(Event::Apply(job("export", None))), "running");
+        assert!(!woken(Event::Apply(job("export", Some("Suspended")))));
+        assert!(woken(Event::Delete(job("export", None))));
+        assert!(!woken(Event::Delete(job("inventory", Some("Complete")))));
+        assert!(!woken(Event::Init) && !woken(Event::InitDone));
+        let restore = restore_of(job("inventory", None)).unwrap();
+        assert_eq!(
+            (restore.name.as_str(), restore.namespace.as_deref()),
+            ("r", Some("shop"))
+        );
+    }
 }

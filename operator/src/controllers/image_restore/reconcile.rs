@@ -398,3 +398,7 @@ async fn plan_pending(
     status::add_bytes(status, bytes);
     Ok(false)
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -408,6 +408,7 @@ pub(crate) fn ending(status: &ImageRestoreStatus) -> Ending {
 mod tests {
     use super::*;
     use lifeboat_api::conditions::find_condition;
+    use std::time::Duration;
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
@@ -621,5 +622,26 @@ mod tests {
         assert_eq!(done(&[Failed]).result, "Failed");
         let open = ending(&with_images(&[Pending]));
         assert_eq!(open.seconds, None, "no duration without start and end");
+    }
+
+    #[test]
+    fn a_restore_looks_again_soon_for_inventories_and_never_after_its_deadline() {
+        let (soon, later) = (Duration::from_secs(5), Duration::from_secs(30));
+        assert_eq!(next_look(true, None, soon, later), soon);
+        assert_eq!(next_look(false, None, soon, later), later);
+        assert_eq!(
+            next_look(false, Some(9), soon, later),
+            Duration::from_secs(10)
+        );
+        assert_eq!(next_look(false, Some(600), soon, later), later);
+        assert_eq!(
+            next_look(true, Some(0), soon, later),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            next_look(false, Some(-5), soon, later),
+            later,
+            "passed: the reconcile fails it now"
+        );
     }
 }
