@@ -10,6 +10,7 @@ export REPO_ROOT
 export KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 export HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+export CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.1}"
 
 # Built binaries live outside the repository, keyed by version, so a fresh
 # clone (and CI on the same machine) reuses them.

@@ -74,7 +74,7 @@ impl OperatorError {
             OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
             OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
             OperatorError::CaBundleNotFound { .. } => "ca_bundle_not_found",
-            OperatorError::Transfer(_) => "registry",
+            OperatorError::Transfer(e) => e.metric_label(),
             OperatorError::Config(_) => "configuration",
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",
@@ -92,6 +92,31 @@ impl OperatorError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_transfer::TransferError;
+
+    #[test]
+    fn a_hostile_registry_reads_apart_from_an_outage() {
+        let limit = OperatorError::Transfer(TransferError::ResponseTooLarge {
+            registry: "evil.example".into(),
+            what: "token response",
+            limit: 262144,
+        });
+        assert_eq!(limit.reason(), "RegistryResponseTooLarge");
+        assert_eq!(limit.metric_label(), "registry_limit");
+        assert!(limit.to_string().contains("evil.example"));
+        assert!(limit.to_string().contains("token response"));
+        let refused = OperatorError::Transfer(TransferError::CredentialsRefused {
+            registry: "evil.example".into(),
+            destination: "token realm http://other:80 (plain HTTP)".into(),
+        });
+        assert_eq!(refused.reason(), "CredentialsRefused");
+        assert_eq!(refused.metric_label(), "registry_credentials_refused");
+        let outage = OperatorError::Transfer(TransferError::RegistryUnavailable {
+            registry: "r".into(),
+            detail: "503".into(),
+        });
+        assert_eq!(outage.metric_label(), "registry");
+    }
 
     #[test]
     fn reasons_are_single_camel_case_words() {
@@ -118,6 +143,24 @@ mod tests {
             OperatorError::Config("x".into()),
             OperatorError::Telemetry("x".into()),
             OperatorError::Http("x".into()),
+            OperatorError::Transfer(TransferError::ResponseTooLarge {
+                registry: "r".into(),
+                what: "manifest",
+                limit: 1,
+            }),
+            OperatorError::Transfer(TransferError::ImageTooComplex {
+                registry: "r".into(),
+                digest: "d".into(),
+                detail: "x".into(),
+            }),
+            OperatorError::Transfer(TransferError::TooSlow {
+                registry: "r".into(),
+                detail: "x".into(),
+            }),
+            OperatorError::Transfer(TransferError::CredentialsRefused {
+                registry: "r".into(),
+                destination: "x".into(),
+            }),
         ];
         for error in errors {
             let reason = error.reason();

@@ -92,22 +92,43 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A token is reused at most this long, whatever the token service says:
+/// `expires_in` is remote input, and a token that lives for years is both
+/// a risk and, added to a clock, an overflow.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What distribution's token spec means when `expires_in` is absent.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
 #[derive(Deserialize)]
 pub struct TokenResponse {
     #[serde(default)]
     token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+    /// Any JSON number (or nothing): a negative, fractional or enormous
+    /// value is judged below instead of failing the whole response.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Number>,
 }
 
 impl TokenResponse {
-    /// The token and how long it may be used. Registries that omit
-    /// `expires_in` mean 60 seconds (distribution's token spec).
+    /// The token and how long it may be used: `expires_in` seconds, at
+    /// least 1, at most [`MAX_TOKEN_LIFETIME`]; 60 when absent or not a
+    /// usable number.
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.token.or(self.access_token)?;
-        let lifetime = Duration::from_secs(self.expires_in.unwrap_or(60).max(1));
+        let lifetime = self
+            .expires_in
+            .and_then(|n| {
+                n.as_u64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite())
+                        .map(|f| f.max(0.0) as u64)
+                })
+            })
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
         Some((token, lifetime))
     }
 }
@@ -152,5 +173,37 @@ mod tests {
         );
         let t: TokenResponse = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(t.into_token(), None);
+    }
+
+    #[test]
+    fn token_lifetimes_from_the_service_are_clamped() {
+        let lifetime = |json: &str| {
+            serde_json::from_str::<TokenResponse>(json)
+                .unwrap()
+                .into_token()
+                .unwrap()
+                .1
+        };
+        // The value that crashed the operator (issue 15).
+        assert_eq!(
+            lifetime(r#"{"token":"t","expires_in":18446744073709551615}"#),
+            MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(
+            lifetime(r#"{"token":"t","expires_in":1e300}"#),
+            MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(
+            lifetime(r#"{"token":"t","expires_in":-5}"#),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            lifetime(r#"{"token":"t","expires_in":0}"#),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            lifetime(r#"{"token":"t","expires_in":90.5}"#),
+            Duration::from_secs(90)
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -20,15 +20,12 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 
 use crate::auth::{Challenge, TokenResponse, parse_challenge};
+use crate::bounded::{BodyKind, ThroughputFloor, ThroughputWatch, error_excerpt, read_bounded};
 use crate::credentials::{Credentials, DockerConfig, Secret, normalize_registry};
 use crate::error::TransferError;
 use crate::manifest::{ACCEPT_MANIFESTS, sha256_digest};
 use crate::retry::{RetryPolicy, parse_retry_after};
 use crate::{Digest, tls};
-
-/// Manifests larger than this are refused: distribution's own limit is
-/// 4 MiB, and we hold manifests in memory.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 tokio::task_local! {
     /// Requests made on behalf of the copy running in this task.
@@ -43,6 +40,9 @@ pub struct RegistrySettings {
     docker_config: DockerConfig,
     plain_http: HashSet<String>,
     ca_bundles: HashMap<String, Vec<u8>>,
+    /// Token services on another host that may receive a registry's
+    /// credentials, by registry.
+    trusted_realms: HashMap<String, Vec<url::Origin>>,
 }
 
 impl fmt::Debug for RegistrySettings {
@@ -51,6 +51,7 @@ impl fmt::Debug for RegistrySettings {
             .field("docker_config", &self.docker_config)
             .field("plain_http", &self.plain_http)
             .field("ca_bundles", &self.ca_bundles.keys().collect::<Vec<_>>())
+            .field("trusted_realms", &self.trusted_realms)
             .finish()
     }
 }
@@ -76,9 +77,25 @@ impl RegistrySettings {
     }
 
     /// Allows plain HTTP to this registry. Nothing else is ever spoken to
-    /// without TLS.
+    /// without TLS, and Basic credentials go over plain HTTP only to a
+    /// host listed here.
     pub fn allow_plain_http(mut self, registry: &str) -> RegistrySettings {
         self.plain_http.insert(normalize_registry(registry));
+        self
+    }
+
+    /// Lets `registry`'s credentials go to a token service on another
+    /// host, `realm_origin` (`https://host[:port]`). Without this, a
+    /// registry whose token realm is on another host gets its token
+    /// requests refused when it has credentials (anonymous ones still go).
+    /// Docker Hub's `https://auth.docker.io` is trusted for Docker Hub.
+    pub fn trust_token_realm(mut self, registry: &str, realm_origin: &str) -> RegistrySettings {
+        if let Ok(url) = Url::parse(realm_origin) {
+            self.trusted_realms
+                .entry(normalize_registry(registry))
+                .or_default()
+                .push(url.origin());
+        }
         self
     }
 
@@ -91,18 +108,33 @@ impl RegistrySettings {
 
     pub(crate) fn client_options(&self, registry: &str) -> ClientOptions {
         let key = normalize_registry(registry);
+        let mut trusted_realms = self.trusted_realms.get(&key).cloned().unwrap_or_default();
+        if key == normalize_registry(DOCKER_HUB_REGISTRY)
+            && let Ok(url) = Url::parse(DOCKER_HUB_TOKEN_REALM)
+        {
+            trusted_realms.push(url.origin());
+        }
         ClientOptions {
             plain_http: self.plain_http.contains(&key),
+            plain_http_hosts: self.plain_http.clone(),
             ca_bundle: self.ca_bundles.get(&key).cloned(),
             credentials: self.docker_config.credentials_for(registry),
+            trusted_realms,
         }
     }
 }
 
+/// Docker Hub's token service lives on another host than its registry.
+const DOCKER_HUB_REGISTRY: &str = "docker.io";
+const DOCKER_HUB_TOKEN_REALM: &str = "https://auth.docker.io";
+
 pub(crate) struct ClientOptions {
     plain_http: bool,
+    /// Every host allowed plain HTTP, to judge token realms by.
+    plain_http_hosts: HashSet<String>,
     ca_bundle: Option<Vec<u8>>,
     credentials: Credentials,
+    trusted_realms: Vec<url::Origin>,
 }
 
 /// Timeouts and retries shared by all clients.
@@ -110,6 +142,11 @@ pub(crate) struct ClientOptions {
 pub(crate) struct HttpTuning {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Longest time to receive one answer that is read whole (manifest,
+    /// token, tag page, error body, config).
+    pub body_timeout: Duration,
+    /// Slowest a blob download may be.
+    pub blob_floor: Option<ThroughputFloor>,
     pub retry: RetryPolicy,
     pub max_idle_per_host: usize,
 }
@@ -128,9 +165,13 @@ pub(crate) struct RegistryClient {
     base: Url,
     http: reqwest::Client,
     credentials: Credentials,
+    plain_http_hosts: HashSet<String>,
+    trusted_realms: Vec<url::Origin>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, (Secret, Instant)>>,
     retry: RetryPolicy,
+    body_timeout: Duration,
+    blob_floor: Option<ThroughputFloor>,
     requests: AtomicU64,
     /// Set once a cross-repository mount has succeeded here.
     mounts_work: AtomicBool,
@@ -145,6 +186,13 @@ impl fmt::Debug for RegistryClient {
             .finish_non_exhaustive()
     }
 }
+
+/// Redirects followed per request.
+const MAX_REDIRECTS: usize = 10;
+
+/// A cached token is not used in its last seconds: it could expire on the
+/// way.
+const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
 /// A scope of the token flow, e.g. `repository:team/app:pull,push`.
 pub(crate) fn pull_scope(repository: &str) -> String {
@@ -185,6 +233,10 @@ impl RegistryClient {
             TransferError::InvalidReference(format!("registry host {api_host}: {e}"))
         })?;
         let mut builder = reqwest::Client::builder()
+            // reqwest drops `Authorization` when a redirect changes scheme,
+            // host or port, so a redirect never carries credentials away;
+            // the hop limit is explicit here rather than a default.
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
             .connect_timeout(tuning.connect_timeout)
             .read_timeout(tuning.read_timeout)
             .pool_max_idle_per_host(tuning.max_idle_per_host)
@@ -208,9 +260,13 @@ impl RegistryClient {
             base,
             http,
             credentials: options.credentials,
+            plain_http_hosts: options.plain_http_hosts,
+            trusted_realms: options.trusted_realms,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
             retry: tuning.retry.clone(),
+            body_timeout: tuning.body_timeout,
+            blob_floor: tuning.blob_floor,
             requests: AtomicU64::new(0),
             mounts_work: AtomicBool::new(false),
         })
@@ -235,6 +291,27 @@ impl RegistryClient {
             registry: self.name.clone(),
             detail: format!("bad URL path: {e}"),
         })
+    }
+
+    /// Whether `url` is this registry itself (scheme, host and port): the
+    /// only place its credentials and tokens are ever sent.
+    pub(crate) fn is_own_origin(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
+    }
+
+    /// The `Authorization` for a request to `url`: none when `url` is on
+    /// another origin (an upload `Location` or a tag-list `Link` pointing
+    /// elsewhere, e.g. a pre-signed storage URL, goes without).
+    async fn authorization_for(
+        &self,
+        url: &Url,
+        scopes: &[String],
+    ) -> Result<Option<HeaderValue>, TransferError> {
+        if !self.is_own_origin(url) {
+            tracing::debug!(registry = %self.name, "request to another origin: no credentials");
+            return Ok(None);
+        }
+        self.authorization(scopes).await
     }
 
     fn count_request(&self) {
@@ -283,8 +360,10 @@ impl RegistryClient {
                     scopes.to_vec()
                 };
                 let key = scopes.join(" ");
+                let now = Instant::now();
                 let cached = self.lock_tokens().get(&key).and_then(|(token, expires)| {
-                    (*expires > Instant::now() + Duration::from_secs(10)).then(|| token.clone())
+                    (expires.saturating_duration_since(now) > TOKEN_EXPIRY_MARGIN)
+                        .then(|| token.clone())
                 });
                 let token = match cached {
                     Some(token) => token,
@@ -292,8 +371,12 @@ impl RegistryClient {
                         let (token, lifetime) = self
                             .fetch_token(&realm, service.as_deref(), &scopes)
                             .await?;
-                        self.lock_tokens()
-                            .insert(key, (token.clone(), Instant::now() + lifetime));
+                        // `lifetime` is capped (auth::MAX_TOKEN_LIFETIME);
+                        // checked anyway: an overflow here killed the
+                        // operator once (issue 15).
+                        if let Some(expires) = Instant::now().checked_add(lifetime) {
+                            self.lock_tokens().insert(key, (token.clone(), expires));
+                        }
                         token
                     }
                 };
@@ -318,6 +401,19 @@ impl RegistryClient {
             registry: self.name.clone(),
             detail: format!("token realm is not a URL: {e}"),
         })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: format!("token realm has scheme {:?}", url.scheme()),
+            });
+        }
+        let basic = match self.basic_header() {
+            Some(basic) => {
+                self.check_realm_may_receive_credentials(&url)?;
+                Some(basic)
+            }
+            None => None,
+        };
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -327,8 +423,8 @@ impl RegistryClient {
                 query.append_pair("scope", scope);
             }
         }
-        let mut request = self.http.get(url);
-        if let Some(basic) = self.basic_header() {
+        let mut request = self.http.get(url).timeout(self.request_timeout());
+        if let Some(basic) = basic {
             request = request.header(header::AUTHORIZATION, basic);
         }
         self.count_request();
@@ -347,10 +443,13 @@ impl RegistryClient {
             }
             _ => return Err(self.status_error("token request", response).await),
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let body = read_bounded(
+            &self.name,
+            BodyKind::TokenResponse,
+            response,
+            self.body_timeout,
+        )
+        .await?;
         let parsed: TokenResponse =
             serde_json::from_slice(&body).map_err(|_| TransferError::Protocol {
                 registry: self.name.clone(),
@@ -363,6 +462,45 @@ impl RegistryClient {
                 registry: self.name.clone(),
                 detail: "token service answered without a token".into(),
             })
+    }
+
+    /// Basic credentials go to a token realm only on this registry's own
+    /// origin or one trusted for it, and over plain HTTP only to a host
+    /// the admin listed as plain HTTP. Anything else is refused with an
+    /// error naming where they would have gone (never the credentials).
+    fn check_realm_may_receive_credentials(&self, realm: &Url) -> Result<(), TransferError> {
+        let origin = realm.origin();
+        let trusted = origin == self.base.origin() || self.trusted_realms.contains(&origin);
+        let host_port = match realm.port() {
+            Some(port) => format!("{}:{port}", realm.host_str().unwrap_or_default()),
+            None => realm.host_str().unwrap_or_default().to_owned(),
+        };
+        let plain_ok = realm.scheme() == "https"
+            || self
+                .plain_http_hosts
+                .contains(&crate::credentials::normalize_registry(&host_port));
+        if trusted && plain_ok {
+            return Ok(());
+        }
+        Err(TransferError::CredentialsRefused {
+            registry: self.name.clone(),
+            destination: format!(
+                "token realm {}://{host_port}{}",
+                realm.scheme(),
+                if plain_ok {
+                    " (another host)"
+                } else {
+                    " (plain HTTP)"
+                }
+            ),
+        })
+    }
+
+    /// The total time allowed for a request whose answer is read whole: a
+    /// backstop against headers that trickle in; the body itself has
+    /// `body_timeout` from when the headers arrived.
+    fn request_timeout(&self) -> Duration {
+        self.body_timeout.saturating_mul(2)
     }
 
     /// Maps a reqwest failure, without its URL (upload URLs carry state).
@@ -423,7 +561,7 @@ impl RegistryClient {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
         match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 return TransferError::RateLimited {
@@ -444,12 +582,8 @@ impl RegistryClient {
             _ => {}
         }
         // Registry error bodies are JSON `{"errors":[{code, message}]}`;
-        // keep a short excerpt for the message.
-        let body = response.bytes().await.unwrap_or_default();
-        let excerpt: String = String::from_utf8_lossy(&body[..body.len().min(300)])
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
+        // keep a short excerpt for the message, reading no more than that.
+        let excerpt = error_excerpt(response, self.body_timeout).await;
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
             TransferError::RegistryUnavailable {
                 registry: self.name.clone(),
@@ -472,16 +606,30 @@ impl RegistryClient {
         &self,
         scopes: &[String],
         build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
+        timeout: Option<Duration>,
     ) -> Result<Response, TransferError> {
         let mut refreshed = false;
         loop {
-            let mut request = build()?;
-            if let Some(auth) = self.authorization(scopes).await? {
-                request = request.header(header::AUTHORIZATION, auth);
+            let (http, request) = build()?.build_split();
+            let mut request = request.map_err(|e| TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: format!("cannot build request: {}", e.without_url()),
+            })?;
+            let own_origin = self.is_own_origin(request.url());
+            if let Some(auth) = self.authorization_for(request.url(), scopes).await? {
+                request.headers_mut().insert(header::AUTHORIZATION, auth);
+            }
+            if timeout.is_some() {
+                *request.timeout_mut() = timeout;
             }
             self.count_request();
-            let response = request.send().await.map_err(|e| self.transport_error(e))?;
-            if response.status() != StatusCode::UNAUTHORIZED || refreshed {
+            let response = http
+                .execute(request)
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            // A challenge from another origin is never learned: it would
+            // make us send this registry's credentials where it points.
+            if response.status() != StatusCode::UNAUTHORIZED || refreshed || !own_origin {
                 return Ok(response);
             }
             refreshed = true;
@@ -524,9 +672,34 @@ impl RegistryClient {
         ok: &(dyn Fn(StatusCode) -> bool + Send + Sync),
         build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
     ) -> Result<Response, TransferError> {
+        self.send_with_timeout(operation, scopes, ok, build, Some(self.request_timeout()))
+            .await
+    }
+
+    /// `send` for a request whose body is streamed (blob GET): no total
+    /// time limit, the read timeout and the throughput floor apply.
+    async fn send_streaming(
+        &self,
+        operation: &str,
+        scopes: &[String],
+        ok: &(dyn Fn(StatusCode) -> bool + Send + Sync),
+        build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
+    ) -> Result<Response, TransferError> {
+        self.send_with_timeout(operation, scopes, ok, build, None)
+            .await
+    }
+
+    async fn send_with_timeout(
+        &self,
+        operation: &str,
+        scopes: &[String],
+        ok: &(dyn Fn(StatusCode) -> bool + Send + Sync),
+        build: &(dyn Fn() -> Result<RequestBuilder, TransferError> + Send + Sync),
+        timeout: Option<Duration>,
+    ) -> Result<Response, TransferError> {
         self.retry
             .run(operation, |_attempt| async {
-                let response = self.send_once(scopes, build).await?;
+                let response = self.send_once(scopes, build, timeout).await?;
                 if ok(response.status()) {
                     Ok(response)
                 } else {
@@ -613,28 +786,9 @@ impl RegistryClient {
             return Ok(None);
         }
         let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default();
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(TransferError::InvalidManifest {
-                digest: reference.to_owned(),
-                detail: "larger than 4 MiB".into(),
-            });
-        }
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.transport_error(e))?;
-            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(TransferError::InvalidManifest {
-                    digest: reference.to_owned(),
-                    detail: "larger than 4 MiB".into(),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Some((Bytes::from(body), media_type)))
+        let body =
+            read_bounded(&self.name, BodyKind::Manifest, response, self.body_timeout).await?;
+        Ok(Some((body, media_type)))
     }
 
     /// PUT a manifest under a tag or its digest; returns the digest the
@@ -691,10 +845,7 @@ impl RegistryClient {
             .get(header::LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(next_link);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let body = read_bounded(&self.name, BodyKind::TagPage, response, self.body_timeout).await?;
         let list: TagList = serde_json::from_slice(&body).map_err(|e| TransferError::Protocol {
             registry: self.name.clone(),
             detail: format!("tag list of {repository} is not JSON: {e}"),
@@ -756,7 +907,7 @@ impl RegistryClient {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let scopes = [pull_scope(repository)];
         let response = self
-            .send(
+            .send_streaming(
                 "blob GET",
                 &scopes,
                 &|s| s.is_success() || s == StatusCode::NOT_FOUND,
@@ -775,11 +926,21 @@ impl RegistryClient {
         }
         let already_skipped = response.status() == StatusCode::PARTIAL_CONTENT;
         let registry = self.name.clone();
+        let mut watch = self.blob_floor.map(ThroughputWatch::new);
         let stream = response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|e| TransferError::Interrupted {
+            let chunk = chunk.map_err(|e| TransferError::Interrupted {
                 registry: registry.clone(),
                 detail: error_chain(&e.without_url()),
-            })
+            })?;
+            if let Some(watch) = watch.as_mut() {
+                watch
+                    .record(chunk.len())
+                    .map_err(|detail| TransferError::TooSlow {
+                        registry: registry.clone(),
+                        detail: format!("blob download: {detail}"),
+                    })?;
+            }
+            Ok(chunk)
         });
         let stream: crate::BlobStream<TransferError> = Box::pin(stream);
         Ok(Some(if already_skipped || offset == 0 {
@@ -832,12 +993,20 @@ impl RegistryClient {
                 detail: "upload response without Location".into(),
             }
         })?;
-        self.base
+        let url = self
+            .base
             .join(&location)
             .map_err(|_| TransferError::Protocol {
                 registry: self.name.clone(),
                 detail: "upload Location is not a URL".into(),
-            })
+            })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(TransferError::Protocol {
+                registry: self.name.clone(),
+                detail: format!("upload Location has scheme {:?}", url.scheme()),
+            });
+        }
+        Ok(url)
     }
 
     /// Appends a streamed body to an upload session (PATCH, chunked
@@ -855,7 +1024,7 @@ impl RegistryClient {
             .request(Method::PATCH, session.clone())
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
-        if let Some(auth) = self.authorization(&scopes).await? {
+        if let Some(auth) = self.authorization_for(session, &scopes).await? {
             request = request.header(header::AUTHORIZATION, auth);
         }
         self.count_request();
@@ -884,7 +1053,7 @@ impl RegistryClient {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, body.len())
             .body(body);
-        if let Some(auth) = self.authorization(&scopes).await? {
+        if let Some(auth) = self.authorization_for(session, &scopes).await? {
             request = request.header(header::AUTHORIZATION, auth);
         }
         self.count_request();
@@ -921,7 +1090,11 @@ impl RegistryClient {
     /// sessions itself eventually).
     pub(crate) async fn upload_cancel(&self, session: &Url, repository: &str) {
         let scopes = [push_scope(repository)];
-        let auth = self.authorization(&scopes).await.ok().flatten();
+        let auth = self
+            .authorization_for(session, &scopes)
+            .await
+            .ok()
+            .flatten();
         let mut request = self.request(Method::DELETE, session.clone());
         if let Some(auth) = auth {
             request = request.header(header::AUTHORIZATION, auth);
@@ -950,7 +1123,14 @@ fn range_end(headers: &HeaderMap) -> Option<u64> {
             r.split_once('-')
                 .and_then(|(_, end)| end.parse::<u64>().ok())
         })
-        .map(|end| if end == 0 { 0 } else { end + 1 })
+        // `end` is remote input: u64::MAX must not overflow.
+        .and_then(|end| {
+            if end == 0 {
+                Some(0)
+            } else {
+                end.checked_add(1)
+            }
+        })
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
@@ -974,4 +1154,97 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(registry: &str, settings: RegistrySettings) -> RegistryClient {
+        crate::install_crypto_provider();
+        let settings = settings.with_credentials(
+            registry,
+            Credentials::Basic {
+                username: "u".into(),
+                password: Secret::new("p"),
+            },
+        );
+        let tuning = HttpTuning {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            blob_floor: None,
+            retry: RetryPolicy::default(),
+            max_idle_per_host: 1,
+        };
+        RegistryClient::new(
+            registry,
+            registry,
+            settings.client_options(registry),
+            &tuning,
+        )
+        .unwrap()
+    }
+
+    fn realm_ok(client: &RegistryClient, realm: &str) -> Result<(), String> {
+        client
+            .check_realm_may_receive_credentials(&Url::parse(realm).unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_realm_only_on_the_registrys_own_or_a_trusted_origin() {
+        let tls = client("registry.example", RegistrySettings::new());
+        assert!(realm_ok(&tls, "https://registry.example/token").is_ok());
+        // Same host, other port or scheme: another origin.
+        let other_port = realm_ok(&tls, "https://registry.example:8443/token").unwrap_err();
+        assert!(other_port.contains("another host"), "{other_port}");
+        let downgraded = realm_ok(&tls, "http://registry.example/token").unwrap_err();
+        assert!(downgraded.contains("plain HTTP"), "{downgraded}");
+        let elsewhere = realm_ok(&tls, "https://collector.example/token").unwrap_err();
+        assert!(elsewhere.contains("collector.example"), "{elsewhere}");
+        assert!(!elsewhere.contains("p@") && !elsewhere.contains("Basic"));
+
+        // Docker Hub's token service is built in; another registry's is not.
+        let hub = client("docker.io", RegistrySettings::new());
+        assert!(realm_ok(&hub, "https://auth.docker.io/token").is_ok());
+        assert!(realm_ok(&tls, "https://auth.docker.io/token").is_err());
+
+        // An admin-trusted realm, over TLS; over plain HTTP only when listed.
+        let trusting = client(
+            "registry.example",
+            RegistrySettings::new()
+                .trust_token_realm("registry.example", "https://auth.example")
+                .trust_token_realm("registry.example", "http://auth.local:5000"),
+        );
+        assert!(realm_ok(&trusting, "https://auth.example/jwt").is_ok());
+        assert!(realm_ok(&trusting, "http://auth.local:5000/t").is_err());
+        let listed = client(
+            "registry.example",
+            RegistrySettings::new()
+                .trust_token_realm("registry.example", "http://auth.local:5000")
+                .allow_plain_http("auth.local:5000"),
+        );
+        assert!(realm_ok(&listed, "http://auth.local:5000/t").is_ok());
+
+        // A plain-HTTP registry's own origin.
+        let plain = client(
+            "127.0.0.1:5000",
+            RegistrySettings::new().allow_plain_http("127.0.0.1:5000"),
+        );
+        assert!(realm_ok(&plain, "http://127.0.0.1:5000/token").is_ok());
+        assert!(realm_ok(&plain, "http://127.0.0.1:5001/token").is_err());
+    }
+
+    #[test]
+    fn range_ends_from_the_registry_cannot_overflow() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_static("0-18446744073709551615"),
+        );
+        assert_eq!(range_end(&headers), None);
+        headers.insert(header::RANGE, HeaderValue::from_static("0-99"));
+        assert_eq!(range_end(&headers), Some(100));
+    }
 }

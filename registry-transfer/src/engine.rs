@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt as _, TryStreamExt as _};
 
+use crate::bounded::{MAX_INDEX_DEPTH, MAX_MANIFESTS_PER_IMAGE, ThroughputFloor};
 use crate::client::{
     COPY_REQUESTS, HttpTuning, RegistryClient, RegistrySettings, UploadStart, push_scope,
 };
@@ -44,6 +45,14 @@ pub struct TransferConfig {
     pub connect_timeout: Duration,
     /// Longest silence on a connection before it counts as broken.
     pub read_timeout: Duration,
+    /// Longest time to receive one answer that is read whole: a manifest,
+    /// a token, a tag-list page, an error body, an image config. These are
+    /// small and bounded ([`crate::bounded`]), so a registry trickling one
+    /// in is given up on instead of holding the copy.
+    pub body_timeout: Duration,
+    /// Slowest a blob download may be, judged over each window; `None`:
+    /// only `read_timeout` applies.
+    pub blob_throughput_floor: Option<ThroughputFloor>,
     /// How long a blob seen in a target repository is trusted to still be
     /// there without asking again.
     pub known_blob_ttl: Duration,
@@ -59,6 +68,12 @@ impl Default for TransferConfig {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            // ~1 KiB/s: far below any working link, far above a trickle.
+            blob_throughput_floor: Some(ThroughputFloor {
+                min_bytes: 64 * 1024,
+                window: Duration::from_secs(60),
+            }),
             known_blob_ttl: Duration::from_secs(300),
         }
     }
@@ -140,6 +155,37 @@ struct Tally {
     blobs_skipped: AtomicU32,
     blobs_mounted: AtomicU32,
     bytes_copied: AtomicU64,
+    /// Manifests this copy has been shown so far, all index levels
+    /// counted, against [`MAX_MANIFESTS_PER_IMAGE`].
+    manifests_seen: AtomicUsize,
+}
+
+/// Checks an index about to be walked against the complexity limits:
+/// `depth` is its nesting level (the top manifest is 0), `seen` the
+/// manifests counted so far including its children. Pure, so the limits
+/// are unit-tested without a registry.
+pub(crate) fn check_index_limits(
+    registry: &str,
+    digest: &Digest,
+    depth: usize,
+    seen: usize,
+) -> Result<(), TransferError> {
+    let too_complex = |detail: String| TransferError::ImageTooComplex {
+        registry: registry.to_owned(),
+        digest: digest.to_string(),
+        detail,
+    };
+    if depth >= MAX_INDEX_DEPTH {
+        return Err(too_complex(format!(
+            "indexes nested more than {MAX_INDEX_DEPTH} deep"
+        )));
+    }
+    if seen > MAX_MANIFESTS_PER_IMAGE {
+        return Err(too_complex(format!(
+            "more than {MAX_MANIFESTS_PER_IMAGE} manifests in all"
+        )));
+    }
+    Ok(())
 }
 
 fn bump(counter: &AtomicU32) {
@@ -283,6 +329,8 @@ impl Transfer {
         let tuning = HttpTuning {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
+            body_timeout: config.body_timeout,
+            blob_floor: config.blob_throughput_floor,
             retry: config.retry.clone(),
             max_idle_per_host: config.max_concurrent_per_registry.max(8),
         };
@@ -603,29 +651,54 @@ impl Transfer {
             TagDecision::Push => {}
         }
 
-        self.copy_content(source, &target, &request.target, &content, &tally)
-            .await?;
+        self.copy_content(
+            source,
+            &target,
+            &request.target,
+            (&content, &digest, 0),
+            &tally,
+        )
+        .await?;
         self.push_manifest(&target, repository, &tag, &bytes, &media_type, &digest)
             .await?;
         bump(&tally.manifests_copied);
         Ok(report(tag, source_digest, digest, changed, false, &tally))
     }
 
+    /// Copies what a manifest references. `manifest` is its parsed
+    /// content, its digest and its nesting level (0 for the top).
     fn copy_content<'a, S: ContentSource>(
         &'a self,
         source: &'a S,
         target: &'a Arc<RegistryClient>,
         target_repo: &'a RepositoryRef,
-        content: &'a ManifestContent,
+        manifest: (&'a ManifestContent, &'a Digest, usize),
         tally: &'a Tally,
     ) -> BoxFuture<'a, Result<(), TransferError>> {
         let width = self.inner.config.max_concurrent_per_registry.max(1);
+        let (content, digest, depth) = manifest;
         Box::pin(async move {
             match content {
                 ManifestContent::Index { children } => {
+                    // Judged before any child is fetched: an index nested
+                    // 1,000 deep or listing 100,000 children costs a few
+                    // requests, not a walk.
+                    let seen = tally
+                        .manifests_seen
+                        .fetch_add(children.len(), Ordering::Relaxed)
+                        .saturating_add(children.len())
+                        .saturating_add(1);
+                    let registry = source.concurrency_key().unwrap_or_else(|| "source".into());
+                    check_index_limits(&registry, digest, depth, seen)?;
                     futures::stream::iter(children.iter().map(Ok))
                         .try_for_each_concurrent(width, |child| {
-                            self.copy_child(source, target, target_repo, &child.descriptor, tally)
+                            self.copy_child(
+                                source,
+                                target,
+                                target_repo,
+                                (&child.descriptor, depth + 1),
+                                tally,
+                            )
                         })
                         .await
                 }
@@ -645,7 +718,7 @@ impl Transfer {
         source: &S,
         target: &Arc<RegistryClient>,
         target_repo: &RepositoryRef,
-        descriptor: &Descriptor,
+        (descriptor, depth): (&Descriptor, usize),
         tally: &Tally,
     ) -> Result<(), TransferError> {
         let repository = target_repo.repository.as_str();
@@ -665,8 +738,14 @@ impl Transfer {
         };
         let media_type = effective_media_type(&bytes, reported);
         let content = manifest::parse(&bytes, &media_type, &descriptor.digest)?;
-        self.copy_content(source, target, target_repo, &content, tally)
-            .await?;
+        self.copy_content(
+            source,
+            target,
+            target_repo,
+            (&content, &descriptor.digest, depth),
+            tally,
+        )
+        .await?;
         self.push_manifest(
             target,
             repository,
@@ -893,6 +972,25 @@ mod tests {
             TagDecision::Conflict(b.clone())
         );
         assert_eq!(tag_decision(Some(&b), &a, true), TagDecision::Push);
+    }
+
+    #[test]
+    fn index_limits_bound_depth_and_total_manifests() {
+        let d = sha256_digest(b"i");
+        assert!(check_index_limits("r", &d, 0, 2).is_ok());
+        assert!(check_index_limits("r", &d, MAX_INDEX_DEPTH - 1, MAX_MANIFESTS_PER_IMAGE).is_ok());
+        let deep = check_index_limits("r", &d, MAX_INDEX_DEPTH, 2).unwrap_err();
+        assert_eq!(deep.reason(), "ImageTooComplex");
+        assert!(
+            deep.to_string().contains("nested more than 8 deep"),
+            "{deep}"
+        );
+        assert!(deep.to_string().contains("from r "), "{deep}");
+        let wide = check_index_limits("r", &d, 0, MAX_MANIFESTS_PER_IMAGE + 1).unwrap_err();
+        assert!(
+            wide.to_string().contains("more than 1000 manifests"),
+            "{wide}"
+        );
     }
 
     #[test]

@@ -81,6 +81,37 @@ pub enum TransferError {
 
     #[error("registry {registry} answered unexpectedly: {detail}")]
     Protocol { registry: String, detail: String },
+
+    /// A body longer than the limit Lifeboat reads for that kind of
+    /// answer; nothing beyond the limit was buffered.
+    #[error("registry {registry} sent a {what} larger than the {limit}-byte limit")]
+    ResponseTooLarge {
+        registry: String,
+        what: &'static str,
+        limit: u64,
+    },
+
+    /// An image whose indexes nest deeper, or hold more manifests in
+    /// total, than a real image does.
+    #[error("image {digest} from {registry} is too complex: {detail}")]
+    ImageTooComplex {
+        registry: String,
+        digest: String,
+        detail: String,
+    },
+
+    /// A registry that sends so slowly that the copy gives up rather than
+    /// hold its slots.
+    #[error("registry {registry} is too slow: {detail}")]
+    TooSlow { registry: String, detail: String },
+
+    /// A registry asked for credentials to be sent somewhere they do not
+    /// belong (another host, or plain HTTP), and Lifeboat refused.
+    #[error("registry {registry} asked for credentials to be sent to {destination}: refused")]
+    CredentialsRefused {
+        registry: String,
+        destination: String,
+    },
 }
 
 impl TransferError {
@@ -105,6 +136,10 @@ impl TransferError {
             TransferError::InvalidManifest { .. } => "InvalidManifest",
             TransferError::NoMatchingPlatform { .. } => "NoMatchingPlatform",
             TransferError::Protocol { .. } => "RegistryProtocolError",
+            TransferError::ResponseTooLarge { .. } => "RegistryResponseTooLarge",
+            TransferError::ImageTooComplex { .. } => "ImageTooComplex",
+            TransferError::TooSlow { .. } => "RegistryTooSlow",
+            TransferError::CredentialsRefused { .. } => "CredentialsRefused",
         }
     }
 
@@ -118,6 +153,18 @@ impl TransferError {
             | TransferError::Interrupted { .. } => true,
             TransferError::SourceUnavailable { transient, .. } => *transient,
             _ => false,
+        }
+    }
+
+    /// A low-cardinality metric label: the registry's fault classes apart,
+    /// so a dashboard tells a hostile or broken registry from an outage.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            TransferError::ResponseTooLarge { .. }
+            | TransferError::ImageTooComplex { .. }
+            | TransferError::TooSlow { .. } => "registry_limit",
+            TransferError::CredentialsRefused { .. } => "registry_credentials_refused",
+            _ => "registry",
         }
     }
 

@@ -23,6 +23,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod auth;
+pub mod bounded;
 mod client;
 pub mod credentials;
 mod engine;
@@ -37,6 +38,22 @@ pub mod source;
 mod tls;
 mod upload;
 
+/// Internal parsers of remote input, public only for the fuzz targets
+/// (`registry-transfer/fuzz`). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::{Challenge, MAX_TOKEN_LIFETIME, parse_challenge};
+
+    /// A token service's JSON answer, as the client reads it: the token
+    /// and how long it is reused.
+    pub fn token_from_json(json: &[u8]) -> Option<(String, std::time::Duration)> {
+        serde_json::from_slice::<crate::auth::TokenResponse>(json)
+            .ok()?
+            .into_token()
+    }
+}
+
+pub use bounded::ThroughputFloor;
 pub use client::RegistrySettings;
 pub use credentials::{Credentials, DockerConfig, Secret};
 pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision};

@@ -2,18 +2,15 @@
 //! tags, reading when an image was created, deleting a manifest by digest.
 //! Retention builds on these; they never copy anything.
 
-use futures::StreamExt as _;
 use serde::Deserialize;
 
+use crate::bounded::{BodyKind, MAX_CONFIG_BYTES, read_stream_bounded};
 use crate::client::pull_scope;
 use crate::engine::Transfer;
 use crate::error::TransferError;
 use crate::manifest::{self, ManifestContent, sha256_digest, verify};
 use crate::reference::{ImageRef, RepositoryRef};
 use crate::{Descriptor, Digest};
-
-/// Image configs larger than this are not read (real ones are a few KiB).
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Tags asked for per page of a tag list.
 const TAGS_PER_PAGE: usize = 1000;
@@ -202,19 +199,18 @@ impl Transfer {
         digest: &Digest,
     ) -> Result<Option<Vec<u8>>, TransferError> {
         let _permits = self.permits(&[Some(client.name())]).await;
-        let Some(mut stream) = client.blob_get(repository, digest, 0).await? else {
+        let Some(stream) = client.blob_get(repository, digest, 0).await? else {
             return Ok(None);
         };
-        let mut body = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if (body.len() + chunk.len()) as u64 > MAX_CONFIG_BYTES {
-                return Ok(None);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_stream_bounded(
+            client.name(),
+            BodyKind::ConfigBlob,
+            Box::pin(stream),
+            self.config().body_timeout,
+        )
+        .await?;
         verify(&body, digest)?;
-        Ok(Some(body))
+        Ok(Some(body.to_vec()))
     }
 }
 

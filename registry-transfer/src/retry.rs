@@ -89,10 +89,24 @@ impl RetryPolicy {
     }
 }
 
-/// Parses `Retry-After` given in seconds. (The HTTP-date form is not used by
-/// registries we know of; it is treated as absent, i.e. normal backoff.)
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` values beyond this are read as this; the policy caps
+/// them further (`max_retry_after`). Keeps every later sum far from
+/// overflowing, whatever number the registry sent.
+pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `Retry-After` (RFC 9110 10.2.3): seconds, or an HTTP-date, taken
+/// relative to `now` (a date in the past means "now"). Capped at
+/// [`RETRY_AFTER_CEILING`]; anything else is treated as absent.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let asked = if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // More digits than u64 holds is still "a very long time".
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(asked.min(RETRY_AFTER_CEILING))
 }
 
 #[cfg(test)]
@@ -159,7 +173,45 @@ mod tests {
         ] {
             assert_eq!(policy.delay_after(1, &permanent, 0.5), None, "{permanent}");
         }
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_caps_both() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date in the past: retry now.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        // Hostile values: capped, never a panic or an overflow later.
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(RETRY_AFTER_CEILING)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(RETRY_AFTER_CEILING)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(RETRY_AFTER_CEILING)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        let policy = RetryPolicy::default();
+        let limited = TransferError::RateLimited {
+            registry: "r".into(),
+            retry_after: parse_retry_after("18446744073709551615", now),
+        };
+        assert_eq!(
+            policy.delay_after(1, &limited, 0.5),
+            Some(policy.max_retry_after)
+        );
     }
 }
