@@ -434,8 +434,8 @@ pub struct BackupTarget {
     #[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_TEMPLATE_VARIABLES, RULE_TEMPLATE_DISTINCT])))]
     pub repository_template: Option<String>,
 
-    /// A `kubernetes.io/dockerconfigjson` or `kubernetes.io/basic-auth`
-    /// Secret in the policy's namespace with push access.
+    /// A `kubernetes.io/dockerconfigjson` Secret (its `.dockerconfigjson`
+    /// key) in the policy's namespace with push access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectRef>,
 
@@ -444,7 +444,10 @@ pub struct BackupTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundle>,
 
-    /// Skip TLS certificate verification (and allow plain HTTP). For tests.
+    /// Speak plain HTTP to this registry (no TLS at all). Honoured only for
+    /// registries the cluster admin lists in the operator's settings
+    /// (`LIFEBOAT_PLAIN_HTTP_REGISTRIES`) when the policy is outside the
+    /// operator's namespace. For test registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
 

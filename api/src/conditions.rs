@@ -50,6 +50,8 @@ pub mod reasons {
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
     pub const TARGET_UNREACHABLE: &str = "TargetUnreachable";
     pub const CA_BUNDLE_NOT_FOUND: &str = "CABundleNotFound";
+    pub const CREDENTIALS_FORBIDDEN: &str = "CredentialsForbidden";
+    pub const PLAIN_HTTP_NOT_ALLOWED: &str = "PlainHttpNotAllowed";
 
     // ImageRestore.
     pub const RESTORING: &str = "Restoring";
@@ -60,6 +62,8 @@ pub mod reasons {
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
     pub const NOTHING_TO_RESTORE: &str = "NothingToRestore";
+    pub const IMAGE_OUT_OF_SCOPE: &str = "ImageOutOfScope";
+    pub const NODE_ACCESS_NOT_ALLOWED: &str = "NodeAccessNotAllowed";
 
     // Spec problems (see `crate::Error::reason`).
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -89,6 +93,8 @@ pub mod reasons {
         CREDENTIALS_INVALID,
         TARGET_UNREACHABLE,
         CA_BUNDLE_NOT_FOUND,
+        CREDENTIALS_FORBIDDEN,
+        PLAIN_HTTP_NOT_ALLOWED,
         RESTORING,
         IMAGE_NOT_FOUND,
         NODE_EXPORT_FAILED,
@@ -97,6 +103,8 @@ pub mod reasons {
         DEADLINE_EXCEEDED,
         POLICY_NOT_FOUND,
         NOTHING_TO_RESTORE,
+        IMAGE_OUT_OF_SCOPE,
+        NODE_ACCESS_NOT_ALLOWED,
         INVALID_SPEC,
         INVALID_SCHEDULE,
         INVALID_TIME_ZONE,

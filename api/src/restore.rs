@@ -297,8 +297,8 @@ pub struct RestoreDestination {
     #[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_TEMPLATE_VARIABLES, RULE_TEMPLATE_DISTINCT])))]
     pub repository_template: Option<String>,
 
-    /// Push credentials: a `kubernetes.io/dockerconfigjson` or
-    /// `kubernetes.io/basic-auth` Secret in this namespace.
+    /// Push credentials: a `kubernetes.io/dockerconfigjson` Secret (its
+    /// `.dockerconfigjson` key) in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectRef>,
 
@@ -306,7 +306,10 @@ pub struct RestoreDestination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundle>,
 
-    /// Skip TLS verification (and allow plain HTTP). For tests.
+    /// Speak plain HTTP to the destination (no TLS at all). Honoured only
+    /// for registries the cluster admin lists in the operator's settings
+    /// (`LIFEBOAT_PLAIN_HTTP_REGISTRIES`) when the restore is outside the
+    /// operator's namespace. For test registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
 }

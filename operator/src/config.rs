@@ -34,6 +34,17 @@ pub struct OperatorConfig {
     pub node_exporter_host_network: bool,
     /// Pull secrets (in the operator's namespace) for the export Jobs.
     pub image_pull_secrets: Vec<String>,
+    /// The operator's service account, named in `CredentialsForbidden`
+    /// messages (the subject of the RoleBinding to create).
+    pub service_account: String,
+    /// The ClusterRole a tenant namespace binds to let the operator read
+    /// its Secrets and ConfigMaps.
+    pub credentials_reader_role: String,
+    /// What tenants may choose for export Jobs (tolerations, node selector
+    /// keys); the operator's namespace is not bound by it.
+    pub tenant_node_access: crate::tenancy::NodeAccessAllowlist,
+    /// Whether export Jobs may run on control-plane nodes.
+    pub allow_control_plane_nodes: bool,
 }
 
 impl OperatorConfig {
@@ -123,7 +134,36 @@ impl OperatorConfig {
         };
         let node_exporter_host_network = boolean("LIFEBOAT_NODE_EXPORTER_HOST_NETWORK", false)?;
         let image_pull_secrets = list("LIFEBOAT_IMAGE_PULL_SECRETS");
+        let service_account = get("LIFEBOAT_SERVICE_ACCOUNT")
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "lifeboat-operator".to_owned());
+        let credentials_reader_role = get("LIFEBOAT_CREDENTIALS_READER_ROLE")
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "lifeboat-credentials-reader".to_owned());
+        let tenant_tolerations = match get("LIFEBOAT_TENANT_TOLERATIONS") {
+            None => Vec::new(),
+            Some(text) if text.trim().is_empty() || text.trim() == "null" => Vec::new(),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                OperatorError::Config(format!(
+                    "LIFEBOAT_TENANT_TOLERATIONS must be a JSON list of tolerations: {e}"
+                ))
+            })?,
+        };
+        // Unset: a tenant may pick nodes by name only (which widens nothing).
+        let node_selector_keys = if get("LIFEBOAT_TENANT_NODE_SELECTOR_KEYS").is_some() {
+            list("LIFEBOAT_TENANT_NODE_SELECTOR_KEYS")
+        } else {
+            vec!["kubernetes.io/hostname".to_owned()]
+        };
+        let allow_control_plane_nodes = boolean("LIFEBOAT_NODE_EXPORTER_CONTROL_PLANE", false)?;
         Ok(OperatorConfig {
+            service_account,
+            credentials_reader_role,
+            tenant_node_access: crate::tenancy::NodeAccessAllowlist {
+                tolerations: tenant_tolerations,
+                node_selector_keys,
+            },
+            allow_control_plane_nodes,
             node_exporter_pull_policy,
             containerd_socket,
             node_exporter_tolerations,
@@ -164,6 +204,39 @@ mod tests {
         assert!(c.leader_election);
         assert_eq!(c.source_check_interval.as_secs(), 300);
         assert!(c.plain_http_registries.is_empty());
+        assert_eq!(c.service_account, "lifeboat-operator");
+        assert_eq!(c.credentials_reader_role, "lifeboat-credentials-reader");
+        assert!(c.tenant_node_access.tolerations.is_empty());
+        assert_eq!(
+            c.tenant_node_access.node_selector_keys,
+            ["kubernetes.io/hostname"]
+        );
+        assert!(!c.allow_control_plane_nodes);
+    }
+
+    #[test]
+    fn tenant_allowlists_from_the_environment() {
+        let c = config(&[
+            (
+                "LIFEBOAT_TENANT_TOLERATIONS",
+                r#"[{"key":"dedicated","operator":"Exists"}]"#,
+            ),
+            ("LIFEBOAT_TENANT_NODE_SELECTOR_KEYS", ""),
+            ("LIFEBOAT_NODE_EXPORTER_CONTROL_PLANE", "true"),
+            ("LIFEBOAT_SERVICE_ACCOUNT", "op"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tenant_node_access.tolerations[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert!(c.tenant_node_access.node_selector_keys.is_empty());
+        assert!(c.allow_control_plane_nodes);
+        assert_eq!(c.service_account, "op");
+        let error = config(&[("LIFEBOAT_TENANT_TOLERATIONS", "[1]")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("LIFEBOAT_TENANT_TOLERATIONS"), "{error}");
     }
 
     #[test]

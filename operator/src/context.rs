@@ -20,6 +20,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig, metrics: Metrics) -> Self {
+        crate::registry_access::set_credentials_grant(
+            &config.credentials_reader_role,
+            &config.namespace,
+            &config.service_account,
+        );
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: Some(config.identity.clone()),

@@ -25,6 +25,17 @@ pub enum OperatorError {
         message: String,
     },
 
+    #[error(
+        "the operator may not read {kind} {namespace}/{name}: let it with a RoleBinding in {namespace}: {grant}"
+    )]
+    CredentialsForbidden {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        /// The command that creates the RoleBinding.
+        grant: String,
+    },
+
     #[error("{kind} {namespace}/{name} has no key {key:?} with a CA bundle")]
     CaBundleNotFound {
         kind: &'static str,
@@ -47,6 +58,15 @@ pub enum OperatorError {
 
     #[error("serializing: {0}")]
     Serialization(#[from] serde_json::Error),
+
+    /// A reconcile panicked; caught so that only its object backs off.
+    #[error("reconcile panicked: {message}")]
+    Panic { message: String },
+
+    /// The object cannot be decoded by this operator version (version skew,
+    /// or a value the schema allows but the operator's types do not).
+    #[error("the operator cannot decode this {kind}: {message}")]
+    InvalidObject { kind: &'static str, message: String },
 }
 
 impl OperatorError {
@@ -57,12 +77,15 @@ impl OperatorError {
             OperatorError::InvalidSpec { reason, .. } => reason,
             OperatorError::CredentialsNotFound { .. } => "CredentialsNotFound",
             OperatorError::CredentialsInvalid { .. } => "CredentialsInvalid",
+            OperatorError::CredentialsForbidden { .. } => "CredentialsForbidden",
             OperatorError::CaBundleNotFound { .. } => "CABundleNotFound",
             OperatorError::Transfer(e) => e.reason(),
             OperatorError::Config(_) => "ConfigurationError",
             OperatorError::Telemetry(_) => "TelemetryError",
             OperatorError::Http(_) => "HttpServerError",
             OperatorError::Serialization(_) => "SerializationError",
+            OperatorError::Panic { .. } => "Panic",
+            OperatorError::InvalidObject { .. } => "InvalidObject",
         }
     }
 
@@ -73,19 +96,25 @@ impl OperatorError {
             OperatorError::InvalidSpec { .. } => "invalid_spec",
             OperatorError::CredentialsNotFound { .. } => "credentials_not_found",
             OperatorError::CredentialsInvalid { .. } => "credentials_invalid",
+            OperatorError::CredentialsForbidden { .. } => "credentials_forbidden",
             OperatorError::CaBundleNotFound { .. } => "ca_bundle_not_found",
             OperatorError::Transfer(e) => e.metric_label(),
             OperatorError::Config(_) => "configuration",
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",
             OperatorError::Serialization(_) => "serialization",
+            OperatorError::Panic { .. } => "panic",
+            OperatorError::InvalidObject { .. } => "invalid_object",
         }
     }
 
     /// Whether retrying without a change to the object can help. Invalid
     /// specs wait for the user to change them instead of hot-looping.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, OperatorError::InvalidSpec { .. })
+        matches!(
+            self,
+            OperatorError::InvalidSpec { .. } | OperatorError::InvalidObject { .. }
+        )
     }
 }
 
@@ -134,6 +163,12 @@ mod tests {
                 name: "b".into(),
                 message: "m".into(),
             },
+            OperatorError::CredentialsForbidden {
+                kind: "Secret",
+                namespace: "a".into(),
+                name: "b".into(),
+                grant: "kubectl create rolebinding".into(),
+            },
             OperatorError::CaBundleNotFound {
                 kind: "ConfigMap",
                 namespace: "a".into(),
@@ -143,6 +178,13 @@ mod tests {
             OperatorError::Config("x".into()),
             OperatorError::Telemetry("x".into()),
             OperatorError::Http("x".into()),
+            OperatorError::Panic {
+                message: "x".into(),
+            },
+            OperatorError::InvalidObject {
+                kind: "ImageRestore",
+                message: "x".into(),
+            },
             OperatorError::Transfer(TransferError::ResponseTooLarge {
                 registry: "r".into(),
                 what: "manifest",

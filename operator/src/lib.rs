@@ -5,6 +5,7 @@
 //! - `leader`: Lease-based leader election (pure decision + thin IO loop);
 //! - `telemetry`, `http`: logs, metrics, `/metrics` `/healthz` `/readyz`;
 //! - `otlp` (feature `otlp`): optional OTLP trace export;
+//! - `tenancy`: what a tenant namespace may restore and choose (pure rules);
 //! - `error`: the one error type, with condition/event/metric reasons.
 
 pub mod config;
@@ -17,3 +18,4 @@ pub mod leader;
 pub mod otlp;
 pub mod registry_access;
 pub mod telemetry;
+pub mod tenancy;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::client::ClientBuilder;
 use kube::{Api, Client};
 use lifeboat_operator::config::OperatorConfig;
 use lifeboat_operator::context::Context;
 use lifeboat_operator::http::{self, HealthState};
-use lifeboat_operator::leader::LeaderElector;
+use lifeboat_operator::leader::{ElectionTiming, LeaderElector, Leadership, WriteFenceLayer};
 use lifeboat_operator::telemetry::{self, Metrics};
-use tokio::sync::watch;
 use tracing::{error, info};
 
 #[tokio::main]
@@ -32,9 +32,9 @@ async fn main() -> anyhow::Result<()> {
     let _traces = telemetry::init_logging(config.log_format);
     let metrics = Metrics::new().context("setting up metrics")?;
     let health = HealthState::new();
-    let client = Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("reading the Kubernetes client configuration")?;
     info!(namespace = %config.namespace, identity = %config.identity, "lifeboat-operator starting");
 
     let server = tokio::spawn(http::serve(
@@ -43,17 +43,36 @@ async fn main() -> anyhow::Result<()> {
         health.clone(),
     ));
 
-    let (leading_tx, mut leading) = watch::channel(!config.leader_election);
-    if config.leader_election {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
-        let elector = LeaderElector::new(leases, "lifeboat-operator", &config.identity);
-        tokio::spawn(elector.run(leading_tx));
+    let leadership = if config.leader_election {
+        Leadership::candidate()
+    } else {
+        Leadership::unconditional()
+    };
+    // The controllers' client refuses writes whenever this replica does not
+    // lead; the elector has its own, unfenced client.
+    let client = ClientBuilder::try_from(kube_config.clone())
+        .context("building the Kubernetes client")?
+        .with_layer(&WriteFenceLayer {
+            leadership: leadership.clone(),
+        })
+        .build();
+    let elector = if config.leader_election {
+        let elector_client = Client::try_from(kube_config).context("building the lease client")?;
+        let leases: Api<Lease> = Api::namespaced(elector_client, &config.namespace);
+        let elector = LeaderElector::new(
+            leases,
+            "lifeboat-operator",
+            &config.identity,
+            ElectionTiming::DEFAULT,
+        );
         // A standby is healthy and ready: it is doing its job by waiting.
         health.set_ready(true);
-        while !*leading.borrow_and_update() {
-            leading.changed().await.context("leader election stopped")?;
-        }
-    }
+        let task = tokio::spawn(elector.run(leadership.clone()));
+        leadership.acquired().await;
+        Some(task)
+    } else {
+        None
+    };
 
     let context = Arc::new(Context::new(client, config, metrics));
     health.set_ready(true);
@@ -64,8 +83,10 @@ async fn main() -> anyhow::Result<()> {
             result.context("http server task")?.context("http server")?;
         }
         _ = lifeboat_operator::controllers::run(context) => {}
-        _ = async { while leading.changed().await.is_ok() { if !*leading.borrow() { break; } } } => {
-            // Exit rather than risk two leaders; Kubernetes restarts us as a standby.
+        _ = leadership.lost(), if elector.is_some() => {
+            // Exit rather than risk two leaders: the write fence already
+            // refuses every write, and Kubernetes restarts the container
+            // as a fresh candidate with no controller state left over.
             error!("lost leadership: exiting");
             std::process::exit(1);
         }

@@ -13,6 +13,76 @@ use registry_transfer::{DockerConfig, ImageRef, TransferConfig, TransferError};
 
 use crate::error::OperatorError;
 
+/// Who the operator is and which ClusterRole lets it read a namespace's
+/// credentials, for `CredentialsForbidden` messages. Set once at start
+/// (`Context::new`) so every reader can name the exact RoleBinding to
+/// create without each call site carrying the configuration.
+static GRANT: std::sync::OnceLock<Grant> = std::sync::OnceLock::new();
+
+struct Grant {
+    role: String,
+    service_account_namespace: String,
+    service_account: String,
+}
+
+pub fn set_credentials_grant(role: &str, service_account_namespace: &str, service_account: &str) {
+    let _ = GRANT.set(Grant {
+        role: role.to_owned(),
+        service_account_namespace: service_account_namespace.to_owned(),
+        service_account: service_account.to_owned(),
+    });
+}
+
+/// The command that lets the operator read `namespace`'s credentials.
+pub fn grant_command(namespace: &str) -> String {
+    let (role, sa_namespace, sa) = match GRANT.get() {
+        Some(g) => (
+            g.role.as_str(),
+            g.service_account_namespace.as_str(),
+            g.service_account.as_str(),
+        ),
+        None => (
+            "lifeboat-credentials-reader",
+            "lifeboat-system",
+            "lifeboat-operator",
+        ),
+    };
+    format!(
+        "kubectl create rolebinding {role} --namespace {namespace} --clusterrole {role} --serviceaccount {sa_namespace}:{sa}"
+    )
+}
+
+/// A read of a Secret or ConfigMap: 403 becomes `CredentialsForbidden`
+/// (the namespace has not granted the operator), not an API failure.
+fn read_error(
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    error: kube::Error,
+) -> OperatorError {
+    match error {
+        kube::Error::Api(response) if response.code == 403 => OperatorError::CredentialsForbidden {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            grant: grant_command(namespace),
+        },
+        other => OperatorError::Kube(other),
+    }
+}
+
+/// Gets a Secret by name; `None` when it does not exist.
+pub async fn get_secret(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, OperatorError> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| read_error("Secret", namespace, name, e))
+}
+
 /// The engine settings of every operator copy: 16 requests in flight, 8
 /// per registry (measured in docs/benchmarks.md).
 pub fn transfer_config() -> TransferConfig {
@@ -40,7 +110,9 @@ pub async fn docker_config(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     };
-    let secret = secrets.get_opt(name).await?.ok_or_else(not_found)?;
+    let secret = get_secret(secrets, namespace, name)
+        .await?
+        .ok_or_else(not_found)?;
     let invalid = |message: String| OperatorError::CredentialsInvalid {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -77,7 +149,11 @@ pub async fn ca_bundle(
             name: key_ref.name.clone(),
             key: key_ref.key.clone(),
         };
-        let map = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
+        let map = api
+            .get_opt(&key_ref.name)
+            .await
+            .map_err(|e| read_error("ConfigMap", namespace, &key_ref.name, e))?
+            .ok_or_else(missing)?;
         let pem = map
             .data
             .as_ref()
@@ -98,7 +174,9 @@ pub async fn ca_bundle(
             name: key_ref.name.clone(),
             key: key_ref.key.clone(),
         };
-        let secret = api.get_opt(&key_ref.name).await?.ok_or_else(missing)?;
+        let secret = get_secret(&api, namespace, &key_ref.name)
+            .await?
+            .ok_or_else(missing)?;
         let pem = secret
             .data
             .as_ref()
@@ -112,4 +190,35 @@ pub async fn ca_bundle(
         return Ok(pem.0.clone());
     }
     Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: "secrets \"x\" is forbidden".into(),
+            reason: "Forbidden".into(),
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn forbidden_reads_name_the_role_binding_to_create() {
+        let error = read_error("Secret", "team-a", "push", api_error(403));
+        assert_eq!(error.reason(), "CredentialsForbidden");
+        let message = error.to_string();
+        assert!(message.contains("Secret team-a/push"), "{message}");
+        assert!(
+            message.contains("kubectl create rolebinding")
+                && message.contains("--namespace team-a")
+                && message.contains("--clusterrole ")
+                && message.contains("--serviceaccount "),
+            "{message}"
+        );
+        let other = read_error("Secret", "team-a", "push", api_error(500));
+        assert_eq!(other.reason(), "KubernetesApiError");
+    }
 }

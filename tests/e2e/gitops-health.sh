@@ -150,7 +150,7 @@ check "a registry that never answers listens on $bridge_ip" eventually 10 port_k
 # Only demo/web: for an image missing at its source (the one deleted above) the
 # operator asks the targets whether they hold it before any run, and that
 # question would hang too.
-policy slow "{name: slow, registry: \"$bridge_ip:$(cat "$work/hang.port" 2>/dev/null)\", insecure: true}" \
+policy slow "{name: slow, registry: \"$bridge_ip:$(cat "$work/hang.port" 2>/dev/null)\"}" \
   '  selector: {images: {include: ["*/demo/web*"]}}' | k apply -f - >/dev/null
 reconciling() { [[ "$(condition_of ibp slow Reconciling)" == "True BackupRunning" ]] || { condition_of ibp slow Reconciling; return 1; }; }
 check "a backup run into it is in progress (Reconciling True, BackupRunning)" eventually 60 reconciling

@@ -128,6 +128,22 @@ node_exporter_settings() {
   jq -e '.[] | select(.kind=="Deployment") | .spec.template.spec.imagePullSecrets == [{"name":"regcred"}]' <<<"$json" >/dev/null
 }
 check "node-exporter settings, pull secrets and extra env reach the operator's environment" node_exporter_settings
+credentials_rbac_rendered() {
+  local json
+  # Default: the reader ClusterRole exists but is bound nowhere.
+  jq -e '[.[] | select(.kind=="ClusterRole" and (.metadata.name | endswith("-credentials-reader")))] | length == 1' <<<"$defaults" >/dev/null &&
+  jq -e '[.[] | select(.kind=="ClusterRoleBinding" and (.metadata.name | endswith("-credentials-reader")))] | length == 0' <<<"$defaults" >/dev/null &&
+  jq -e '[.[] | select(.kind=="ClusterRole") | .rules[] | select(.resources | index("secrets"))] | length == 1' <<<"$defaults" >/dev/null &&
+  json="$(render --set 'rbac.credentials.namespaces={team-a,team-b}' \
+    --set-json 'tenancy.tolerations=[{"key":"dedicated","operator":"Exists"}]' | yaml_to_json)" &&
+  jq -e '[.[] | select(.kind=="RoleBinding" and (.metadata.name | endswith("-credentials-reader"))) | .metadata.namespace] == ["team-a","team-b"]' <<<"$json" >/dev/null &&
+  [[ "$(env_of "$json" LIFEBOAT_TENANT_TOLERATIONS)" == '[{"key":"dedicated","operator":"Exists"}]' ]] &&
+  [[ "$(env_of "$json" LIFEBOAT_TENANT_NODE_SELECTOR_KEYS)" == kubernetes.io/hostname ]] &&
+  [[ "$(env_of "$json" LIFEBOAT_NODE_EXPORTER_CONTROL_PLANE)" == false ]] &&
+  json="$(render --set rbac.credentials.clusterWide=true | yaml_to_json)" &&
+  jq -e '[.[] | select(.kind=="ClusterRoleBinding" and (.metadata.name | endswith("-credentials-reader")))] | length == 1' <<<"$json" >/dev/null
+}
+check "credentials: a reader ClusterRole bound only in listed namespaces (or cluster-wide when opted in); tenant allowlists reach the environment" credentials_rbac_rendered
 
 # ServiceMonitor and PrometheusRule: the cluster has no monitoring.coreos.com
 # CRDs (and gets none from a test: it is shared), so the API server cannot
@@ -304,7 +320,8 @@ rbac() {
   can create secrets -n "$ns" && cannot create secrets -n default &&
   can delete secrets -n "$ns" && cannot delete secrets -n kube-system &&
   cannot list secrets -n "$ns" && cannot list secrets -n default && cannot watch secrets -n default &&
-  can get secrets -n default &&
+  can get secrets -n "$ns" && can get configmaps -n "$ns" &&
+  cannot get secrets -n default && cannot get secrets -n kube-system && cannot get configmaps -n default &&
   can list pods -A && can watch deployments.apps -A && cannot delete pods -n default &&
   can update leases.coordination.k8s.io -n "$ns" && cannot update leases.coordination.k8s.io -n kube-system &&
   can patch imagebackuppolicies.lifeboat.dev --subresource=status -n default &&
@@ -312,7 +329,7 @@ rbac() {
   can create imagerestores.lifeboat.dev -n default && can delete imagerestores.lifeboat.dev -n default && can update imagerestores.lifeboat.dev --subresource=finalizers -n default &&
   cannot create clusterroles.rbac.authorization.k8s.io
 }
-check "RBAC: Jobs and Secret writes only in its namespace, no Secret listing, read-only elsewhere" rbac
+check "RBAC: Jobs and Secrets only in its namespace (can-i get secrets -n default: no), no Secret listing, read-only elsewhere" rbac
 
 # The standby takes over when the leader goes (lease 15 s, renewed every 5 s).
 old_leader="$(holder)"
@@ -337,6 +354,14 @@ upgraded() {
 }
 check "after the upgrade both replicas run with the new setting" eventually 60 upgraded
 check "after the upgrade exactly one replica leads" eventually 60 one_leader
+
+# Opt-in: cluster-wide credential reads, with the risk docs/security.md states.
+check "helm upgrade with rbac.credentials.clusterWide=true" \
+  helm upgrade "$release" "$chart" --namespace "$ns" -f "$local_values" \
+  --set operator.httpPort="$port" --set operator.sourceCheckIntervalSeconds=45 \
+  --set rbac.credentials.clusterWide=true --wait --timeout 180s
+cluster_wide_read() { can get secrets -n default && can get secrets -n kube-system && cannot list secrets -n default; }
+check "... then can-i get secrets -n default is yes (and still no listing)" eventually 30 cluster_wide_read
 
 # --- uninstall ------------------------------------------------------------------------------
 check "helm uninstall" helm uninstall "$release" --namespace "$ns" --wait --timeout 120s

@@ -54,10 +54,19 @@ registry_digest() {
     "http://$SOURCE_REGISTRY/v2/$repo/manifests/$tag" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
 }
 
-# backup_registry_access NS: the Secret `backup-credentials` (basic auth) and
+# grant_credentials NS: what a team does so the operator may read the
+# Secrets and ConfigMaps its policies name: a RoleBinding in its namespace to
+# the chart's credentials-reader ClusterRole (docs/security.md).
+grant_credentials() {
+  k -n "$1" create rolebinding lifeboat-credentials-reader --clusterrole lifeboat-credentials-reader \
+    --serviceaccount lifeboat-system:lifeboat-operator >/dev/null
+}
+
+# backup_registry_access NS (after grant_credentials NS): the Secret `backup-credentials` (basic auth) and
 # the ConfigMap `backup-ca` (the cluster CA) that policies in NS use to reach
 # the backup registry.
 backup_registry_access() {
+  grant_credentials "$1"
   k -n "$1" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
     --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
   k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null

@@ -25,6 +25,11 @@ else <release>-<chart>. Trimmed so "<fullname>-operator" fits in 63.
 {{- printf "%s-operator" (include "lifeboat.fullname" .) -}}
 {{- end -}}
 
+{{/* The ClusterRole a namespace binds to let the operator read its credentials. */}}
+{{- define "lifeboat.credentialsReaderName" -}}
+{{- printf "%s-credentials-reader" (include "lifeboat.fullname" .) -}}
+{{- end -}}
+
 {{- define "lifeboat.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "lifeboat.operatorName" .) .Values.serviceAccount.name -}}

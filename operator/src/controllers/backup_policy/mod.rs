@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use kube::Api;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
@@ -109,14 +108,30 @@ pub async fn run(context: Arc<Context>) {
         written: WrittenStatuses::default(),
         policies: std::sync::OnceLock::new(),
     });
-    let policies: Api<ImageBackupPolicy> = Api::all(client);
-    let policy_controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let _ = controller.policies.set(policy_controller.store());
-    policy_controller
+    // Decoded per object: one undecodable policy is reported on itself
+    // instead of stalling the watch of all of them.
+    let (store, policies) = super::lenient_watch::watch::<ImageBackupPolicy>(
+        controller.context.clone(),
+        "ImageBackupPolicy",
+        watcher::Config::default().any_semantic(),
+    );
+    let _ = controller.policies.set(store.clone());
+    Controller::for_stream(policies, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .reconcile_all_on(changes)
         .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, controller)
+        .run(
+            |policy, controller| {
+                let name = kube::ResourceExt::name_any(policy.as_ref());
+                super::isolate_panics(
+                    "ImageBackupPolicy",
+                    name,
+                    reconcile::reconcile(policy, controller),
+                )
+            },
+            error_policy,
+            controller,
+        )
         .for_each(|result| super::log_outcome("ImageBackupPolicy", result))
         .await;
 }

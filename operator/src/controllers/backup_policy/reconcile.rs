@@ -259,6 +259,7 @@ async fn reconcile_with(
                 spec,
                 &pull_secrets,
                 &context.config.plain_http_registries,
+                namespace == context.config.namespace,
             )
             .await
             {

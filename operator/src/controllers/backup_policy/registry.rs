@@ -37,6 +37,7 @@ pub async fn policy_settings(
     spec: &ImageBackupPolicySpec,
     pull_secrets: &BTreeSet<SecretId>,
     plain_http_registries: &[String],
+    operator_namespace: bool,
 ) -> Result<PolicySettings, OperatorError> {
     let mut fingerprint = String::new();
     let local: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -75,6 +76,12 @@ pub async fn policy_settings(
             settings = settings.with_ca_bundle(&registry.host, pem);
         }
         if target.is_insecure() {
+            // A tenant's `insecure: true` counts only for hosts the admin listed.
+            crate::tenancy::plain_http(operator_namespace, &registry.host, plain_http_registries)
+                .map_err(|refusal| OperatorError::InvalidSpec {
+                reason: refusal.reason,
+                message: refusal.message,
+            })?;
             settings = settings.allow_plain_http(&registry.host);
             fingerprint.push_str(&format!("plain/{};", registry.host));
         }

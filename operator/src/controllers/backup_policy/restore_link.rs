@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use lifeboat_api::backup_policy::{LocalObjectRef, RestoreLink};
 use lifeboat_api::conditions::{find_condition, types};
@@ -134,7 +134,13 @@ pub async fn link(
                 },
                 Some(existing) if superseded(&existing, status) => {
                     // Background propagation: its Jobs go too.
-                    api.delete(&name, &DeleteParams::background()).await?;
+                    // By uid: a restore someone re-created under the name stays.
+                    let params = crate::controllers::delete_exactly(existing.uid());
+                    match api.delete(&name, &params).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
                     info!(
                         policy = %policy.name_any(), restore = %name,
                         "images lost again after their automatic restore: replacing it"

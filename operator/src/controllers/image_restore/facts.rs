@@ -260,7 +260,14 @@ pub(super) async fn registry_engine(
         {
             settings = settings.with_ca_bundle(&candidate.registry.host, pem);
         }
-        if target.is_insecure() {
+        // A tenant's `insecure: true` counts only for hosts the admin listed.
+        let plain_http_allowed = crate::tenancy::plain_http(
+            facts.namespace == controller.context.config.namespace,
+            &candidate.registry.host,
+            &controller.context.config.plain_http_registries,
+        )
+        .is_ok();
+        if target.is_insecure() && plain_http_allowed {
             settings = settings.allow_plain_http(&candidate.registry.host);
         }
     }

@@ -10,9 +10,11 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Secret,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Toleration,
+    Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
 
@@ -188,6 +190,24 @@ fn hardened() -> SecurityContext {
     }
 }
 
+/// Requests and limits of node-exporter, sized from docs/benchmarks.md
+/// (node-exporter): 33 MiB peak RSS with the default 3 streams whatever the
+/// image size (about 7 MiB per stream), one core at most busy hashing and
+/// compressing. The memory limit leaves room for rebuilt layers' buffers.
+fn exporter_resources() -> ResourceRequirements {
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities("100m", "64Mi")),
+        limits: Some(quantities("1", "256Mi")),
+        ..ResourceRequirements::default()
+    }
+}
+
 /// The pod both kinds of Job run: node-exporter pinned to the node, the
 /// containerd socket as a hostPath of type Socket, no token, nothing else.
 fn pod(
@@ -242,6 +262,15 @@ fn pod(
         restart_policy: Some("Never".to_owned()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
+        // The runtime's default syscall filter: what Pod Security
+        // `restricted` asks for, and all node-exporter needs.
+        security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
         host_network: settings.host_network.then_some(true),
         affinity: Some(pinned_to(node)),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
@@ -259,6 +288,7 @@ fn pod(
             image_pull_policy: Some(settings.pull_policy.clone()),
             args: Some(args),
             security_context: Some(hardened()),
+            resources: Some(exporter_resources()),
             volume_mounts: Some(mounts),
             termination_message_policy: Some("File".to_owned()),
             ..Container::default()
@@ -594,6 +624,15 @@ mod tests {
         assert_eq!(security["readOnlyRootFilesystem"], true);
         assert_eq!(security["allowPrivilegeEscalation"], false);
         assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(security["privileged"], false);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let resources = &container["resources"];
+        assert_eq!(resources["requests"]["memory"], "64Mi");
+        assert_eq!(resources["limits"]["memory"], "256Mi");
+        assert_eq!(resources["limits"]["cpu"], "1");
         let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
         assert_eq!(
             args,
@@ -626,6 +665,19 @@ mod tests {
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
+        // Hardened like the export Job: same pod builder.
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let seccomp = pod
+            .security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref());
+        assert_eq!(seccomp.map(|p| p.type_.as_str()), Some("RuntimeDefault"));
+        assert!(
+            pod.containers[0]
+                .resources
+                .as_ref()
+                .is_some_and(|r| r.limits.is_some())
+        );
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert_eq!(
             pod.containers[0].args.clone().unwrap()[..3],

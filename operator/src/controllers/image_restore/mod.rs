@@ -15,6 +15,7 @@ mod node_source;
 mod objects;
 pub(crate) mod planning;
 mod reconcile;
+mod scope;
 pub(crate) mod status;
 mod verify;
 
@@ -29,7 +30,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt as _, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt};
 use lifeboat_api::ImageRestore;
 
@@ -201,15 +202,16 @@ pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
     let controller = Arc::new(RestoreController::new(context));
-    let restores: Api<ImageRestore> = Api::all(client);
-    let (store, writer) = reflector::store();
-    // The cache sees every change (a reconcile reads the newest restore);
-    // only changes worth a reconcile trigger one.
-    let restore_changes = watcher(restores, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects()
-        .predicate_filter(restore_changed, Default::default());
+    // Decoded per object: one undecodable restore is reported on itself
+    // instead of stalling the watch of all of them. The cache sees every
+    // change (a reconcile reads the newest restore); only changes worth a
+    // reconcile trigger one.
+    let (store, restores) = super::lenient_watch::watch::<ImageRestore>(
+        controller.context.clone(),
+        "ImageRestore",
+        watcher::Config::default().any_semantic(),
+    );
+    let restore_changes = restores.predicate_filter(restore_changed, Default::default());
     let _ = controller.restores.set(store.clone());
     let selector = format!(
         "{}={},{} in (export,inventory)",
@@ -227,7 +229,18 @@ pub(crate) async fn run(context: Arc<Context>) {
         .watches_stream(job_changes, restore_of)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, controller)
+        .run(
+            |restore, controller| {
+                let name = kube::ResourceExt::name_any(restore.as_ref());
+                super::isolate_panics(
+                    "ImageRestore",
+                    name,
+                    reconcile::reconcile(restore, controller),
+                )
+            },
+            error_policy,
+            controller,
+        )
         .for_each(|result| super::log_outcome("ImageRestore", result))
         .await;
 }

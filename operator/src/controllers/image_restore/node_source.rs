@@ -30,6 +30,7 @@ use super::status::fail;
 use super::verify::verify_into;
 use crate::controllers::object_names;
 use crate::error::OperatorError;
+use crate::tenancy;
 
 /// How long a node's answer about an image is trusted.
 pub(crate) const INVENTORY_TTL: Duration = Duration::from_secs(60);
@@ -180,13 +181,21 @@ pub(super) async fn from_nodes(
     let selector = node_cache.node_selector.unwrap_or_default();
     let mut tolerations = controller.settings.tolerations.clone();
     tolerations.extend(node_cache.tolerations.unwrap_or_default());
+    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
     let uses: BTreeMap<String, NodeUse> = nodes
         .list(&ListParams::default())
         .await?
         .items
         .iter()
         .map(NodeFacts::from_node)
-        .map(|n| (n.name.clone(), classify_node(&n, &selector, &tolerations)))
+        .map(|n| {
+            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
+                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
+            } else {
+                classify_node(&n, &selector, &tolerations)
+            };
+            (n.name.clone(), usable)
+        })
         .collect();
 
     let arguments: BTreeMap<usize, String> = indices
@@ -321,7 +330,7 @@ pub(super) async fn inventory(
         };
         controller.remember(node, holdings);
     }
-    delete_job(&api, &name).await;
+    delete_job(&api, &job).await;
     Ok(!stale)
 }
 

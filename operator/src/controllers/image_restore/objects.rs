@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use lifeboat_api::restore::ImageRestoreState;
 use lifeboat_api::{ImageRestore, ImageRestoreStatus};
@@ -83,6 +84,53 @@ pub(super) async fn ensure_jobs(
             Err(e) => return Err(e.into()),
         }
     }
+    if let Some(secret) = &credentials {
+        owned_by_jobs(controller, facts, secret).await?;
+    }
+    Ok(())
+}
+
+/// Makes the credentials copy a dependent of the restore's Jobs that mount
+/// it, so the garbage collector deletes it with the last of them (their
+/// TTL) even if the operator is gone by then.
+async fn owned_by_jobs(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+    secret: &str,
+) -> Result<(), OperatorError> {
+    let namespace = &controller.context.config.namespace;
+    let jobs: Api<Job> = Api::namespaced(controller.context.client.clone(), namespace);
+    let jobs = jobs
+        .list(&ListParams::default().labels(&format!("{LABEL_RESTORE_UID}={}", facts.uid)))
+        .await?
+        .items;
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(controller.context.client.clone(), namespace);
+    let Some(existing) = api.get_opt(secret).await? else {
+        return Ok(());
+    };
+    let mut owners = existing.metadata.owner_references.unwrap_or_default();
+    owners.extend(facts.owner(namespace));
+    for job in &jobs {
+        if let Some(uid) = job.metadata.uid.clone() {
+            owners.push(OwnerReference {
+                api_version: "batch/v1".to_owned(),
+                kind: "Job".to_owned(),
+                name: job.name_any(),
+                uid,
+                ..OwnerReference::default()
+            });
+        }
+    }
+    owners.sort_by(|a, b| a.uid.cmp(&b.uid));
+    owners.dedup_by(|a, b| a.uid == b.uid);
+    let patch = serde_json::json!({
+        "metadata": {"ownerReferences": owners, "resourceVersion": existing.metadata.resource_version}
+    });
+    api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -107,8 +155,7 @@ pub(super) async fn ensure_credentials(
         namespace: facts.namespace.clone(),
         name: secret_ref.name.clone(),
     };
-    let secret = source
-        .get_opt(&secret_ref.name)
+    let secret = crate::registry_access::get_secret(&source, &facts.namespace, &secret_ref.name)
         .await?
         .ok_or_else(not_found)?;
     let data = secret
@@ -141,16 +188,17 @@ pub(super) async fn ensure_credentials(
     Ok(Some(name))
 }
 
-pub(super) async fn delete_job(api: &Api<Job>, name: &str) {
-    // Background propagation: the default for Jobs orphans their pods.
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
+/// Deletes a Job the operator created, by name and uid.
+pub(super) async fn delete_job(api: &Api<Job>, job: &Job) {
+    let name = job.name_any();
+    match api
+        .delete(&name, &crate::controllers::delete_exactly(job.uid()))
+        .await
+    {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => warn!(job = name, error = %e, "could not delete Job"),
+        // Gone, or a namesake (409: the uid precondition failed).
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => warn!(job = %name, error = %e, "could not delete Job"),
     }
 }
 
@@ -167,7 +215,7 @@ pub(super) async fn delete_jobs(controller: &RestoreController, uid: &str) {
             for job in list.items {
                 let running = job_finished(&job).is_none();
                 if running {
-                    delete_job(&api, &job.name_any()).await;
+                    delete_job(&api, &job).await;
                 }
             }
         }
@@ -184,9 +232,21 @@ pub(super) async fn delete_credentials(controller: &RestoreController, name: &st
         &controller.context.config.namespace,
     );
     let secret = object_names::credentials_secret_name(name, uid);
-    match api.delete(&secret, &DeleteParams::default()).await {
+    // By uid: the name is the restore's, and only the copy it made goes.
+    let existing = match api.get_opt(&secret).await {
+        Ok(Some(existing)) => existing,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(%secret, error = %e, "could not read restore credentials");
+            return;
+        }
+    };
+    match api
+        .delete(&secret, &crate::controllers::delete_exactly(existing.uid()))
+        .await
+    {
         Ok(_) => debug!(%secret, "restore credentials deleted"),
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(e) => warn!(%secret, error = %e, "could not delete restore credentials"),
     }
 }
@@ -205,7 +265,7 @@ pub(super) async fn cleanup(
         .list(&ListParams::default().labels(&format!("{LABEL_RESTORE_UID}={uid}")))
         .await?;
     for job in list.items {
-        delete_job(&api, &job.name_any()).await;
+        delete_job(&api, &job).await;
     }
     delete_credentials(controller, name, uid).await;
     Ok(())

@@ -37,6 +37,7 @@ use super::facts::{self, Facts};
 use super::node_source;
 use super::objects;
 use super::planning::{self, BackupCandidate, Refusal};
+use super::scope;
 use super::status::{
     self, Note, fail, fail_open_images, is_complete, nothing_to_restore, stalled, summarize,
     whole_seconds,
@@ -231,6 +232,31 @@ async fn advance<'a>(
             return Ok(Outcome::stopped(status, Vec::new(), next));
         }
     };
+
+    // Tenant rules, once, before any node is asked or any Job exists.
+    if previous.images.is_empty() {
+        let request = scope::Request {
+            namespace: &facts.namespace,
+            spec: &restore.spec,
+            images: status
+                .images
+                .iter()
+                .filter_map(|i| facts.reference(i).ok())
+                .collect(),
+            destination_host: facts.valid.destination.as_ref().map(|d| d.host.as_str()),
+        };
+        if let Err(refusal) = scope::check(controller, &request, &transfer, &candidates).await? {
+            let (reason, message) = (refusal.reason, refusal.message);
+            let status = stalled(previous.clone(), generation, now, reason, &message, false);
+            let notes = if status == *previous {
+                Vec::new()
+            } else {
+                vec![Note::warning(reason, message)]
+            };
+            let next = Action::requeue(Duration::from_secs(60));
+            return Ok(Outcome::stopped(status, notes, next));
+        }
+    }
 
     // Export Jobs already running: read and verify what they did.
     let existing = node_source::follow_jobs(controller, &facts, &transfer, &mut status).await?;
