@@ -18,21 +18,13 @@ base="bench/restore-$RANDOM"
 holder="${NODE_NAMES[0]}"
 other="${NODE_NAMES[1]}"
 work="$(mktemp -d)"
-trap 'k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1; rm -rf "$work"' EXIT
+on_exit 'k delete namespace "$ns" --wait=false --ignore-not-found; rm -rf "$work"'
 
-if $deploy; then
-  "$REPO_ROOT/hack/images/lifeboat-images.sh" >/dev/null
-  k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd" >/dev/null
-  k apply -f "$REPO_ROOT/config/operator" >/dev/null
-  k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-  k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s >/dev/null
-fi
+# The checks' lines go to stderr: stdout is the table.
+if $deploy; then deploy_operator >&2; fi
 
 k create namespace "$ns" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
+backup_registry_access "$ns"
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -43,24 +35,10 @@ for round in $(seq 1 "$rounds"); do
     name="$mode-$round"
     repo="$base/$name"
     python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$repo:1" --busybox \
-      --random-layer "104857600:$repo-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null
+      --random-layer "104857600:$repo-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null
     skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$repo:1" "docker://$SOURCE_REGISTRY/$repo:1"
     digest="$(registry_digest "$repo" 1)"
-    k apply -n "$ns" -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: $name}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: $name}}
-  template:
-    metadata: {labels: {app: $name}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: $holder}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: main, image: "$SOURCE_REGISTRY/$repo:1"}
-YAML
+    pinned_deployment "$name" "$holder" "$SOURCE_REGISTRY/$repo:1" | k apply -n "$ns" -f - >/dev/null
     k -n "$ns" rollout status "deploy/$name" --timeout=180s >/dev/null
     source_yaml="source: {type: NodeCache}"
     if [[ "$mode" == backup ]]; then
@@ -94,16 +72,7 @@ spec:
 YAML
     k -n "$ns" wait --for=condition=Ready "imagerestore/$name" --timeout=600s >/dev/null
     t1="$(now)"
-    k apply -n "$ns" -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: repull-$name}
-spec:
-  nodeSelector: {kubernetes.io/hostname: $other}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: main, image: "$SOURCE_REGISTRY/$repo@$digest", imagePullPolicy: Always}
-YAML
+    pinned_pod "repull-$name" "$other" "$SOURCE_REGISTRY/$repo@$digest" | k apply -n "$ns" -f - >/dev/null
     k -n "$ns" wait --for=condition=Ready "pod/repull-$name" --timeout=600s >/dev/null
     t2="$(now)"
     restored="$(k -n "$ns" get imagerestore "$name" -o jsonpath='{.status.images[0].restoredDigest}')"

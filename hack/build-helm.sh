@@ -44,12 +44,11 @@ build_helm() {
     ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
   done
   log "building Helm $HELM_VERSION (client-go $client_go); the first build takes a few minutes on 2 cores"
-  local tmp="$helm_dir.partial"
-  rm -rf "$tmp"; mkdir -p "$tmp"
+  local tmp; tmp="$(partial_dir "$helm_dir")"
   (cd "$builder" &&
     with_heartbeat "helm build" go build -trimpath -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
   "$tmp/helm" version --short >/dev/null || die "the built helm does not run"
-  rm -rf "$helm_dir"; mv "$tmp" "$helm_dir"
+  commit_partial "$helm_dir"
   log "helm cached in $helm_dir ($("$helm_dir/helm" version --short))"
 }
 

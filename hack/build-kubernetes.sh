@@ -71,12 +71,11 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
   log "building Kubernetes $KUBERNETES_VERSION (${k8s_cmds[*]}); the first build takes 20-40 minutes on 2 cores"
-  local tmp="$k8s_dir.partial"
-  rm -rf "$tmp"; mkdir -p "$tmp"
+  local tmp; tmp="$(partial_dir "$k8s_dir")"
   (cd "$REPO_ROOT/hack/builders/kubernetes" &&
     with_heartbeat "kubernetes build" go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
       "${k8s_cmds[@]/#/k8s.io/kubernetes/cmd/}")
-  rm -rf "$k8s_dir"; mv "$tmp" "$k8s_dir"
+  commit_partial "$k8s_dir"
   log "Kubernetes binaries cached in $k8s_dir"
 }
 
@@ -95,11 +94,10 @@ build_etcd() {
   [[ -x "$etcd_dir/etcd" ]] && return
   prepare_etcd_builder
   log "building etcd $ETCD_VERSION"
-  local tmp="$etcd_dir.partial"
-  rm -rf "$tmp"; mkdir -p "$tmp"
+  local tmp; tmp="$(partial_dir "$etcd_dir")"
   (cd "$REPO_ROOT/hack/builders/etcd" &&
     with_heartbeat "etcd build" go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
-  rm -rf "$etcd_dir"; mv "$tmp" "$etcd_dir"
+  commit_partial "$etcd_dir"
   log "etcd cached in $etcd_dir"
 }
 

@@ -15,9 +15,8 @@ key="$(cd "$src" && cat go.mod go.sum $(ls -1 *.go | grep -v '_test\.go$' | sort
 dir="$LIFEBOAT_BIN_CACHE/lifeboat-health-$key"
 if [[ ! -x "$dir/lifeboat-health" ]]; then
   log "building lifeboat-health ($key)"
-  tmp="$dir.partial"
-  rm -rf "$tmp"; mkdir -p "$tmp"
+  tmp="$(partial_dir "$dir")"
   (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$tmp/lifeboat-health" .)
-  rm -rf "$dir"; mv "$tmp" "$dir"
+  commit_partial "$dir"
 fi
 echo "$dir/lifeboat-health"

@@ -10,12 +10,17 @@ export REPO_ROOT
 export KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 export HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# cargo-machete: the unused-dependency check (hack/build-cargo-machete.sh).
+export CARGO_MACHETE_VERSION="${CARGO_MACHETE_VERSION:-0.9.2}"
 export CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.1}"
 
 # Built binaries live outside the repository, keyed by version, so a fresh
 # clone (and CI on the same machine) reuses them.
 export LIFEBOAT_CACHE="${LIFEBOAT_CACHE:-/var/cache/lifeboat}"
 export LIFEBOAT_BIN_CACHE="$LIFEBOAT_CACHE/bin"
+
+# The entrypoint of the test images (busybox): runs until it is told to stop.
+RUN_FOREVER='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -35,3 +40,10 @@ with_heartbeat() {
   done
   wait "$pid"
 }
+
+# A cached build goes into DIR.partial and becomes DIR only once it is
+# complete, so an interrupted build is never taken for a cached one.
+# partial_dir DIR: empties DIR.partial and prints its path.
+partial_dir() { rm -rf "$1.partial"; mkdir -p "$1.partial"; echo "$1.partial"; }
+# commit_partial DIR: replaces DIR with the finished DIR.partial.
+commit_partial() { rm -rf "$1"; mv "$1.partial" "$1"; }

@@ -9,8 +9,11 @@
 # and copies the generated CRDs (config/crd, written by crdgen) into the
 # chart's crds/ directory.
 #
-#   hack/render-manifests.sh           write the files
+#   hack/render-manifests.sh           write the files (after running crdgen,
+#                                      so one run renders a CRD change)
 #   hack/render-manifests.sh --check   exit 1 if any committed file differs
+#                                      (hack/test.sh checks config/crd itself
+#                                      with crdgen --check)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -22,6 +25,15 @@ helm="$LIFEBOAT_BIN_CACHE/helm-$HELM_VERSION/helm"
 chart=helm/lifeboat
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+
+$check || cargo run --quiet -p lifeboat-api --bin crdgen
+# Helm renders --include-crds from the chart's crds/: render a copy of the
+# chart whose crds/ already holds config/crd, so the CRDs in config/default
+# are the current ones in the same run that copies them into the chart.
+rendered_chart="$out/chart"
+cp -r "$chart" "$rendered_chart"
+rm -rf "$rendered_chart/crds"; mkdir -p "$rendered_chart/crds"
+cp config/crd/*.yaml "$rendered_chart/crds/"
 
 # Helm's bookkeeping labels would claim these objects for a Helm release
 # that does not exist; plain manifests go without them.
@@ -53,7 +65,7 @@ cp config/crd/*.yaml "$out/crds/"
 # --- config/default: what `kubectl apply -k` installs --------------------------------
 {
   header "default values, namespace lifeboat-system, CRDs included"
-  "$helm" template lifeboat "$chart" --namespace lifeboat-system --include-crds \
+  "$helm" template lifeboat "$rendered_chart" --namespace lifeboat-system --include-crds \
     --set namespace.create=true | strip_helm_labels
 } >"$out/default/lifeboat.yaml"
 cat >"$out/default/kustomization.yaml" <<'YAML'
@@ -71,7 +83,7 @@ YAML
 # metrics from "the" operator pod; the chart's two-replica setup is tested by
 # tests/e2e/helm-chart.sh.
 local_stream="$out/local.yaml"
-"$helm" template lifeboat "$chart" --namespace lifeboat-system -f hack/values-local.yaml \
+"$helm" template lifeboat "$rendered_chart" --namespace lifeboat-system -f hack/values-local.yaml \
   --set namespace.create=true --set replicaCount=1 | strip_helm_labels >"$local_stream"
 what="hack/values-local.yaml, one replica"
 { header "$what"; pick "$local_stream" namespace.yaml; } >"$out/operator/00-namespace.yaml"

@@ -30,7 +30,13 @@ hack/install-deps.sh
 hack/build-kubernetes.sh
 hack/build-helm.sh
 
+# Static checks first, cheapest first: a stale generated file or an unused
+# dependency fails in seconds, not after the builds and the e2e suites.
 step "cargo fmt" cargo fmt --all --check
+step "CRDs and docs/reference.md current (crdgen --check)" cargo run --quiet -p lifeboat-api --bin crdgen -- --check
+step "chart CRDs and config/ manifests current (render-manifests --check)" hack/render-manifests.sh --check
+step "argocd-cm and rules copies current" hack/render-integrations.sh --check
+step "no unused dependencies (cargo-machete, workspace table)" hack/check-dependencies.sh
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Optional features (the operator's `otlp`) must lint and pass too.
 step "cargo clippy --all-features" cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
@@ -39,7 +45,6 @@ step "cargo test (operator, feature otlp)" cargo test -p lifeboat-operator --fea
 # Parsers of remote and tenant input, 20 s per cargo-fuzz target (hack/fuzz.sh).
 step "fuzz (bounded)" hack/fuzz.sh
 # GitOps and monitoring integrations (config/gitops, config/monitoring).
-step "argocd-cm and rules copies current" hack/render-integrations.sh --check
 step "go test lifeboat-health (Argo CD Lua, kstatus, kube-state-metrics paths)" \
   bash -c 'cd hack/tools/lifeboat-health && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly go test -count=1 ./...'
 step "promtool check and test the alerts" \

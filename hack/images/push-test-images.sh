@@ -10,7 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../cluster/env.sh"
 
 layout="$CLUSTER_DIR/images/test-layout"
 oci() { python3 "$REPO_ROOT/hack/images/oci-image.py" "$@" >/dev/null; }
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
 
 # name:tag  random-layer bytes:seed ...   (all on top of the busybox base layer
 # and a shared 2 MiB "runtime" layer)
@@ -30,9 +29,11 @@ push() {
   local ref="$1" dest="$2"; shift 2
   skopeo copy --quiet --dest-tls-verify=false "$@" "oci:$layout:$ref" "docker://$SOURCE_REGISTRY/$dest"
 }
-exists() {
+exists() { exists_at "${1%%:*}" "${1##*:}"; }
+# exists_at REPO REFERENCE (a tag or a digest)
+exists_at() {
   curl -sf -o /dev/null -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json' \
-    "http://$SOURCE_REGISTRY/v2/${1%%:*}/manifests/${1##*:}"
+    "http://$SOURCE_REGISTRY/v2/$1/manifests/$2"
 }
 
 for entry in "${images[@]}"; do
@@ -41,17 +42,29 @@ for entry in "${images[@]}"; do
   args=()
   for layer in $layers; do args+=(--random-layer "$layer"); done
   oci image --layout "$layout" --ref "$name" --busybox --random-layer 2097152:shared-runtime "${args[@]}" \
-    --entrypoint "$run_forever"
+    --entrypoint "$RUN_FOREVER"
   push "$name" "$name"
   log "pushed $SOURCE_REGISTRY/$name"
 done
 
+# exists_whole REPO:TAG: the index and every platform manifest it names. The
+# source registry's garbage collection (`--delete-untagged`, which e2e suites
+# run) deletes an index's platform manifests, which no tag names.
+exists_whole() {
+  local repo="${1%%:*}" index digest
+  index="$(curl -sf -H 'Accept: application/vnd.oci.image.index.v1+json' \
+    "http://$SOURCE_REGISTRY/v2/$repo/manifests/${1##*:}")" || return 1
+  for digest in $(jq -r '.manifests[].digest' <<<"$index"); do
+    exists_at "$repo" "$digest" || return 1
+  done
+}
+
 # A two-platform index: the amd64 image runs here, the arm64 one only exists.
-if ! exists demo/multiarch:1.0; then
+if ! exists_whole demo/multiarch:1.0; then
   oci image --layout "$layout" --ref multiarch-amd64 --platform linux/amd64 --busybox \
-    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-amd64 --entrypoint "$run_forever"
+    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-amd64 --entrypoint "$RUN_FOREVER"
   oci image --layout "$layout" --ref multiarch-arm64 --platform linux/arm64 --busybox \
-    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-arm64 --entrypoint "$run_forever"
+    --random-layer 2097152:shared-runtime --random-layer 262144:multiarch-arm64 --entrypoint "$RUN_FOREVER"
   oci index --layout "$layout" --ref demo/multiarch:1.0 --manifests multiarch-amd64,multiarch-arm64
   push demo/multiarch:1.0 demo/multiarch:1.0 --all
   log "pushed $SOURCE_REGISTRY/demo/multiarch:1.0 (index: linux/amd64, linux/arm64)"

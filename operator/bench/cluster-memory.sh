@@ -37,9 +37,7 @@ done
 echo "pushed $images tags of $SOURCE_REGISTRY/$repo"
 
 k create namespace "$ns" >/dev/null
-k -n "$ns" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+backup_registry_access "$ns"
 list="$(mktemp)"
 {
   echo '{"apiVersion":"v1","kind":"List","items":['

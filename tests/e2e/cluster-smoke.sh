@@ -18,22 +18,7 @@ check "the API server is $KUBERNETES_VERSION" bash -c \
   "'$KUBECTL' get --raw /version | grep -q '\"gitVersion\": \"$KUBERNETES_VERSION\"'"
 
 k create namespace "$ns" >/dev/null
-k apply -n "$ns" -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: ${NODE_NAMES[0]}}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: web
-        image: $SOURCE_REGISTRY/demo/web:1.0
----
+{ pinned_deployment web "${NODE_NAMES[0]}" "$SOURCE_REGISTRY/demo/web:1.0"; cat <<YAML
 apiVersion: batch/v1
 kind: Job
 metadata: {name: batch}
@@ -48,6 +33,7 @@ spec:
         image: $SOURCE_REGISTRY/demo/batch:5
         command: ["/bin/sh", "-c", "test -f /data/random-batch-5.bin && echo batch-done"]
 YAML
+} | k apply -n "$ns" -f - >/dev/null
 
 check "the Deployment becomes Available" k -n "$ns" wait --for=condition=Available deploy/web --timeout=90s
 deployment_on_node() {

@@ -7,10 +7,8 @@
 # computes) and the Argo CD health scripts of config/gitops/argocd/argocd-cm.yaml
 # in an embedded Lua interpreter.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-started=$SECONDS # after lib.sh took the e2e lock
 
 ns="gitops-$RANDOM"
-CA="$CLUSTER_PKI/ca.crt"
 argocd_cm="$REPO_ROOT/config/gitops/argocd/argocd-cm.yaml"
 work="$(mktemp -d)"
 hang_pid=""
@@ -21,7 +19,7 @@ cleanup() {
   k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 
 health_bin="$("$REPO_ROOT/hack/build-lifeboat-health.sh")" || { echo "cannot build lifeboat-health"; exit 1; }
 
@@ -39,16 +37,7 @@ health_is() {
     return 1
   }
 }
-condition_of() { # KIND NAME TYPE -> "status reason"
-  k -n "$ns" get "$1" "$2" -o jsonpath="{.status.conditions[?(@.type==\"$3\")].status} {.status.conditions[?(@.type==\"$3\")].reason}"
-}
-
-# --- the operator (as tests/e2e/operator-backup.sh deploys it) --------------------
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
-check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
-check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
-k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+deploy_operator
 
 # --- a namespace with one workload and backup credentials --------------------------
 k create namespace "$ns" >/dev/null
@@ -65,9 +54,7 @@ YAML
 # A second workload runs an image only this run uses, so deleting it from the
 # source registry later harms nobody.
 lost_repo="gitops/lost-$RANDOM"
-check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" \
-  skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
-  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:0.9"
+check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" source_copy demo/worker:0.9 "$lost_repo:0.9"
 lost_digest="$(registry_digest "$lost_repo" 0.9)"
 k -n "$ns" run lost --image="$SOURCE_REGISTRY/$lost_repo:0.9" --restart=Never >/dev/null
 check "the workloads run in $ns" k -n "$ns" wait --for=condition=Ready pod/web pod/lost --timeout=120s
@@ -86,24 +73,15 @@ YAML
 backup_target="{name: backup, registry: $BACKUP_REGISTRY, repositoryTemplate: \"gitops/{policyNamespace}/{policyName}/{repository}\", secretRef: {name: backup-credentials}, caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}}"
 
 # --- fresh: what the API server stores before the operator has looked --------------
-# The create response is the stored object, read back from etcd: nobody has
-# reconciled it yet, whatever the operator does next.
 policy ready "$backup_target" >"$work/ready.yaml"
-fresh_policy() {
-  local json got
-  json="$(k create -f "$work/ready.yaml" -o json)" || return 1
-  got="$(judge <<<"$json")"
-  [[ "$got" == "InProgress/Progressing" ]] || { echo "a fresh policy is $got"; jq -c .status <<<"$json"; return 1; }
-}
-check "fresh policy: kstatus InProgress, Argo CD Progressing" fresh_policy
+check "fresh policy: kstatus InProgress, Argo CD Progressing" created_as "$work/ready.yaml" "InProgress/Progressing"
 # Another policy like it, which stays unsuspended to see a loss later.
 policy guard "$backup_target" | k apply -f - >/dev/null
 
 # --- ready ---------------------------------------------------------------------------
 check "ready policy (its image backed up): kstatus Current, Argo CD Healthy" \
   eventually 120 health_is ibp ready "Current/Healthy"
-ready_protected() { [[ "$(condition_of ibp ready Ready)" == "True Protected" ]] || { condition_of ibp ready Ready; return 1; }; }
-check "... because Ready is True (Protected)" ready_protected
+check "... because Ready is True (Protected)" condition_is "$ns" ibp/ready Ready "True Protected"
 
 # --- a spec change the operator has not seen yet, then suspended ------------------
 suspend_policy() {
@@ -122,8 +100,7 @@ check "the guarding policy is ready: kstatus Current, Argo CD Healthy" \
   eventually 120 health_is ibp guard "Current/Healthy"
 check "the private image is deleted from the source registry" \
   curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$lost_repo/manifests/$lost_digest"
-missing() { [[ "$(condition_of ibp guard ImagesAvailable)" == "False ImagesMissing" ]] || { condition_of ibp guard ImagesAvailable; return 1; }; }
-check "the policy reports it missing (ImagesAvailable False, ImagesMissing)" eventually 90 missing
+check "the policy reports it missing (ImagesAvailable False, ImagesMissing)" eventually 90 condition_is "$ns" ibp/guard ImagesAvailable "False ImagesMissing"
 check "images missing, backups fine: kstatus Current (Ready True), Argo CD Degraded" \
   health_is ibp guard "Current/Degraded"
 
@@ -152,8 +129,7 @@ check "a registry that never answers listens on $bridge_ip" eventually 10 port_k
 # question would hang too.
 policy slow "{name: slow, registry: \"$bridge_ip:$(cat "$work/hang.port" 2>/dev/null)\"}" \
   '  selector: {images: {include: ["*/demo/web*"]}}' | k apply -f - >/dev/null
-reconciling() { [[ "$(condition_of ibp slow Reconciling)" == "True BackupRunning" ]] || { condition_of ibp slow Reconciling; return 1; }; }
-check "a backup run into it is in progress (Reconciling True, BackupRunning)" eventually 60 reconciling
+check "a backup run into it is in progress (Reconciling True, BackupRunning)" eventually 60 condition_is "$ns" ibp/slow Reconciling "True BackupRunning"
 check "progressing policy: kstatus InProgress, Argo CD Progressing" health_is ibp slow "InProgress/Progressing"
 
 # --- stalled: a spec the operator cannot act on ------------------------------------
@@ -161,8 +137,7 @@ policy bad-zone "$backup_target" '  schedule: "0 3 * * *"
   timeZone: Mars/Olympus_Mons' | k apply -f - >/dev/null
 check "stalled policy (unknown time zone): kstatus Failed, Argo CD Degraded" \
   eventually 60 health_is ibp bad-zone "Failed/Degraded"
-stalled_reason() { [[ "$(condition_of ibp bad-zone Stalled)" == "True InvalidTimeZone" ]] || { condition_of ibp bad-zone Stalled; return 1; }; }
-check "... because Stalled is True (InvalidTimeZone)" stalled_reason
+check "... because Stalled is True (InvalidTimeZone)" condition_is "$ns" ibp/bad-zone Stalled "True InvalidTimeZone"
 
 # --- blocked, not stalled: a missing Secret ---------------------------------------
 policy no-secret "{name: backup, registry: $BACKUP_REGISTRY, secretRef: {name: does-not-exist}}" | k apply -f - >/dev/null
@@ -179,13 +154,7 @@ spec:
   images: ["$SOURCE_REGISTRY/demo/web:1.0@$web_digest"]
   source: {type: BackupRegistry, backup: {policyName: ready}}
 YAML
-fresh_restore() {
-  local json got
-  json="$(k create -f "$work/restore.yaml" -o json)" || return 1
-  got="$(judge <<<"$json")"
-  [[ "$got" == "InProgress/Progressing" ]] || { echo "a fresh restore is $got"; jq -c .status <<<"$json"; return 1; }
-}
-check "fresh restore: kstatus InProgress, Argo CD Progressing" fresh_restore
+check "fresh restore: kstatus InProgress, Argo CD Progressing" created_as "$work/restore.yaml" "InProgress/Progressing"
 
 observed() { [[ "$(k -n "$ns" get imagerestore restore-web -o jsonpath='{.status.observedGeneration}')" == 1 ]]; }
 check "the restore controller observes the restore" eventually 30 observed
@@ -212,5 +181,4 @@ all_judged() {
 check "every object of the namespace is judged from one List" all_judged
 
 k -n "$ns" delete ibp slow --wait=false >/dev/null 2>&1
-echo "  measured: $((SECONDS - started)) s from taking the e2e lock to the end"
 summary "gitops-health"

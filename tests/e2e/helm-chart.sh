@@ -33,7 +33,7 @@ cleanup() {
   k delete namespace "$ns" "$restricted_ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 # A run that died half-way may have left its release behind.
 cleanup; work="$(mktemp -d)"
 eventually 120 bash -c "! '$KUBECTL' get namespace '$ns' >/dev/null 2>&1"

@@ -16,7 +16,6 @@ ns="hostile-e2e-$RANDOM"
 port=$((20000 + RANDOM % 10000))
 hostile="127.0.0.1:$port"
 token="hostile-token-$RANDOM$RANDOM"
-CA="$CLUSTER_PKI/ca.crt"
 echo "hostile registry e2e (namespace $ns, registry $hostile)"
 
 plain_before=""
@@ -28,24 +27,17 @@ cleanup() {
     k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s >/dev/null 2>&1
   fi
 }
-trap cleanup EXIT
+on_exit cleanup
 
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
-check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
-check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+install_operator
 plain_before="$(k -n lifeboat-system get deploy lifeboat-operator \
   -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LIFEBOAT_PLAIN_HTTP_REGISTRIES")].value}')"
 # The hostile registry speaks plain HTTP, as an admin-listed one would: that
 # is what lets the operator reach its token service at all.
 k -n lifeboat-system set env deploy/lifeboat-operator \
   "LIFEBOAT_PLAIN_HTTP_REGISTRIES=${plain_before:+$plain_before,}$hostile" >/dev/null
-k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+restart_operator
 
-operator_pod() {
-  k -n lifeboat-system get pods -l app.kubernetes.io/component=operator \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'
-}
 pod="$(operator_pod)"
 node="$(k -n lifeboat-system get pod "$pod" -o jsonpath='{.spec.nodeName}')"
 restarts() { k -n lifeboat-system get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
@@ -115,19 +107,14 @@ kind: ImageBackupPolicy
 metadata: {name: everything}
 spec:
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/{registry}/{repository}")
 YAML
 
 condition_message() {
   k -n "$ns" get ibp everything -o jsonpath='{.status.conditions[?(@.type=="LastBackupSucceeded")].message}'
 }
 reported() {
-  local got; got="$(k -n "$ns" get ibp everything -o jsonpath='{.status.conditions[?(@.type=="LastBackupSucceeded")].status} {.status.conditions[?(@.type=="LastBackupSucceeded")].reason}')"
-  [[ "$got" == "False BackupPartiallyFailed" ]] || { echo "LastBackupSucceeded: '$got' $(condition_message)"; return 1; }
+  condition_is "$ns" ibp/everything LastBackupSucceeded "False BackupPartiallyFailed" || return 1
   condition_message | grep -q "$hostile" || { echo "message does not name $hostile: $(condition_message)"; return 1; }
 }
 check "the policy reports the hostile image as failed, naming the registry" eventually 90 reported
@@ -135,11 +122,7 @@ echo "        message: $(condition_message)"
 
 web_digest="$(registry_digest demo/web 1.1)"
 web_backed_up() {
-  local got
-  got="$(curl -sfI --cacert "$CA" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" \
-    -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
-    "https://$BACKUP_REGISTRY/v2/e2e/$ns/127.0.0.1-5001/demo/web/manifests/$web_digest" |
-    tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')"
+  local got; got="$(backup_digest "e2e/$ns/127.0.0.1-5001/demo/web" "$web_digest")"
   [[ -n "$web_digest" && "$got" == "$web_digest" ]] || { echo "backup has '$got', want '$web_digest'"; return 1; }
 }
 check "the namespace's other image is still backed up" eventually 60 web_backed_up

@@ -10,6 +10,7 @@ export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_ADMIN}"
 exec {E2E_LOCK_FD}>/var/lock/lifeboat-e2e.lock
 flock "$E2E_LOCK_FD"
 
+E2E_STARTED=$SECONDS # after the lock: what the suite itself takes
 E2E_PASSED=0
 E2E_FAILED=0
 E2E_FAILURES=()
@@ -28,9 +29,11 @@ check() {
   fi
 }
 
-# Prints the summary; returns non-zero when anything failed.
+# Prints how long the suite took and the summary; returns non-zero when
+# anything failed.
 summary() {
   local suite="$1"
+  echo "  measured: $suite took $((SECONDS - E2E_STARTED)) s from taking the e2e lock"
   echo "$suite: $E2E_PASSED passed, $E2E_FAILED failed"
   ((E2E_FAILED == 0))
 }
@@ -47,12 +50,67 @@ eventually() {
   done
 }
 
-# The digest the source registry serves for repo:tag (what the pod must report).
+# Every manifest media type Lifeboat copies: an image manifest or an index,
+# OCI or Docker.
+MANIFEST_ACCEPT='Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
+
+# Prints the Docker-Content-Digest header of a HEAD response on stdin.
+content_digest() { tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'; }
+
+# registry_digest REPO REFERENCE: the digest the source registry serves for
+# it (what a pod must report), "" when absent.
 registry_digest() {
-  local repo="$1" tag="$2"
-  curl -sfI -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json' \
-    "http://$SOURCE_REGISTRY/v2/$repo/manifests/$tag" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
+  curl -sfI -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$1/manifests/$2" | content_digest
 }
+
+# manifest_status REPO REFERENCE: the HTTP status of the source registry for it.
+manifest_status() {
+  curl -s -o /dev/null -w '%{http_code}' -I -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$1/manifests/$2"
+}
+
+# source_garbage_collect: the source registry deletes every blob no manifest
+# references (after a manifest was deleted: the image's bytes are gone too).
+source_garbage_collect() {
+  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+}
+
+# source_copy FROM TO: copies FROM (repo:tag) to TO in the source registry,
+# every platform of an index included, so a run has an image of its own to
+# delete with the same digest.
+source_copy() {
+  skopeo copy --all --quiet --src-tls-verify=false --dest-tls-verify=false \
+    "docker://$SOURCE_REGISTRY/$1" "docker://$SOURCE_REGISTRY/$2"
+}
+
+# backup_curl PATH ARGS...: a request to the backup registry's /v2/PATH, with
+# its CA and credentials.
+backup_curl() {
+  local path="$1"; shift
+  curl -sf --cacert "$CLUSTER_PKI/ca.crt" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" "$@" \
+    "https://$BACKUP_REGISTRY/v2/$path"
+}
+# backup_digest REPO REFERENCE: the digest the backup registry serves, "" when absent.
+backup_digest() { backup_curl "$1/manifests/$2" -I -H "$MANIFEST_ACCEPT" | content_digest; }
+# backup_tags REPO: the backup registry's tag list of REPO (JSON).
+backup_tags() { backup_curl "$1/tags/list"; }
+
+# A directory with the cluster CA alone, for skopeo's --cert-dir (skopeo reads
+# every key pair in it).
+BACKUP_CERT_DIR="$(mktemp -d)"
+cp "$CLUSTER_PKI/ca.crt" "$BACKUP_CERT_DIR/ca.crt"
+BACKUP_CREDS="$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD"
+# Bash runs one EXIT trap: suites register their cleanups with on_exit
+# instead of setting a trap of their own, which would drop the others.
+E2E_CLEANUPS=("rm -rf '$BACKUP_CERT_DIR'")
+# on_exit COMMAND: evaluates COMMAND when the suite exits, whatever its
+# outcome; the last registered runs first.
+on_exit() { E2E_CLEANUPS+=("$1"); }
+run_cleanups() {
+  local rc=$? i
+  for ((i = ${#E2E_CLEANUPS[@]} - 1; i >= 0; i--)); do eval "${E2E_CLEANUPS[$i]}" >/dev/null 2>&1 || true; done
+  exit "$rc"
+}
+trap run_cleanups EXIT
 
 # grant_credentials NS: what a team does so the operator may read the
 # Secrets and ConfigMaps its policies name: a RoleBinding in its namespace to
@@ -62,12 +120,126 @@ grant_credentials() {
     --serviceaccount lifeboat-system:lifeboat-operator >/dev/null
 }
 
-# backup_registry_access NS (after grant_credentials NS): the Secret `backup-credentials` (basic auth) and
-# the ConfigMap `backup-ca` (the cluster CA) that policies in NS use to reach
-# the backup registry.
+# backup_registry_access NS: grant_credentials, then the Secret
+# `backup-credentials` (basic auth) and the ConfigMap `backup-ca` (the cluster
+# CA) that policies in NS use to reach the backup registry.
 backup_registry_access() {
   grant_credentials "$1"
-  k -n "$1" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+  registry_secret "$1" backup-credentials "$BACKUP_REGISTRY"
   k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+}
+# registry_secret NS NAME SERVER: a docker-registry Secret with the backup
+# registry's credentials for SERVER (the backup registry, or a relay to it).
+registry_secret() {
+  k -n "$1" create secret docker-registry "$2" --docker-server="$3" \
+    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
+}
+# backup_target TEMPLATE [NAME] [REGISTRY] [SECRET]: the YAML of one item of
+# an ImageBackupPolicy's spec.targets (indented to follow "  targets:") that
+# writes to the backup registry (or REGISTRY) under repositoryTemplate
+# TEMPLATE, with the credentials and CA of backup_registry_access.
+backup_target() {
+  cat <<YAML
+  - name: ${2:-backup}
+    registry: ${3:-$BACKUP_REGISTRY}
+    repositoryTemplate: "$1"
+    secretRef: {name: ${4:-backup-credentials}}
+    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+YAML
+}
+
+# install_operator: builds Lifeboat's images from this checkout, loads them
+# into the nodes and applies the CRDs and config/operator. Each step is a check.
+install_operator() {
+  check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
+  check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
+  check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+}
+# restart_operator: restarts the operator so the new binary (the :dev tag
+# does not change) and the Deployment's settings run; checks it comes back.
+restart_operator() {
+  k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
+  check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+}
+# deploy_operator: the operator built from this checkout, running.
+deploy_operator() { install_operator; restart_operator; }
+
+# The operator's running pod (config/operator runs one replica) and its metrics.
+operator_pod() {
+  k -n lifeboat-system get pods -l app.kubernetes.io/component=operator \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'
+}
+operator_metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$(operator_pod):18080/proxy/metrics"; }
+
+# condition_of NS KIND/NAME TYPE: "STATUS REASON" of the object's condition TYPE.
+condition_of() {
+  k -n "$1" get "$2" -o jsonpath="{.status.conditions[?(@.type==\"$3\")].status} {.status.conditions[?(@.type==\"$3\")].reason}"
+}
+# condition_is NS KIND/NAME TYPE "STATUS REASON": passes when the condition
+# reads so; otherwise prints what it reads and all the conditions.
+condition_is() {
+  local got; got="$(condition_of "$1" "$2" "$3")"
+  [[ "$got" == "$4" ]] || { echo "$2 $3 is '$got', want '$4'"; k -n "$1" get "$2" -o jsonpath='{.status.conditions}'; return 1; }
+}
+
+# event_reasons NS NAME [TYPE]: the reasons of the events about object NAME
+# (of TYPE Normal or Warning only, when given).
+event_reasons() {
+  k -n "$1" get events --field-selector "involvedObject.name=$2${3:+,type=$3}" -o jsonpath='{.items[*].reason}'
+}
+
+# pinned_deployment NAME NODE IMAGE: the YAML of a one-replica Deployment
+# (label app=NAME, container "main") that runs IMAGE on NODE and pulls it on
+# every start, so a restarted pod asks the registry as after a node change.
+pinned_deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: $2}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: "$3", imagePullPolicy: Always}
+---
+YAML
+}
+# idle_deployment NAME IMAGE [POD-SPEC-YAML]: the YAML of a Deployment scaled
+# to zero (container "main"): only its template names IMAGE. POD-SPEC-YAML,
+# indented by six spaces, adds to the pod spec.
+idle_deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      containers: [{name: main, image: "$2"}]
+${3:-}
+---
+YAML
+}
+
+# pinned_pod NAME NODE IMAGE: the YAML of a pod that runs IMAGE on NODE,
+# pulling it (a fresh pull: the proof that a registry serves it).
+pinned_pod() {
+  cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $2}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: "$3", imagePullPolicy: Always}
+YAML
 }

@@ -16,37 +16,22 @@ echo "node-exporter on the cluster (namespace $ns)"
 check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
 k create namespace "$ns" >/dev/null
 cleanup() { k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+on_exit cleanup
 
 # Make sure the image is in the source registry (an earlier run may have deleted it).
 "$REPO_ROOT/hack/images/push-test-images.sh" >/dev/null
 
-k apply -n "$ns" -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: worker}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: $holder}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: worker, image: "$SOURCE_REGISTRY/$repo:$tag", imagePullPolicy: Always}
-YAML
+pinned_deployment worker "$holder" "$SOURCE_REGISTRY/$repo:$tag" | k apply -n "$ns" -f - >/dev/null
 check "the workload runs on $holder" k -n "$ns" wait --for=condition=Available deploy/worker --timeout=90s
 image_id="$(k -n "$ns" get pods -l app=worker -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')"
 digest="${image_id##*@}"
 check "the pod reports a registry digest" test -n "$digest" -a "$image_id" == "$SOURCE_REGISTRY/$repo@$digest"
 
-manifest_status() { curl -s -o /dev/null -w '%{http_code}' -I -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json' "http://$SOURCE_REGISTRY/v2/$repo/manifests/$1"; }
 lose_image() {
   curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$repo/manifests/$digest" >/dev/null || return 1
   # Blobs go too: garbage collection removes everything no manifest references.
-  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1 || return 1
-  [[ "$(manifest_status "$digest")" == 404 ]] || { echo "manifest still served"; return 1; }
+  source_garbage_collect || return 1
+  [[ "$(manifest_status "$repo" "$digest")" == 404 ]] || { echo "manifest still served"; return 1; }
 }
 check "the image is deleted from the source registry and its blobs collected" lose_image
 
@@ -102,7 +87,7 @@ result_preserves_digest() {
     { echo "termination message does not name $digest: $message"; return 1; }
 }
 check "the termination message reports the restored digest" result_preserves_digest
-check "the source registry serves the same digest again" test "$(manifest_status "$digest")" == 200
+check "the source registry serves the same digest again" test "$(manifest_status "$repo" "$digest")" == 200
 check "and the tag again" test "$(registry_digest "$repo" "$tag")" == "$digest"
 verify_blobs() {
   # Every blob the manifest names is back, byte for byte (skopeo re-hashes on copy).
@@ -110,16 +95,7 @@ verify_blobs() {
 }
 check "skopeo pulls every blob back, digests verified" verify_blobs
 
-k apply -n "$ns" -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: repull}
-spec:
-  nodeSelector: {kubernetes.io/hostname: $other}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: worker, image: "$SOURCE_REGISTRY/$repo@$digest", imagePullPolicy: Always}
-YAML
+pinned_pod repull "$other" "$SOURCE_REGISTRY/$repo@$digest" | k apply -n "$ns" -f - >/dev/null
 check "a pod on $other pulls the restored image" k -n "$ns" wait --for=condition=Ready pod/repull --timeout=90s
 
 exits_image_not_here() {

@@ -12,10 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 run="$RANDOM$RANDOM"
 ns="ibp-life-$run"
-CA="$CLUSTER_PKI/ca.crt"
-CREDS="$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD"
 work="$(mktemp -d)"
-certs="$work/certs"; mkdir -p "$certs"; cp "$CA" "$certs/ca.crt"   # skopeo reads every key pair in a cert dir
 proxy_pid=""
 echo "operator backup lifecycle e2e (namespace $ns)"
 
@@ -24,66 +21,24 @@ cleanup() {
   k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 
-accept='Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
-backup_digest() { # backup_digest REPO REFERENCE -> digest or ""
-  curl -sfI --cacert "$CA" -u "$CREDS" -H "$accept" "https://$BACKUP_REGISTRY/v2/$1/manifests/$2" |
-    tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
-}
-backup_tags() { curl -sf --cacert "$CA" -u "$CREDS" "https://$BACKUP_REGISTRY/v2/$1/tags/list"; }
 policy() { k -n "$ns" get ibp "$1" -o jsonpath="$2"; }
-condition_is() { # condition_is POLICY TYPE "STATUS REASON"
-  local got
-  got="$(policy "$1" "{.status.conditions[?(@.type==\"$2\")].status} {.status.conditions[?(@.type==\"$2\")].reason}")"
-  [[ "$got" == "$3" ]] || { echo "$1 $2 is '$got', want '$3'"; policy "$1" '{.status.conditions}'; return 1; }
-}
-event_reasons() { k -n "$ns" get events --field-selector "involvedObject.name=$1" -o jsonpath='{.items[*].reason}'; }
-operator_pod() { k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}'; }
-metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$(operator_pod):18080/proxy/metrics"; }
 oci() { python3 "$REPO_ROOT/hack/images/oci-image.py" "$@"; }
 days_ago() { date -u -d "-$1 days" +%Y-%m-%dT%H:%M:%SZ; }
 
-# --- the operator, built from this checkout ---------------------------------------
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
-check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
-check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
-k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+deploy_operator
 
 k create namespace "$ns" >/dev/null
 backup_registry_access "$ns"
-target() { # target NAME SUBPATH [REGISTRY] [SECRET]
-  cat <<YAML
-  - name: $1
-    registry: ${3:-$BACKUP_REGISTRY}
-    repositoryTemplate: "e2e/{policyNamespace}/$2/{repository}"
-    secretRef: {name: ${4:-backup-credentials}}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
-YAML
-}
+target() { backup_target "e2e/{policyNamespace}/$2/{repository}" "$1" "${3:-}" "${4:-}"; } # target NAME SUBPATH [REGISTRY] [SECRET]
 
 # === 1. a lost image after its pod restarts ============================================
 lost_repo="e2e/restart-$run"
-check "a private image $lost_repo:1 is pushed" skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
-  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:1"
+check "a private image $lost_repo:1 is pushed" source_copy demo/worker:0.9 "$lost_repo:1"
 lost_digest="$(registry_digest "$lost_repo" 1 || true)"
-k -n "$ns" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: fragile}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: fragile}}
-  template:
-    metadata: {labels: {app: fragile}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: ${NODE_NAMES[0]}}
-      terminationGracePeriodSeconds: 1
-      containers:
-      # Always: a restarted pod asks the registry, as after a node change.
-      - {name: app, image: $SOURCE_REGISTRY/$lost_repo:1, imagePullPolicy: Always}
----
+# Pulled on every start: a restarted pod asks the registry, as after a node change.
+{ pinned_deployment fragile "${NODE_NAMES[0]}" "$SOURCE_REGISTRY/$lost_repo:1"; cat <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: loss}
@@ -92,6 +47,7 @@ spec:
   targets:
 $(target backup loss)
 YAML
+} | k -n "$ns" apply -f - >/dev/null
 check "the workload runs" k -n "$ns" rollout status deploy/fragile --timeout=120s
 check "the loss policy becomes Ready" k -n "$ns" wait --for=condition=Ready ibp/loss --timeout=120s
 check "the image is deleted from the source registry" \
@@ -100,7 +56,7 @@ reported_missing() {
   local got want="$lost_digest [\"${NODE_NAMES[0]}\"] [\"backup\"]"
   got="$(policy loss "{range .status.missingImages[*]}{.digest} {.nodes} {.backupTargets}{'\n'}{end}")"
   [[ "$got" == "$want" ]] || { echo "missingImages: '$got', want '$want'"; return 1; }
-  condition_is loss ImagesAvailable "False ImagesMissing"
+  condition_is "$ns" ibp/loss ImagesAvailable "False ImagesMissing"
 }
 check "the lost image is reported missing (digest, node, backup target)" eventually 60 reported_missing
 k -n "$ns" delete pod -l app=fragile --wait=false >/dev/null
@@ -134,7 +90,7 @@ declare -A ret_digest=()
 push_dated() {
   local tag="$1"
   oci image --layout "$work/ret" --ref "$tag" --busybox --random-layer "4096:ret-$run-$tag" \
-    --created "$(days_ago "${created[$tag]}")" --entrypoint '["/bin/sh","-c","trap \"exit 0\" TERM; while :; do sleep 3600 & wait $!; done"]' >/dev/null &&
+    --created "$(days_ago "${created[$tag]}")" --entrypoint "$RUN_FOREVER" >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/ret:$tag" "docker://$SOURCE_REGISTRY/$ret_repo:$tag"
 }
 pushed_all() { for t in v0 v1 v2 v3 v4; do push_dated "$t" || return 1; done; }
@@ -154,24 +110,10 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       containers: [{name: app, image: $SOURCE_REGISTRY/$ret_repo:v1}]
-YAML
-  for t in v0 v2 v3 v4; do
-    cat <<YAML
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: ret-$t}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: ret-$t}}
-  template:
-    metadata: {labels: {app: ret-$t}}
-    spec:
-      containers: [{name: app, image: "$SOURCE_REGISTRY/$ret_repo@${ret_digest[$t]}"}]
 YAML
-  done
+  for t in v0 v2 v3 v4; do idle_deployment "ret-$t" "$SOURCE_REGISTRY/$ret_repo@${ret_digest[$t]}"; done
   cat <<YAML
----
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: keep}
@@ -191,8 +133,8 @@ all_five_held() {
 check "all five digests are in the backup, under Lifeboat's tags" eventually 30 all_five_held
 # Someone else's image in the same repository (old, undated, no Lifeboat
 # tag): never Lifeboat's to delete.
-check "an image pushed by hand into the backup repository" skopeo copy --quiet --dest-cert-dir "$certs" \
-  --dest-creds "$CREDS" --src-tls-verify=false "docker://$SOURCE_REGISTRY/demo/sidecar:3" "docker://$BACKUP_REGISTRY/$ret_backup:by-hand"
+check "an image pushed by hand into the backup repository" skopeo copy --quiet --dest-cert-dir "$BACKUP_CERT_DIR" \
+  --dest-creds "$BACKUP_CREDS" --src-tls-verify=false "docker://$SOURCE_REGISTRY/demo/sidecar:3" "docker://$BACKUP_REGISTRY/$ret_backup:by-hand"
 by_hand="$(backup_digest "$ret_backup" by-hand || true)"
 k -n "$ns" delete deploy ret-v0 ret-v2 ret-v3 ret-v4 >/dev/null
 # Newest first: v4 (1 day), v0 (50), v3 (100), v2 (1000), v1 (2000, in use).
@@ -230,10 +172,10 @@ check "the backup's Lifeboat tags are exactly those of the kept digests" left_ta
 recorded() {
   local deleted; deleted="$(policy keep '{.status.history[0].deleted}')"
   [[ "$deleted" == 2 ]] || { echo "history[0].deleted '$deleted': $(policy keep '{.status.history[0]}')"; return 1; }
-  grep -qw RetentionDeleted <<<"$(event_reasons keep)" || { echo "events: $(event_reasons keep)"; return 1; }
+  grep -qw RetentionDeleted <<<"$(event_reasons "$ns" keep)" || { echo "events: $(event_reasons "$ns" keep)"; return 1; }
 }
 check "the deletions are in the history and a RetentionDeleted event" eventually 30 recorded
-retention_metric() { metrics | grep -E '^lifeboat_retention_deleted_total\{.*name="keep".*\} 2$'; }
+retention_metric() { operator_metrics | grep -E '^lifeboat_retention_deleted_total\{.*name="keep".*\} 2$'; }
 check "metric lifeboat_retention_deleted_total counts them" eventually 30 retention_metric
 stays_kept() { sleep 25; kept; }
 check "a later pass (the 20 s interval) deletes nothing more" stays_kept
@@ -241,24 +183,11 @@ check "a later pass (the 20 s interval) deletes nothing more" stays_kept
 # === 3. useWorkloadPullSecrets ============================================================
 private_repo="e2e/private-$run/app"
 check "a private image is pushed to the authenticated registry" skopeo copy --quiet --src-tls-verify=false \
-  --dest-cert-dir "$certs" --dest-creds "$CREDS" \
+  --dest-cert-dir "$BACKUP_CERT_DIR" --dest-creds "$BACKUP_CREDS" \
   "docker://$SOURCE_REGISTRY/demo/init:1" "docker://$BACKUP_REGISTRY/$private_repo:1"
 private_digest="$(backup_digest "$private_repo" 1 || true)"
-k -n "$ns" create secret docker-registry private-pull --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: private}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: private}}
-  template:
-    metadata: {labels: {app: private}}
-    spec:
-      imagePullSecrets: [{name: private-pull}]
-      containers: [{name: app, image: $BACKUP_REGISTRY/$private_repo:1}]
----
+registry_secret "$ns" private-pull "$BACKUP_REGISTRY"
+{ idle_deployment private "$BACKUP_REGISTRY/$private_repo:1" "      imagePullSecrets: [{name: private-pull}]"; cat <<YAML
 # No credentials of its own: only the workload's pull secret can open the
 # registry (the CA bundle is for TLS only).
 apiVersion: lifeboat.dev/v1alpha1
@@ -272,8 +201,9 @@ spec:
     repositoryTemplate: "e2e/{policyNamespace}/mirror/{repository}"
     caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
 YAML
+} | k -n "$ns" apply -f - >/dev/null
 check "without the opt-in the image cannot be read (Ready False BackupFailed)" \
-  eventually 60 condition_is private Ready "False BackupFailed"
+  eventually 60 condition_is "$ns" ibp/private Ready "False BackupFailed"
 failed_unauthorized() {
   [[ "$(policy private '{.status.conditions[?(@.type=="Ready")].message}')" == *Unauthorized* ]] ||
     { policy private '{.status.conditions[?(@.type=="Ready")].message}'; return 1; }
@@ -294,7 +224,7 @@ big_args=()
 for i in "${!layers[@]}"; do big_args+=(--random-layer "${layers[$i]}:big-$run-$i"); done
 check "an 80 MiB four-layer image is pushed" bash -c "python3 '$REPO_ROOT/hack/images/oci-image.py' image --layout '$work/big' --ref big --compression none ${big_args[*]} >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false 'oci:$work/big:big' 'docker://$SOURCE_REGISTRY/$big_repo:1'"
-big_manifest="$(curl -sf -H "$accept" "http://$SOURCE_REGISTRY/v2/$big_repo/manifests/1" || true)"
+big_manifest="$(curl -sf -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$big_repo/manifests/1" || true)"
 mapfile -t big_layers < <(python3 -c 'import json,sys; [print(l["digest"], l["size"]) for l in json.load(sys.stdin)["layers"]]' <<<"$big_manifest")
 blob_stored() { [[ -f "$CLUSTER_DIR/registries/backup/docker/registry/v2/blobs/sha256/${1:7:2}/${1#sha256:}/data" ]]; }
 stored_bytes() { # bytes of this image's layers committed in the backup registry
@@ -341,20 +271,8 @@ PY
 slow_port=5012
 nsenter "--net=/run/netns/$(node_netns "$op_node")" python3 "$work/throttle.py" "$slow_port" "${BACKUP_REGISTRY##*:}" 8388608 &
 proxy_pid=$!
-k -n "$ns" create secret docker-registry slow-credentials --docker-server="127.0.0.1:$slow_port" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$ns" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: big}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: big}}
-  template:
-    metadata: {labels: {app: big}}
-    spec:
-      containers: [{name: app, image: $SOURCE_REGISTRY/$big_repo:1}]
----
+registry_secret "$ns" slow-credentials "127.0.0.1:$slow_port"
+{ idle_deployment big "$SOURCE_REGISTRY/$big_repo:1"; cat <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: big}
@@ -363,6 +281,7 @@ spec:
   targets:
 $(target slow big "127.0.0.1:$slow_port" slow-credentials)
 YAML
+} | k -n "$ns" apply -f - >/dev/null
 # Kill as soon as the first layer has arrived (and before the last).
 killed_at=""
 stored_at_kill=0

@@ -10,20 +10,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ns="ibp-e2e-$RANDOM"
 other="ibp-other-$RANDOM"
 lost_repo="e2e/lost-$RANDOM"
-CA="$CLUSTER_PKI/ca.crt"
 echo "operator backup e2e (namespace $ns)"
 
 cleanup() {
   k delete namespace "$ns" "$other" --wait=false --ignore-not-found >/dev/null 2>&1
 }
-trap cleanup EXIT
+on_exit cleanup
 
-accept='Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
-# The digest the backup registry serves for repo:reference ("" when absent).
-backup_digest() {
-  curl -sfI --cacert "$CA" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" -H "$accept" \
-    "https://$BACKUP_REGISTRY/v2/$1/manifests/$2" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
-}
 # Where the policy below puts a source repository in the backup registry.
 backup_repo() { echo "e2e/$ns/127.0.0.1-5001/$1"; }
 # Passes when the backup registry holds repo@digest.
@@ -33,36 +26,20 @@ backup_has() {
   got="$(backup_digest "$(backup_repo "$repo")" "$digest")"
   [[ "$got" == "$digest" ]] || { echo "backup has '$got' for $(backup_repo "$repo")@$digest"; return 1; }
   # And skopeo, a client that is not ours, reads it too.
-  skopeo inspect --raw --creds "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" --cert-dir "$certs" \
+  skopeo inspect --raw --creds "$BACKUP_CREDS" --cert-dir "$BACKUP_CERT_DIR" \
     "docker://$BACKUP_REGISTRY/$(backup_repo "$repo")@$digest" >/dev/null
 }
-certs="$(mktemp -d)"; cp "$CA" "$certs/ca.crt"
 
 # The digest a pod's container reports (status.containerStatuses[].imageID).
 pod_digest() {
   local selector="$1" field="$2" name="$3"
   k -n "$ns" get pods -l "$selector" -o jsonpath="{.items[0].status.$field[?(@.name==\"$name\")].imageID}" | sed 's/.*@//'
 }
-condition() { # condition POLICY TYPE -> "status reason"
-  k -n "$2" get ibp "$1" -o jsonpath="{.status.conditions[?(@.type==\"$3\")].status} {.status.conditions[?(@.type==\"$3\")].reason}"
-}
-condition_is() { # condition_is NS POLICY TYPE "STATUS REASON"
-  local got; got="$(condition "$2" "$1" "$3")"
-  [[ "$got" == "$4" ]] || { echo "$3 is '$got', want '$4'"; k -n "$1" get ibp "$2" -o jsonpath='{.status.conditions}'; return 1; }
-}
 
-# --- the operator ----------------------------------------------------------------
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
-check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
-check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
-# A fresh image under the same tag: restart so the new binary runs.
-k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+deploy_operator
 
 # --- an image only this run uses, so deleting it harms nobody ----------------------
-check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" \
-  skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
-  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "docker://$SOURCE_REGISTRY/$lost_repo:0.9"
+check "a private copy of demo/worker:0.9 is pushed as $lost_repo:0.9" source_copy demo/worker:0.9 "$lost_repo:0.9"
 lost_digest="$(registry_digest "$lost_repo" 0.9)"
 
 # --- workloads of every kind ---------------------------------------------------------
@@ -195,15 +172,28 @@ spec:
   selector:
     includedNamespaces: ["$ns", "$other"]
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/{registry}/{repository}")
 YAML
 
-# Scheduled policies next to it: every minute, one suspended. Checked later.
+# Scheduled policies next to it: every minute, one suspended, and one daily in
+# Asia/Kolkata (UTC+05:30) at the wall-clock minute that is the start of the
+# minute after next there. Read as UTC, that cron would be 5 h 30 min off
+# (its minute field alone 30 min off): only a schedule evaluated in the zone
+# fires within the next two minutes. Checked later.
+zone_fire="$(( ($(date +%s) / 60 + 2) * 60 ))"
+zone_cron="$(TZ=Asia/Kolkata date -d "@$zone_fire" '+%-M %-H * * *')"
 k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: kolkata}
+spec:
+  schedule: "$zone_cron"
+  timeZone: Asia/Kolkata
+  continuous: false
+  selector: {images: {include: ["*/demo/sidecar*"]}}
+  targets:
+$(backup_target "e2e/{policyNamespace}/kolkata/{repository}")
+---
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
 metadata: {name: every-minute}
@@ -212,11 +202,7 @@ spec:
   continuous: false
   selector: {images: {include: ["*/demo/api*"]}}
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/scheduled/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/scheduled/{repository}")
 ---
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
@@ -226,12 +212,20 @@ spec:
   suspend: true
   selector: {images: {include: ["*/demo/api*"]}}
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/suspended/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/suspended/{repository}")
 YAML
+
+zone_fire_utc="$(date -u -d "@$zone_fire" +%Y-%m-%dT%H:%M:%SZ)"
+# kolkata_epoch JSONPATH: the policy kolkata's time at JSONPATH as seconds since the epoch.
+kolkata_epoch() {
+  local t; t="$(k -n "$ns" get ibp kolkata -o jsonpath="$1")"
+  [[ -n "$t" ]] && date -u -d "$t" +%s
+}
+zoned_next() {
+  [[ "$(kolkata_epoch '{.status.nextScheduleTime}')" == "$zone_fire" ]] ||
+    { echo "nextScheduleTime: '$(k -n "$ns" get ibp kolkata -o jsonpath='{.status.nextScheduleTime}')', want $zone_fire_utc"; return 1; }
+}
+check "a daily schedule in Asia/Kolkata ('$zone_cron') is next due at $zone_fire_utc" eventually 30 zoned_next
 
 check "the policy becomes Ready (every image in the backup registry)" \
   k -n "$ns" wait --for=condition=Ready ibp/everything --timeout=180s
@@ -272,19 +266,16 @@ generation_observed() {
 check "Ready is about the current generation" generation_observed
 
 tenant_scoped() {
-  condition_is "$ns" everything ScopeRestricted "True OwnNamespaceOnly" || return 1
+  condition_is "$ns" ibp/everything ScopeRestricted "True OwnNamespaceOnly" || return 1
   local got; got="$(backup_digest "e2e/$ns/127.0.0.1-5001/demo/worker" 0.9)"
   [[ -z "$got" ]] || { echo "demo/worker of namespace $other was backed up: $got"; return 1; }
   k -n "$ns" get ibp everything -o jsonpath='{.status.summary.workloads}' | grep -qx 7 || {
     echo "workloads: $(k -n "$ns" get ibp everything -o jsonpath='{.status.summary}')"; return 1; }
 }
 check "a tenant policy protects only its own namespace and says so (ScopeRestricted)" tenant_scoped
-check "ImagesAvailable is True" condition_is "$ns" everything ImagesAvailable "True AllImagesAvailable"
-check "LastBackupSucceeded is True" condition_is "$ns" everything LastBackupSucceeded "True BackupSucceeded"
-event_reasons() { # event_reasons POLICY [TYPE]
-  k -n "$ns" get events --field-selector "involvedObject.name=$1${2:+,type=$2}" -o jsonpath='{.items[*].reason}'
-}
-succeeded_event() { grep -qw BackupSucceeded <<<"$(event_reasons everything)"; }
+check "ImagesAvailable is True" condition_is "$ns" ibp/everything ImagesAvailable "True AllImagesAvailable"
+check "LastBackupSucceeded is True" condition_is "$ns" ibp/everything LastBackupSucceeded "True BackupSucceeded"
+succeeded_event() { grep -qw BackupSucceeded <<<"$(event_reasons "$ns" everything)"; }
 check "a BackupSucceeded event is recorded on the policy" eventually 10 succeeded_event
 
 # --- a new Deployment is backed up within seconds --------------------------------
@@ -294,6 +285,22 @@ k -n "$ns" create deployment newcomer --image="$SOURCE_REGISTRY/demo/worker:0.9"
 check "a new Deployment's image arrives in the backup within 60 s" eventually 60 backup_has demo/worker "$worker_digest"
 elapsed=$(echo "$(date +%s.%N) - $started" | bc)
 echo "  measured: new Deployment -> image verified in the backup registry: ${elapsed}s"
+
+# --- an ephemeral container's image --------------------------------------------------
+# A repository only this run uses, so nothing but the ephemeral container can
+# have brought it into the backup.
+debug_repo="e2e/debug-$RANDOM"
+check "a private copy of demo/worker:0.9 is pushed as $debug_repo:1" source_copy demo/worker:0.9 "$debug_repo:1"
+debug_digest="$(registry_digest "$debug_repo" 1)"
+web_pod="$(k -n "$ns" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')"
+check "kubectl debug adds an ephemeral container running $debug_repo:1 to $web_pod" \
+  k -n "$ns" debug "pod/$web_pod" --container=debugger --image="$SOURCE_REGISTRY/$debug_repo:1" -- sleep 3600
+debugger_runs() {
+  local id; id="$(k -n "$ns" get pod "$web_pod" -o jsonpath='{.status.ephemeralContainerStatuses[?(@.name=="debugger")].imageID}')"
+  [[ "${id##*@}" == "$debug_digest" ]] || { echo "the debugger reports '$id', the source serves $debug_digest"; return 1; }
+}
+check "the ephemeral container runs the source's digest" eventually 60 debugger_runs
+check "its image arrives in the backup registry with the same digest" eventually 60 backup_has "$debug_repo" "$debug_digest"
 
 # --- on-demand run -----------------------------------------------------------------
 stamp="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -327,10 +334,10 @@ reported_missing() {
   local got
   got="$(k -n "$ns" get ibp everything -o jsonpath="{range .status.missingImages[*]}{.digest} {.nodes} {.backupTargets}{'\n'}{end}")"
   grep -q "^$lost_digest \[\"$lost_node\"\] \[\"backup\"\]$" <<<"$got" || { echo "missingImages: $got"; return 1; }
-  condition_is "$ns" everything ImagesAvailable "False ImagesMissing"
+  condition_is "$ns" ibp/everything ImagesAvailable "False ImagesMissing"
 }
 check "the lost image is reported missing with node $lost_node and the backup target" eventually 90 reported_missing
-missing_event() { grep -qw ImageMissing <<<"$(event_reasons everything Warning)"; }
+missing_event() { grep -qw ImageMissing <<<"$(event_reasons "$ns" everything Warning)"; }
 check "an ImageMissing Warning event is recorded" eventually 10 missing_event
 # A new pod that needs the lost image where no node has it fails to pull:
 # the operator looks at once and tells that pod.
@@ -367,15 +374,15 @@ metadata: {name: no-secret}
 spec:
   targets: [{name: backup, registry: $BACKUP_REGISTRY, secretRef: {name: does-not-exist}}]
 YAML
-check "an invalid schedule gives Stalled InvalidSchedule" eventually 30 condition_is "$ns" bad-schedule Stalled "True InvalidSchedule"
+check "an invalid schedule gives Stalled InvalidSchedule" eventually 30 condition_is "$ns" ibp/bad-schedule Stalled "True InvalidSchedule"
 ready_names_field() {
-  condition_is "$ns" bad-schedule Ready "False InvalidSchedule" || return 1
+  condition_is "$ns" ibp/bad-schedule Ready "False InvalidSchedule" || return 1
   local message; message="$(k -n "$ns" get ibp bad-schedule -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
   [[ "$message" == *spec.schedule* ]] || { echo "message: $message"; return 1; }
 }
 check "... and Ready False with the same reason and the field in the message" ready_names_field
-check "an unknown time zone gives Stalled InvalidTimeZone" eventually 30 condition_is "$ns" bad-zone Stalled "True InvalidTimeZone"
-check "a missing Secret gives Ready False CredentialsNotFound" eventually 30 condition_is "$ns" no-secret Ready "False CredentialsNotFound"
+check "an unknown time zone gives Stalled InvalidTimeZone" eventually 30 condition_is "$ns" ibp/bad-zone Stalled "True InvalidTimeZone"
+check "a missing Secret gives Ready False CredentialsNotFound" eventually 30 condition_is "$ns" ibp/no-secret Ready "False CredentialsNotFound"
 not_stalled() { [[ -z "$(k -n "$ns" get ibp no-secret -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}')" ]]; }
 check "... and not Stalled (it may still be created)" not_stalled
 stalled_version="$(k -n "$ns" get ibp bad-schedule -o jsonpath='{.metadata.resourceVersion}')"
@@ -391,21 +398,17 @@ metadata: {name: dry}
 spec:
   dryRun: true
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}-dry/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}-dry/{repository}")
 YAML
 dry_planned() {
   local total; total="$(k -n "$ns" get ibp dry -o jsonpath='{.status.plan.wouldCopyTotal}')"
   [[ "${total:-0}" -ge 7 ]] || { echo "wouldCopyTotal '$total'"; return 1; }
-  condition_is "$ns" dry Ready "True DryRun"
+  condition_is "$ns" ibp/dry Ready "True DryRun"
 }
 check "a dry-run policy reports what it would copy" eventually 60 dry_planned
 dry_wrote_nothing() {
   local catalog
-  catalog="$(curl -sf --cacert "$CA" -u "$BACKUP_REGISTRY_USER:$BACKUP_REGISTRY_PASSWORD" "https://$BACKUP_REGISTRY/v2/_catalog?n=1000")" || return 1
+  catalog="$(backup_curl "_catalog?n=1000")" || return 1
   ! grep -q "e2e/$ns-dry/" <<<"$catalog"
 }
 check "... and writes nothing to the registry" dry_wrote_nothing
@@ -423,6 +426,20 @@ scheduled_copied() {
     echo "history: $(k -n "$ns" get ibp every-minute -o jsonpath='{.status.history}')"; return 1; }
 }
 check "... and a scheduled run copied its image" eventually 70 scheduled_copied
+zoned_fired() {
+  local history; history="$(k -n "$ns" get ibp kolkata -o jsonpath='{range .status.history[?(@.trigger=="Schedule")]}{.scheduledTime}{"\n"}{end}')"
+  local first; first="$(head -1 <<<"$history")"
+  [[ -n "$first" && "$(date -u -d "$first" +%s)" == "$zone_fire" ]] ||
+    { echo "scheduled runs: '$history', want one for $zone_fire_utc (cron '$zone_cron' in Asia/Kolkata)"; return 1; }
+  [[ "$(kolkata_epoch '{.status.lastScheduleTime}')" == "$zone_fire" ]] || { echo "lastScheduleTime: $(k -n "$ns" get ibp kolkata -o jsonpath='{.status.lastScheduleTime}')"; return 1; }
+  # Next: the same wall-clock minute tomorrow in Kolkata (a day later: no DST there).
+  [[ "$(kolkata_epoch '{.status.nextScheduleTime}')" == "$((zone_fire + 86400))" ]] ||
+    { echo "nextScheduleTime: $(k -n "$ns" get ibp kolkata -o jsonpath='{.status.nextScheduleTime}')"; return 1; }
+  backup_digest "e2e/$ns/kolkata/demo/sidecar" "$sidecar_digest" | grep -qx "$sidecar_digest" || { echo "the run copied nothing"; return 1; }
+}
+# Bounded: until 90 s past the fire time (about 2 min from the policy's creation).
+check "a daily schedule in Asia/Kolkata ('$zone_cron') fires at $zone_fire_utc and copies its image" \
+  eventually "$((zone_fire + 90 - $(date +%s)))" zoned_fired
 suspended_idle() {
   [[ -z "$(k -n "$ns" get ibp suspended -o jsonpath='{.status.history}')" ]] || { echo "suspended policy ran"; return 1; }
   [[ -z "$(backup_digest "e2e/$ns/suspended/demo/api" "$api_digest")" ]] || { echo "suspended policy copied"; return 1; }
@@ -432,10 +449,8 @@ suspended_idle() {
 check "a suspended policy does not run (and records the skipped time)" eventually 30 suspended_idle
 
 # --- metrics ------------------------------------------------------------------------
-operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
-metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$operator_pod:18080/proxy/metrics"; }
 metrics_exported() {
-  local m; m="$(metrics)" || return 1
+  local m; m="$(operator_metrics)" || return 1
   grep -q 'lifeboat_images{.*name="everything".*state="protected"' <<<"$m" &&
   grep -q 'lifeboat_backup_runs_total{' <<<"$m" &&
   grep -q 'lifeboat_copied_bytes_total{' <<<"$m" &&
@@ -445,5 +460,4 @@ check "metrics: images by state, runs, bytes and copy durations are exported" me
 
 k delete ibp -n "$ns" --all --wait=false >/dev/null 2>&1
 curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$lost_repo/manifests/$lost_digest" >/dev/null 2>&1 || true
-rm -rf "$certs"
 summary "operator-backup"

@@ -33,7 +33,7 @@ cleanup() {
   k apply -f "$REPO_ROOT/config/operator" >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 
 # --- the operator, two replicas, writes logged with their term --------------------------
 check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"

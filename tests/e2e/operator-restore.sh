@@ -11,15 +11,15 @@
 # - an image no node holds fails with Stalled ImageNotFound and a clear message;
 # - an export pod killed midway is retried and the image is restored once;
 # - an operator restarted during a restore creates no second Job;
-# - a policy with restore.automatic brings a lost image back by itself.
+# - a policy with restore.automatic brings a lost image back by itself;
+# - a multi-platform index (a copy of demo/multiarch) is backed up whole and,
+#   deleted from the source with every platform manifest, restored whole.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-started=$SECONDS
 ns="ir-e2e-$RANDOM"
 base="e2e/restore-$RANDOM"
 node1="${NODE_NAMES[0]}"
 node2="${NODE_NAMES[1]}"
-CA="$CLUSTER_PKI/ca.crt"
 echo "operator restore e2e (namespace $ns, images under $SOURCE_REGISTRY/$base)"
 
 work="$(mktemp -d)"
@@ -27,21 +27,15 @@ cleanup() {
   k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 
-# --- the operator ------------------------------------------------------------------
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
-check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
-check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
-k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
+deploy_operator
 
 # --- images only this run uses ----------------------------------------------------------
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
 # make_image NAME BYTES: a busybox image with one random layer of its own.
 make_image() {
   python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$base/$1:1" --busybox \
-    --random-layer "$2:$base-$1-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null &&
+    --random-layer "$2:$base-$1-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null &&
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/$1:1" "docker://$SOURCE_REGISTRY/$base/$1:1"
 }
 names=(backup node killed restart auto)
@@ -63,24 +57,7 @@ k create namespace "$ns" >/dev/null
 backup_registry_access "$ns"
 
 # deployment NAME NODE: runs image NAME on NODE, pulling on every start.
-deployment() {
-  cat <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: $1}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: $1}}
-  template:
-    metadata: {labels: {app: $1}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: $2}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: main, image: "$SOURCE_REGISTRY/$base/$1:1", imagePullPolicy: Always}
----
-YAML
-}
+deployment() { pinned_deployment "$1" "$2" "$SOURCE_REGISTRY/$base/$1:1"; }
 {
   deployment backup "$node1"; deployment node "$node2"; deployment killed "$node1"
   deployment restart "$node2"; deployment auto "$node1"
@@ -103,11 +80,7 @@ metadata: {name: $1}
 spec:
   selector: {images: {include: ["**/${base#e2e/}/$2"]}}
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/{registry}/{repository}")
 ${3:-}
 ---
 YAML
@@ -115,13 +88,9 @@ YAML
 { policy backup backup; policy auto auto "  restore: {automatic: true}"; } | k apply -n "$ns" -f - >/dev/null
 check "the backup policy becomes Ready (image in the backup registry)" k -n "$ns" wait --for=condition=Ready ibp/backup --timeout=120s
 
-manifest_status() { # manifest_status NAME DIGEST -> HTTP status at the source
-  curl -s -o /dev/null -w '%{http_code}' -I -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json' \
-    "http://$SOURCE_REGISTRY/v2/$base/$1/manifests/$2"
-}
 lose() { # lose NAME: delete the manifest (and its tag) from the source registry
   curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$base/$1/manifests/${digest[$1]}" >/dev/null || return 1
-  [[ "$(manifest_status "$1" "${digest[$1]}")" == 404 ]] || { echo "manifest still served"; return 1; }
+  [[ "$(manifest_status "$base/$1" "${digest[$1]}")" == 404 ]] || { echo "manifest still served"; return 1; }
 }
 restore() { # restore NAME IMAGE-REF [source yaml]
   k apply -n "$ns" -f - >/dev/null <<YAML
@@ -150,20 +119,11 @@ restore_reconciles() {
     awk '/^lifeboat_reconciles_total\{/ && /kind="ImageRestore"/ {n += $NF} END {print n + 0}'
 }
 events() { # events NAME REASON -> how many
-  k -n "$ns" get events --field-selector "involvedObject.name=$1,reason=$2" -o jsonpath='{.items[*].reason}' | wc -w
+  event_reasons "$ns" "$1" | tr ' ' '\n' | grep -cx "$2"
 }
 pod_pulls() { # pod_pulls NAME NODE IMAGE: a fresh pod on NODE pulls IMAGE and runs
   k -n "$ns" delete pod "$1" --ignore-not-found --wait=true >/dev/null 2>&1
-  k -n "$ns" apply -f - >/dev/null <<YAML || return 1
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  nodeSelector: {kubernetes.io/hostname: $2}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: main, image: "$3", imagePullPolicy: Always}
-YAML
+  pinned_pod "$1" "$2" "$3" | k -n "$ns" apply -f - >/dev/null || return 1
   k -n "$ns" wait --for=condition=Ready "pod/$1" --timeout=90s
 }
 
@@ -192,11 +152,76 @@ restart_pulls() {
 check "the Deployment restarts and pulls it" restart_pulls
 check "an ImageRestored event is recorded" test "$(events from-backup ImageRestored)" -ge 1
 
+# --- 1b. a multi-platform index, whole ------------------------------------------------------
+# A copy of demo/multiarch:1.0 (two platforms; only the amd64 one runs here)
+# under this run's prefix: the same index digest, and deleting it harms nobody.
+# (push-test-images.sh pushes it again when a garbage collection took its
+# platform manifests, which no tag names.)
+multi="$base/multiarch"
+copy_multiarch() { "$REPO_ROOT/hack/images/push-test-images.sh" >/dev/null && source_copy demo/multiarch:1.0 "$multi:1"; }
+check "demo/multiarch:1.0 is whole in the source registry and copied as $multi:1" copy_multiarch
+digest[multiarch]="$(registry_digest "$multi" 1 || true)"
+multi_children="$(curl -sf -H "$MANIFEST_ACCEPT" "http://$SOURCE_REGISTRY/v2/$multi/manifests/1" | jq -r '.manifests[]?.digest' || true)"
+same_index() {
+  local original; original="$(registry_digest demo/multiarch 1.0 || true)"
+  [[ -n "$original" && "${digest[multiarch]}" == "$original" ]] || { echo "copy '${digest[multiarch]}', demo/multiarch '$original'"; return 1; }
+  [[ "$(wc -w <<<"$multi_children")" == 2 ]] || { echo "platform manifests: $multi_children"; return 1; }
+}
+check "the copy is the same index (same digest), with two platform manifests" same_index
+{ deployment multiarch "$node1"; policy multiarch multiarch; } | k apply -n "$ns" -f - >/dev/null
+check "a Deployment runs the index" k -n "$ns" rollout status deploy/multiarch --timeout=120s
+runs_index() {
+  local id; id="$(k -n "$ns" get pods -l app=multiarch -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')"
+  [[ "${id##*@}" == "${digest[multiarch]}" ]] || { echo "the pod reports $id, the index is ${digest[multiarch]}"; return 1; }
+}
+check "its pod reports the index digest (not its platform's)" runs_index
+check "the multiarch policy becomes Ready" k -n "$ns" wait --for=condition=Ready ibp/multiarch --timeout=120s
+multi_backup="e2e/$ns/${SOURCE_REGISTRY/:/-}/$multi"
+# whole_at GET REPO: REPO serves the index and each platform manifest under
+# their digests, as GET (registry_digest or backup_digest) reads them.
+whole_at() {
+  local get="$1" repo="$2" d got
+  for d in "${digest[multiarch]}" $multi_children; do
+    got="$("$get" "$repo" "$d")"
+    [[ "$got" == "$d" ]] || { echo "$repo@$d: '$got'"; return 1; }
+  done
+}
+backed_up_whole() {
+  whole_at backup_digest "$multi_backup" || return 1
+  # Every blob of every platform, read and re-hashed by skopeo.
+  skopeo copy --all --quiet --src-creds "$BACKUP_CREDS" --src-cert-dir "$BACKUP_CERT_DIR" \
+    "docker://$BACKUP_REGISTRY/$multi_backup@${digest[multiarch]}" "oci:$work/multi-backup:x"
+}
+check "the backup holds the index under its digest, every platform manifest and every blob" backed_up_whole
+lose_whole() {
+  lose multiarch || return 1
+  local d
+  for d in $multi_children; do
+    curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$multi/manifests/$d" >/dev/null || return 1
+    [[ "$(manifest_status "$multi" "$d")" == 404 ]] || { echo "$d still served"; return 1; }
+  done
+}
+check "the index and both platform manifests are deleted from the source registry" lose_whole
+restore multiarch "$(ref multiarch)" "source: {type: BackupRegistry, backup: {policyName: multiarch}}"
+check "restore multiarch (from the backup registry) becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/multiarch --timeout=120s
+multi_status() {
+  local got
+  got="$(image_field multiarch 'state') $(image_field multiarch 'source.kind')/$(image_field multiarch 'source.name') $(image_field multiarch 'restoredDigest') $(image_field multiarch 'digestPreserved')"
+  [[ "$got" == "Restored BackupRegistry/backup ${digest[multiarch]} true" ]] || { echo "status: $got"; return 1; }
+}
+check "its status: Restored from the policy's backup target 'backup', the index digest preserved" multi_status
+restored_whole() {
+  whole_at registry_digest "$multi" || return 1
+  [[ "$(registry_digest "$multi" 1)" == "${digest[multiarch]}" ]] || { echo "the tag is not back"; return 1; }
+  skopeo copy --all --quiet --src-tls-verify=false "docker://$SOURCE_REGISTRY/$multi@${digest[multiarch]}" "oci:$work/multi-restored:x"
+}
+check "the source serves the index, its tag and both platforms again, every blob readable" restored_whole
+
 # --- 2. from the node that holds it ---------------------------------------------------------
 lose_with_blobs() {
   lose node || return 1
   # Blobs go too, so every byte must come back from the node.
-  docker-registry garbage-collect --delete-untagged "$CLUSTER_DIR/registries/source.yml" >/dev/null 2>&1
+  source_garbage_collect
 }
 check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
 reconciles_before="$(restore_reconciles)"
@@ -238,13 +263,10 @@ ns=lifeboat-system
 nowhere_name="nowhere-${base##*-}"
 nowhere="$SOURCE_REGISTRY/$base/nowhere:1@sha256:$(head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1)"
 restore "$nowhere_name" "$nowhere"
-stalled_not_found() {
-  [[ "$(field "$nowhere_name" '{.status.conditions[?(@.type=="Stalled")].status} {.status.conditions[?(@.type=="Stalled")].reason}')" == "True ImageNotFound" ]]
-}
-check "an image no node holds: Stalled ImageNotFound" eventually 90 stalled_not_found
+check "an image no node holds: Stalled ImageNotFound" eventually 90 condition_is "$ns" "imagerestore/$nowhere_name" Stalled "True ImageNotFound"
 clear_message() {
   local ready message
-  ready="$(field "$nowhere_name" '{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}')"
+  ready="$(condition_of "$ns" "imagerestore/$nowhere_name" Ready)"
   message="$(field "$nowhere_name" '{.status.conditions[?(@.type=="Stalled")].message}')"
   [[ "$ready" == "False ImageNotFound" ]] || { echo "Ready: $ready"; return 1; }
   [[ "$message" == *"no node holds"* && "$message" == *"$node1"* && "$message" == *"$node2"* && "$message" == *"backup"* ]] ||
@@ -326,9 +348,8 @@ restored_again() {
 check "... which replaces the finished restore, and the image comes back again" eventually 180 restored_again
 
 # --- metrics and the table ----------------------------------------------------------------
-operator_pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].metadata.name}')"
 metrics_exported() {
-  local m; m="$(k get --raw "/api/v1/namespaces/lifeboat-system/pods/$operator_pod:18080/proxy/metrics")" || return 1
+  local m; m="$(operator_metrics)" || return 1
   grep -q 'lifeboat_restores_total{.*result="Succeeded"' <<<"$m" &&
   grep -q 'lifeboat_restore_duration_seconds_bucket{' <<<"$m" || { grep lifeboat_restore <<<"$m"; return 1; }
 }
@@ -348,5 +369,4 @@ cleanup_on_delete() {
 }
 check "deleting a restore deletes its export Jobs" eventually 30 cleanup_on_delete
 
-echo "operator-restore: $((SECONDS - started)) s"
 summary "operator-restore"

@@ -33,7 +33,7 @@ cleanup() {
   k delete namespace "$victim" "$attacker" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 
 # --- the operator ------------------------------------------------------------------
 check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"

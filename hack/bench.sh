@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every Lifeboat benchmark, in one place. None runs in hack/test.sh: they are
+# heavy (GiBs of I/O, thousands of pods) and their figures depend on the
+# machine. Each writes or prints the figures that docs/benchmarks.md records.
+#
+#   hack/bench.sh                  list the benchmarks and their commands
+#   hack/bench.sh NAME [ARGS...]   run one (ARGS replace its default arguments)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+# name | default command | what it measures (the docs/benchmarks.md section)
+benchmarks=(
+  "transfer|cargo bench -p registry-transfer --bench transfer -- --write|registry-transfer against skopeo on three corpora; rewrites the 'Registry transfer' tables (registry-transfer/benches/transfer.rs)"
+  "node-exporter|cargo test -p lifeboat-node-exporter --release --test benchmark -- --ignored --nocapture|a 1 GiB image pushed from a node's containerd three ways, speed and peak memory ('node-exporter'; node-exporter/tests/benchmark.rs)"
+  "cluster-memory|operator/bench/cluster-memory.sh 2000 300|operator memory with 2,000 pods and 300 images, and their first full backup ('Operator: backup'; needs the local cluster and the operator deployed)"
+  "restore|hack/bench-restore.sh --deploy 2|deletion to restored and re-pulled, from the backup registry and from a node ('Restore'; needs the local cluster)"
+)
+# Figures the e2e suites measure on every run (their "measured:" lines):
+#   tests/e2e/operator-backup.sh            new Deployment -> image in the backup
+#   tests/e2e/operator-backup-lifecycle.sh  SIGKILL mid-copy -> Ready again, bytes not copied again
+
+if (($# == 0)); then
+  printf '%-15s %s\n' NAME COMMAND
+  for entry in "${benchmarks[@]}"; do
+    IFS='|' read -r name command what <<<"$entry"
+    printf '%-15s %s\n%-15s   %s\n' "$name" "$command" "" "$what"
+  done
+  exit 0
+fi
+
+want="$1"; shift
+for entry in "${benchmarks[@]}"; do
+  IFS='|' read -r name command _ <<<"$entry"
+  [[ "$name" == "$want" ]] || continue
+  read -ra words <<<"$command"
+  if (($# > 0)); then
+    # Extra arguments replace the defaults: after `--` for cargo, after the script otherwise.
+    if [[ "${words[0]}" == cargo ]]; then
+      for i in "${!words[@]}"; do [[ "${words[$i]}" == -- ]] && { words=("${words[@]:0:i+1}"); break; }; done
+    else
+      words=("${words[0]}")
+    fi
+    words+=("$@")
+  fi
+  log "running: ${words[*]}"
+  exec "${words[@]}"
+done
+die "no benchmark named '$want' (hack/bench.sh lists them)"
