@@ -206,6 +206,11 @@ mod tests {
         let err = DockerConfig::parse(malformed).unwrap_err();
         assert!(!format!("{err} {err:?}").contains("hunter2"));
         assert_eq!(err.reason(), "InvalidConfiguration");
+        // Found by the docker_config fuzz target, whose leak check took the
+        // message's own words, fed back as input, for a quoted secret.
+        let echoed = b"invalid configuration: docker config JSON is malformed at line 1";
+        let err = DockerConfig::parse(echoed).unwrap_err();
+        assert_eq!(err.reason(), "InvalidConfiguration");
     }
 
     #[test]

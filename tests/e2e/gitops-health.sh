@@ -37,6 +37,15 @@ health_is() {
     return 1
   }
 }
+# created_as FILE WANT: creates FILE's object and judges the create response,
+# which is the stored object read back from etcd: nobody has reconciled it yet,
+# whatever the operator does next.
+created_as() {
+  local json got
+  json="$(k create -f "$1" -o json)" || return 1
+  got="$(judge <<<"$json")"
+  [[ "$got" == "$2" ]] || { echo "a fresh object is $got, want $2"; jq -c .status <<<"$json"; return 1; }
+}
 deploy_operator
 
 # --- a namespace with one workload and backup credentials --------------------------
