@@ -29,6 +29,10 @@ use super::status::{blocked_status, evaluated_status, stalled_status, whole_seco
 use super::{act, decide, events};
 use crate::error::OperatorError;
 
+/// How soon a policy looks again when its automatic restore waited for the
+/// status that names the lost images to be written.
+const RESTORE_LINK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn reconcile(
     policy: Arc<ImageBackupPolicy>,
     controller: Arc<BackupController>,
@@ -110,9 +114,16 @@ async fn reconcile_with(
     let mut status = evaluated_status(&acted.known_status, &evaluation);
     // Automatic restores act on the new status (the images it reports
     // missing) and report back into it.
-    if let Err(e) = super::restore_link::link(&context.client, policy, &mut status).await {
-        warn!(policy = %policy.name_any(), error = %e, "automatic restore not linked");
-    }
+    let restore_deferred =
+        match super::restore_link::link(&context.client, policy, &acted.known_status, &mut status)
+            .await
+        {
+            Ok(deferred) => deferred,
+            Err(e) => {
+                warn!(policy = %policy.name_any(), error = %e, "automatic restore not linked");
+                false
+            }
+        };
 
     // 5. Tell.
     events::losses(controller, policy, &facts.inventory, memory).await;
@@ -125,6 +136,11 @@ async fn reconcile_with(
         .await?;
     let ready = find_condition(&status.conditions, types::READY).map(|c| c.status.clone());
     debug!(policy = %policy.name_any(), images = facts.inventory.images.len(), ?ready, "reconciled");
+    if restore_deferred {
+        // The status naming the lost images is on the server now: create
+        // their automatic restore at once.
+        return Ok(Action::requeue(RESTORE_LINK_RETRY));
+    }
     Ok(Action::requeue(decide::requeue_after(
         plan.run.wake_at,
         now,

@@ -112,18 +112,27 @@ pub fn link_of(restore: &ImageRestore) -> RestoreLink {
 }
 
 /// Creates the automatic restore when needed and fills
-/// `status.automaticRestore` from the newest one.
+/// `status.automaticRestore` from the newest one. Returns whether a restore
+/// that is wanted was not created yet because the status reporting its
+/// images is not on the server (`server_status`): the caller writes that
+/// status and looks again soon.
 pub async fn link(
     client: &Client,
     policy: &ImageBackupPolicy,
+    server_status: &ImageBackupPolicyStatus,
     status: &mut ImageBackupPolicyStatus,
-) -> Result<(), OperatorError> {
+) -> Result<bool, OperatorError> {
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<ImageRestore> = Api::namespaced(client.clone(), &namespace);
+    let mut deferred = false;
     let name = match automatic_restore(policy, status) {
         Some(wanted) => {
             let name = wanted.name_any();
             match api.get_opt(&name).await? {
+                // The restore reads the policy's missingImages when it
+                // starts: created before the status that reports them is
+                // written, it found nothing and finished NothingToRestore.
+                None if missing_set(server_status) != missing_set(status) => deferred = true,
                 None => match api.create(&PostParams::default(), &wanted).await {
                     Ok(_) => {
                         info!(policy = %policy.name_any(), restore = %name, "automatic restore created")
@@ -152,8 +161,8 @@ pub async fn link(
         }
         None => status.automatic_restore.as_ref().map(|l| l.name.clone()),
     };
-    let Some(name) = name else {
-        return Ok(());
+    let Some(name) = name.filter(|_| !deferred) else {
+        return Ok(deferred);
     };
     match api.get_opt(&name).await {
         Ok(Some(restore)) => status.automatic_restore = Some(link_of(&restore)),
@@ -166,7 +175,7 @@ pub async fn link(
         }
         Err(e) => warn!(restore = %name, error = %e, "could not read the automatic restore"),
     }
-    Ok(())
+    Ok(false)
 }
 
 #[cfg(test)]
