@@ -256,6 +256,11 @@ clear_message() {
   [[ "$(image_field "$nowhere_name" state)/$(image_field "$nowhere_name" reason)" == Failed/ImageNotFound ]]
 }
 check "... Ready False, and the message says where it looked" clear_message
+nowhere_columns() {
+  local table; table="$(k -n "$ns" get imagerestores "$nowhere_name")"
+  grep -Eq "^$nowhere_name +False +ImageNotFound +0 +1 " <<<"$table" || { echo "$table"; return 1; }
+}
+check "kubectl get imagerestores shows a stalled restore's state, reason and counts" nowhere_columns
 k -n "$ns" delete imagerestore "$nowhere_name" --wait=false >/dev/null 2>&1
 ns="$tenant_ns"
 
@@ -337,11 +342,10 @@ metrics_exported() {
 }
 check "metrics: restores by result and time to restore" eventually 30 metrics_exported
 printer_columns() {
-  local table; table="$(k -n "$ns" get imagerestores from-backup nowhere)"
-  grep -Eq '^from-backup +True +Succeeded +1 +1 ' <<<"$table" && grep -Eq '^nowhere +False +ImageNotFound +0 +1 ' <<<"$table" ||
-    { echo "$table"; return 1; }
+  local table; table="$(k -n "$ns" get imagerestores from-backup)"
+  grep -Eq '^from-backup +True +Succeeded +1 +1 ' <<<"$table" || { echo "$table"; return 1; }
 }
-check "kubectl get imagerestores shows state, reason and counts" printer_columns
+check "kubectl get imagerestores shows a finished restore's state, reason and counts" printer_columns
 
 # Deleting a restore outside the operator's namespace cleans up its Jobs (finalizer).
 cleanup_on_delete() {
