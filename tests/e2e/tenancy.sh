@@ -57,22 +57,8 @@ check "both have digests" test "${victim_digest:0:7}${own_digest:0:7}" == "sha25
 
 k create namespace "$victim" >/dev/null
 k create namespace "$attacker" >/dev/null
-run() { # run NAMESPACE NAME NODE
-  k -n "$1" apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: $2}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: $2}}
-  template:
-    metadata: {labels: {app: $2}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: $3}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: main, image: "$SOURCE_REGISTRY/$base/$2:1", imagePullPolicy: Always}
-YAML
+run() { # run NAMESPACE NAME NODE: a Deployment of NAME's own image, pinned to NODE
+  pinned_deployment "$2" "$3" "$SOURCE_REGISTRY/$base/$2:1" | k -n "$1" apply -f - >/dev/null
 }
 run "$victim" private-app "$node1"
 run "$attacker" own-app "$node2"
