@@ -111,6 +111,13 @@ restore_jobs() { # restore_jobs NAME -> names of its export Jobs
   local uid; uid="$(field "$1" '{.metadata.uid}')"
   k -n lifeboat-system get jobs -l "lifeboat.dev/restore-uid=$uid" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
 }
+# restore_reconciles: how many ImageRestore reconciles the operator counted
+# (lifeboat_reconciles_total; one operator replica, so one counter).
+restore_reconciles() {
+  local pod; pod="$(k -n lifeboat-system get pods -l app.kubernetes.io/component=operator --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')"
+  k get --raw "/api/v1/namespaces/lifeboat-system/pods/$pod:18080/proxy/metrics" |
+    awk '/^lifeboat_reconciles_total\{/ && /kind="ImageRestore"/ {n += $NF} END {print n + 0}'
+}
 events() { # events NAME REASON -> how many
   event_reasons "$ns" "$1" | tr ' ' '\n' | grep -cx "$2"
 }
@@ -122,8 +129,13 @@ pod_pulls() { # pod_pulls NAME NODE IMAGE: a fresh pod on NODE pulls IMAGE and r
 
 # --- 1. from the backup registry ----------------------------------------------------------
 check "the backup image is deleted from the source registry" lose backup
+reconciles_before="$(restore_reconciles)"
 restore from-backup "$(ref backup)" "source: {type: Auto, backup: {policyName: backup}}"
 check "restore from-backup becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-backup --timeout=90s
+sleep 5 # re-entries after Ready count too
+from_backup_reconciles=$(($(restore_reconciles) - reconciles_before))
+# Before the restore controller ignored its own status writes it took 2.
+check "... in one reconcile ($from_backup_reconciles): its own status write does not wake it again" test "$from_backup_reconciles" -le 1
 from_backup_status() {
   local got
   got="$(image_field from-backup 'state') $(image_field from-backup 'source.kind')/$(image_field from-backup 'source.name') $(image_field from-backup 'restoredDigest') $(image_field from-backup 'digestPreserved')"
@@ -212,8 +224,14 @@ lose_with_blobs() {
   source_garbage_collect
 }
 check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
+reconciles_before="$(restore_reconciles)"
 restore from-node "$(ref node)"
 check "restore from-node (no backup holds it) becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-node --timeout=120s
+sleep 5 # re-entries after Ready count too
+from_node_reconciles=$(($(restore_reconciles) - reconciles_before))
+# Creation, the inventories' ends, the export Job's end (before: 8, woken
+# by its own status writes, every Job change and a 2 s / 5 s poll).
+check "... in at most 6 reconciles ($from_node_reconciles): woken by finished Jobs, not by polls or its own writes" test "$from_node_reconciles" -le 6
 from_node_status() {
   local got
   got="$(image_field from-node 'state') $(image_field from-node 'source.kind')/$(image_field from-node 'source.name') $(image_field from-node 'restoredDigest') $(image_field from-node 'digestPreserved')"

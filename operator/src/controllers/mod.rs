@@ -5,16 +5,13 @@
 //!   (compare with what the server holds, server-side apply, remember).
 //!   Each controller reads an object's newest status from it
 //!   ([`WrittenStatuses::newest`]) instead of trusting a watch cache that
-//!   may lag behind its own last write. The backup controller uses it; the
-//!   restore controller adopts it in its restructuring (issue 13).
+//!   may lag behind its own last write. Both controllers write their
+//!   status through it, once per reconcile.
 //! - [`publish`]: Events, bounded, never a reconcile error;
 //! - `after_error` and `log_outcome`: what happens after a reconcile.
 
 mod backup_policy;
-// Its reconcile is being restructured into a pipeline (issue 13, restore
-// side), which splits its long functions.
-#[allow(clippy::too_many_lines)]
-pub mod image_restore;
+mod image_restore;
 pub mod lenient_watch;
 pub mod object_names;
 #[cfg(test)]
@@ -121,13 +118,6 @@ impl<S: Clone + PartialEq + serde::Serialize> WrittenStatuses<S> {
     }
 
     /// Forgets one object (deleted).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the restore controller (a restore's finalizer removed), once it adopts this type"
-        )
-    )]
     pub(crate) fn forget(&self, uid: &str) {
         self.lock().remove(uid);
     }

@@ -21,24 +21,24 @@ use lifeboat_node_protocol::{
     ExportArguments, ExportImage, Exportable, ImageSource, InventoryArguments, exit,
 };
 
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-pub const LABEL_RESTORE_UID: &str = "lifeboat.dev/restore-uid";
-pub const LABEL_RESTORE_NAMESPACE: &str = "lifeboat.dev/restore-namespace";
-pub const LABEL_NODE: &str = "lifeboat.dev/node";
-pub const ANNOTATION_RESTORE: &str = "lifeboat.dev/restore";
-pub const MANAGED_BY: &str = "lifeboat-operator";
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub(crate) const LABEL_RESTORE_UID: &str = "lifeboat.dev/restore-uid";
+pub(crate) const LABEL_RESTORE_NAMESPACE: &str = "lifeboat.dev/restore-namespace";
+pub(crate) const LABEL_NODE: &str = "lifeboat.dev/node";
+pub(crate) const ANNOTATION_RESTORE: &str = "lifeboat.dev/restore";
+pub(crate) const MANAGED_BY: &str = "lifeboat-operator";
 
 /// Where the containerd socket is mounted inside export pods.
-pub const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
+pub(crate) const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
 /// Where the registry credentials are mounted.
-pub const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
-pub const DOCKER_CONFIG_FILE: &str = "config.json";
+pub(crate) const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
+pub(crate) const DOCKER_CONFIG_FILE: &str = "config.json";
 
 /// How export and inventory Jobs are run (from the operator's
 /// configuration), the same for every restore.
 #[derive(Clone, Debug, PartialEq)]
-pub struct JobSettings {
+pub(crate) struct JobSettings {
     pub namespace: String,
     pub image: String,
     pub pull_policy: String,
@@ -58,7 +58,7 @@ impl JobSettings {
 
 /// One export Job: which restore, which node, what to push where.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ExportJob {
+pub(crate) struct ExportJob {
     pub name: String,
     pub node: String,
     pub restore_namespace: String,
@@ -79,10 +79,10 @@ pub struct ExportJob {
 }
 
 /// Retries of a pod that failed for a reason worth retrying.
-pub const EXPORT_BACKOFF_LIMIT: i32 = 3;
-pub const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
-pub const INVENTORY_DEADLINE_SECONDS: i64 = 120;
-pub const INVENTORY_TTL_SECONDS: i32 = 300;
+pub(crate) const EXPORT_BACKOFF_LIMIT: i32 = 3;
+pub(crate) const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
+pub(crate) const INVENTORY_DEADLINE_SECONDS: i64 = 120;
+pub(crate) const INVENTORY_TTL_SECONDS: i32 = 300;
 
 fn labels(component: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = [
@@ -121,7 +121,7 @@ fn label_value(text: &str) -> String {
 /// drained) is retried without counting; other failures (a push that failed
 /// after the engine's retries, a containerd error) count against
 /// `backoffLimit`.
-pub fn pod_failure_policy() -> PodFailurePolicy {
+pub(crate) fn pod_failure_policy() -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
             PodFailurePolicyRule {
@@ -302,7 +302,7 @@ fn plain_http_registries(settings: &JobSettings, extra: &[String]) -> Vec<String
 
 /// node-exporter's command line for an export, built with the protocol
 /// crate node-exporter parses it with.
-pub fn export_arguments(settings: &JobSettings, job: &ExportJob) -> ExportArguments {
+pub(crate) fn export_arguments(settings: &JobSettings, job: &ExportJob) -> ExportArguments {
     ExportArguments {
         images: job.images.clone(),
         plain_http: plain_http_registries(settings, &job.plain_http),
@@ -315,7 +315,7 @@ pub fn export_arguments(settings: &JobSettings, job: &ExportJob) -> ExportArgume
 }
 
 /// The export Job for one node of one restore.
-pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
+pub(crate) fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
     let args = export_arguments(settings, job).to_args();
     let labels = labels(
         "export",
@@ -365,7 +365,7 @@ pub fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
 
 /// A short read-only Job asking one node's containerd which of `images` it
 /// holds (`node-exporter inventory`).
-pub fn inventory_job(
+pub(crate) fn inventory_job(
     settings: &JobSettings,
     name: &str,
     node: &str,
@@ -405,7 +405,7 @@ pub fn inventory_job(
 /// The Secret export Jobs mount: the restore's push credentials, copied
 /// into the operator's namespace (pods can only mount Secrets of their own
 /// namespace).
-pub fn credentials_secret(
+pub(crate) fn credentials_secret(
     namespace: &str,
     name: &str,
     restore_uid: &str,
@@ -444,7 +444,7 @@ pub fn credentials_secret(
 /// What an inventory says about each image asked: by the name it was asked
 /// as. An image neither listed nor missing (cut from the message) is left
 /// out, so it is asked again.
-pub fn inventory_holdings(
+pub(crate) fn inventory_holdings(
     report: &InventoryReport,
     asked: &[String],
 ) -> BTreeMap<String, Exportable> {

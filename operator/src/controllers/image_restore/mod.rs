@@ -8,53 +8,59 @@
 //! the Job and Secret objects and the results they report, `status`:
 //! conditions); `reconcile` does the IO.
 
-pub mod jobs;
-pub mod planning;
-pub mod reconcile;
+mod backup_source;
+mod facts;
+pub(crate) mod jobs;
+mod node_source;
+mod objects;
+pub(crate) mod planning;
+mod reconcile;
 mod scope;
-pub mod status;
+pub(crate) mod status;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use std::hash::{Hash as _, Hasher as _};
+
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt};
 use lifeboat_api::ImageRestore;
 
+use super::WrittenStatuses;
 use crate::context::Context;
 use crate::error::OperatorError;
 use jobs::JobSettings;
 use planning::{Exportable, Holdings};
 
 /// Everything the restore reconciler shares across reconciles.
-pub struct RestoreController {
-    pub context: Arc<Context>,
-    pub recorder: Recorder,
-    pub settings: JobSettings,
+pub(crate) struct RestoreController {
+    pub(crate) context: Arc<Context>,
+    pub(crate) recorder: Recorder,
+    pub(crate) settings: JobSettings,
     /// What nodes said they hold: (node, image argument) → answer and when.
     /// Only an optimisation (a restarted operator asks again).
-    pub inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
-    /// The last status written per restore (by uid). The operator is the
-    /// only writer of a restore's status, so this is never older than the
-    /// watch cache, which may lag behind a write: a reconcile started by a
-    /// Job event right after a write must not act on the older status
-    /// (that would repeat Events and metrics).
-    pub written: Mutex<HashMap<String, lifeboat_api::ImageRestoreStatus>>,
+    pub(crate) inventory: Mutex<HashMap<(String, String), (Exportable, Instant)>>,
+    /// The last status written per restore (by uid): a reconcile started
+    /// by a Job event right after a write must not act on the watch
+    /// cache's older status (that would repeat Events and metrics).
+    pub(crate) written: WrittenStatuses<lifeboat_api::ImageRestoreStatus>,
     /// Node exports tried per (restore uid, image), to bound retries on
     /// other holders.
-    pub attempts: Mutex<HashMap<(String, String), u32>>,
+    pub(crate) attempts: Mutex<HashMap<(String, String), u32>>,
     /// The controller's cache of restores, to forget deleted ones.
-    pub restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
+    pub(crate) restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
 }
 
 impl RestoreController {
-    pub fn new(context: Arc<Context>) -> RestoreController {
+    pub(crate) fn new(context: Arc<Context>) -> RestoreController {
         let config = &context.config;
         let settings = JobSettings {
             namespace: config.namespace.clone(),
@@ -71,58 +77,52 @@ impl RestoreController {
             settings,
             context,
             inventory: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
+            written: WrittenStatuses::default(),
             attempts: Mutex::new(HashMap::new()),
             restores: std::sync::OnceLock::new(),
         }
     }
 
+    /// A controller around `client` with the default configuration.
+    #[cfg(test)]
+    pub(crate) fn for_tests(client: kube::Client) -> RestoreController {
+        let config = crate::config::OperatorConfig::from_lookup(|_| None)
+            .unwrap_or_else(|e| panic!("default configuration: {e}"));
+        let metrics = crate::telemetry::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        RestoreController::new(Arc::new(Context::new(client, config, metrics)))
+    }
+
     /// The fresh answers nodes gave.
-    pub fn known_holdings(&self, ttl: Duration) -> Holdings {
+    pub(crate) fn known_holdings(&self, ttl: Duration) -> Holdings {
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| reconcile::fresh(*at, ttl));
-        reconcile::holdings_from(&cache, ttl)
+        cache.retain(|_, (_, at)| node_source::fresh(*at, ttl));
+        node_source::holdings_from(&cache, ttl)
     }
 
     /// The newest status of a restore: the one last written, else the
     /// watch cache's.
-    pub fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
+    pub(crate) fn latest_status(&self, restore: &ImageRestore) -> lifeboat_api::ImageRestoreStatus {
         let uid = restore.uid().unwrap_or_default();
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match written.get(&uid) {
-            Some(status) => status.clone(),
-            None => restore.status_or_default(),
-        }
+        self.written.newest(&uid, restore.status.as_ref())
     }
 
-    /// Notes a status written to the API server (or forgets a restore).
-    pub fn wrote(&self, uid: &str, status: Option<lifeboat_api::ImageRestoreStatus>) {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match status {
-            Some(status) => {
-                written.insert(uid.to_owned(), status);
-            }
-            None => {
-                written.remove(uid);
-                self.attempts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|(u, _), _| u != uid);
-            }
-        }
+    /// Forgets a deleted restore.
+    pub(crate) fn forget(&self, uid: &str) {
+        self.written.forget(uid);
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != uid);
     }
 
     /// Drops what was remembered about restores that no longer exist.
-    pub fn forget_deleted_restores(&self) {
+    pub(crate) fn forget_deleted_restores(&self) {
         let Some(store) = self.restores.get() else {
             return;
         };
         let live: std::collections::HashSet<String> =
             store.state().iter().filter_map(|r| r.uid()).collect();
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|uid, _| live.contains(uid));
+        self.written.retain_live(&live);
         self.attempts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -130,7 +130,7 @@ impl RestoreController {
     }
 
     /// Counts one more failed node export of an image; returns the count.
-    pub fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
+    pub(crate) fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         let count = attempts
             .entry((uid.to_owned(), image.to_owned()))
@@ -140,7 +140,11 @@ impl RestoreController {
     }
 
     /// Records a node's answers.
-    pub fn remember(&self, node: &str, holdings: std::collections::BTreeMap<String, Exportable>) {
+    pub(crate) fn remember(
+        &self,
+        node: &str,
+        holdings: std::collections::BTreeMap<String, Exportable>,
+    ) {
         let now = Instant::now();
         let mut cache = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
         for (image, exportable) in holdings {
@@ -149,38 +153,80 @@ impl RestoreController {
     }
 }
 
-/// The restore an export Job belongs to (its annotation).
+/// The restore a Job belongs to (its annotation: the restore an export
+/// Job works for, or the one whose inventory it is).
 fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
     let text = job.annotations().get(jobs::ANNOTATION_RESTORE)?;
     let (namespace, name) = text.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
 }
 
+/// What of a restore is worth a reconcile: a new object (uid), a new
+/// spec (generation), its deletion starting, its finalizers. Not its
+/// status: the operator is its only writer, and each write used to come
+/// back as one more reconcile that had nothing to do.
+fn restore_changed(restore: &ImageRestore) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    restore.metadata.generation.hash(&mut hasher);
+    restore
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
+    restore.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The Job events a restore waits for: a Job finished (its result is to
+/// be read) or an export Job deleted (by someone else: it is created
+/// again). A Job created or making progress changes nothing a reconcile
+/// decides from; the inventory Jobs the operator deletes itself neither.
+fn job_worth_a_look(event: watcher::Event<Job>) -> Option<Job> {
+    match event {
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job)
+            if facts::job_finished(&job).is_some() =>
+        {
+            Some(job)
+        }
+        watcher::Event::Delete(job)
+            if job.labels().get(jobs::LABEL_COMPONENT).map(String::as_str) == Some("export") =>
+        {
+            Some(job)
+        }
+        _ => None,
+    }
+}
+
 /// Runs the controller until its watch of restores ends.
-pub async fn run(context: Arc<Context>) {
+pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
+    let controller = Arc::new(RestoreController::new(context));
     // Decoded per object: one undecodable restore is reported on itself
-    // instead of stalling the watch of all of them.
+    // instead of stalling the watch of all of them. The cache sees every
+    // change (a reconcile reads the newest restore); only changes worth a
+    // reconcile trigger one.
     let (store, restores) = super::lenient_watch::watch::<ImageRestore>(
-        context.clone(),
+        controller.context.clone(),
         "ImageRestore",
         watcher::Config::default().any_semantic(),
     );
-    let controller = Arc::new(RestoreController::new(context));
+    let restore_changes = restores.predicate_filter(restore_changed, Default::default());
+    let _ = controller.restores.set(store.clone());
     let selector = format!(
-        "{}={},{}=export",
+        "{}={},{} in (export,inventory)",
         jobs::LABEL_MANAGED_BY,
         jobs::MANAGED_BY,
         jobs::LABEL_COMPONENT
     );
-    let _ = controller.restores.set(store.clone());
-    Controller::for_stream(restores, store)
-        .watches(
-            jobs,
-            watcher::Config::default().labels(&selector).any_semantic(),
-            restore_of,
-        )
+    let job_changes = watcher(
+        jobs,
+        watcher::Config::default().labels(&selector).any_semantic(),
+    )
+    .default_backoff()
+    .try_filter_map(|event| std::future::ready(Ok(job_worth_a_look(event))));
+    Controller::for_stream(restore_changes, store)
+        .watches_stream(job_changes, restore_of)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(
@@ -211,4 +257,75 @@ fn error_policy(
         error,
         Duration::from_secs(10),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restore(generation: i64, uid: &str) -> ImageRestore {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageRestore",
+            "metadata": {"name": "r", "namespace": "shop", "uid": uid, "generation": generation},
+            "spec": {"images": ["registry.example/app:1"]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restore_is_worth_a_reconcile_when_its_spec_deletion_or_finalizers_change_not_its_status() {
+        let base = restore(1, "u1");
+        let mut with_status = base.clone();
+        with_status.status = Some(lifeboat_api::ImageRestoreStatus {
+            observed_generation: 1,
+            ..Default::default()
+        });
+        with_status.metadata.resource_version = Some("42".into());
+        assert_eq!(restore_changed(&base), restore_changed(&with_status));
+        assert_ne!(restore_changed(&base), restore_changed(&restore(2, "u1")));
+        let mut deleting = base.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_ne!(restore_changed(&base), restore_changed(&deleting));
+        let mut finalized = base.clone();
+        finalized.metadata.finalizers = Some(vec!["lifeboat.dev/cleanup".into()]);
+        assert_ne!(restore_changed(&base), restore_changed(&finalized));
+    }
+
+    fn job(component: &str, condition: Option<&str>) -> Job {
+        let conditions: Vec<serde_json::Value> = condition
+            .map(|c| serde_json::json!({"type": c, "status": "True"}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "j",
+                "labels": {"app.kubernetes.io/component": component},
+                "annotations": {"lifeboat.dev/restore": "shop/r"},
+            },
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn finished_jobs_and_vanished_export_jobs_wake_their_restore_nothing_else() {
+        use watcher::Event;
+        let woken = |event: Event<Job>| job_worth_a_look(event).is_some();
+        assert!(woken(Event::Apply(job("export", Some("Complete")))));
+        assert!(woken(Event::Apply(job("export", Some("Failed")))));
+        assert!(woken(Event::InitApply(job("inventory", Some("Complete")))));
+        assert!(!woken(Event::Apply(job("export", None))), "running");
+        assert!(!woken(Event::Apply(job("export", Some("Suspended")))));
+        assert!(woken(Event::Delete(job("export", None))));
+        assert!(!woken(Event::Delete(job("inventory", Some("Complete")))));
+        assert!(!woken(Event::Init) && !woken(Event::InitDone));
+        let restore = restore_of(job("inventory", None)).unwrap();
+        assert_eq!(
+            (restore.name.as_str(), restore.namespace.as_deref()),
+            ("r", Some("shop"))
+        );
+    }
 }

@@ -7,23 +7,25 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use lifeboat_api::ImageReference;
+use lifeboat_api::restore::ImageRestoreSpec;
 use lifeboat_api::template::{TargetRegistry, TemplateContext, target_reference};
+use lifeboat_api::validation::{ValidRestore, validate_restore_spec};
 
 /// The taint a cordoned node carries.
-pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+pub(crate) const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// What the reconciler needs to know about a node.
 #[derive(Clone, Debug, PartialEq, Default)]
-pub struct NodeFacts {
-    pub name: String,
-    pub ready: bool,
-    pub unschedulable: bool,
-    pub labels: BTreeMap<String, String>,
-    pub taints: Vec<Taint>,
+pub(crate) struct NodeFacts {
+    pub(crate) name: String,
+    pub(crate) ready: bool,
+    pub(crate) unschedulable: bool,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) taints: Vec<Taint>,
 }
 
 impl NodeFacts {
-    pub fn from_node(node: &Node) -> NodeFacts {
+    pub(crate) fn from_node(node: &Node) -> NodeFacts {
         let ready = node
             .status
             .as_ref()
@@ -43,7 +45,7 @@ impl NodeFacts {
 
 /// Whether and how a node may be used for exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeUse {
+pub(crate) enum NodeUse {
     /// Ready, schedulable, matching the selector, its taints tolerated.
     Preferred,
     /// Cordoned: only if no preferred node holds the image.
@@ -53,7 +55,7 @@ pub enum NodeUse {
 }
 
 /// Whether `toleration` tolerates `taint` (the scheduler's rule).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+pub(crate) fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect_matches = toleration
         .effect
         .as_deref()
@@ -76,7 +78,7 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 
 /// Classifies a node for a restore's node selector and tolerations.
 /// A NotReady node is excluded: no Job can run there.
-pub fn classify_node(
+pub(crate) fn classify_node(
     node: &NodeFacts,
     selector: &BTreeMap<String, String>,
     tolerations: &[Toleration],
@@ -109,14 +111,14 @@ pub fn classify_node(
 
 /// How an image can be exported from a node: node-exporter's
 /// `exportable`, from the shared protocol (ordered best first).
-pub use lifeboat_node_protocol::Exportable;
+pub(crate) use lifeboat_node_protocol::Exportable;
 
 /// What each node holds, keyed by the image argument asked about.
-pub type Holdings = BTreeMap<String, BTreeMap<String, Exportable>>;
+pub(crate) type Holdings = BTreeMap<String, BTreeMap<String, Exportable>>;
 
 /// Where one image will be exported from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeChoice {
+pub(crate) enum NodeChoice {
     Node {
         node: String,
         exportable: Exportable,
@@ -129,7 +131,7 @@ pub enum NodeChoice {
 /// one platform over a rebuild), then the node with the least work assigned
 /// so far (spreading exports), then by name (deterministic). Cordoned nodes
 /// only when no preferred node holds the image.
-pub fn choose_nodes(
+pub(crate) fn choose_nodes(
     images: &[String],
     nodes: &BTreeMap<String, NodeUse>,
     holdings: &Holdings,
@@ -200,7 +202,7 @@ fn list(items: &[&str]) -> String {
 
 /// Whether an export failure means the node does not (completely) hold the
 /// image, so another holder is worth trying (node-exporter's reasons).
-pub fn node_lost_image(reason: Option<&str>) -> bool {
+pub(crate) fn node_lost_image(reason: Option<&str>) -> bool {
     // Not `RebuildDenied`: the node holds the image, the restore forbade
     // rebuilding it; another node would be asked the same.
     matches!(
@@ -215,7 +217,7 @@ pub fn node_lost_image(reason: Option<&str>) -> bool {
 
 /// Nodes that must still be asked about some of `images` (no fresh answer
 /// in `known`), with the images to ask each about.
-pub fn inventory_needed(
+pub(crate) fn inventory_needed(
     images: &[String],
     nodes: &BTreeMap<String, NodeUse>,
     known: &Holdings,
@@ -242,7 +244,7 @@ pub fn inventory_needed(
 
 /// The argument node-exporter is given for an image: the pinned form when
 /// a digest is known (exactly the lost content), else the reference.
-pub fn image_argument(reference: &ImageReference) -> String {
+pub(crate) fn image_argument(reference: &ImageReference) -> String {
     reference
         .pinned()
         .unwrap_or_else(|| reference.clone())
@@ -252,7 +254,7 @@ pub fn image_argument(reference: &ImageReference) -> String {
 /// Where a restored image goes: back to its own repository, or under the
 /// destination override (the template rendered with the restore's
 /// namespace and name).
-pub fn destination_for(
+pub(crate) fn destination_for(
     image: &ImageReference,
     override_: Option<(&TargetRegistry, &str)>,
     context: TemplateContext<'_>,
@@ -265,16 +267,16 @@ pub fn destination_for(
 
 /// One backup target of a policy, as a restore sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupCandidate {
-    pub policy: String,
-    pub target: String,
-    pub registry: TargetRegistry,
-    pub template: String,
+pub(crate) struct BackupCandidate {
+    pub(crate) policy: String,
+    pub(crate) target: String,
+    pub(crate) registry: TargetRegistry,
+    pub(crate) template: String,
 }
 
 /// The references in backup targets to look for an image, in order. Only
 /// digest-pinned images can be found in a backup (by exact digest).
-pub fn backup_references(
+pub(crate) fn backup_references(
     image: &ImageReference,
     candidates: &[BackupCandidate],
     namespace: &str,
@@ -294,6 +296,37 @@ pub fn backup_references(
                 .map(|r| (c.target.clone(), r))
         })
         .collect()
+}
+
+/// Why a restore does not run (now): the condition reason and message,
+/// and whether it is for good (a spec that cannot work) or worth another
+/// look later (something outside the restore may still change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    pub(crate) terminal: bool,
+}
+
+impl Refusal {
+    pub(crate) fn retry(reason: &'static str, message: String) -> Refusal {
+        Refusal {
+            reason,
+            message,
+            terminal: false,
+        }
+    }
+}
+
+/// Admission, the first decision of every reconcile, made before any node,
+/// Job or registry is asked: the spec must be valid. Checks of who may
+/// restore what (scope, tolerations) belong here too.
+pub(crate) fn admit(spec: &ImageRestoreSpec) -> Result<ValidRestore, Refusal> {
+    validate_restore_spec(spec).map_err(|e| Refusal {
+        reason: e.reason(),
+        message: e.to_string(),
+        terminal: true,
+    })
 }
 
 #[cfg(test)]
@@ -521,5 +554,23 @@ mod tests {
             format!("127.0.0.1:5001/team/app@sha256:{}", "a".repeat(64))
         );
         assert_eq!(image_argument(&by_tag), "127.0.0.1:5001/team/app:1.0");
+    }
+
+    #[test]
+    fn admission_refuses_an_invalid_spec_for_good() {
+        let spec: ImageRestoreSpec = serde_json::from_value(
+            serde_json::json!({"images": ["registry.example/app@sha256:12"]}),
+        )
+        .unwrap();
+        let refusal = admit(&spec).unwrap_err();
+        assert!(refusal.terminal, "an immutable spec cannot get better");
+        assert_eq!(refusal.reason, "InvalidImageReference");
+        assert!(refusal.message.contains("sha256:12"), "{}", refusal.message);
+        let spec: ImageRestoreSpec =
+            serde_json::from_value(serde_json::json!({"images": ["registry.example/app:1"]}))
+                .unwrap();
+        let valid = admit(&spec).expect("a valid spec is admitted");
+        assert_eq!(valid.images.len(), 1);
+        assert!(!Refusal::retry("PolicyNotFound", "later".into()).terminal);
     }
 }

@@ -1,0 +1,257 @@
+//! The reconcile's read and act steps against a scripted API server: the
+//! requests it makes, in order, and what it writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use lifeboat_api::restore::{ImageRestoreState, ImageSourceRef, RestoreSourceKind};
+use lifeboat_api::{ImageReference, ImageRestore};
+use lifeboat_node_protocol::ExportImage;
+use serde_json::{Value, json};
+
+use super::reconcile;
+use crate::controllers::image_restore::RestoreController;
+use crate::controllers::image_restore::planning::{Exportable, image_argument};
+use crate::controllers::image_restore::status::{pending_image, summarize, whole_seconds};
+use crate::controllers::object_names;
+use crate::controllers::test_api::{expect, expect_event, scripted, status_error};
+
+const NAMESPACE: &str = "lifeboat-system";
+const UID: &str = "uid-r";
+const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const JOBS: &str = "/apis/batch/v1/namespaces/lifeboat-system/jobs";
+const PODS: &str = "/api/v1/namespaces/lifeboat-system/pods";
+const NODES: &str = "/api/v1/nodes";
+const STATUS: &str =
+    "/apis/lifeboat.dev/v1alpha1/namespaces/lifeboat-system/imagerestores/r/status";
+
+fn image() -> String {
+    format!("registry.example/app:1@{DIGEST}")
+}
+
+/// What node-exporter is given for the image (an in-place restore).
+fn argument() -> String {
+    let reference = ImageReference::parse(&image()).unwrap();
+    ExportImage::to(reference.clone(), &reference).to_string()
+}
+
+fn job_on(node: &str) -> String {
+    object_names::export_job_name("r", UID, node, &[argument()])
+}
+
+/// A restore (in the operator's namespace: no finalizer) whose one image
+/// is being exported from `node` by Job `job`.
+fn exporting(node: &str, job: &str) -> Arc<ImageRestore> {
+    let mut restore: ImageRestore = serde_json::from_value(json!({
+        "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageRestore",
+        "metadata": {"name": "r", "namespace": NAMESPACE, "uid": UID, "generation": 1},
+        "spec": {"images": [image()], "source": {"type": "NodeCache"}},
+    }))
+    .unwrap();
+    let mut status = lifeboat_api::ImageRestoreStatus {
+        images: vec![pending_image(&image(), Some(DIGEST.to_owned()))],
+        ..Default::default()
+    };
+    let entry = &mut status.images[0];
+    entry.state = ImageRestoreState::InProgress;
+    entry.job_name = Some(job.to_owned());
+    entry.source = Some(ImageSourceRef {
+        kind: RestoreSourceKind::NodeCache,
+        name: node.to_owned(),
+    });
+    restore.status = Some(summarize(status, 1, whole_seconds(chrono::Utc::now())));
+    Arc::new(restore)
+}
+
+fn failed_job(name: &str) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "status": {"conditions": [{
+            "type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+            "message": "Container export for pod exited with a non-retryable exit code 3",
+        }]},
+    })
+}
+
+/// The pods of a Job whose node-exporter reported the image not on its node.
+fn not_on_node_pods() -> Value {
+    let report = json!({"v": 1, "results": [{
+        "image": argument(), "status": "Failed",
+        "reason": "ImageNotOnNode", "message": "containerd does not hold it",
+    }]});
+    json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "p", "namespace": NAMESPACE},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "export", "image": "node-exporter", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 3, "message": report.to_string()}},
+            }]},
+        }],
+    })
+}
+
+fn ready_nodes(names: &[&str]) -> Value {
+    let items: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({
+                "metadata": {"name": n},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items})
+}
+
+fn created_job() -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "created"}})
+}
+
+/// The node a Job's pod is pinned to (its node affinity).
+fn pinned_node(job: &Value) -> &str {
+    job.pointer(
+        "/spec/template/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields/0/values/0",
+    )
+    .and_then(Value::as_str)
+    .unwrap_or("")
+}
+
+/// An export that fails because the node no longer holds the image is
+/// tried on the next holder (the status names the new Job before it is
+/// created); the third such failure marks the image Failed with the
+/// node's reason, and the restore ends with its Events.
+#[tokio::test]
+async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails_the_image() {
+    let (a, b, c) = (job_on("node-a"), job_on("node-b"), job_on("node-c"));
+    let restore = exporting("node-a", &a);
+    let restore_json = serde_json::to_value(&*restore).unwrap();
+    let secret = object_names::credentials_secret_name("r", UID);
+    let (client, server) = scripted(vec![
+        // 1. node-a's Job failed: node-b (which holds it) gets the next.
+        expect(Method::GET, &format!("{JOBS}/{a}"), 200, failed_job(&a)),
+        expect(Method::GET, PODS, 200, not_on_node_pods()),
+        expect(
+            Method::GET,
+            NODES,
+            200,
+            ready_nodes(&["node-a", "node-b", "node-c"]),
+        ),
+        expect(Method::PATCH, STATUS, 200, restore_json.clone()),
+        expect(Method::POST, JOBS, 201, created_job()),
+        // 2. node-b's failed too: node-c.
+        expect(Method::GET, &format!("{JOBS}/{b}"), 200, failed_job(&b)),
+        expect(Method::GET, PODS, 200, not_on_node_pods()),
+        expect(
+            Method::GET,
+            NODES,
+            200,
+            ready_nodes(&["node-a", "node-b", "node-c"]),
+        ),
+        expect(Method::PATCH, STATUS, 200, restore_json.clone()),
+        expect(Method::POST, JOBS, 201, created_job()),
+        // 3. node-c's failed: the image fails, the restore ends.
+        expect(Method::GET, &format!("{JOBS}/{c}"), 200, failed_job(&c)),
+        expect(Method::GET, PODS, 200, not_on_node_pods()),
+        expect(Method::PATCH, STATUS, 200, restore_json),
+        expect_event(NAMESPACE),
+        expect_event(NAMESPACE),
+        // The credentials copy is looked up (to delete it by uid): none.
+        expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{secret}"),
+            404,
+            status_error(404, "NotFound", "not found"),
+        ),
+    ]);
+    let controller = Arc::new(RestoreController::for_tests(client));
+    // node-b and node-c said they hold it (an earlier inventory).
+    let held = [(
+        image_argument(&ImageReference::parse(&image()).unwrap()),
+        Exportable::Exact,
+    )];
+    controller.remember("node-b", held.clone().into());
+    controller.remember("node-c", held.into());
+
+    let first = reconcile(restore.clone(), controller.clone())
+        .await
+        .unwrap();
+    let second = reconcile(restore.clone(), controller.clone())
+        .await
+        .unwrap();
+    let third = reconcile(restore.clone(), controller.clone())
+        .await
+        .unwrap();
+    drop(controller);
+    let received = server.finish().await;
+
+    assert_eq!(first, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(
+        third,
+        Action::await_change(),
+        "a finished restore waits for a change"
+    );
+    for (status_write, job_create, node, job) in [(3, 4, "node-b", &b), (8, 9, "node-c", &c)] {
+        let entry = &received[status_write].body["status"]["images"][0];
+        assert_eq!(entry["state"], "InProgress");
+        assert_eq!(
+            entry["jobName"],
+            job.as_str(),
+            "the status names the Job first"
+        );
+        assert_eq!(entry["source"]["name"], node);
+        let created = &received[job_create].body;
+        assert_eq!(created["metadata"]["name"], job.as_str());
+        assert_eq!(pinned_node(created), node);
+    }
+    let last = &received[12].body["status"];
+    let entry = &last["images"][0];
+    assert_eq!(entry["state"], "Failed");
+    assert_eq!(entry["reason"], "NodeExportFailed");
+    let message = entry["message"].as_str().unwrap();
+    assert!(
+        message.contains("node-c") && message.contains("ImageNotOnNode"),
+        "{message}"
+    );
+    assert!(last["completionTime"].is_string());
+    assert_eq!(received[13].body["reason"], "ImageRestoreFailed");
+    assert_eq!(received[14].body["reason"], "RestoreFailed");
+}
+
+/// An export Job someone deleted is created again under its name, on its
+/// node; the image is not reported done, and nothing in the status
+/// changes (no write).
+#[tokio::test]
+async fn an_export_job_deleted_by_someone_is_created_again_not_reported_done() {
+    let a = job_on("node-a");
+    let restore = exporting("node-a", &a);
+    let (client, server) = scripted(vec![
+        expect(
+            Method::GET,
+            &format!("{JOBS}/{a}"),
+            404,
+            status_error(404, "NotFound", "jobs.batch not found"),
+        ),
+        expect(Method::POST, JOBS, 201, created_job()),
+    ]);
+    let controller = Arc::new(RestoreController::for_tests(client));
+
+    let action = reconcile(restore.clone(), controller.clone())
+        .await
+        .unwrap();
+    let newest = controller.latest_status(&restore);
+    drop(controller);
+    let received = server.finish().await;
+
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let created = &received[1].body;
+    assert_eq!(created["metadata"]["name"], a.as_str());
+    assert_eq!(pinned_node(created), "node-a");
+    assert_eq!(newest.images[0].state, ImageRestoreState::InProgress);
+    assert!(newest.completion_time.is_none());
+}
