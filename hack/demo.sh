@@ -28,6 +28,7 @@ hack/install-deps.sh
 hack/build-kubernetes.sh
 hack/build-helm.sh
 source hack/cluster/env.sh
+source hack/cluster/registry-access.sh
 HELM="$LIFEBOAT_BIN_CACHE/helm-$HELM_VERSION/helm"
 export KUBECONFIG="$KUBECONFIG_ADMIN"
 k() { "$KUBECTL" "$@"; }
@@ -116,11 +117,8 @@ done
 k get pods -n shop -o wide; k get pods -n legacy -o wide
 
 banner "6/8 protection: an ImageBackupPolicy backs up shop's images into the backup registry ($BACKUP_REGISTRY)"
-k -n lifeboat-system create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" \
-  --dry-run=client -o yaml | k apply -f - >/dev/null
-k -n lifeboat-system create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" \
-  --dry-run=client -o yaml | k apply -f - >/dev/null
+# The operator's own namespace: it reads its Secrets without a RoleBinding.
+backup_registry_secrets lifeboat-system
 k apply -n lifeboat-system -f - <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
@@ -129,10 +127,7 @@ spec:
   selector:
     includedNamespaces: [shop]
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY/lifeboat
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "" backup "$BACKUP_REGISTRY/lifeboat")
   continuous: true
   schedule: "0 3 * * *"
   timeZone: Europe/Berlin

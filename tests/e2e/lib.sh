@@ -112,41 +112,10 @@ run_cleanups() {
 }
 trap run_cleanups EXIT
 
-# grant_credentials NS: what a team does so the operator may read the
-# Secrets and ConfigMaps its policies name: a RoleBinding in its namespace to
-# the chart's credentials-reader ClusterRole (docs/security.md).
-grant_credentials() {
-  k -n "$1" create rolebinding lifeboat-credentials-reader --clusterrole lifeboat-credentials-reader \
-    --serviceaccount lifeboat-system:lifeboat-operator >/dev/null
-}
-
-# backup_registry_access NS: grant_credentials, then the Secret
-# `backup-credentials` (basic auth) and the ConfigMap `backup-ca` (the cluster
-# CA) that policies in NS use to reach the backup registry.
-backup_registry_access() {
-  grant_credentials "$1"
-  registry_secret "$1" backup-credentials "$BACKUP_REGISTRY"
-  k -n "$1" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
-}
-# registry_secret NS NAME SERVER: a docker-registry Secret with the backup
-# registry's credentials for SERVER (the backup registry, or a relay to it).
-registry_secret() {
-  k -n "$1" create secret docker-registry "$2" --docker-server="$3" \
-    --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-}
-# backup_target TEMPLATE [NAME] [REGISTRY] [SECRET]: the YAML of one item of
-# an ImageBackupPolicy's spec.targets (indented to follow "  targets:") that
-# writes to the backup registry (or REGISTRY) under repositoryTemplate
-# TEMPLATE, with the credentials and CA of backup_registry_access.
-backup_target() {
-  cat <<YAML
-  - name: ${2:-backup}
-    registry: ${3:-$BACKUP_REGISTRY}
-    repositoryTemplate: "$1"
-    secretRef: {name: ${4:-backup-credentials}}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
-YAML
-}
+# grant_credentials, registry_secret, backup_registry_secrets,
+# backup_registry_access and backup_target: a namespace's way to the backup
+# registry, shared with hack/demo.sh.
+source "$REPO_ROOT/hack/cluster/registry-access.sh"
 
 # install_operator: builds Lifeboat's images from this checkout, loads them
 # into the nodes and applies the CRDs and config/operator. Each step is a check.

@@ -77,9 +77,7 @@ no_cluster_wide_read() {
 check "can-i get secrets -n default / kube-system / a fresh tenant: no (own namespace: yes)" no_cluster_wide_read
 
 # The attacker team's own backup set-up, without the RoleBinding yet.
-k -n "$attacker" create secret docker-registry backup-credentials --docker-server="$BACKUP_REGISTRY" \
-  --docker-username="$BACKUP_REGISTRY_USER" --docker-password="$BACKUP_REGISTRY_PASSWORD" >/dev/null
-k -n "$attacker" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+backup_registry_secrets "$attacker"
 k -n "$attacker" apply -f - >/dev/null <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageBackupPolicy
@@ -87,11 +85,7 @@ metadata: {name: own}
 spec:
   selector: {images: {include: ["**/${base#e2e/}/own-app"]}}
   targets:
-  - name: backup
-    registry: $BACKUP_REGISTRY
-    repositoryTemplate: "e2e/{policyNamespace}/{registry}/{repository}"
-    secretRef: {name: backup-credentials}
-    caBundle: {configMapKeyRef: {name: backup-ca, key: ca.crt}}
+$(backup_target "e2e/{policyNamespace}/{registry}/{repository}")
 YAML
 ready_of() { # ready_of KIND NS NAME -> "status reason"
   k -n "$2" get "$1" "$3" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}'
