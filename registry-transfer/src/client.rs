@@ -713,6 +713,27 @@ impl RegistryClient {
         self.http.request(method, url)
     }
 
+    /// HEAD or GET a manifest by tag or digest, accepting every manifest
+    /// type Lifeboat copies: the answer, or `None` if absent.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        operation: &str,
+        repository: &str,
+        reference: &str,
+        scopes: &[String],
+    ) -> Result<Option<Response>, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
+        let response = self
+            .send(operation, scopes, &found_or_absent, &|| {
+                Ok(self
+                    .request(method.clone(), url.clone())
+                    .header(header::ACCEPT, ACCEPT_MANIFESTS))
+            })
+            .await?;
+        Ok((response.status() != StatusCode::NOT_FOUND).then_some(response))
+    }
+
     /// HEAD a manifest by tag or digest: its digest, or `None` if absent.
     pub(crate) async fn manifest_digest(
         &self,
@@ -720,22 +741,12 @@ impl RegistryClient {
         reference: &str,
         scopes: &[String],
     ) -> Result<Option<ManifestHead>, TransferError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let response = self
-            .send(
-                "manifest HEAD",
-                scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| {
-                    Ok(self
-                        .request(Method::HEAD, url.clone())
-                        .header(header::ACCEPT, ACCEPT_MANIFESTS))
-                },
-            )
-            .await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let Some(response) = self
+            .manifest_request(Method::HEAD, "manifest HEAD", repository, reference, scopes)
+            .await?
+        else {
             return Ok(None);
-        }
+        };
         let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default();
         let size = response
             .headers()
@@ -769,22 +780,12 @@ impl RegistryClient {
         reference: &str,
         scopes: &[String],
     ) -> Result<Option<(Bytes, String)>, TransferError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
-        let response = self
-            .send(
-                "manifest GET",
-                scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| {
-                    Ok(self
-                        .request(Method::GET, url.clone())
-                        .header(header::ACCEPT, ACCEPT_MANIFESTS))
-                },
-            )
-            .await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let Some(response) = self
+            .manifest_request(Method::GET, "manifest GET", repository, reference, scopes)
+            .await?
+        else {
             return Ok(None);
-        }
+        };
         let media_type = header_str(response.headers(), header::CONTENT_TYPE).unwrap_or_default();
         let body =
             read_bounded(&self.name, BodyKind::Manifest, response, self.body_timeout).await?;
@@ -831,12 +832,9 @@ impl RegistryClient {
         let url = self.url(path_and_query.trim_start_matches('/'))?;
         let scopes = [pull_scope(repository)];
         let response = self
-            .send(
-                "tags list",
-                &scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| Ok(self.request(Method::GET, url.clone())),
-            )
+            .send("tags list", &scopes, &found_or_absent, &|| {
+                Ok(self.request(Method::GET, url.clone()))
+            })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok((Vec::new(), None));
@@ -865,12 +863,9 @@ impl RegistryClient {
         let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
         let scopes = [delete_scope(repository)];
         let response = self
-            .send(
-                "manifest DELETE",
-                &scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| Ok(self.request(Method::DELETE, url.clone())),
-            )
+            .send("manifest DELETE", &scopes, &found_or_absent, &|| {
+                Ok(self.request(Method::DELETE, url.clone()))
+            })
             .await?;
         Ok(response.status().is_success())
     }
@@ -884,12 +879,9 @@ impl RegistryClient {
     ) -> Result<bool, TransferError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let response = self
-            .send(
-                "blob HEAD",
-                scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| Ok(self.request(Method::HEAD, url.clone())),
-            )
+            .send("blob HEAD", scopes, &found_or_absent, &|| {
+                Ok(self.request(Method::HEAD, url.clone()))
+            })
             .await?;
         Ok(response.status().is_success())
     }
@@ -908,19 +900,14 @@ impl RegistryClient {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let scopes = [pull_scope(repository)];
         let response = self
-            .send_streaming(
-                "blob GET",
-                &scopes,
-                &|s| s.is_success() || s == StatusCode::NOT_FOUND,
-                &|| {
-                    let request = self.request(Method::GET, url.clone());
-                    Ok(if offset > 0 {
-                        request.header(header::RANGE, format!("bytes={offset}-"))
-                    } else {
-                        request
-                    })
-                },
-            )
+            .send_streaming("blob GET", &scopes, &found_or_absent, &|| {
+                let request = self.request(Method::GET, url.clone());
+                Ok(if offset > 0 {
+                    request.header(header::RANGE, format!("bytes={offset}-"))
+                } else {
+                    request
+                })
+            })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -1118,6 +1105,12 @@ pub(crate) struct ManifestHead {
 /// Bytes held by an upload session, from `Range: 0-<last byte>`.
 /// Distribution says `0-0` for both an empty session and one byte; reading
 /// it as empty is safe: the caller then restarts rather than resumes.
+/// An answer that says whether the object is there: 2xx, or 404 (absent),
+/// as opposed to an error to retry or report.
+fn found_or_absent(status: StatusCode) -> bool {
+    status.is_success() || status == StatusCode::NOT_FOUND
+}
+
 fn range_end(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::RANGE)
         .and_then(|r| {

@@ -21,12 +21,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use kube::runtime::controller::{self, Action};
 use tracing::{error, warn};
 
 use crate::context::Context;
 use crate::error::OperatorError;
+
+/// Kubernetes `Time` has second precision on the wire: both controllers
+/// stamp and compare times like it, so a status read back equals the one
+/// written.
+pub(crate) fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time)
+}
 
 /// Runs every controller, side by side, until the process ends (or the
 /// first of them stops).

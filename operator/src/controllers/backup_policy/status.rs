@@ -51,10 +51,7 @@ pub struct Evaluation {
     pub retention_only: bool,
 }
 
-/// Kubernetes `Time` has second precision on the wire: compare like it.
-pub fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time)
-}
+pub(crate) use crate::controllers::whole_seconds;
 
 fn time(t: DateTime<Utc>) -> Time {
     to_k8s_time(whole_seconds(t))

@@ -10,10 +10,7 @@ use lifeboat_api::conditions::{
 use lifeboat_api::restore::{ImageRestoreState, RestoredImage};
 use lifeboat_api::time::{from_k8s_time, to_k8s_time};
 
-/// Kubernetes `Time` has second precision on the wire: compare like it.
-pub(crate) fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time)
-}
+pub(crate) use crate::controllers::whole_seconds;
 
 fn set(
     status: &mut ImageRestoreStatus,
