@@ -255,3 +255,60 @@ async fn an_export_job_deleted_by_someone_is_created_again_not_reported_done() {
     assert_eq!(newest.images[0].state, ImageRestoreState::InProgress);
     assert!(newest.completion_time.is_none());
 }
+
+/// A node-exporter that writes its report in a version this operator does
+/// not read is not trusted, even where the report says "Preserved": the
+/// image fails with `UnsupportedNodeReportVersion`, no registry is asked.
+#[tokio::test]
+async fn a_report_of_an_unknown_version_fails_the_image_with_its_own_reason() {
+    let a = job_on("node-a");
+    let restore = exporting("node-a", &a);
+    let restore_json = serde_json::to_value(&*restore).unwrap();
+    let secret = object_names::credentials_secret_name("r", UID);
+    let report = json!({"v": 99, "results": [{
+        "image": argument(), "status": "Preserved", "digest": DIGEST, "bytes": 10,
+    }]});
+    let pods = json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "p", "namespace": NAMESPACE},
+            "status": {"phase": "Succeeded", "containerStatuses": [{
+                "name": "export", "image": "node-exporter", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": report.to_string()}},
+            }]},
+        }],
+    });
+    let complete = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": a, "namespace": NAMESPACE},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    });
+    let (client, server) = scripted(vec![
+        expect(Method::GET, &format!("{JOBS}/{a}"), 200, complete),
+        expect(Method::GET, PODS, 200, pods),
+        expect(Method::PATCH, STATUS, 200, restore_json),
+        expect_event(NAMESPACE),
+        expect_event(NAMESPACE),
+        expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{secret}"),
+            404,
+            status_error(404, "NotFound", "not found"),
+        ),
+    ]);
+    let controller = Arc::new(RestoreController::for_tests(client));
+
+    let action = reconcile(restore, controller.clone()).await.unwrap();
+    drop(controller);
+    let received = server.finish().await;
+
+    assert_eq!(action, Action::await_change());
+    let entry = &received[2].body["status"]["images"][0];
+    assert_eq!(entry["state"], "Failed");
+    assert_eq!(entry["reason"], "UnsupportedNodeReportVersion");
+    let message = entry["message"].as_str().unwrap();
+    assert!(message.contains(&a) && message.contains("99"), "{message}");
+    assert_eq!(received[3].body["reason"], "ImageRestoreFailed");
+    assert_eq!(received[4].body["reason"], "RestoreFailed");
+}
