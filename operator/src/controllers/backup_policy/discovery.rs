@@ -545,10 +545,9 @@ fn reference_with_digest(image: &str, digest: Option<&Digest>) -> Option<ImageRe
     })
 }
 
-/// Builds a policy's inventory from the cluster snapshot.
-// Three passes (pods, then digests, then templates) over one shared state;
-// left whole while the one image reference type (issue 13) reworks it.
-#[allow(clippy::too_many_lines)]
+/// Builds a policy's inventory from the cluster snapshot, in three passes
+/// over one inventory: the pods' containers, what they run (by digest
+/// first), then the templates no pod accounts for.
 pub fn discover(
     snapshot: &ClusterSnapshot,
     scope: &Scope,
@@ -558,18 +557,38 @@ pub fn discover(
     let filters = Filters::new(scope, images, snapshot)?;
     let index = WorkloadIndex::new(snapshot);
     let mut inventory = Inventory::default();
+    let observed = observe(snapshot, &filters, &index, &mut inventory);
+    let running = record_running(observed, hints, &mut inventory);
+    add_templates(&index, &filters, &running, &mut inventory);
+    inventory.unparsable.sort();
+    inventory.unparsable.dedup();
+    Ok(inventory)
+}
 
-    // First the pods that report a digest, then the rest: a pod still
-    // pulling (or failing to pull) an image another pod of the same workload
-    // runs adds no tag-only entry, its pull failure counts for the digest.
-    struct Observed {
-        workload: WorkloadId,
-        container: ContainerImage,
-        reference: ImageReference,
-        node: Option<String>,
-        secrets: BTreeSet<SecretId>,
-        pod: (String, String),
-    }
+/// One selected container of one pod.
+struct Observed {
+    workload: WorkloadId,
+    container: ContainerImage,
+    reference: ImageReference,
+    node: Option<String>,
+    secrets: BTreeSet<SecretId>,
+    pod: (String, String),
+}
+
+/// (workload, image string) -> digest keys a pod runs it at; a template's
+/// tag is only used while no pod accounts for it.
+type Running = BTreeMap<(WorkloadId, String), BTreeSet<String>>;
+
+/// The containers of the selected pods, those that report a digest first:
+/// a pod still pulling (or failing to pull) an image another pod of the
+/// same workload runs adds no tag-only entry, its pull failure counts for
+/// the digest. Unparsable images go into the inventory.
+fn observe(
+    snapshot: &ClusterSnapshot,
+    filters: &Filters<'_>,
+    index: &WorkloadIndex,
+    inventory: &mut Inventory,
+) -> Vec<Observed> {
     let mut observed: Vec<Observed> = Vec::new();
     for pod in &snapshot.pods {
         let Some(workload) = index.owner_of(pod) else {
@@ -611,9 +630,17 @@ pub fn discover(
         }
     }
     observed.sort_by_key(|o| o.reference.digest.is_none());
-    // (workload, image string) -> digest keys a pod runs it at; a
-    // template's tag is only used while no pod accounts for it.
-    let mut running: BTreeMap<(WorkloadId, String), BTreeSet<String>> = BTreeMap::new();
+    observed
+}
+
+/// Adds what the observed containers run to the inventory (a tag-only
+/// container by the digest its workload runs or last ran, when known).
+fn record_running(
+    observed: Vec<Observed>,
+    hints: &DigestHints,
+    inventory: &mut Inventory,
+) -> Running {
+    let mut running = Running::new();
     for o in observed {
         let failing = o
             .container
@@ -644,7 +671,7 @@ pub fn discover(
                     continue;
                 };
                 let reference = o.reference.with_digest(digest.clone());
-                let entry = add_use(&mut inventory, reference, &o.workload, &o.secrets);
+                let entry = add_use(inventory, reference, &o.workload, &o.secrets);
                 entry.nodes.extend(nodes.iter().cloned());
                 if failing {
                     entry.pull_failures.insert(o.pod.clone());
@@ -661,7 +688,7 @@ pub fn discover(
             }
             continue;
         }
-        let entry = add_use(&mut inventory, o.reference, &o.workload, &o.secrets);
+        let entry = add_use(inventory, o.reference, &o.workload, &o.secrets);
         if let Some(digest) = entry.reference.digest.clone() {
             let key = entry.key();
             if let Some(node) = &o.node
@@ -689,6 +716,16 @@ pub fn discover(
         }
     }
 
+    running
+}
+
+/// The templates' images no pod accounts for, by tag.
+fn add_templates(
+    index: &WorkloadIndex,
+    filters: &Filters<'_>,
+    running: &Running,
+    inventory: &mut Inventory,
+) {
     for (workload, template, secrets) in &index.templates {
         if !filters.namespace_selected(&workload.namespace)
             || !filters.workload_selected(workload.kind, index.labels.get(workload))
@@ -707,12 +744,9 @@ pub fn discover(
             if !filters.images.matches(&reference) {
                 continue;
             }
-            add_use(&mut inventory, reference, workload, secrets);
+            add_use(inventory, reference, workload, secrets);
         }
     }
-    inventory.unparsable.sort();
-    inventory.unparsable.dedup();
-    Ok(inventory)
 }
 
 fn add_use<'i>(
