@@ -140,24 +140,7 @@ pub(crate) fn summarize(
             if failed.len() > 1 {
                 message.push_str(" (see status.images for the others)");
             }
-            set(
-                &mut status,
-                now,
-                types::READY,
-                ConditionStatus::False,
-                &reason,
-                message.clone(),
-                generation,
-            );
-            set(
-                &mut status,
-                now,
-                types::STALLED,
-                ConditionStatus::True,
-                &reason,
-                message,
-                generation,
-            );
+            set_stalled(&mut status, now, &reason, &message, generation);
         }
     }
     status
@@ -178,25 +161,24 @@ pub(crate) fn stalled(
         status.completion_time = Some(to_k8s_time(whole_seconds(now)));
     }
     remove_condition(&mut status.conditions, types::RECONCILING);
-    set(
-        &mut status,
-        now,
-        types::READY,
-        ConditionStatus::False,
-        reason,
-        message,
-        generation,
-    );
-    set(
-        &mut status,
-        now,
-        types::STALLED,
-        ConditionStatus::True,
-        reason,
-        message,
-        generation,
-    );
+    set_stalled(&mut status, now, reason, message, generation);
     status
+}
+
+/// `Ready=False` and `Stalled=True`, both with the same reason and message.
+fn set_stalled(
+    status: &mut ImageRestoreStatus,
+    now: DateTime<Utc>,
+    reason: &str,
+    message: &str,
+    generation: i64,
+) {
+    for (type_, value) in [
+        (types::READY, ConditionStatus::False),
+        (types::STALLED, ConditionStatus::True),
+    ] {
+        set(status, now, type_, value, reason, message, generation);
+    }
 }
 
 /// A policy restore for a policy that reports nothing missing: done, and
