@@ -11,6 +11,7 @@ cd "$REPO_ROOT"
 # name | default command | what it measures (the docs/benchmarks.md section)
 benchmarks=(
   "transfer|cargo bench -p registry-transfer --bench transfer -- --write|registry-transfer against skopeo on three corpora; rewrites the 'Registry transfer' tables (registry-transfer/benches/transfer.rs)"
+  "referrers|cargo test -p registry-transfer --release --test referrers three_referrers -- --nocapture|requests of an image with 3 referrers against the image alone plus the referrers' own, and against oras cp -r ('Referrers'; registry-transfer/tests/referrers.rs)"
   "node-exporter|cargo test -p lifeboat-node-exporter --release --test benchmark -- --ignored --nocapture|a 1 GiB image pushed from a node's containerd three ways, speed and peak memory ('node-exporter'; node-exporter/tests/benchmark.rs)"
   "cluster-memory|operator/bench/cluster-memory.sh 2000 300|operator memory with 2,000 pods and 300 images, and their first full backup ('Operator: backup'; needs the local cluster and the operator deployed)"
   "restore|hack/bench-restore.sh --deploy 2|deletion to restored and re-pulled, from the backup registry and from a node ('Restore'; needs the local cluster)"

@@ -21,6 +21,7 @@ use crate::manifest::{
     self, ManifestContent, Platform, effective_media_type, filter_index, sha256_digest, verify,
 };
 use crate::reference::{ImageReference, RepositoryRef, api_host, deterministic_tag, is_valid_tag};
+use crate::referrers::{ReferrerCopy, ReferrerTarget, ReferrersPolicy, image_subjects};
 use crate::registry_source::RegistrySource;
 use crate::retry::RetryPolicy;
 use crate::source::SourceErrorKind;
@@ -91,6 +92,9 @@ pub struct CopyRequest {
     pub platforms: Vec<Platform>,
     /// Whether a target tag that points elsewhere may be moved.
     pub allow_tag_move: bool,
+    /// Which signatures, SBOMs and attestations come along (default:
+    /// none, the image alone).
+    pub referrers: ReferrersPolicy,
 }
 
 impl CopyRequest {
@@ -100,7 +104,13 @@ impl CopyRequest {
             tag: None,
             platforms: Vec::new(),
             allow_tag_move: false,
+            referrers: ReferrersPolicy::None,
         }
+    }
+
+    pub fn with_referrers(mut self, referrers: ReferrersPolicy) -> CopyRequest {
+        self.referrers = referrers;
+        self
     }
 
     pub fn with_tag(mut self, tag: impl Into<String>) -> CopyRequest {
@@ -145,10 +155,14 @@ pub struct CopyReport {
     /// HTTP requests this copy made (token requests included), source and
     /// target together.
     pub requests: u64,
+    /// The referrers brought along (or found already there), as the
+    /// request's policy chose them. Their manifests and blobs are counted
+    /// in the figures above too.
+    pub referrers: Vec<ReferrerCopy>,
 }
 
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     manifests_copied: AtomicU32,
     manifests_skipped: AtomicU32,
     blobs_copied: AtomicU32,
@@ -190,6 +204,12 @@ pub(crate) fn check_index_limits(
 
 fn bump(counter: &AtomicU32) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Tally {
+    pub(crate) fn count_manifest_copied(&self) {
+        bump(&self.manifests_copied);
+    }
 }
 
 /// What to do about the target tag.
@@ -302,7 +322,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Turns a source's error into ours, keeping our own errors as they are.
-fn source_error<S: ContentSource>(error: S::Error) -> TransferError {
+pub(crate) fn source_error<S: ContentSource>(error: S::Error) -> TransferError {
     let kind = S::classify_error(&error);
     let boxed: Box<dyn StdError + Send + Sync> = Box::new(error);
     match boxed.downcast::<TransferError>() {
@@ -434,7 +454,7 @@ impl Transfer {
         let counter = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let result = COPY_REQUESTS
-            .scope(counter.clone(), self.copy_inner(source, request))
+            .scope(counter.clone(), self.copy_with_referrers(source, request))
             .await;
         let requests = counter.load(Ordering::Relaxed);
         match &result {
@@ -442,7 +462,7 @@ impl Transfer {
                 target = %request.target, tag = %report.tag, digest = %report.digest,
                 up_to_date = report.up_to_date, blobs_copied = report.blobs_copied,
                 blobs_mounted = report.blobs_mounted, bytes = report.bytes_copied,
-                requests, elapsed_ms = started.elapsed().as_millis() as u64, "copied"
+                referrers = report.referrers.len(), requests, elapsed_ms = started.elapsed().as_millis() as u64, "copied"
             ),
             Err(e) => tracing::warn!(
                 target = %request.target, reason = e.reason(), error = %e, requests, "copy failed"
@@ -459,7 +479,7 @@ impl Transfer {
         self.inner.limiter.acquire(&keys).await
     }
 
-    async fn target_manifest(
+    pub(crate) async fn target_manifest(
         &self,
         target: &RegistryClient,
         repository: &str,
@@ -473,7 +493,7 @@ impl Transfer {
             .map(|head| head.digest))
     }
 
-    async fn source_manifest<S: ContentSource>(
+    pub(crate) async fn source_manifest<S: ContentSource>(
         &self,
         source: &S,
         digest: &Digest,
@@ -494,7 +514,7 @@ impl Transfer {
         Ok(source.resolve().await.map_err(source_error::<S>)?.digest)
     }
 
-    async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         target: &RegistryClient,
         repository: &str,
@@ -507,7 +527,7 @@ impl Transfer {
         let stored = target
             .manifest_put(repository, reference, bytes, media_type)
             .await?;
-        match stored {
+        match stored.digest {
             Some(stored) if &stored != digest => Err(TransferError::DigestMismatch {
                 expected: digest.clone(),
                 actual: stored.to_string(),
@@ -516,11 +536,62 @@ impl Transfer {
         }
     }
 
-    async fn copy_inner<S: ContentSource>(
+    /// The image, then (when the policy asks) its referrers. The tally is
+    /// shared, so the report counts both.
+    async fn copy_with_referrers<S: ContentSource>(
         &self,
         source: &S,
         request: &CopyRequest,
     ) -> Result<CopyReport, TransferError> {
+        let tally = Tally::default();
+        let (mut report, content) = self.copy_inner(source, request, &tally).await?;
+        if request.referrers.is_none() {
+            return Ok(report);
+        }
+        let content = match content {
+            Some(content) => content,
+            // Warm: the image was not read; its manifest says which
+            // platform manifests may have referrers of their own.
+            None => {
+                let (bytes, reported) = self.source_manifest(source, &report.source_digest).await?;
+                let media_type = effective_media_type(&bytes, &reported);
+                manifest::parse(&bytes, &media_type, &report.source_digest)?
+            }
+        };
+        let subjects = image_subjects(&report.digest, report.index_digest_changed, &content);
+        let target = self.client(&request.target.registry)?;
+        let referrers = self
+            .copy_referrers(
+                source,
+                ReferrerTarget {
+                    client: &target,
+                    repo: &request.target,
+                },
+                subjects,
+                &request.referrers,
+                &tally,
+            )
+            .await?;
+        report.manifests_copied = tally.manifests_copied.load(Ordering::Relaxed);
+        report.manifests_skipped =
+            tally.manifests_skipped.load(Ordering::Relaxed) + u32::from(report.up_to_date);
+        report.blobs_copied = tally.blobs_copied.load(Ordering::Relaxed);
+        report.blobs_skipped = tally.blobs_skipped.load(Ordering::Relaxed);
+        report.blobs_mounted = tally.blobs_mounted.load(Ordering::Relaxed);
+        report.bytes_copied = tally.bytes_copied.load(Ordering::Relaxed);
+        report.referrers = referrers;
+        Ok(report)
+    }
+
+    /// Copies the image alone. Returns its report and the content pushed
+    /// at the top (`None` when the target was up to date without reading
+    /// it).
+    async fn copy_inner<S: ContentSource>(
+        &self,
+        source: &S,
+        request: &CopyRequest,
+        tally: &Tally,
+    ) -> Result<(CopyReport, Option<ManifestContent>), TransferError> {
         if let Some(tag) = &request.tag
             && !is_valid_tag(tag)
         {
@@ -531,7 +602,6 @@ impl Transfer {
         let target = self.client(&request.target.registry)?;
         let repository = request.target.repository.as_str();
         let filtering = !request.platforms.is_empty();
-        let tally = Tally::default();
         let report = |tag: String,
                       source_digest: Digest,
                       digest: Digest,
@@ -552,6 +622,7 @@ impl Transfer {
             blobs_mounted: tally.blobs_mounted.load(Ordering::Relaxed),
             bytes_copied: tally.bytes_copied.load(Ordering::Relaxed),
             requests: 0,
+            referrers: Vec::new(),
         };
 
         // Warm path: once the source digest is known (for free when the
@@ -585,14 +656,8 @@ impl Transfer {
             };
             match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
                 TagDecision::UpToDate => {
-                    return Ok(report(
-                        tag,
-                        known.clone(),
-                        known.clone(),
-                        false,
-                        true,
-                        &tally,
-                    ));
+                    let report = report(tag, known.clone(), known.clone(), false, true, tally);
+                    return Ok((report, None));
                 }
                 TagDecision::Conflict(existing) => {
                     return Err(TransferError::TagConflict {
@@ -641,7 +706,8 @@ impl Transfer {
         };
         match tag_decision(existing.as_ref(), &digest, request.allow_tag_move) {
             TagDecision::UpToDate => {
-                return Ok(report(tag, source_digest, digest, changed, true, &tally));
+                let report = report(tag, source_digest, digest, changed, true, tally);
+                return Ok((report, Some(content)));
             }
             TagDecision::Conflict(existing) => {
                 return Err(TransferError::TagConflict {
@@ -659,18 +725,19 @@ impl Transfer {
             &target,
             &request.target,
             (&content, &digest, 0),
-            &tally,
+            tally,
         )
         .await?;
         self.push_manifest(&target, repository, &tag, &bytes, &media_type, &digest)
             .await?;
         bump(&tally.manifests_copied);
-        Ok(report(tag, source_digest, digest, changed, false, &tally))
+        let report = report(tag, source_digest, digest, changed, false, tally);
+        Ok((report, Some(content)))
     }
 
     /// Copies what a manifest references. `manifest` is its parsed
     /// content, its digest and its nesting level (0 for the top).
-    fn copy_content<'a, S: ContentSource>(
+    pub(crate) fn copy_content<'a, S: ContentSource>(
         &'a self,
         source: &'a S,
         target: &'a Arc<RegistryClient>,

@@ -100,6 +100,13 @@ pub enum TransferError {
         detail: String,
     },
 
+    /// More referrers (signatures, SBOMs, attestations) than an image
+    /// really has, or referrers of referrers nested deeper: the copy stops
+    /// before fetching them. A policy can opt out of referrers, or keep
+    /// only some artifact types.
+    #[error("referrers of {subject}: {detail}")]
+    TooManyReferrers { subject: Digest, detail: String },
+
     /// A registry that sends so slowly that the copy gives up rather than
     /// hold its slots.
     #[error("registry {registry} is too slow: {detail}")]
@@ -138,6 +145,7 @@ impl TransferError {
             TransferError::Protocol { .. } => "RegistryProtocolError",
             TransferError::ResponseTooLarge { .. } => "RegistryResponseTooLarge",
             TransferError::ImageTooComplex { .. } => "ImageTooComplex",
+            TransferError::TooManyReferrers { .. } => "TooManyReferrers",
             TransferError::TooSlow { .. } => "RegistryTooSlow",
             TransferError::CredentialsRefused { .. } => "CredentialsRefused",
         }
@@ -162,6 +170,7 @@ impl TransferError {
         match self {
             TransferError::ResponseTooLarge { .. }
             | TransferError::ImageTooComplex { .. }
+            | TransferError::TooManyReferrers { .. }
             | TransferError::TooSlow { .. } => "registry_limit",
             TransferError::CredentialsRefused { .. } => "registry_credentials_refused",
             _ => "registry",
