@@ -101,8 +101,15 @@ pub const RULE_RETENTION_NOT_EMPTY: CelRule = CelRule {
     field_path: None,
 };
 
+pub const RULE_REFERRERS_TYPES: CelRule = CelRule {
+    rule: "(has(self.copy) && self.copy == 'ArtifactTypes') == has(self.artifactTypes)",
+    message: "artifactTypes must be set exactly when copy is ArtifactTypes",
+    field_path: Some(".artifactTypes"),
+};
+
 /// The policy's CEL rules, for tests and documentation.
 pub const CEL_RULES: &[CelRule] = &[
+    RULE_REFERRERS_TYPES,
     RULE_DISJOINT_NAMESPACES,
     RULE_SCHEDULE_NO_TZ,
     RULE_SCHEDULE_SHAPE,
@@ -261,6 +268,44 @@ pub struct ImageBackupPolicySpec {
     /// restored or deleted, without writing to any registry.
     #[serde(default = "default_false")]
     pub dry_run: bool,
+
+    /// Which signatures, SBOMs and attestations (OCI referrers and cosign's
+    /// `sha256-<hex>.sig/.att/.sbom` tags) are copied with each image.
+    /// Unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<Referrers>,
+}
+
+/// What a policy copies of the artifacts that refer to its images.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ReferrersCopy {
+    /// Every referrer, recursively (a signature on an SBOM too).
+    #[default]
+    All,
+    /// The images alone.
+    None,
+    /// Only referrers whose artifact type is in `artifactTypes`.
+    ArtifactTypes,
+}
+
+/// Which referrers (signatures, SBOMs, attestations) travel with the images.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_REFERRERS_TYPES])))]
+pub struct Referrers {
+    /// `All` (when unset), `None`, or `ArtifactTypes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<ReferrersCopy>,
+
+    /// With `copy: ArtifactTypes`: the artifact types to copy, e.g.
+    /// `application/spdx+json`, or cosign's
+    /// `application/vnd.dev.cosign.simplesigning.v1+json` (signatures) and
+    /// `application/vnd.dsse.envelope.v1+json` (attestations). See
+    /// docs/transfer.md for how a referrer's type is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 255)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub artifact_types: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -674,6 +719,10 @@ pub struct PolicySummary {
     pub missing: i32,
     /// Bytes copied to targets since the policy was created.
     pub bytes_copied: i64,
+    /// Referrers (signatures, SBOMs, attestations) held in the targets with
+    /// the protected images, as of each image's last verified copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<i32>,
 }
 
 /// A protected image that its source registry no longer serves.

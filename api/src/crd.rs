@@ -377,6 +377,7 @@ mod status_examples {
                 failed: 0,
                 missing: 1,
                 bytes_copied: 123_456_789,
+                referrers: Some(14),
             }),
             missing_images: vec![MissingImage {
                 reference: "127.0.0.1:5001/demo/web:1.0".into(),
@@ -438,6 +439,7 @@ mod status_examples {
                         name: "lifeboat-node-1".into(),
                     }),
                     job_name: Some("lifeboat-export-abc123".into()),
+                    referrers: Some(0),
                     state: ImageRestoreState::Restored,
                     reason: None,
                     message: None,

@@ -192,7 +192,13 @@ async fn copy_all(
                     tally.copied += 1;
                 }
                 memory.failures.remove(&key);
-                memory.verified_at(&task.target_name, &task.image_key, outcome.digest, now);
+                memory.verified_with_referrers(
+                    &task.target_name,
+                    &task.image_key,
+                    outcome.digest,
+                    now,
+                    outcome.referrers,
+                );
             }
             Err(e) => {
                 tally.failed += 1;

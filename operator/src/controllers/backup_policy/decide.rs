@@ -23,7 +23,7 @@ use lifeboat_api::validation::ValidPolicy;
 use super::act::Acted;
 use super::discovery::{Inventory, Scope};
 use super::memory::{FAILURE_BACKOFF, PolicyMemory};
-use super::plan::{CopyTask, MappingError, PlanTarget, copy_tasks};
+use super::plan::{CopyTask, MappingError, PlanTarget, copy_tasks, referrers_policy};
 use super::status::{Evaluation, ImageState};
 
 /// Longest wait before a policy is looked at again.
@@ -240,6 +240,7 @@ pub(crate) fn plan(
         .map(|(valid, target)| PlanTarget {
             valid: valid.clone(),
             platforms: target.platforms.clone().unwrap_or_default(),
+            referrers: referrers_policy(spec.referrers.as_ref()),
         })
         .collect();
     let namespace = policy.namespace().unwrap_or_default();
@@ -450,6 +451,7 @@ pub(crate) fn evaluation(
         plan: acted.dry_run_plan.clone(),
         dry_run: plan.dry_run,
         bytes_copied_total: bytes_before.saturating_add(bytes_this_run),
+        referrers_held: memory.referrers_held(),
         retention_only: acted.retention_only,
     }
 }
@@ -576,6 +578,7 @@ mod tests {
             source,
             target_name: "backup".into(),
             platforms: vec![],
+            referrers: registry_transfer::ReferrersPolicy::All,
         }
     }
 
@@ -594,10 +597,12 @@ mod tests {
                 Verified {
                     digest: DIGEST.into(),
                     at: at(0),
+                    referrers: 2,
                 },
             );
         }
         assert!(!needs_copy(&pinned, &memory, false, at(1000), recheck));
+        assert_eq!(memory.referrers_held(), 4, "2 referrers with each image");
         assert!(
             needs_copy(&pinned, &memory, true, at(1), recheck),
             "full run"
@@ -684,6 +689,7 @@ mod tests {
             Verified {
                 digest: DIGEST.into(),
                 at: at(0),
+                referrers: 0,
             },
         );
         memory.failures.insert(
@@ -942,9 +948,11 @@ mod tests {
             finished_run: Some(tally.record(RunTrigger::OnDemand, at(0), at(1), None)),
             ..Acted::default()
         };
-        let memory = PolicyMemory::default();
+        let mut memory = PolicyMemory::default();
+        memory.verified_with_referrers("backup", "k", DIGEST.into(), at(0), 3);
         let evaluation = evaluation(&plan, &scope, &inventory, &memory, &acted, &previous);
         assert_eq!(evaluation.bytes_copied_total, 1024);
+        assert_eq!(evaluation.referrers_held, 3);
         assert_eq!(evaluation.generation, 4);
         assert_eq!(evaluation.target_count, 1);
         assert_eq!(evaluation.images.len(), 1);

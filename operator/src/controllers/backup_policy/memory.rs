@@ -15,6 +15,8 @@ use super::discovery::Inventory;
 pub(crate) struct Verified {
     pub(crate) digest: String,
     pub(crate) at: DateTime<Utc>,
+    /// Referrers the target held with it at that copy.
+    pub(crate) referrers: u32,
 }
 
 /// How long credentials read from Secrets are reused before they are read
@@ -122,10 +124,32 @@ impl PolicyMemory {
         digest: String,
         now: DateTime<Utc>,
     ) {
+        self.verified_with_referrers(target, key, digest, now, 0);
+    }
+
+    /// Like [`Self::verified_at`], with the referrers the copy brought.
+    pub(crate) fn verified_with_referrers(
+        &mut self,
+        target: &str,
+        key: &str,
+        digest: String,
+        now: DateTime<Utc>,
+        referrers: u32,
+    ) {
         self.verified.insert(
             (target.to_owned(), key.to_owned()),
-            Verified { digest, at: now },
+            Verified {
+                digest,
+                at: now,
+                referrers,
+            },
         );
+    }
+
+    /// Referrers held in the targets with the images, all targets counted.
+    pub(crate) fn referrers_held(&self) -> i32 {
+        let total: u64 = self.verified.values().map(|v| u64::from(v.referrers)).sum();
+        i32::try_from(total).unwrap_or(i32::MAX)
     }
 
     /// The targets known to hold the image `key`.

@@ -103,6 +103,9 @@ pub struct CopyOutcome {
     pub digest: String,
     pub bytes: u64,
     pub up_to_date: bool,
+    /// Referrers (signatures, SBOMs, attestations) the target holds with
+    /// the image, as the policy chose them.
+    pub referrers: u32,
 }
 
 /// Copies one image into one target: digest-exact under Lifeboat's
@@ -123,6 +126,8 @@ pub async fn copy_task(
     );
     let mut bytes = 0;
     let mut up_to_date = true;
+    let mut referrers = 0;
+    let count = |report: &CopyReport| u32::try_from(report.referrers.len()).unwrap_or(u32::MAX);
     let digest = match task.source.pinned() {
         Some(pinned) => {
             let source = pinned;
@@ -133,10 +138,12 @@ pub async fn copy_task(
                 .unwrap_or_default();
             let request = CopyRequest::new(target.clone())
                 .with_platforms(platforms.clone())
-                .with_tag(digest_tag);
+                .with_tag(digest_tag)
+                .with_referrers(task.referrers.clone());
             let report: CopyReport = transfer.copy_image(&source, &request).await?;
             bytes += report.bytes_copied;
             up_to_date &= report.up_to_date;
+            referrers = count(&report);
             report.digest.to_string()
         }
         None => String::new(),
@@ -145,10 +152,18 @@ pub async fn copy_task(
         // With a digest this only moves the tag (everything is there); by
         // tag alone it is the copy.
         let source = &task.source;
+        // The referrers came with the copy by digest; by tag alone this
+        // is the copy, and they come now.
+        let with_referrers = if digest.is_empty() {
+            task.referrers.clone()
+        } else {
+            registry_transfer::ReferrersPolicy::None
+        };
         let request = CopyRequest::new(target)
             .with_platforms(platforms)
             .with_tag(tag.clone())
-            .allowing_tag_move(true);
+            .allowing_tag_move(true)
+            .with_referrers(with_referrers);
         let report = transfer.copy_image(source, &request).await?;
         bytes += report.bytes_copied;
         up_to_date &= report.up_to_date;
@@ -157,6 +172,7 @@ pub async fn copy_task(
                 digest: report.digest.to_string(),
                 bytes,
                 up_to_date,
+                referrers: count(&report),
             });
         }
     }
@@ -164,6 +180,7 @@ pub async fn copy_task(
         digest,
         bytes,
         up_to_date,
+        referrers,
     })
 }
 

@@ -46,6 +46,8 @@ pub struct Evaluation {
     pub plan: Option<DryRunPlan>,
     pub dry_run: bool,
     pub bytes_copied_total: i64,
+    /// Referrers held with the images in the targets (`summary.referrers`).
+    pub referrers_held: i32,
     /// `finished_run` is a retention pass outside a backup run: it goes
     /// into the history but says nothing about backups.
     pub retention_only: bool,
@@ -146,6 +148,7 @@ fn set_images(
         failed,
         missing,
         bytes_copied: evaluation.bytes_copied_total,
+        referrers: Some(evaluation.referrers_held),
     });
     let mut missing_images: Vec<MissingImage> = evaluation
         .images
@@ -477,6 +480,7 @@ mod tests {
             plan: None,
             dry_run: false,
             bytes_copied_total: 0,
+            referrers_held: 0,
             retention_only: false,
         }
     }

@@ -25,8 +25,8 @@ use lifeboat_api::validation::{ValidRestore, validate_policy_spec, validate_rest
 use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestore, ImageRestoreStatus};
 use opentelemetry::KeyValue;
 use registry_transfer::{
-    ContentSource as _, CopyRequest, RegistrySettings, RepositoryRef, Transfer, TransferError,
-    deterministic_tag,
+    ContentSource as _, CopyRequest, ReferrersPolicy, RegistrySettings, RepositoryRef, Transfer,
+    TransferError, deterministic_tag,
 };
 use tracing::{debug, info, warn};
 
@@ -1016,7 +1016,8 @@ async fn from_backup(
             }
         };
         return match copy_back(transfer, &pinned, &destination).await {
-            Ok(copied) => {
+            Ok((copied, referrers)) => {
+                image.referrers = Some(i32::try_from(referrers).unwrap_or(i32::MAX));
                 let digest = reference
                     .digest
                     .as_ref()
@@ -1040,12 +1041,14 @@ async fn from_backup(
 
 /// Copies a backup back: digest-exact, under the original tag when that
 /// tag is free or already right, else under Lifeboat's deterministic tag
-/// (a tag someone moved since is left alone).
+/// (a tag someone moved since is left alone). Every signature, SBOM and
+/// attestation the backup holds for it comes along (the policy chose
+/// which at backup time). Returns the bytes and referrers copied.
 async fn copy_back(
     transfer: &Transfer,
     backup: &ImageReference,
     destination: &ImageReference,
-) -> Result<u64, TransferError> {
+) -> Result<(u64, usize), TransferError> {
     let source = backup;
     let target = RepositoryRef::of(destination);
     let digest_tag = source
@@ -1054,14 +1057,17 @@ async fn copy_back(
         .map(deterministic_tag)
         .unwrap_or_default();
     let tag = destination.tag.clone().unwrap_or(digest_tag.clone());
-    let request = CopyRequest::new(target.clone()).with_tag(tag);
+    let request = CopyRequest::new(target.clone())
+        .with_tag(tag)
+        .with_referrers(ReferrersPolicy::All);
     match transfer.copy_image(source, &request).await {
-        Ok(report) => Ok(report.bytes_copied),
+        Ok(report) => Ok((report.bytes_copied, report.referrers.len())),
         Err(TransferError::TagConflict { .. }) => {
-            let report = transfer
-                .copy_image(source, &CopyRequest::new(target).with_tag(digest_tag))
-                .await?;
-            Ok(report.bytes_copied)
+            let request = CopyRequest::new(target)
+                .with_tag(digest_tag)
+                .with_referrers(ReferrersPolicy::All);
+            let report = transfer.copy_image(source, &request).await?;
+            Ok((report.bytes_copied, report.referrers.len()))
         }
         Err(e) => Err(e),
     }
