@@ -675,3 +675,62 @@ async fn retry_after_dates_are_honoured_and_huge_values_capped() {
         "{waited:?}"
     );
 }
+
+/// A blob sent slowly but steadily (faster than any per-read timeout or
+/// throughput floor would notice) still cannot hold a copy for longer than
+/// its overall deadline: base plus size at the minimum throughput.
+#[tokio::test]
+async fn a_copy_past_its_deadline_is_cancelled_with_its_own_reason() {
+    let image = small_image();
+    let store = store_with(&image);
+    let layer = image.blobs[1].clone();
+    let server = HostileServer::start(move |request: &Request| {
+        if request.method == "GET" && request.path().ends_with(&layer.digest) {
+            return Reply::new(200).trickle(layer.data.to_vec(), Duration::from_millis(50));
+        }
+        store.answer(request)
+    })
+    .await;
+    let deadline = registry_transfer::CopyDeadline {
+        base: Duration::from_secs(2),
+        min_bytes_per_second: 1024 * 1024,
+    };
+    let config = TransferConfig {
+        blob_throughput_floor: None,
+        copy_deadline: Some(deadline),
+        ..hostile_config()
+    };
+    registry_transfer::install_crypto_provider();
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let started = Instant::now();
+    let error = expect_err(
+        Transfer::new(config.clone(), settings.clone())
+            .copy_image(&source(&server.host), &target(&server.host))
+            .await,
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            error,
+            // 2 s + the 2,105 bytes of blobs at 1 MiB/s, rounded up to 1 s.
+            TransferError::CopyDeadlineExceeded { bytes_known, deadline_seconds: 3, .. } if bytes_known >= 2000
+        ),
+        "{error}"
+    );
+    assert_eq!(error.reason(), "CopyDeadlineExceeded");
+    assert!(error.to_string().contains("dst/app"), "{error}");
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+
+    // The same deadline lets an honest registry's copy through.
+    let honest = store_with(&image);
+    let server = HostileServer::start(move |request: &Request| honest.answer(request)).await;
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let report = Transfer::new(config, settings)
+        .copy_image(&source(&server.host), &target(&server.host))
+        .await
+        .unwrap();
+    assert_eq!(report.digest.as_str(), image.digest);
+}

@@ -451,6 +451,7 @@ pub(crate) fn evaluation(
         dry_run: plan.dry_run,
         bytes_copied_total: bytes_before.saturating_add(bytes_this_run),
         retention_only: acted.retention_only,
+        running: acted.running.clone(),
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn policy_settings(
     spec: &ImageBackupPolicySpec,
     pull_secrets: &BTreeSet<SecretId>,
     plain_http_registries: &[String],
+    trusted_token_realms: &[(String, String)],
     operator_namespace: bool,
 ) -> Result<PolicySettings, OperatorError> {
     let mut fingerprint = String::new();
@@ -89,6 +90,10 @@ pub async fn policy_settings(
     for registry in plain_http_registries {
         settings = settings.allow_plain_http(registry);
     }
+    // Set by the admin only (a tenant cannot widen where credentials go).
+    for (registry, realm) in trusted_token_realms {
+        settings = settings.trust_token_realm(registry, realm);
+    }
     Ok(PolicySettings {
         settings,
         fingerprint,
@@ -104,6 +109,9 @@ pub struct CopyOutcome {
     pub bytes: u64,
     pub up_to_date: bool,
 }
+
+/// What one queued copy ends with.
+pub type CopyResult = Result<CopyOutcome, TransferError>;
 
 /// Copies one image into one target: digest-exact under Lifeboat's
 /// deterministic tag (never conflicts, never left untagged for a garbage
