@@ -265,6 +265,41 @@ mod tests {
         silent.abort();
     }
 
+    /// The admin's trusted realms reach the policy's engine, for their own
+    /// registry only; a spec has no way to add one.
+    #[tokio::test]
+    async fn trusted_token_realms_come_from_the_operator_config_only() {
+        crypto_provider();
+        let (client, server) = crate::controllers::test_api::scripted(vec![]);
+        let spec: ImageBackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "targets": [{"name": "backup", "registry": "backup.example"}],
+        }))
+        .unwrap();
+        let realms = [(
+            "registry.gitlab.com".to_owned(),
+            "https://gitlab.com".to_owned(),
+        )];
+        let settings = policy_settings(
+            &client,
+            "shop",
+            &spec,
+            &BTreeSet::new(),
+            &[],
+            &realms,
+            false,
+        )
+        .await
+        .unwrap();
+        let shown = format!("{:?}", settings.settings);
+        assert!(shown.contains("registry.gitlab.com"), "{shown}");
+        assert!(shown.contains("gitlab.com"), "{shown}");
+        let none = policy_settings(&client, "shop", &spec, &BTreeSet::new(), &[], &[], false)
+            .await
+            .unwrap();
+        assert!(!format!("{:?}", none.settings).contains("gitlab"));
+        assert!(server.finish().await.is_empty(), "no API request");
+    }
+
     #[tokio::test]
     async fn a_reference_without_a_digest_is_not_asked_for() {
         crypto_provider();
