@@ -92,6 +92,8 @@ pub struct Metrics {
     pub retention_failures: Counter<u64>,
     pub restores: Counter<u64>,
     pub restore_duration: Histogram<f64>,
+    pub copy_queue_depth: Gauge<u64>,
+    pub copies_cancelled: Counter<u64>,
 }
 
 impl Metrics {
@@ -152,6 +154,16 @@ impl Metrics {
                 .with_description(
                     "Retention steps (listing, reading, deleting) that failed, by policy",
                 )
+                .build(),
+            copy_queue_depth: meter
+                .u64_gauge("lifeboat_copy_queue_depth")
+                .with_description(
+                    "Image copies queued and running, by route (source registry -> target registry) and state",
+                )
+                .build(),
+            copies_cancelled: meter
+                .u64_counter("lifeboat_copies_cancelled")
+                .with_description("Image copies cancelled at their overall deadline, by route")
                 .build(),
             restores: meter
                 .u64_counter("lifeboat_restores")

@@ -57,7 +57,38 @@ pub struct TransferConfig {
     /// How long a blob seen in a target repository is trusted to still be
     /// there without asking again.
     pub known_blob_ttl: Duration,
+    /// The overall time one copy may take; `None`: no overall limit.
+    pub copy_deadline: Option<CopyDeadline>,
 }
+
+/// How long one copy may take in all: `base` plus the bytes of the image
+/// (as far as its manifests have been read) at `min_bytes_per_second`.
+/// The limit grows while the engine learns the image's size, so a large
+/// image gets its time and a trickling registry is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyDeadline {
+    pub base: Duration,
+    pub min_bytes_per_second: u64,
+}
+
+impl CopyDeadline {
+    /// The limit for an image of `bytes` (saturating: never panics on a
+    /// size a registry made up).
+    pub fn limit_for(&self, bytes: u64) -> Duration {
+        let per_second = self.min_bytes_per_second.max(1);
+        let seconds = bytes.div_ceil(per_second);
+        self.base.saturating_add(Duration::from_secs(seconds))
+    }
+}
+
+tokio::task_local! {
+    /// Bytes of the blobs of the copy running in this task, as its
+    /// manifests are read (what [`CopyDeadline`] is judged by).
+    static COPY_SIZE: Arc<AtomicU64>;
+}
+
+/// How often a running copy is compared with its deadline.
+const DEADLINE_TICK: Duration = Duration::from_millis(250);
 
 impl Default for TransferConfig {
     fn default() -> Self {
@@ -76,6 +107,39 @@ impl Default for TransferConfig {
                 window: Duration::from_secs(60),
             }),
             known_blob_ttl: Duration::from_secs(300),
+            copy_deadline: None,
+        }
+    }
+}
+
+/// Runs `work` until it ends or outlives `deadline` for the bytes known
+/// so far; then it is dropped (its requests cancelled, its upload
+/// sessions cleaned up by their guards).
+async fn within_deadline(
+    work: impl std::future::Future<Output = Result<CopyReport, TransferError>>,
+    deadline: CopyDeadline,
+    size: &AtomicU64,
+    started: Instant,
+    request: &CopyRequest,
+) -> Result<CopyReport, TransferError> {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(DEADLINE_TICK);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tick.tick() => {
+                let bytes_known = size.load(Ordering::Relaxed);
+                let limit = deadline.limit_for(bytes_known);
+                let elapsed = started.elapsed();
+                if elapsed > limit {
+                    return Err(TransferError::CopyDeadlineExceeded {
+                        target: request.target.to_string(),
+                        deadline_seconds: limit.as_secs(),
+                        elapsed_seconds: elapsed.as_secs(),
+                        bytes_known,
+                    });
+                }
+            }
         }
     }
 }
@@ -452,10 +516,16 @@ impl Transfer {
         request: &CopyRequest,
     ) -> Result<CopyReport, TransferError> {
         let counter = Arc::new(AtomicU64::new(0));
+        let size = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let result = COPY_REQUESTS
-            .scope(counter.clone(), self.copy_with_referrers(source, request))
-            .await;
+        let work = COPY_SIZE.scope(
+            size.clone(),
+            COPY_REQUESTS.scope(counter.clone(), self.copy_with_referrers(source, request)),
+        );
+        let result = match self.inner.config.copy_deadline {
+            None => work.await,
+            Some(deadline) => within_deadline(work, deadline, &size, started, request).await,
+        };
         let requests = counter.load(Ordering::Relaxed);
         match &result {
             Ok(report) => tracing::info!(
@@ -773,6 +843,10 @@ impl Transfer {
                         .await
                 }
                 ManifestContent::Image { blobs } => {
+                    let bytes = blobs
+                        .iter()
+                        .fold(0u64, |sum, blob| sum.saturating_add(blob.size));
+                    let _ = COPY_SIZE.try_with(|size| size.fetch_add(bytes, Ordering::Relaxed));
                     futures::stream::iter(blobs.iter().map(Ok))
                         .try_for_each_concurrent(width, |blob| {
                             self.copy_blob(source, target, target_repo, blob, tally)
@@ -1029,6 +1103,27 @@ mod tests {
         send(transfer.copy(source, request));
         send(transfer.copy_image(image, request));
         send(transfer.clone());
+    }
+
+    #[test]
+    fn a_deadline_is_its_base_plus_the_size_at_the_minimum_throughput() {
+        let deadline = CopyDeadline {
+            base: Duration::from_secs(60),
+            min_bytes_per_second: 1024 * 1024,
+        };
+        assert_eq!(deadline.limit_for(0), Duration::from_secs(60));
+        assert_eq!(deadline.limit_for(1), Duration::from_secs(61));
+        assert_eq!(
+            deadline.limit_for(1024 * 1024 * 1024),
+            Duration::from_secs(60 + 1024)
+        );
+        // A size a registry made up neither panics nor wraps around.
+        assert!(deadline.limit_for(u64::MAX) > Duration::from_secs(1 << 40));
+        let zero = CopyDeadline {
+            base: Duration::from_secs(1),
+            min_bytes_per_second: 0,
+        };
+        assert_eq!(zero.limit_for(5), Duration::from_secs(6));
     }
 
     #[test]

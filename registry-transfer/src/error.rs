@@ -112,6 +112,19 @@ pub enum TransferError {
     #[error("registry {registry} is too slow: {detail}")]
     TooSlow { registry: String, detail: String },
 
+    /// A copy ran past its overall deadline (a base plus the image's size
+    /// at the slowest throughput the operator accepts) and was cancelled,
+    /// so one slow registry cannot hold a copy slot for hours.
+    #[error(
+        "copy to {target} cancelled after {elapsed_seconds} s: its deadline was {deadline_seconds} s for {bytes_known} bytes known so far"
+    )]
+    CopyDeadlineExceeded {
+        target: String,
+        deadline_seconds: u64,
+        elapsed_seconds: u64,
+        bytes_known: u64,
+    },
+
     /// A registry asked for credentials to be sent somewhere they do not
     /// belong (another host, or plain HTTP), and Lifeboat refused.
     #[error("registry {registry} asked for credentials to be sent to {destination}: refused")]
@@ -147,6 +160,7 @@ impl TransferError {
             TransferError::ImageTooComplex { .. } => "ImageTooComplex",
             TransferError::TooManyReferrers { .. } => "TooManyReferrers",
             TransferError::TooSlow { .. } => "RegistryTooSlow",
+            TransferError::CopyDeadlineExceeded { .. } => "CopyDeadlineExceeded",
             TransferError::CredentialsRefused { .. } => "CredentialsRefused",
         }
     }
@@ -172,6 +186,7 @@ impl TransferError {
             | TransferError::ImageTooComplex { .. }
             | TransferError::TooManyReferrers { .. }
             | TransferError::TooSlow { .. } => "registry_limit",
+            TransferError::CopyDeadlineExceeded { .. } => "copy_deadline",
             TransferError::CredentialsRefused { .. } => "registry_credentials_refused",
             _ => "registry",
         }

@@ -57,7 +57,9 @@ pub mod fuzzing {
 pub use bounded::ThroughputFloor;
 pub use client::RegistrySettings;
 pub use credentials::{Credentials, DockerConfig, Secret};
-pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision};
+pub use engine::{
+    CopyDeadline, CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision,
+};
 pub use error::TransferError;
 pub use maintenance::{ManifestSummary, config_created};
 pub use manifest::Platform;

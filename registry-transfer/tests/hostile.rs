@@ -675,3 +675,131 @@ async fn retry_after_dates_are_honoured_and_huge_values_capped() {
         "{waited:?}"
     );
 }
+
+/// A blob sent slowly but steadily (faster than any per-read timeout or
+/// throughput floor would notice) still cannot hold a copy for longer than
+/// its overall deadline: base plus size at the minimum throughput.
+#[tokio::test]
+async fn a_copy_past_its_deadline_is_cancelled_with_its_own_reason() {
+    let image = small_image();
+    let store = store_with(&image);
+    let layer = image.blobs[1].clone();
+    let server = HostileServer::start(move |request: &Request| {
+        if request.method == "GET" && request.path().ends_with(&layer.digest) {
+            return Reply::new(200).trickle(layer.data.to_vec(), Duration::from_millis(50));
+        }
+        store.answer(request)
+    })
+    .await;
+    let deadline = registry_transfer::CopyDeadline {
+        base: Duration::from_secs(2),
+        min_bytes_per_second: 1024 * 1024,
+    };
+    let config = TransferConfig {
+        blob_throughput_floor: None,
+        copy_deadline: Some(deadline),
+        ..hostile_config()
+    };
+    registry_transfer::install_crypto_provider();
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let started = Instant::now();
+    let error = expect_err(
+        Transfer::new(config.clone(), settings.clone())
+            .copy_image(&source(&server.host), &target(&server.host))
+            .await,
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            error,
+            // 2 s + the 2,105 bytes of blobs at 1 MiB/s, rounded up to 1 s.
+            TransferError::CopyDeadlineExceeded { bytes_known, deadline_seconds: 3, .. } if bytes_known >= 2000
+        ),
+        "{error}"
+    );
+    assert_eq!(error.reason(), "CopyDeadlineExceeded");
+    assert!(error.to_string().contains("dst/app"), "{error}");
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+
+    // The same deadline lets an honest registry's copy through.
+    let honest = store_with(&image);
+    let server = HostileServer::start(move |request: &Request| honest.answer(request)).await;
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let report = Transfer::new(config, settings)
+        .copy_image(&source(&server.host), &target(&server.host))
+        .await
+        .unwrap();
+    assert_eq!(report.digest.as_str(), image.digest);
+}
+
+/// A token realm the admin trusted for a registry (GitLab puts its realm on
+/// another host) gets that registry's credentials; trusting some other
+/// host, or trusting the realm for another registry, changes nothing for
+/// an attacker's realm: refused before anything is sent.
+#[tokio::test]
+async fn only_a_realm_trusted_for_the_registry_gets_its_credentials() {
+    let realm = HostileServer::start(|_: &Request| {
+        Reply::new(200).body(r#"{"token":"good","expires_in":300}"#)
+    })
+    .await;
+    let realm_url = realm.url();
+    let image = small_image();
+    let store = store_with(&image);
+    let registry = HostileServer::start(move |request: &Request| {
+        if request.header("authorization") != Some("Bearer good") {
+            return Reply::new(401).header(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm_url}/token",service="hostile""#),
+            );
+        }
+        store.answer(request)
+    })
+    .await;
+    let engine_trusting = |registry_host: &str, realm_origin: &str| {
+        registry_transfer::install_crypto_provider();
+        let settings = RegistrySettings::new()
+            .allow_plain_http(&registry.host)
+            .allow_plain_http(&realm.host)
+            .with_credentials(
+                &registry.host,
+                Credentials::Basic {
+                    username: USER.into(),
+                    password: Secret::new(PASSWORD),
+                },
+            )
+            .trust_token_realm(registry_host, realm_origin);
+        Transfer::new(hostile_config(), settings)
+    };
+
+    for (registry_host, realm_origin) in [
+        (registry.host.as_str(), "http://127.0.0.1:1"),
+        ("other-registry.example", realm.url().as_str()),
+    ] {
+        let error = expect_err(
+            engine_trusting(registry_host, realm_origin)
+                .copy_image(&source(&registry.host), &target(&registry.host))
+                .await,
+        );
+        assert!(
+            matches!(error, TransferError::CredentialsRefused { .. }),
+            "trusting {realm_origin} for {registry_host}: {error}"
+        );
+        assert_eq!(realm.seen().len(), 0, "{:?}", realm.seen());
+    }
+
+    engine_trusting(&registry.host, &realm.url())
+        .copy_image(&source(&registry.host), &target(&registry.host))
+        .await
+        .unwrap();
+    let authorized = realm.authorized_requests();
+    assert!(!authorized.is_empty());
+    assert!(
+        authorized
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(basic_value().as_str())),
+        "{authorized:?}"
+    );
+}

@@ -453,6 +453,7 @@ pub(crate) fn evaluation(
         bytes_copied_total: bytes_before.saturating_add(bytes_this_run),
         referrers_held: memory.referrers_held(),
         retention_only: acted.retention_only,
+        running: acted.running.clone(),
     }
 }
 

@@ -42,6 +42,21 @@ pub(crate) struct SourceState {
     pub(crate) missing_since: Option<DateTime<Utc>>,
 }
 
+/// A backup run whose copies are in the copy queue: started by one
+/// reconcile, finished by the one that takes back its last result.
+#[derive(Clone, Debug)]
+pub(crate) struct RunInFlight {
+    pub(crate) trigger: lifeboat_api::backup_policy::RunTrigger,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) scheduled_time: Option<DateTime<Utc>>,
+    /// What the copies taken back so far did.
+    pub(crate) tally: super::decide::RunTally,
+    /// Queue key -> task: the run's copies not taken back yet.
+    pub(crate) tasks: std::collections::HashMap<String, super::plan::CopyTask>,
+    /// What the run said when it started ("Continuous run: copying …").
+    pub(crate) message: String,
+}
+
 /// What earlier reconciles of one policy learned.
 #[derive(Default)]
 pub(crate) struct PolicyMemory {
@@ -76,6 +91,8 @@ pub(crate) struct PolicyMemory {
     pub(crate) retention_cache: HashMap<(String, String), super::retention::Backup>,
     /// Dry run: what retention would delete, as last planned.
     pub(crate) would_delete: Vec<String>,
+    /// The run in progress, if any.
+    pub(crate) run: Option<RunInFlight>,
 }
 
 impl PolicyMemory {

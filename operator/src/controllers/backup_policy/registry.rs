@@ -37,6 +37,7 @@ pub async fn policy_settings(
     spec: &ImageBackupPolicySpec,
     pull_secrets: &BTreeSet<SecretId>,
     plain_http_registries: &[String],
+    trusted_token_realms: &[(String, String)],
     operator_namespace: bool,
 ) -> Result<PolicySettings, OperatorError> {
     let mut fingerprint = String::new();
@@ -89,6 +90,10 @@ pub async fn policy_settings(
     for registry in plain_http_registries {
         settings = settings.allow_plain_http(registry);
     }
+    // Set by the admin only (a tenant cannot widen where credentials go).
+    for (registry, realm) in trusted_token_realms {
+        settings = settings.trust_token_realm(registry, realm);
+    }
     Ok(PolicySettings {
         settings,
         fingerprint,
@@ -107,6 +112,9 @@ pub struct CopyOutcome {
     /// the image, as the policy chose them.
     pub referrers: u32,
 }
+
+/// What one queued copy ends with.
+pub type CopyResult = Result<CopyOutcome, TransferError>;
 
 /// Copies one image into one target: digest-exact under Lifeboat's
 /// deterministic tag (never conflicts, never left untagged for a garbage
@@ -272,6 +280,41 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         silent.abort();
+    }
+
+    /// The admin's trusted realms reach the policy's engine, for their own
+    /// registry only; a spec has no way to add one.
+    #[tokio::test]
+    async fn trusted_token_realms_come_from_the_operator_config_only() {
+        crypto_provider();
+        let (client, server) = crate::controllers::test_api::scripted(vec![]);
+        let spec: ImageBackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "targets": [{"name": "backup", "registry": "backup.example"}],
+        }))
+        .unwrap();
+        let realms = [(
+            "registry.gitlab.com".to_owned(),
+            "https://gitlab.com".to_owned(),
+        )];
+        let settings = policy_settings(
+            &client,
+            "shop",
+            &spec,
+            &BTreeSet::new(),
+            &[],
+            &realms,
+            false,
+        )
+        .await
+        .unwrap();
+        let shown = format!("{:?}", settings.settings);
+        assert!(shown.contains("registry.gitlab.com"), "{shown}");
+        assert!(shown.contains("gitlab.com"), "{shown}");
+        let none = policy_settings(&client, "shop", &spec, &BTreeSet::new(), &[], &[], false)
+            .await
+            .unwrap();
+        assert!(!format!("{:?}", none.settings).contains("gitlab"));
+        assert!(server.finish().await.is_empty(), "no API request");
     }
 
     #[tokio::test]

@@ -51,6 +51,8 @@ pub struct Evaluation {
     /// `finished_run` is a retention pass outside a backup run: it goes
     /// into the history but says nothing about backups.
     pub retention_only: bool,
+    /// A run still copying: its progress message (Reconciling=True).
+    pub running: Option<String>,
 }
 
 /// Kubernetes `Time` has second precision on the wire: compare like it.
@@ -109,7 +111,21 @@ pub fn evaluated_status(
     let generation = evaluation.generation;
     status.observed_generation = generation;
     remove_condition(&mut status.conditions, types::STALLED);
-    remove_condition(&mut status.conditions, types::RECONCILING);
+    match &evaluation.running {
+        // Kept while the run copies (its transition time with it).
+        Some(message) => set(
+            &mut status,
+            &now,
+            types::RECONCILING,
+            ConditionStatus::True,
+            reasons::BACKUP_RUNNING,
+            message.clone(),
+            generation,
+        ),
+        None => {
+            remove_condition(&mut status.conditions, types::RECONCILING);
+        }
+    }
     let counts = set_images(&mut status, evaluation);
     set_runs_and_schedule(&mut status, evaluation);
     match &evaluation.scope_restricted {
@@ -482,6 +498,7 @@ mod tests {
             bytes_copied_total: 0,
             referrers_held: 0,
             retention_only: false,
+            running: None,
         }
     }
 
