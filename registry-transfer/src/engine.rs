@@ -578,7 +578,10 @@ impl Transfer {
         Ok((bytes, media_type))
     }
 
-    async fn resolve_source<S: ContentSource>(&self, source: &S) -> Result<Digest, TransferError> {
+    pub(crate) async fn resolve_source<S: ContentSource>(
+        &self,
+        source: &S,
+    ) -> Result<Digest, TransferError> {
         let key = source.concurrency_key();
         let _permits = self.permits(&[key.as_deref()]).await;
         Ok(source.resolve().await.map_err(source_error::<S>)?.digest)
@@ -633,10 +636,10 @@ impl Transfer {
         let referrers = self
             .copy_referrers(
                 source,
-                ReferrerTarget {
+                Some(ReferrerTarget {
                     client: &target,
                     repo: &request.target,
-                },
+                }),
                 subjects,
                 &request.referrers,
                 &tally,

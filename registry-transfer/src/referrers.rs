@@ -26,7 +26,7 @@ use crate::client::RegistryClient;
 use crate::engine::{Tally, Transfer, source_error};
 use crate::error::TransferError;
 use crate::manifest::{self, ManifestContent, OCI_INDEX, effective_media_type, verify};
-use crate::reference::RepositoryRef;
+use crate::reference::{ImageReference, RepositoryRef};
 use crate::{ContentSource, Descriptor, Digest};
 
 /// Levels of referrers followed: 1 is the image's own (its signature),
@@ -357,14 +357,39 @@ pub(crate) struct ReferrerTarget<'a> {
 }
 
 impl Transfer {
+    /// The referrers a copy of `image` with `policy` would bring (its own
+    /// and theirs, every platform manifest of an index included), found
+    /// and judged exactly as a copy does, without writing anything: what a
+    /// dry run lists. Reads the source only.
+    pub async fn list_referrers(
+        &self,
+        image: &ImageReference,
+        policy: &ReferrersPolicy,
+    ) -> Result<Vec<ReferrerCopy>, TransferError> {
+        if policy.is_none() {
+            return Ok(Vec::new());
+        }
+        let source = self.registry_source(image)?;
+        let digest = match source.known_digest() {
+            Some(digest) => digest,
+            None => self.resolve_source(&source).await?,
+        };
+        let (bytes, reported) = self.source_manifest(&source, &digest).await?;
+        let media_type = effective_media_type(&bytes, &reported);
+        let content = manifest::parse(&bytes, &media_type, &digest)?;
+        let subjects = image_subjects(&digest, false, &content);
+        self.copy_referrers(&source, None, subjects, policy, &Tally::default())
+            .await
+    }
+
     /// Copies the referrers of `subjects` (and theirs, recursively) from
-    /// `source` into the target, as `policy` says. Sequential per subject:
-    /// an image has a handful, and each referrer's own blobs are copied
-    /// concurrently like an image's.
+    /// `source` into the target, as `policy` says; without a target, only
+    /// lists them. Sequential per subject: an image has a handful, and each
+    /// referrer's own blobs are copied concurrently like an image's.
     pub(crate) async fn copy_referrers<S: ContentSource>(
         &self,
         source: &S,
-        target: ReferrerTarget<'_>,
+        target: Option<ReferrerTarget<'_>>,
         subjects: Vec<Digest>,
         policy: &ReferrersPolicy,
         tally: &Tally,
@@ -392,7 +417,7 @@ impl Transfer {
                 let mut indexed = Vec::new();
                 for referrer in &listed {
                     if let Some(copy) = self
-                        .copy_listed(source, &target, subject, referrer, policy, tally)
+                        .copy_listed(source, target.as_ref(), subject, referrer, policy, tally)
                         .await?
                     {
                         indexed.push(referrer.entry.clone());
@@ -400,13 +425,15 @@ impl Transfer {
                         copied.push(ReferrerCopy { depth, ..copy });
                     }
                 }
-                if !indexed.is_empty() {
-                    self.maintain_fallback_index(&target, subject, &indexed)
+                if let Some(target) = &target
+                    && !indexed.is_empty()
+                {
+                    self.maintain_fallback_index(target, subject, &indexed)
                         .await?;
                 }
                 for artifact in &tagged {
                     if let Some(copy) = self
-                        .copy_tagged(source, &target, subject, artifact, policy, tally)
+                        .copy_tagged(source, target.as_ref(), subject, artifact, policy, tally)
                         .await?
                     {
                         next.push(copy.digest.clone());
@@ -440,7 +467,7 @@ impl Transfer {
     async fn copy_listed<S: ContentSource>(
         &self,
         source: &S,
-        target: &ReferrerTarget<'_>,
+        target: Option<&ReferrerTarget<'_>>,
         subject: &Digest,
         referrer: &ListedReferrer,
         policy: &ReferrersPolicy,
@@ -451,19 +478,21 @@ impl Transfer {
         if listed_type.is_some() && !policy.wants(listed_type.as_deref()) {
             return Ok(None);
         }
-        let repository = target.repo.repository.as_str();
-        let present = self
-            .target_manifest(target.client, repository, digest.as_str())
-            .await?
-            .is_some();
-        if present && listed_type.is_some() {
+        let present = match target {
+            Some(target) => self
+                .target_manifest(target.client, &target.repo.repository, digest.as_str())
+                .await?
+                .is_some(),
+            None => false,
+        };
+        if (present || target.is_none()) && listed_type.is_some() {
             return Ok(Some(ReferrerCopy {
                 digest: digest.clone(),
                 subject: subject.clone(),
                 artifact_type: listed_type,
                 scheme: ReferrerScheme::Subject,
                 depth: 0,
-                already_there: true,
+                already_there: present,
             }));
         }
         let (bytes, reported) = self.source_manifest(source, digest).await?;
@@ -471,7 +500,9 @@ impl Transfer {
         if !policy.wants(artifact.as_deref()) {
             return Ok(None);
         }
-        if !present {
+        if let Some(target) = target
+            && !present
+        {
             let reported = if reported.is_empty() {
                 referrer.descriptor.media_type.as_str()
             } else {
@@ -505,7 +536,7 @@ impl Transfer {
     async fn copy_tagged<S: ContentSource>(
         &self,
         source: &S,
-        target: &ReferrerTarget<'_>,
+        target: Option<&ReferrerTarget<'_>>,
         subject: &Digest,
         artifact: &TaggedArtifact,
         policy: &ReferrersPolicy,
@@ -516,6 +547,16 @@ impl Transfer {
         if !policy.wants(kind.as_deref()) {
             return Ok(None);
         }
+        let Some(target) = target else {
+            return Ok(Some(ReferrerCopy {
+                digest: artifact.digest.clone(),
+                subject: subject.clone(),
+                artifact_type: kind,
+                scheme: ReferrerScheme::Tag(artifact.tag.clone()),
+                depth: 0,
+                already_there: false,
+            }));
+        };
         let repository = target.repo.repository.as_str();
         let present = self
             .target_manifest(target.client, repository, &artifact.tag)

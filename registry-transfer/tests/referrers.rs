@@ -679,3 +679,63 @@ async fn three_referrers_cost_at_most_1_2_times_the_image_plus_their_own_request
         assert!((with as f64) <= bound, "api {api}: {with} > {bound}");
     }
 }
+
+/// What a dry run lists: the referrers a copy would bring, judged by the
+/// same policy, read from the source alone.
+#[tokio::test]
+async fn listing_referrers_reads_the_source_and_writes_nothing() {
+    for api in [false, true] {
+        let source = start(api);
+        let dir = TempDir::new("oras");
+        let image = push_image(&source, "app", "v1").await;
+        let sbom = oras_attach(&source, "app", &image.digest, SBOM, &dir);
+        let signature = oras_attach(&source, "app", &sbom, SIGNATURE, &dir);
+        let transfer = engine(&[&source]);
+        let reference = image_ref(&source, "app:v1");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let writes = |r: &TestRegistry| {
+            ["\"PUT ", "\"POST ", "\"PATCH ", "\"DELETE "]
+                .iter()
+                .map(|m| r.count_requests(&[m]))
+                .sum::<usize>()
+        };
+        let (requests_before, writes_before) = (source.total_requests(), writes(&source));
+        // oras's pushes are there: the count can see a write.
+        assert!(api || writes_before > 0);
+        let all = transfer
+            .list_referrers(&reference, &ReferrersPolicy::All)
+            .await
+            .unwrap();
+        let listed: Vec<(&str, usize)> = all.iter().map(|r| (r.digest.as_str(), r.depth)).collect();
+        assert_eq!(
+            listed,
+            vec![(sbom.as_str(), 1), (signature.as_str(), 2)],
+            "api {api}"
+        );
+        let sboms = transfer
+            .list_referrers(
+                &reference,
+                &ReferrersPolicy::ArtifactTypes(vec![SBOM.into()]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(sboms.len(), 1, "api {api}");
+        assert!(
+            transfer
+                .list_referrers(&reference, &ReferrersPolicy::None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        if !api {
+            // distribution's access log: the listings read, never wrote.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert!(source.total_requests() > requests_before);
+            assert_eq!(
+                writes(&source),
+                writes_before,
+                "a listing wrote to the source"
+            );
+        }
+    }
+}

@@ -427,7 +427,8 @@ async fn dry_run_plan(
             .get(&key)
             .is_some_and(|at| now - *at < plan.check_interval)
         {
-            would_copy.push(format!("{} -> {}", task.source, task.destination));
+            let referrers = transfer.list_referrers(&task.source, &task.referrers).await;
+            would_copy.push(registry::describe_copy(task, &referrers));
             continue;
         }
         let held = task.destination.digest.is_some()
@@ -436,7 +437,8 @@ async fn dry_run_plan(
             memory.verified_at(&task.target_name, &task.image_key, digest_of(task), now);
         } else {
             memory.absent_at_target.insert(key, now);
-            would_copy.push(format!("{} -> {}", task.source, task.destination));
+            let referrers = transfer.list_referrers(&task.source, &task.referrers).await;
+            would_copy.push(registry::describe_copy(task, &referrers));
         }
     }
     would_copy.sort();

@@ -192,6 +192,40 @@ pub async fn copy_task(
     })
 }
 
+/// Longest `status.plan.wouldCopy` entry (the CRD's bound).
+const MAX_PLAN_ENTRY_CHARS: usize = 1300;
+
+/// A dry run's line for a copy: `source -> destination`, and the
+/// referrers that would come along (their artifact types), or why they
+/// could not be listed. Pure; cut to the CRD's bound.
+pub fn describe_copy(
+    task: &CopyTask,
+    referrers: &Result<Vec<registry_transfer::ReferrerCopy>, TransferError>,
+) -> String {
+    let mut line = format!("{} -> {}", task.source, task.destination);
+    match referrers {
+        Ok(found) if found.is_empty() => {}
+        Ok(found) => {
+            let kinds: Vec<&str> = found
+                .iter()
+                .map(|r| r.artifact_type.as_deref().unwrap_or("unknown type"))
+                .collect();
+            line.push_str(&format!(
+                " with {} referrer{}: {}",
+                found.len(),
+                if found.len() == 1 { "" } else { "s" },
+                kinds.join(", ")
+            ));
+        }
+        Err(e) => line.push_str(&format!(" (referrers not listed: {})", e.reason())),
+    }
+    if line.chars().count() > MAX_PLAN_ENTRY_CHARS {
+        line = line.chars().take(MAX_PLAN_ENTRY_CHARS - 3).collect();
+        line.push_str("...");
+    }
+    line
+}
+
 /// How long one existence check may take. The copy engine's own timeouts
 /// and retries suit moving bytes; a registry that accepts connections and
 /// never answers would hold a reconcile for minutes on a question that is
@@ -242,6 +276,48 @@ mod tests {
     use registry_transfer::{RegistrySettings, Transfer, TransferConfig};
 
     use super::*;
+
+    #[test]
+    fn a_dry_run_line_names_the_referrers_that_would_come_along() {
+        let source = lifeboat_api::ImageReference::parse("reg.local/web:1").unwrap();
+        let task = CopyTask {
+            image_key: "k".into(),
+            destination: source.clone(),
+            source,
+            target_name: "backup".into(),
+            platforms: vec![],
+            referrers: registry_transfer::ReferrersPolicy::All,
+        };
+        let digest =
+            registry_transfer::Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        let referrer = |kind: &str| registry_transfer::ReferrerCopy {
+            digest: digest.clone(),
+            subject: digest.clone(),
+            artifact_type: Some(kind.into()),
+            scheme: registry_transfer::ReferrerScheme::Subject,
+            depth: 1,
+            already_there: false,
+        };
+        assert_eq!(
+            describe_copy(&task, &Ok(vec![])),
+            "reg.local/web:1 -> reg.local/web:1"
+        );
+        assert_eq!(
+            describe_copy(&task, &Ok(vec![referrer("a/sig"), referrer("a/sbom")])),
+            "reg.local/web:1 -> reg.local/web:1 with 2 referrers: a/sig, a/sbom"
+        );
+        let failed = Err(TransferError::TooManyReferrers {
+            subject: digest.clone(),
+            detail: "x".into(),
+        });
+        assert!(
+            describe_copy(&task, &failed).ends_with("(referrers not listed: TooManyReferrers)")
+        );
+        let many = vec![referrer(&"t".repeat(200)); 10];
+        let long = describe_copy(&task, &Ok(many));
+        assert_eq!(long.chars().count(), MAX_PLAN_ENTRY_CHARS);
+        assert!(long.ends_with("..."));
+    }
 
     fn crypto_provider() {
         // As in main: one provider for the process (a second install is refused, fine here).
