@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use registry_transfer::{
-    CopyRequest, Credentials, ImageReference, RegistrySettings, RepositoryRef, RetryPolicy, Secret,
-    ThroughputFloor, Transfer, TransferConfig, TransferError,
+    CopyRequest, Credentials, ImageReference, ReferrersPolicy, RegistrySettings, RepositoryRef,
+    RetryPolicy, Secret, ThroughputFloor, Transfer, TransferConfig, TransferError,
 };
 use support::hostile::{HostileServer, ImageStore, Reply, Request};
 use support::images::{Blob, Manifest, OCI_INDEX, OCI_MANIFEST, image_manifest, sha256};
@@ -802,4 +802,68 @@ async fn only_a_realm_trusted_for_the_registry_gets_its_credentials() {
             .all(|r| r.authorization.as_deref() == Some(basic_value().as_str())),
         "{authorized:?}"
     );
+}
+
+/// A registry whose referrers API lists 5,000 referrers for an image: the
+/// copy stops with `TooManyReferrers` before fetching any of them.
+#[tokio::test]
+async fn five_thousand_listed_referrers_are_refused_before_any_is_fetched() {
+    let image = small_image();
+    let store = store_with(&image);
+    let listing = wide_index(5000);
+    let server = HostileServer::start(move |request: &Request| {
+        if request.path().contains("/referrers/") {
+            return Reply::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .body(listing.clone());
+        }
+        store.answer(request)
+    })
+    .await;
+    let error = expect_err(
+        engine(&[&server.host], None)
+            .copy_image(
+                &source(&server.host),
+                &target(&server.host).with_referrers(ReferrersPolicy::All),
+            )
+            .await,
+    );
+    assert_eq!(error.reason(), "TooManyReferrers", "{error}");
+    assert_eq!(error.metric_label(), "registry_limit");
+    // The image itself is only the one manifest; no listed referrer was asked for.
+    assert_eq!(server.count("GET", "/manifests/sha256:0000"), 0);
+    assert_eq!(server.count("HEAD", "/manifests/sha256:0000"), 0);
+}
+
+/// A referrers API whose `Link` always names another page: followed 16
+/// pages at most, then `TooManyReferrers`.
+#[tokio::test]
+async fn endless_referrers_pagination_stops_at_the_page_limit() {
+    let image = small_image();
+    let store = store_with(&image);
+    let server = HostileServer::start(move |request: &Request| {
+        if request.path().contains("/referrers/") {
+            let page = request.path().len();
+            return Reply::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .header(
+                    "Link",
+                    format!("<{}?page={page}>; rel=\"next\"", request.path()),
+                )
+                .body(r#"{"schemaVersion":2,"manifests":[]}"#);
+        }
+        store.answer(request)
+    })
+    .await;
+    let error = expect_err(
+        engine(&[&server.host], None)
+            .copy_image(
+                &source(&server.host),
+                &target(&server.host).with_referrers(ReferrersPolicy::All),
+            )
+            .await,
+    );
+    assert_eq!(error.reason(), "TooManyReferrers", "{error}");
+    assert!(error.to_string().contains("16 pages"), "{error}");
+    assert_eq!(server.count("GET", "/referrers/"), 16);
 }
