@@ -162,6 +162,13 @@ pub const CEL_RULES: &[CelRule] = &[
         description = "Images gone from their source registry"
     ),
     printcolumn(
+        name = "Unreachable",
+        type_ = "integer",
+        json_path = ".status.summary.unreachable",
+        description = "Images whose source registry cannot be reached",
+        priority = 1
+    ),
+    printcolumn(
         name = "Last Backup",
         type_ = "date",
         json_path = ".status.lastSuccessfulTime"
@@ -663,6 +670,18 @@ pub struct ImageBackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_images_total: Option<i32>,
 
+    /// Protected images whose source registry cannot be reached or fails
+    /// (an outage, not a loss: the registry did not say the image is gone).
+    /// At most 50; see `unreachableImagesTotal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub unreachable_images: Vec<UnreachableImage>,
+
+    /// How many images have an unreachable source in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_images_total: Option<i32>,
+
     /// The automatic ImageRestore created for missing images, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_restore: Option<RestoreLink>,
@@ -694,6 +713,8 @@ impl Default for ImageBackupPolicyStatus {
             summary: None,
             missing_images: Vec::new(),
             missing_images_total: None,
+            unreachable_images: Vec::new(),
+            unreachable_images_total: None,
             automatic_restore: None,
             history: Vec::new(),
             plan: None,
@@ -717,6 +738,10 @@ pub struct PolicySummary {
     pub failed: i32,
     /// Images gone from their source registry.
     pub missing: i32,
+    /// Images whose source registry cannot be reached or fails (absent
+    /// in statuses written before operators reported outages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<i32>,
     /// Bytes copied to targets since the policy was created.
     pub bytes_copied: i64,
     /// Referrers (signatures, SBOMs, attestations) held in the targets with
@@ -745,6 +770,48 @@ pub struct MissingImage {
     pub workloads: i32,
 
     /// Targets that hold a backup of this digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), inner(length(max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub backup_targets: Vec<String>,
+
+    /// Nodes believed to hold it in their containerd content store (at
+    /// most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub nodes: Vec<String>,
+}
+
+/// A protected image whose source registry does not answer, or answers
+/// with an error, when asked whether it still holds the image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableImage {
+    /// The image as workloads reference it.
+    #[schemars(length(min = 1, max = 600))]
+    pub reference: String,
+
+    /// The digest workloads run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 160))]
+    pub digest: Option<String>,
+
+    /// When its source was first found unreachable in this outage.
+    pub since: Time,
+
+    /// Why, as a reason (`RegistryUnavailable`, `Tls`, `RateLimited`, ...).
+    #[schemars(length(min = 1, max = 64))]
+    pub reason: String,
+
+    /// What the registry (or the network) said, shortened.
+    #[schemars(length(max = 512))]
+    pub message: String,
+
+    /// How many selected workloads use it.
+    pub workloads: i32,
+
+    /// Targets that hold a backup of this digest: where pods can get it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4), inner(length(max = 63)))]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]

@@ -356,26 +356,25 @@ async fn check_sources(
         .flatten()
         .collect();
     for (key, reference, result) in results {
-        let previous = memory.source.get(&key).and_then(|s| s.missing_since);
-        let missing_since = match result {
-            Ok(true) => None,
-            Ok(false) => {
-                warn!(image = %reference, "image is gone from its source registry");
-                Some(previous.unwrap_or(now))
+        let answer = match result {
+            Ok(held) => {
+                if !held {
+                    warn!(image = %reference, "image is gone from its source registry");
+                }
+                Ok(held)
             }
             Err(e) => {
-                // Unknown is not missing: keep what we knew, ask again later.
-                debug!(image = %reference, error = %e, "source check failed");
-                previous
+                // No answer is an outage, not a loss (see SourceState::after).
+                if memory.is_unreachable(&key) {
+                    debug!(image = %reference, reason = e.reason(), error = %e, "source registry still does not answer");
+                } else {
+                    warn!(image = %reference, reason = e.reason(), error = %e, "source registry does not answer");
+                }
+                Err((e.reason().to_owned(), e.to_string()))
             }
         };
-        memory.source.insert(
-            key,
-            SourceState {
-                checked: now,
-                missing_since,
-            },
-        );
+        let state = SourceState::after(memory.source.get(&key), answer, now);
+        memory.source.insert(key, state);
     }
 }
 

@@ -131,10 +131,15 @@ pub(crate) fn needs_copy(
 /// pull it (kubelet retries often; the registry need not hear it each time).
 pub(crate) const PULL_FAILURE_RECHECK: TimeDelta = TimeDelta::seconds(10);
 
+/// Shortest time between two checks of an image whose source registry
+/// did not answer: an outage should end in status soon after it does.
+pub(crate) const OUTAGE_RECHECK: TimeDelta = TimeDelta::seconds(10);
+
 /// Images to look up in their source registries now: digest-pinned images
 /// never checked or checked longer than `interval` ago, and at once
 /// (within [`PULL_FAILURE_RECHECK`]) every digest of a repository some pod
-/// fails to pull.
+/// fails to pull, and (within [`OUTAGE_RECHECK`]) those whose source did
+/// not answer last time.
 pub(crate) fn source_checks_due(
     inventory: &Inventory,
     memory: &PolicyMemory,
@@ -158,6 +163,7 @@ pub(crate) fn source_checks_due(
                 age >= interval
                     || (failing_names.contains(&image.reference.name())
                         && age >= PULL_FAILURE_RECHECK)
+                    || (state.outage.is_some() && age >= OUTAGE_RECHECK)
             }
         })
         .map(|(key, _)| key.clone())
@@ -195,6 +201,7 @@ pub(crate) fn image_states(
                 verified_targets,
                 failure,
                 missing_since: memory.source.get(key).and_then(|s| s.missing_since),
+                outage: memory.source.get(key).and_then(|s| s.outage.clone()),
                 nodes: image.nodes.iter().cloned().collect(),
             }
         })
@@ -457,14 +464,18 @@ pub(crate) fn evaluation(
     }
 }
 
-/// When to look again: the next scheduled time or the next source check,
-/// whichever is first, at most [`MAX_REQUEUE`].
+/// When to look again: the next scheduled time or the next source check
+/// (sooner during an outage), whichever is first, at most [`MAX_REQUEUE`].
 pub(crate) fn requeue_after(
     next_schedule: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     check_interval: Duration,
+    outage: bool,
 ) -> Duration {
     let mut wait = check_interval.min(MAX_REQUEUE);
+    if outage {
+        wait = wait.min(OUTAGE_RECHECK.to_std().unwrap_or(wait));
+    }
     if let Some(next) = next_schedule {
         let until = (next - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
         wait = wait.min(until);
@@ -661,6 +672,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: None,
+                outage: None,
             },
         );
         assert!(source_checks_due(&quiet, &memory, at(60), interval).is_empty());
@@ -706,6 +718,7 @@ mod tests {
             SourceState {
                 checked: at(5),
                 missing_since: Some(at(5)),
+                outage: None,
             },
         );
         let states = image_states(
@@ -728,19 +741,24 @@ mod tests {
     fn requeue_for_the_schedule_or_the_next_source_check() {
         let now = at(0);
         let check = Duration::from_secs(20);
-        assert_eq!(requeue_after(None, now, check), check);
+        assert_eq!(requeue_after(None, now, check, false), check);
         assert_eq!(
-            requeue_after(Some(now + TimeDelta::seconds(5)), now, check),
+            requeue_after(Some(now + TimeDelta::seconds(5)), now, check, false),
             Duration::from_secs(6)
         );
         // Never longer than MAX_REQUEUE, never a busy loop.
         assert_eq!(
-            requeue_after(None, now, Duration::from_secs(3600)),
+            requeue_after(None, now, Duration::from_secs(3600), false),
             MAX_REQUEUE
         );
         assert_eq!(
-            requeue_after(Some(now - TimeDelta::seconds(5)), now, check),
+            requeue_after(Some(now - TimeDelta::seconds(5)), now, check, false),
             Duration::from_secs(1)
+        );
+        // During an outage the source is asked again soon.
+        assert_eq!(
+            requeue_after(None, now, check, true),
+            OUTAGE_RECHECK.to_std().unwrap()
         );
     }
 
@@ -809,6 +827,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: Some(at(0)),
+                outage: None,
             },
         );
         assert!(

@@ -39,7 +39,60 @@ pub(crate) const FAILURE_BACKOFF: TimeDelta = TimeDelta::seconds(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SourceState {
     pub(crate) checked: DateTime<Utc>,
+    /// The registry said the image is gone (a loss), since then.
     pub(crate) missing_since: Option<DateTime<Utc>>,
+    /// The registry could not say (an outage), since then and why.
+    pub(crate) outage: Option<SourceOutage>,
+}
+
+/// A source registry that did not answer whether it holds an image:
+/// unreachable, failing, refusing our credentials or rate-limiting us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceOutage {
+    pub since: DateTime<Utc>,
+    /// The engine's reason (`RegistryUnavailable`, `Tls`, `RateLimited`, ...).
+    pub reason: String,
+    pub message: String,
+}
+
+/// What one source check answered: held (`Ok(true)`), gone (`Ok(false)`),
+/// or no answer, with the reason and message of the failure.
+pub(crate) type SourceAnswer = Result<bool, (String, String)>;
+
+impl SourceState {
+    /// The state after a check at `now`. A loss is only what the registry
+    /// said; an outage keeps what was known before it (an image missing
+    /// before the outage stays missing, one present is not called
+    /// missing), and both keep their first `since` while they last.
+    pub(crate) fn after(
+        previous: Option<&SourceState>,
+        answer: SourceAnswer,
+        now: DateTime<Utc>,
+    ) -> SourceState {
+        let missing_before = previous.and_then(|p| p.missing_since);
+        let outage_since = previous.and_then(|p| p.outage.as_ref()).map(|o| o.since);
+        match answer {
+            Ok(true) => SourceState {
+                checked: now,
+                missing_since: None,
+                outage: None,
+            },
+            Ok(false) => SourceState {
+                checked: now,
+                missing_since: Some(missing_before.unwrap_or(now)),
+                outage: None,
+            },
+            Err((reason, message)) => SourceState {
+                checked: now,
+                missing_since: missing_before,
+                outage: Some(SourceOutage {
+                    since: outage_since.unwrap_or(now),
+                    reason,
+                    message,
+                }),
+            },
+        }
+    }
 }
 
 /// A backup run whose copies are in the copy queue: started by one
@@ -79,6 +132,11 @@ pub(crate) struct PolicyMemory {
     /// Pods told (by a Warning event) that the image they fail to pull is
     /// gone: (namespace, pod, image key).
     pub(crate) announced_pods: BTreeSet<(String, String, String)>,
+    /// Images whose unreachable source a Warning event was emitted for.
+    pub(crate) announced_unreachable: BTreeSet<String>,
+    /// Pods told that the image they fail to pull has an unreachable
+    /// source: (namespace, pod, image key).
+    pub(crate) announced_outage_pods: BTreeSet<(String, String, String)>,
     /// The last Stalled/blocked reason reported by event.
     pub(crate) announced_problem: Option<String>,
     /// The digests each workload's images ran at, as the last discovery
@@ -178,6 +236,14 @@ impl PolicyMemory {
             .collect()
     }
 
+    /// Whether the source registry of the image `key` could not be asked
+    /// (and it was not known to be gone before).
+    pub(crate) fn is_unreachable(&self, key: &str) -> bool {
+        self.source
+            .get(key)
+            .is_some_and(|s| s.outage.is_some() && s.missing_since.is_none())
+    }
+
     /// Whether the source registry said the image `key` is gone.
     pub(crate) fn is_missing(&self, key: &str) -> bool {
         self.source
@@ -198,6 +264,44 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn no_answer() -> SourceAnswer {
+        Err(("RegistryUnavailable".into(), "connection refused".into()))
+    }
+
+    #[test]
+    fn an_outage_is_not_a_loss_and_keeps_its_start_while_it_lasts() {
+        let present = SourceState::after(None, Ok(true), at(0));
+        let down = SourceState::after(Some(&present), no_answer(), at(10));
+        assert_eq!(down.missing_since, None, "no answer is not 'gone'");
+        assert_eq!(down.outage.as_ref().map(|o| o.since), Some(at(10)));
+        let still_down = SourceState::after(Some(&down), no_answer(), at(20));
+        assert_eq!(still_down.outage.as_ref().map(|o| o.since), Some(at(10)));
+        assert_eq!(still_down.checked, at(20));
+        let back = SourceState::after(Some(&still_down), Ok(true), at(30));
+        assert_eq!(back.outage, None, "answers again: the outage is over");
+        assert_eq!(back.missing_since, None);
+    }
+
+    #[test]
+    fn a_loss_known_before_an_outage_stays_and_a_404_ends_the_outage() {
+        let gone = SourceState::after(None, Ok(false), at(0));
+        let down = SourceState::after(Some(&gone), no_answer(), at(10));
+        assert_eq!(down.missing_since, Some(at(0)), "still known gone");
+        assert!(down.outage.is_some());
+        let answers = SourceState::after(Some(&down), Ok(false), at(20));
+        assert_eq!(answers.missing_since, Some(at(0)));
+        assert_eq!(answers.outage, None, "the registry answered (404)");
+
+        let mut memory = PolicyMemory::default();
+        memory.source.insert("a".into(), down);
+        assert!(memory.is_missing("a"));
+        assert!(!memory.is_unreachable("a"), "a loss is reported as a loss");
+        memory
+            .source
+            .insert("b".into(), SourceState::after(None, no_answer(), at(10)));
+        assert!(memory.is_unreachable("b") && !memory.is_missing("b"));
     }
 
     #[test]
@@ -253,6 +357,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: Some(at(0)),
+                outage: None,
             },
         );
         assert!(memory.is_missing("reg.local/gone:1"));

@@ -87,11 +87,23 @@ impl BackupController {
         let Some(store) = self.policies.get() else {
             return;
         };
-        let live: std::collections::HashSet<String> = store
-            .state()
+        let policies = store.state();
+        let live: std::collections::HashSet<String> = policies
             .iter()
             .filter_map(|p| kube::ResourceExt::uid(p.as_ref()))
             .collect();
+        let live_names: std::collections::HashSet<(String, String)> = policies
+            .iter()
+            .map(|p| {
+                (
+                    kube::ResourceExt::namespace(p.as_ref()).unwrap_or_default(),
+                    kube::ResourceExt::name_any(p.as_ref()),
+                )
+            })
+            .collect();
+        self.context.metrics.policies.retain(|namespace, name| {
+            live_names.contains(&(namespace.to_owned(), name.to_owned()))
+        });
         self.memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -138,6 +150,16 @@ pub(crate) async fn run(context: Arc<Context>) {
         watcher::Config::default().any_semantic(),
     );
     let _ = controller.policies.set(store.clone());
+    let existing = store.clone();
+    controller
+        .context
+        .metrics
+        .policies
+        .report_only_existing(move |namespace, name| {
+            existing
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+                .is_some()
+        });
     Controller::for_stream(policies, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .reconcile_all_on(changes)

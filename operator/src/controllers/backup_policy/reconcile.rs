@@ -153,6 +153,7 @@ async fn reconcile_with(
         plan.run.wake_at,
         now,
         context.config.source_check_interval,
+        evaluation.images.iter().any(|i| i.outage.is_some()),
     )))
 }
 

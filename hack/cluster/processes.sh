@@ -1,0 +1,24 @@
+# Sourced by the cluster scripts: the local cluster's components run as
+# background processes of the host, each in its own session, with a pid file
+# in $CLUSTER_PIDS and a log in $CLUSTER_LOGS.
+
+is_running() { local f="$CLUSTER_PIDS/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
+
+# start NAME COMMAND... : runs a component in the background, in its own
+# session (so down.sh can kill its whole process group), logging to logs/NAME.log.
+start() {
+  local name="$1"; shift
+  is_running "$name" && return
+  setsid "$@" >>"$CLUSTER_LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$CLUSTER_PIDS/$name.pid"
+}
+
+# wait_for WHAT SECONDS COMMAND... : polls until COMMAND succeeds.
+wait_for() {
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for $what (logs: $CLUSTER_LOGS)"
+    sleep 0.5
+  done
+}
