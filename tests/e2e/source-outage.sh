@@ -83,14 +83,21 @@ check "no outage alert while the registry answers" alert_is LifeboatSourceUnreac
 killed_at=$SECONDS
 registry_silent() { ! curl -s -m 3 "http://$SOURCE_REGISTRY/v2/" >/dev/null; }
 check "the source registry no longer answers" registry_silent
-# A new replica on the other node must pull (pullPolicy Always): it fails.
-pinned_deployment newcomer "${NODE_NAMES[1]}" "$image" | k apply -n "$ns" -f - >/dev/null
+# The Deployment moves to the node that never had the image: its new
+# replica must pull (pullPolicy Always) and fails, while the old replica
+# keeps running (a rolling update of one replica keeps it until the new one
+# is ready).
+k -n "$ns" patch deploy web --type merge \
+  -p "{\"spec\":{\"template\":{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"${NODE_NAMES[1]}\"}}}}}" >/dev/null
+newcomer_pod=""
 newcomer_fails() {
   local reason
-  reason="$(k -n "$ns" get pods -l app=newcomer -o jsonpath='{.items[0].status.containerStatuses[0].state.waiting.reason}')"
-  [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] || { echo "newcomer waiting: '$reason'"; return 1; }
+  newcomer_pod="$(k -n "$ns" get pods -l app=web --field-selector spec.nodeName="${NODE_NAMES[1]}" -o jsonpath='{.items[0].metadata.name}')"
+  reason="$(k -n "$ns" get pod "$newcomer_pod" -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+  [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] || { echo "new replica ($newcomer_pod) waiting: '$reason'"; return 1; }
 }
 check "the new replica fails to pull" eventually 60 newcomer_fails
+newcomer_fails >/dev/null 2>&1 # sets newcomer_pod in this shell
 
 status_json() { k -n "$ns" get "ibp/$policy" -o json; }
 reported_unreachable() {
@@ -108,10 +115,10 @@ check "ImagesAvailable is False with reason SourceUnreachable" \
 check "Ready stays True: the backup itself is fine" condition_is "$ns" "ibp/$policy" Ready "True Protected"
 has_event() { [[ " $(event_reasons "$ns" "$policy" "$1") " == *" $2 "* ]] || { echo "events: $(event_reasons "$ns" "$policy")"; return 1; }; }
 check "a Warning SourceUnreachable event is on the policy" eventually 30 has_event Warning SourceUnreachable
-newcomer_pod="$(k -n "$ns" get pods -l app=newcomer -o jsonpath='{.items[0].metadata.name}')"
 pod_told() {
-  k -n "$ns" get events --field-selector "involvedObject.name=$newcomer_pod,reason=SourceUnreachable" \
-    -o jsonpath='{.items[*].message}' | grep -q "backup targets holding it: \[\"backup\"\]"
+  local messages
+  messages="$(k -n "$ns" get events --field-selector "involvedObject.name=$newcomer_pod,reason=SourceUnreachable" -o jsonpath='{.items[*].message}')"
+  [[ "$messages" == *'backup targets holding it: ["backup"]'* ]] || { echo "events on $newcomer_pod: '$messages'"; return 1; }
 }
 check "the failing pod gets a SourceUnreachable event naming the backup target" eventually 30 pod_told
 gauge() { # gauge STATE: the policy's lifeboat_images value for STATE
