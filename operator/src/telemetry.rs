@@ -5,7 +5,7 @@ use opentelemetry::KeyValue;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _, ObservableGauge};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _, ObservableGauge};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
