@@ -234,6 +234,10 @@ async fn referrers_travel(source_api: bool, target_api: bool) {
     assert!(warm.referrers.iter().all(|r| r.already_there), "{warm:?}");
     assert_eq!(warm.manifests_copied, 0);
     assert_eq!(warm.blobs_copied, 0);
+    println!(
+        "api {source_api} -> {target_api}: warm copy with 2 referrers: {} requests",
+        warm.requests
+    );
 }
 
 #[tokio::test]
