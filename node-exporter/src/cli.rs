@@ -194,6 +194,16 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             other => return Err(usage(format!("unknown option {other:?}"))),
         }
     }
+    with_images(options, &image_args, &ca_bundle_args)
+}
+
+/// Parses the collected `--image` and `--ca-bundle` values and checks what
+/// each mode needs of them.
+fn with_images(
+    mut options: Options,
+    image_args: &[String],
+    ca_bundle_args: &[String],
+) -> Result<Command, Error> {
     options.ca_bundles = ca_bundle_args
         .iter()
         .map(|a| {

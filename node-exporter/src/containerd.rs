@@ -343,54 +343,14 @@ impl Containerd {
         };
         // containerd takes the labels from the Commit message only.
         let commit_expected = expected.clone();
-        // The source's stream becomes Write messages at growing offsets; a
-        // source error ends the stream without a Commit, so nothing is
-        // committed, and is reported below.
-        let body = futures::stream::unfold(
-            (Box::pin(chunks), 0i64, false),
-            move |(mut chunks, offset, done)| {
-                let labels = labels.clone();
-                let commit_expected = commit_expected.clone();
-                let failure_tx = failure_tx.clone();
-                let counter = counter.clone();
-                let writer_ref = writer_ref.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    match chunks.next().await {
-                        Some(Ok(data)) => {
-                            let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
-                            counter
-                                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            let message = WriteContentRequest {
-                                action: WriteAction::Write as i32,
-                                r#ref: writer_ref,
-                                offset,
-                                data: data.to_vec(),
-                                ..WriteContentRequest::default()
-                            };
-                            Some((message, (chunks, offset.saturating_add(length), false)))
-                        }
-                        Some(Err(error)) => {
-                            let _ = failure_tx.try_send(error.to_string());
-                            None
-                        }
-                        None => {
-                            let message = WriteContentRequest {
-                                action: WriteAction::Commit as i32,
-                                r#ref: writer_ref,
-                                offset,
-                                total,
-                                expected: commit_expected,
-                                labels,
-                                data: Vec::new(),
-                            };
-                            Some((message, (chunks, offset, true)))
-                        }
-                    }
-                }
-            },
+        let body = write_messages(
+            chunks,
+            writer_ref,
+            total,
+            commit_expected,
+            labels,
+            failure_tx,
+            counter,
         );
         let messages = futures::stream::iter([head]).chain(body);
         let response = ContentClient::new(self.channel.clone())
@@ -495,6 +455,70 @@ impl Containerd {
             Err(status) => Err(Error::containerd("Images.Create")(status)),
         }
     }
+}
+
+/// The source's stream as `Content.Write` messages at growing offsets, then
+/// the Commit (which carries the labels: containerd takes them from it). A
+/// source error ends the stream without a Commit, so nothing is committed;
+/// the error goes to `failure` for the caller to report.
+fn write_messages<S, E>(
+    chunks: S,
+    writer_ref: String,
+    total: i64,
+    commit_expected: String,
+    labels: HashMap<String, String>,
+    failure_tx: tokio::sync::mpsc::Sender<String>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> impl Stream<Item = WriteContentRequest> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    futures::stream::unfold(
+        (Box::pin(chunks), 0i64, false),
+        move |(mut chunks, offset, done)| {
+            let labels = labels.clone();
+            let commit_expected = commit_expected.clone();
+            let failure_tx = failure_tx.clone();
+            let counter = counter.clone();
+            let writer_ref = writer_ref.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match chunks.next().await {
+                    Some(Ok(data)) => {
+                        let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+                        counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let message = WriteContentRequest {
+                            action: WriteAction::Write as i32,
+                            r#ref: writer_ref,
+                            offset,
+                            data: data.to_vec(),
+                            ..WriteContentRequest::default()
+                        };
+                        Some((message, (chunks, offset.saturating_add(length), false)))
+                    }
+                    Some(Err(error)) => {
+                        let _ = failure_tx.try_send(error.to_string());
+                        None
+                    }
+                    None => {
+                        let message = WriteContentRequest {
+                            action: WriteAction::Commit as i32,
+                            r#ref: writer_ref,
+                            offset,
+                            total,
+                            expected: commit_expected,
+                            labels,
+                            data: Vec::new(),
+                        };
+                        Some((message, (chunks, offset, true)))
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Size of the pieces blobs are handed on in. containerd sends 1 MiB
