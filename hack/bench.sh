@@ -11,13 +11,16 @@ cd "$REPO_ROOT"
 # name | default command | what it measures (the docs/benchmarks.md section)
 benchmarks=(
   "transfer|cargo bench -p registry-transfer --bench transfer -- --write|registry-transfer against skopeo on three corpora; rewrites the 'Registry transfer' tables (registry-transfer/benches/transfer.rs)"
+  "referrers|cargo test -p registry-transfer --release --test referrers three_referrers -- --nocapture|requests of an image with 3 referrers against the image alone plus the referrers' own, and against oras cp -r ('Referrers'; registry-transfer/tests/referrers.rs)"
   "node-exporter|cargo test -p lifeboat-node-exporter --release --test benchmark -- --ignored --nocapture|a 1 GiB image pushed from a node's containerd three ways, speed and peak memory ('node-exporter'; node-exporter/tests/benchmark.rs)"
   "cluster-memory|operator/bench/cluster-memory.sh 2000 300|operator memory with 2,000 pods and 300 images, and their first full backup ('Operator: backup'; needs the local cluster and the operator deployed)"
   "restore|hack/bench-restore.sh --deploy 2|deletion to restored and re-pulled, from the backup registry and from a node ('Restore'; needs the local cluster)"
+  "node-import|tests/e2e/node-import.sh|registry killed -> pod Running on a node that never had the image, imported from the backup and node to node, 3 MiB and 100 MiB, release build ('Import into a node'; needs the local cluster)"
 )
 # Figures the e2e suites measure on every run (their "measured:" lines):
 #   tests/e2e/operator-backup.sh            new Deployment -> image in the backup
 #   tests/e2e/operator-backup-lifecycle.sh  SIGKILL mid-copy -> Ready again, bytes not copied again
+#   tests/e2e/node-import.sh                registry killed -> pod Running through an import Job
 
 if (($# == 0)); then
   printf '%-15s %s\n' NAME COMMAND

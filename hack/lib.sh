@@ -10,6 +10,12 @@ export REPO_ROOT
 export KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 export ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 export HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Signing and artifact tools of the referrers tests (hack/build-registry-tools.sh):
+# cosign signs and attests, oras attaches OCI 1.1 referrers, crane serves a
+# registry WITH the referrers API (distribution 2.8 has none).
+export COSIGN_VERSION="${COSIGN_VERSION:-v2.6.5}"
+export ORAS_VERSION="${ORAS_VERSION:-v1.3.6}"
+export GGCR_VERSION="${GGCR_VERSION:-v0.22.1}"
 # cargo-machete: the unused-dependency check (hack/build-cargo-machete.sh).
 export CARGO_MACHETE_VERSION="${CARGO_MACHETE_VERSION:-0.9.2}"
 export CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.1}"

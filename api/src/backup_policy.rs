@@ -101,8 +101,15 @@ pub const RULE_RETENTION_NOT_EMPTY: CelRule = CelRule {
     field_path: None,
 };
 
+pub const RULE_REFERRERS_TYPES: CelRule = CelRule {
+    rule: "(has(self.copy) && self.copy == 'ArtifactTypes') == has(self.artifactTypes)",
+    message: "artifactTypes must be set exactly when copy is ArtifactTypes",
+    field_path: Some(".artifactTypes"),
+};
+
 /// The policy's CEL rules, for tests and documentation.
 pub const CEL_RULES: &[CelRule] = &[
+    RULE_REFERRERS_TYPES,
     RULE_DISJOINT_NAMESPACES,
     RULE_SCHEDULE_NO_TZ,
     RULE_SCHEDULE_SHAPE,
@@ -153,6 +160,13 @@ pub const CEL_RULES: &[CelRule] = &[
         type_ = "integer",
         json_path = ".status.summary.missing",
         description = "Images gone from their source registry"
+    ),
+    printcolumn(
+        name = "Unreachable",
+        type_ = "integer",
+        json_path = ".status.summary.unreachable",
+        description = "Images whose source registry cannot be reached",
+        priority = 1
     ),
     printcolumn(
         name = "Last Backup",
@@ -261,6 +275,44 @@ pub struct ImageBackupPolicySpec {
     /// restored or deleted, without writing to any registry.
     #[serde(default = "default_false")]
     pub dry_run: bool,
+
+    /// Which signatures, SBOMs and attestations (OCI referrers and cosign's
+    /// `sha256-<hex>.sig/.att/.sbom` tags) are copied with each image.
+    /// Unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<Referrers>,
+}
+
+/// What a policy copies of the artifacts that refer to its images.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ReferrersCopy {
+    /// Every referrer, recursively (a signature on an SBOM too).
+    #[default]
+    All,
+    /// The images alone.
+    None,
+    /// Only referrers whose artifact type is in `artifactTypes`.
+    ArtifactTypes,
+}
+
+/// Which referrers (signatures, SBOMs, attestations) travel with the images.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_REFERRERS_TYPES])))]
+pub struct Referrers {
+    /// `All` (when unset), `None`, or `ArtifactTypes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<ReferrersCopy>,
+
+    /// With `copy: ArtifactTypes`: the artifact types to copy, e.g.
+    /// `application/spdx+json`, or cosign's
+    /// `application/vnd.dev.cosign.simplesigning.v1+json` (signatures) and
+    /// `application/vnd.dsse.envelope.v1+json` (attestations). See
+    /// docs/transfer.md for how a referrer's type is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 255)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub artifact_types: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -618,6 +670,18 @@ pub struct ImageBackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_images_total: Option<i32>,
 
+    /// Protected images whose source registry cannot be reached or fails
+    /// (an outage, not a loss: the registry did not say the image is gone).
+    /// At most 50; see `unreachableImagesTotal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub unreachable_images: Vec<UnreachableImage>,
+
+    /// How many images have an unreachable source in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_images_total: Option<i32>,
+
     /// The automatic ImageRestore created for missing images, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_restore: Option<RestoreLink>,
@@ -649,6 +713,8 @@ impl Default for ImageBackupPolicyStatus {
             summary: None,
             missing_images: Vec::new(),
             missing_images_total: None,
+            unreachable_images: Vec::new(),
+            unreachable_images_total: None,
             automatic_restore: None,
             history: Vec::new(),
             plan: None,
@@ -672,8 +738,16 @@ pub struct PolicySummary {
     pub failed: i32,
     /// Images gone from their source registry.
     pub missing: i32,
+    /// Images whose source registry cannot be reached or fails (absent
+    /// in statuses written before operators reported outages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<i32>,
     /// Bytes copied to targets since the policy was created.
     pub bytes_copied: i64,
+    /// Referrers (signatures, SBOMs, attestations) held in the targets with
+    /// the protected images, as of each image's last verified copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<i32>,
 }
 
 /// A protected image that its source registry no longer serves.
@@ -696,6 +770,48 @@ pub struct MissingImage {
     pub workloads: i32,
 
     /// Targets that hold a backup of this digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), inner(length(max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub backup_targets: Vec<String>,
+
+    /// Nodes believed to hold it in their containerd content store (at
+    /// most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub nodes: Vec<String>,
+}
+
+/// A protected image whose source registry does not answer, or answers
+/// with an error, when asked whether it still holds the image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableImage {
+    /// The image as workloads reference it.
+    #[schemars(length(min = 1, max = 600))]
+    pub reference: String,
+
+    /// The digest workloads run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 160))]
+    pub digest: Option<String>,
+
+    /// When its source was first found unreachable in this outage.
+    pub since: Time,
+
+    /// Why, as a reason (`RegistryUnavailable`, `Tls`, `RateLimited`, ...).
+    #[schemars(length(min = 1, max = 64))]
+    pub reason: String,
+
+    /// What the registry (or the network) said, shortened.
+    #[schemars(length(max = 512))]
+    pub message: String,
+
+    /// How many selected workloads use it.
+    pub workloads: i32,
+
+    /// Targets that hold a backup of this digest: where pods can get it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4), inner(length(max = 63)))]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]

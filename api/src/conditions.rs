@@ -45,6 +45,9 @@ pub mod reasons {
     pub const DRY_RUN: &str = "DryRun";
     pub const IMAGES_MISSING: &str = "ImagesMissing";
     pub const ALL_IMAGES_AVAILABLE: &str = "AllImagesAvailable";
+    /// Images whose source registry cannot be reached or fails (an
+    /// outage: the registry did not say they are gone).
+    pub const SOURCE_UNREACHABLE: &str = "SourceUnreachable";
     pub const OWN_NAMESPACE_ONLY: &str = "OwnNamespaceOnly";
     pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
@@ -91,6 +94,7 @@ pub mod reasons {
         DRY_RUN,
         IMAGES_MISSING,
         ALL_IMAGES_AVAILABLE,
+        SOURCE_UNREACHABLE,
         OWN_NAMESPACE_ONLY,
         CREDENTIALS_NOT_FOUND,
         CREDENTIALS_INVALID,

@@ -306,7 +306,7 @@ mod status_examples {
     use super::*;
     use crate::backup_policy::{
         DryRunPlan, ImageBackupPolicyStatus, MissingImage, PolicySummary, RestoreLink, RunRecord,
-        RunResult, RunTrigger,
+        RunResult, RunTrigger, UnreachableImage,
     };
     use crate::conditions::{ConditionStatus, new_condition, reasons, set_condition, types};
     use crate::restore::{
@@ -376,7 +376,9 @@ mod status_examples {
                 pending: 1,
                 failed: 0,
                 missing: 1,
+                unreachable: Some(1),
                 bytes_copied: 123_456_789,
+                referrers: Some(14),
             }),
             missing_images: vec![MissingImage {
                 reference: "127.0.0.1:5001/demo/web:1.0".into(),
@@ -387,6 +389,17 @@ mod status_examples {
                 nodes: vec!["lifeboat-node-1".into()],
             }],
             missing_images_total: Some(1),
+            unreachable_images: vec![UnreachableImage {
+                reference: "127.0.0.1:5001/demo/api:2.0".into(),
+                digest: Some(format!("sha256:{}", "b".repeat(64))),
+                since: now(),
+                reason: "RegistryUnavailable".into(),
+                message: "connection refused".into(),
+                workloads: 1,
+                backup_targets: vec!["primary".into()],
+                nodes: vec!["lifeboat-node-2".into()],
+            }],
+            unreachable_images_total: Some(1),
             automatic_restore: Some(RestoreLink {
                 name: "production-images-missing-1".into(),
                 progress: Some(RestoreProgress {
@@ -438,6 +451,7 @@ mod status_examples {
                         name: "lifeboat-node-1".into(),
                     }),
                     job_name: Some("lifeboat-export-abc123".into()),
+                    referrers: Some(0),
                     state: ImageRestoreState::Restored,
                     reason: None,
                     message: None,

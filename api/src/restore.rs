@@ -465,6 +465,13 @@ pub struct RestoredImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ImageSourceRef>,
 
+    /// Signatures, SBOMs and attestations restored with the image (OCI
+    /// referrers and cosign tags found with it in the backup). 0 from a
+    /// node cache, which holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub referrers: Option<i32>,
+
     /// The export Job, for node restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]

@@ -16,7 +16,8 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::backup_policy::{
-    BackupTarget, CaBundle, ImageBackupPolicy, ImageBackupPolicySpec, WorkloadSelector,
+    BackupTarget, CaBundle, ImageBackupPolicy, ImageBackupPolicySpec, ReferrersCopy,
+    WorkloadSelector,
 };
 use crate::error::{Error, Result};
 use crate::patterns::ImageMatcher;
@@ -246,6 +247,21 @@ pub fn validate_policy_spec(spec: &ImageBackupPolicySpec) -> Result<ValidPolicy>
             "set keepLast, maxAgeDays or both; leave retention out to keep every backup",
         )
         .at("spec.retention"));
+    }
+    if let Some(referrers) = &spec.referrers {
+        let listing = referrers.copy == Some(ReferrersCopy::ArtifactTypes);
+        if listing != referrers.artifact_types.is_some() {
+            return Err(
+                invalid("artifactTypes must be set exactly when copy is ArtifactTypes")
+                    .at("spec.referrers.artifactTypes"),
+            );
+        }
+        for (i, kind) in referrers.artifact_types.iter().flatten().enumerate() {
+            if kind.is_empty() || kind.len() > 255 {
+                return Err(invalid("an artifact type is 1 to 255 characters")
+                    .at(format!("spec.referrers.artifactTypes[{i}]")));
+            }
+        }
     }
 
     Ok(ValidPolicy {
@@ -678,6 +694,33 @@ mod tests {
             "InvalidSpec",
             "keepLast, maxAgeDays or both",
         );
+        let mut referrers_spec = policy();
+        referrers_spec.referrers = Some(crate::backup_policy::Referrers {
+            copy: Some(ReferrersCopy::ArtifactTypes),
+            artifact_types: None,
+        });
+        policy_error(
+            &referrers_spec,
+            "spec.referrers.artifactTypes",
+            "InvalidSpec",
+            "exactly when copy is ArtifactTypes",
+        );
+        referrers_spec.referrers = Some(crate::backup_policy::Referrers {
+            copy: Some(ReferrersCopy::None),
+            artifact_types: Some(vec!["application/spdx+json".into()]),
+        });
+        policy_error(
+            &referrers_spec,
+            "spec.referrers.artifactTypes",
+            "InvalidSpec",
+            "exactly when copy is ArtifactTypes",
+        );
+        referrers_spec.referrers = Some(crate::backup_policy::Referrers {
+            copy: Some(ReferrersCopy::ArtifactTypes),
+            artifact_types: Some(vec!["application/spdx+json".into()]),
+        });
+        assert!(validate_policy_spec(&referrers_spec).is_ok());
+
         spec.retention = Some(Retention {
             keep_last: Some(0),
             max_age_days: None,

@@ -12,26 +12,7 @@ start_time=$SECONDS
 "$REPO_ROOT/hack/cluster/pki.sh"
 mkdir -p "$CLUSTER_LOGS" "$CLUSTER_PIDS" "$CLUSTER_RELAYS"
 
-is_running() { local f="$CLUSTER_PIDS/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
-
-# start NAME COMMAND... : runs a component in the background, in its own
-# session (so down.sh can kill its whole process group), logging to logs/NAME.log.
-start() {
-  local name="$1"; shift
-  is_running "$name" && return
-  setsid "$@" >>"$CLUSTER_LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$CLUSTER_PIDS/$name.pid"
-}
-
-# wait_for WHAT SECONDS COMMAND... : polls until COMMAND succeeds.
-wait_for() {
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for $what (logs: $CLUSTER_LOGS)"
-    sleep 0.5
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 ### Registries ###############################################################
 registry_config() {
@@ -68,8 +49,8 @@ auth:
   htpasswd:
     realm: lifeboat-backup
     path: $CLUSTER_DIR/registries/backup.htpasswd"
-start registry-source docker-registry serve "$CLUSTER_DIR/registries/source.yml"
-start registry-backup docker-registry serve "$CLUSTER_DIR/registries/backup.yml"
+"$REPO_ROOT/hack/cluster/registry.sh" start source
+"$REPO_ROOT/hack/cluster/registry.sh" start backup
 
 ### Control plane ############################################################
 start etcd "$ETCD_BIN/etcd" --name lifeboat --data-dir "$CLUSTER_DIR/etcd" \

@@ -4,10 +4,19 @@
 //! (environment variables, flags for people running it by hand); the
 //! flags named here are the ones the operator uses, spelled once.
 
-use crate::image::{ExportImage, ImageSource};
+use std::fmt;
+
+use crate::image::{ExportImage, ImageSource, ImportImage};
 
 pub const EXPORT: &str = "export";
 pub const INVENTORY: &str = "inventory";
+pub const IMPORT: &str = "import";
+pub const SERVE: &str = "serve";
+pub const FLAG_CA_BUNDLE: &str = "--ca-bundle";
+pub const FLAG_FROM_PEER: &str = "--from-peer";
+pub const FLAG_TOKEN_FILE: &str = "--token-file";
+pub const FLAG_LISTEN: &str = "--listen";
+pub const FLAG_SERVE_SECONDS: &str = "--serve-seconds";
 pub const FLAG_IMAGE: &str = "--image";
 pub const FLAG_PLAIN_HTTP: &str = "--plain-http";
 pub const FLAG_SOCKET: &str = "--socket";
@@ -60,6 +69,120 @@ impl InventoryArguments {
         let mut args = vec![INVENTORY.to_owned()];
         for image in &self.images {
             args.extend([FLAG_IMAGE.to_owned(), image.to_string()]);
+        }
+        if let Some(socket) = &self.socket {
+            args.extend([FLAG_SOCKET.to_owned(), socket.clone()]);
+        }
+        args
+    }
+}
+
+/// `--ca-bundle REGISTRY=PATH`: a mounted PEM bundle trusted (besides the
+/// system roots) for one registry, as the operator trusts it. Valid in
+/// every mode that talks to a registry; the operator appends
+/// [`ca_bundle_args`] to the arguments it builds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CaBundleArgument {
+    pub registry: String,
+    pub path: String,
+}
+
+impl CaBundleArgument {
+    /// Parses `REGISTRY=PATH` (a registry host never contains `=`).
+    pub fn parse(input: &str) -> Option<CaBundleArgument> {
+        let (registry, path) = input.split_once('=')?;
+        (!registry.is_empty() && !path.is_empty()).then(|| CaBundleArgument {
+            registry: registry.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for CaBundleArgument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.registry, self.path)
+    }
+}
+
+/// The `--ca-bundle` arguments for `bundles`.
+pub fn ca_bundle_args(bundles: &[CaBundleArgument]) -> Vec<String> {
+    bundles
+        .iter()
+        .flat_map(|bundle| [FLAG_CA_BUNDLE.to_owned(), bundle.to_string()])
+        .collect()
+}
+
+/// `node-exporter import --image NAME[=FROM]... [--from-peer HOST:PORT
+/// --token-file PATH] [--plain-http HOST]... [--ca-bundle REG=PATH]...
+/// [--socket PATH] [--docker-config PATH]`: writes images into the node's
+/// containerd, pulled from a registry (`FROM`) or from a peer node's
+/// `serve`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportArguments {
+    pub images: Vec<ImportImage>,
+    /// A peer node-exporter `serve` (its pod IP and port) to pull from
+    /// instead of a registry.
+    pub from_peer: Option<String>,
+    /// The mounted one-time token the peer expects.
+    pub token_file: Option<String>,
+    pub plain_http: Vec<String>,
+    pub ca_bundles: Vec<CaBundleArgument>,
+    pub socket: Option<String>,
+    pub docker_config: Option<String>,
+}
+
+impl ImportArguments {
+    /// The arguments after the program name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![IMPORT.to_owned()];
+        for image in &self.images {
+            args.extend([FLAG_IMAGE.to_owned(), image.to_string()]);
+        }
+        if let Some(peer) = &self.from_peer {
+            args.extend([FLAG_FROM_PEER.to_owned(), peer.clone()]);
+        }
+        if let Some(path) = &self.token_file {
+            args.extend([FLAG_TOKEN_FILE.to_owned(), path.clone()]);
+        }
+        for registry in &self.plain_http {
+            args.extend([FLAG_PLAIN_HTTP.to_owned(), registry.clone()]);
+        }
+        args.extend(ca_bundle_args(&self.ca_bundles));
+        if let Some(socket) = &self.socket {
+            args.extend([FLAG_SOCKET.to_owned(), socket.clone()]);
+        }
+        if let Some(path) = &self.docker_config {
+            args.extend([FLAG_DOCKER_CONFIG.to_owned(), path.clone()]);
+        }
+        args
+    }
+}
+
+/// `node-exporter serve --image SRC... --listen PORT --token-file PATH
+/// [--serve-seconds N] [--socket PATH]`: serves the blobs of the named
+/// images (and nothing else) from this node's content store to one
+/// importing peer that presents the token, until it says it is done or
+/// the time is up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServeArguments {
+    pub images: Vec<ImageSource>,
+    pub listen_port: u16,
+    pub token_file: String,
+    pub serve_seconds: Option<u64>,
+    pub socket: Option<String>,
+}
+
+impl ServeArguments {
+    /// The arguments after the program name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![SERVE.to_owned()];
+        for image in &self.images {
+            args.extend([FLAG_IMAGE.to_owned(), image.to_string()]);
+        }
+        args.extend([FLAG_LISTEN.to_owned(), self.listen_port.to_string()]);
+        args.extend([FLAG_TOKEN_FILE.to_owned(), self.token_file.clone()]);
+        if let Some(seconds) = self.serve_seconds {
+            args.extend([FLAG_SERVE_SECONDS.to_owned(), seconds.to_string()]);
         }
         if let Some(socket) = &self.socket {
             args.extend([FLAG_SOCKET.to_owned(), socket.clone()]);

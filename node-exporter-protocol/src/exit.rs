@@ -9,10 +9,13 @@ pub const USAGE: i32 = 2;
 /// At least one image is not on this node (or only incompletely, with no
 /// way to rebuild it), and nothing failed otherwise: try another node.
 pub const NOT_ON_NODE: i32 = 3;
-/// At least one push to the registry failed: retrying may help.
+/// At least one transfer failed (an export's push, an import's pull):
+/// retrying may help.
 pub const PUSH_FAILED: i32 = 4;
 /// No containerd socket could be found or connected to on this node.
 pub const NO_CONTAINERD: i32 = 5;
+/// Stopped by SIGTERM (128 + 15, as a shell reports it).
+pub const TERMINATED: i32 = 143;
 
 /// The codes after which a retry on the same node cannot help: the Job
 /// fails at once.

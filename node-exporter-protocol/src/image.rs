@@ -21,6 +21,10 @@ pub enum ImageArgumentError {
     },
     #[error("{0:?}: a target cannot name a digest")]
     DestinationDigest(String),
+    #[error("{0:?}: an import must name the digest to import (in NAME or in FROM)")]
+    ImportDigestMissing(String),
+    #[error("{0:?}: NAME and FROM name different digests")]
+    ImportDigestConflict(String),
 }
 
 /// What to export: an image reference, or a bare digest (an index, a
@@ -214,9 +218,93 @@ impl FromStr for ExportImage {
     }
 }
 
+/// One `--image NAME[=FROM]` of an import: `NAME` is the reference pods
+/// use, recorded in containerd as given and in its digest form; `FROM` is
+/// the registry image to pull (absent when the bytes come from a peer
+/// node). The digest is pinned by `NAME` or `FROM` (both: the same).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImportImage {
+    pub name: ImageReference,
+    pub from: Option<ImageReference>,
+}
+
+impl ImportImage {
+    /// Parses `NAME` or `NAME=FROM` and checks a digest is pinned.
+    pub fn parse(input: &str) -> Result<ImportImage, ImageArgumentError> {
+        let (name, from) = match input.split_once('=') {
+            Some((name, from)) => (name, Some(from)),
+            None => (input, None),
+        };
+        if name.is_empty() || from.is_some_and(str::is_empty) {
+            return Err(ImageArgumentError::Empty(input.to_owned()));
+        }
+        let reference = |text: &str| {
+            ImageReference::parse(text).map_err(|error| ImageArgumentError::Reference {
+                input: text.to_owned(),
+                error,
+            })
+        };
+        let image = ImportImage {
+            name: reference(name)?,
+            from: from.map(reference).transpose()?,
+        };
+        let pinned = [
+            image.name.digest.as_ref(),
+            image.from.as_ref().and_then(|f| f.digest.as_ref()),
+        ];
+        match pinned {
+            [None, None] => Err(ImageArgumentError::ImportDigestMissing(input.to_owned())),
+            [Some(a), Some(b)] if a != b => {
+                Err(ImageArgumentError::ImportDigestConflict(input.to_owned()))
+            }
+            _ => Ok(image),
+        }
+    }
+
+    /// The digest to import: what the node must hold afterwards.
+    pub fn digest(&self) -> Option<&Digest> {
+        self.name
+            .digest
+            .as_ref()
+            .or_else(|| self.from.as_ref().and_then(|f| f.digest.as_ref()))
+    }
+}
+
+impl fmt::Display for ImportImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.from {
+            Some(from) => write!(f, "{}={from}", self.name),
+            None => self.name.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_images_pin_one_digest() {
+        let d = digest();
+        let image = ImportImage::parse(&format!("r.io/a:1=b.io/m/a@{d}")).unwrap();
+        assert_eq!(image.name.to_string(), "r.io/a:1");
+        assert_eq!(image.digest(), Some(&d));
+        assert_eq!(ImportImage::parse(&image.to_string()).unwrap(), image);
+        let alone = ImportImage::parse(&format!("r.io/a:1@{d}")).unwrap();
+        assert_eq!((alone.from.as_ref(), alone.digest()), (None, Some(&d)));
+        assert!(matches!(
+            ImportImage::parse("r.io/a:1=b.io/a:1"),
+            Err(ImageArgumentError::ImportDigestMissing(_))
+        ));
+        let other = format!("sha256:{}", "c".repeat(64));
+        assert!(matches!(
+            ImportImage::parse(&format!("r.io/a@{d}=b.io/a@{other}")),
+            Err(ImageArgumentError::ImportDigestConflict(_))
+        ));
+        for bad in ["", "=x", &format!("r.io/a@{d}=")] {
+            assert!(ImportImage::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn digest() -> Digest {
         Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap()

@@ -22,8 +22,10 @@ mod image;
 pub mod reasons;
 pub mod report;
 
-pub use args::{ExportArguments, InventoryArguments};
-pub use image::{Destination, ExportImage, ImageArgumentError, ImageSource};
+pub use args::{
+    CaBundleArgument, ExportArguments, ImportArguments, InventoryArguments, ServeArguments,
+};
+pub use image::{Destination, ExportImage, ImageArgumentError, ImageSource, ImportImage};
 pub use lifeboat_reference::{Digest, ImageReference};
 pub use report::{
     ExportReport, Exportable, ImageResult, InventoryEntry, InventoryReport, ReportError, RunError,

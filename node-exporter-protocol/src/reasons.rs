@@ -13,6 +13,13 @@ pub const REBUILD_DENIED: &str = "RebuildDenied";
 pub const INVALID_MANIFEST: &str = "InvalidManifest";
 pub const PUSH_FAILED: &str = "PushFailed";
 pub const IO_ERROR: &str = "IoError";
+/// An import's pull (from a registry or a peer node) failed: retrying may help.
+pub const PULL_FAILED: &str = "PullFailed";
+/// An import got content whose digest is not the one asked for (a peer
+/// that holds only a rebuilt image): never recorded under the original.
+pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+/// The process was asked to stop (SIGTERM) before it finished.
+pub const TERMINATED: &str = "Terminated";
 
 /// Failures that mean "this node does not (completely) hold the image":
 /// another node may, so the operator asks elsewhere.

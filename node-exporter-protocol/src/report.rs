@@ -23,8 +23,11 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 pub enum Status {
     /// Pushed digest-exact: the registry now serves the original digest.
     Preserved,
-    /// Pushed with rebuilt layers: a new digest, not the original.
+    /// Pushed (or imported) with rebuilt layers: a new digest, not the
+    /// original.
     Rebuilt,
+    /// Written into the node's containerd digest-exact (import).
+    Imported,
     Failed,
 }
 
@@ -32,6 +35,12 @@ impl Status {
     /// Preserved or rebuilt: something was pushed.
     pub fn is_pushed(self) -> bool {
         matches!(self, Status::Preserved | Status::Rebuilt)
+    }
+
+    /// Whether the image is now where it was asked to be (pushed or
+    /// imported).
+    pub fn is_done(self) -> bool {
+        !matches!(self, Status::Failed)
     }
 }
 
@@ -42,9 +51,14 @@ pub struct ImageResult {
     /// The image as requested (the `SRC` of its `--image`).
     pub image: ImageSource,
     pub status: Status,
-    /// Where it was pushed (for people: a reference with the tag used).
+    /// Where it was pushed (for people: a reference with the tag used);
+    /// for an import, the names recorded in containerd, comma separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Import only: where the bytes came from (`registry/repo@digest`, or
+    /// `peer:HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The digest the registry now serves for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
@@ -59,7 +73,8 @@ pub struct ImageResult {
     pub platform: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rebuilt_layers: usize,
-    /// Bytes uploaded to the registry (blobs it already had not counted).
+    /// Bytes uploaded to the registry (blobs it already had not counted);
+    /// for an import, bytes written into containerd.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub bytes: u64,
     /// One of [`reasons`] when failed.
@@ -80,6 +95,7 @@ impl ImageResult {
             image,
             status: Status::Preserved,
             target: None,
+            source: None,
             digest: None,
             original_digest: None,
             incomplete_index: None,
@@ -163,6 +179,8 @@ impl ExportReport {
                 exit::USAGE
             } else if reasons::NO_CONTAINERD.contains(&reason) {
                 exit::NO_CONTAINERD
+            } else if reason == reasons::TERMINATED {
+                exit::TERMINATED
             } else {
                 exit::OTHER
             };
@@ -174,7 +192,9 @@ impl ExportReport {
             .filter(|r| r.status == Status::Failed)
             .map(|r| r.reason.as_deref().unwrap_or(""))
             .collect();
-        if failed.contains(&reasons::PUSH_FAILED) {
+        if failed.contains(&reasons::TERMINATED) {
+            exit::TERMINATED
+        } else if failed.contains(&reasons::PUSH_FAILED) || failed.contains(&reasons::PULL_FAILED) {
             exit::PUSH_FAILED
         } else if failed.contains(&reasons::INVALID_REFERENCE) {
             exit::USAGE
@@ -397,6 +417,17 @@ mod tests {
         assert_eq!(no_socket.exit_code(), exit::NO_CONTAINERD);
         let usage = ExportReport::run_failed(reasons::INVALID_ARGUMENTS, "m".into());
         assert_eq!(usage.exit_code(), exit::USAGE);
+        assert_eq!(
+            ExportReport::new(vec![failed("PullFailed"), failed("ImageNotOnNode")]).exit_code(),
+            exit::PUSH_FAILED,
+            "a failed pull is worth a retry, like a failed push"
+        );
+        assert_eq!(
+            ExportReport::new(vec![ok("a"), failed("Terminated")]).exit_code(),
+            exit::TERMINATED
+        );
+        let stopped = ExportReport::run_failed(reasons::TERMINATED, "m".into());
+        assert_eq!(stopped.exit_code(), exit::TERMINATED);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use lifeboat_node_protocol::args::{
-    EXPORT, FLAG_DOCKER_CONFIG, FLAG_IMAGE, FLAG_PLAIN_HTTP, FLAG_SOCKET, INVENTORY,
+    EXPORT, FLAG_CA_BUNDLE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER, FLAG_IMAGE, FLAG_LISTEN,
+    FLAG_PLAIN_HTTP, FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT, INVENTORY, SERVE,
 };
-use lifeboat_node_protocol::{ExportImage, ImageArgumentError};
+use lifeboat_node_protocol::{CaBundleArgument, ExportImage, ImageArgumentError, ImportImage};
 
 use crate::error::Error;
 
@@ -16,13 +17,21 @@ pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 /// Blobs copied at once unless told otherwise.
 pub const DEFAULT_PARALLEL_BLOBS: usize = 3;
 
+/// How long `serve` waits for its peer unless told otherwise.
+pub const DEFAULT_SERVE_SECONDS: u64 = 300;
+
 pub const USAGE: &str = "\
 Usage:
   node-exporter export --image SRC[=DEST]... [options]
   node-exporter inventory [--image SRC]... [options]
+  node-exporter import --image NAME[=FROM]... [--from-peer HOST:PORT --token-file PATH] [options]
+  node-exporter serve --image SRC... --listen PORT --token-file PATH [options]
 
 Pushes images out of this node's containerd content store into a registry
-(export), or lists which images and blobs the node holds (inventory).
+(export), lists which images and blobs the node holds (inventory), writes
+images into this node's containerd (import: NAME is the reference pods use,
+FROM the registry image to pull by digest, or, with --from-peer, a peer
+node's serve), or serves images to one importing peer (serve).
 
 SRC is an image reference (registry/repo:tag, repo@sha256:...) or a bare digest
 (an index, manifest or config digest, as in a pod's imageID). DEST is the full
@@ -38,6 +47,12 @@ Options:
                             [env NODE_EXPORTER_DOCKER_CONFIG]
   --plain-http HOST         talk plain HTTP to this registry host; repeatable
                             [env NODE_EXPORTER_PLAIN_HTTP, comma separated]
+  --ca-bundle REGISTRY=PATH trust the PEM certificates in PATH for REGISTRY; repeatable
+                            [env NODE_EXPORTER_CA_BUNDLES, comma separated]
+  --from-peer HOST:PORT     import: pull from a peer's serve instead of a registry
+  --token-file PATH         import/serve: the one-time token the peer session uses
+  --listen PORT             serve: the TCP port to listen on (all addresses)
+  --serve-seconds N         serve: give up waiting for the peer after N s [default 300]
   --no-rebuild              fail instead of rebuilding discarded layers
   --allow-tag-move          let a target tag that points at another digest be moved
   --parallel N              blobs copied at once [default 3; env NODE_EXPORTER_PARALLEL]
@@ -58,6 +73,8 @@ Exit codes: 0 ok, 1 other failure, 2 usage, 3 image not (completely) on this nod
 pub enum Mode {
     Export,
     Inventory,
+    Import,
+    Serve,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +82,13 @@ pub struct Options {
     pub mode: Mode,
     /// The `--image` arguments, parsed (inventory takes no `=DEST`).
     pub images: Vec<ExportImage>,
+    /// Import's `--image NAME[=FROM]` arguments.
+    pub import_images: Vec<ImportImage>,
+    pub ca_bundles: Vec<CaBundleArgument>,
+    pub from_peer: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub listen_port: Option<u16>,
+    pub serve_seconds: u64,
     pub target_registry: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub plain_http: Vec<String>,
@@ -92,15 +116,27 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mode = match args.next().map(String::as_str) {
         Some(EXPORT) => Mode::Export,
         Some(INVENTORY) => Mode::Inventory,
+        Some(IMPORT) => Mode::Import,
+        Some(SERVE) => Mode::Serve,
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("-V" | "--version") => return Ok(Command::Version),
         Some(other) => return Err(usage(format!("unknown command {other:?}"))),
-        None => return Err(usage("missing command (export or inventory)".into())),
+        None => {
+            return Err(usage(
+                "missing command (export, inventory, import or serve)".into(),
+            ));
+        }
     };
     let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let mut options = Options {
         mode,
         images: Vec::new(),
+        import_images: Vec::new(),
+        ca_bundles: Vec::new(),
+        from_peer: None,
+        token_file: None,
+        listen_port: None,
+        serve_seconds: DEFAULT_SERVE_SECONDS,
         target_registry: env_nonempty("NODE_EXPORTER_TARGET_REGISTRY"),
         docker_config: env_nonempty("NODE_EXPORTER_DOCKER_CONFIG").map(PathBuf::from),
         plain_http: split_list(&env("NODE_EXPORTER_PLAIN_HTTP").unwrap_or_default()),
@@ -119,6 +155,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         options.parallel_blobs = parse_parallel(&parallel)?;
     }
     let mut image_args: Vec<String> = split_list(&env("NODE_EXPORTER_IMAGES").unwrap_or_default());
+    let mut ca_bundle_args: Vec<String> =
+        split_list(&env("NODE_EXPORTER_CA_BUNDLES").unwrap_or_default());
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
@@ -138,6 +176,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--target-registry" => options.target_registry = Some(value()?),
             FLAG_DOCKER_CONFIG => options.docker_config = Some(value()?.into()),
             FLAG_PLAIN_HTTP => options.plain_http.extend(split_list(&value()?)),
+            FLAG_CA_BUNDLE => ca_bundle_args.push(value()?),
+            FLAG_FROM_PEER => options.from_peer = Some(value()?),
+            FLAG_TOKEN_FILE => options.token_file = Some(value()?.into()),
+            FLAG_LISTEN => options.listen_port = Some(parse_number(flag, &value()?)?),
+            FLAG_SERVE_SECONDS => options.serve_seconds = parse_number(flag, &value()?)?,
             "--no-rebuild" => options.allow_rebuild = false,
             "--allow-tag-move" => options.allow_tag_move = true,
             "--parallel" => options.parallel_blobs = parse_parallel(&value()?)?,
@@ -151,16 +194,46 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             other => return Err(usage(format!("unknown option {other:?}"))),
         }
     }
+    with_images(options, &image_args, &ca_bundle_args)
+}
+
+/// Parses the collected `--image` and `--ca-bundle` values and checks what
+/// each mode needs of them.
+fn with_images(
+    mut options: Options,
+    image_args: &[String],
+    ca_bundle_args: &[String],
+) -> Result<Command, Error> {
+    options.ca_bundles = ca_bundle_args
+        .iter()
+        .map(|a| {
+            CaBundleArgument::parse(a)
+                .ok_or_else(|| usage(format!("{FLAG_CA_BUNDLE} wants REGISTRY=PATH, not {a:?}")))
+        })
+        .collect::<Result<_, _>>()?;
     // Bad references are usage errors, caught before touching containerd.
+    if options.mode == Mode::Import {
+        options.import_images = image_args
+            .iter()
+            .map(|a| ImportImage::parse(a).map_err(argument_error))
+            .collect::<Result<_, _>>()?;
+        check_import(&options)?;
+        return Ok(Command::Run(Box::new(options)));
+    }
     options.images = image_args
         .iter()
         .map(|a| parse_image_arg(a))
         .collect::<Result<_, _>>()?;
+    if options.mode == Mode::Serve {
+        check_serve(&options)?;
+    }
     if options.mode == Mode::Export && options.images.is_empty() {
         return Err(usage("export needs at least one --image".into()));
     }
-    if options.mode == Mode::Inventory && options.images.iter().any(|i| i.destination.is_some()) {
-        return Err(usage("inventory takes no =DEST".into()));
+    if matches!(options.mode, Mode::Inventory | Mode::Serve)
+        && options.images.iter().any(|i| i.destination.is_some())
+    {
+        return Err(usage("inventory and serve take no =DEST".into()));
     }
     Ok(Command::Run(Box::new(options)))
 }
@@ -172,10 +245,59 @@ fn parse_parallel(value: &str) -> Result<usize, Error> {
     }
 }
 
+fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, Error> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| usage(format!("{flag} wants a number, not {value:?}")))
+}
+
+/// An import pulls each image from its `FROM`, or every image from a peer
+/// (with the peer's token): never a mix, never neither.
+fn check_import(options: &Options) -> Result<(), Error> {
+    if options.import_images.is_empty() {
+        return Err(usage("import needs at least one --image".into()));
+    }
+    let with_from = options
+        .import_images
+        .iter()
+        .filter(|i| i.from.is_some())
+        .count();
+    match (&options.from_peer, &options.token_file) {
+        (Some(_), Some(_)) if with_from == 0 => Ok(()),
+        (Some(_), Some(_)) => Err(usage(format!(
+            "{FLAG_FROM_PEER} pulls every image from the peer: give no =FROM"
+        ))),
+        (Some(_), None) | (None, Some(_)) => Err(usage(format!(
+            "{FLAG_FROM_PEER} and {FLAG_TOKEN_FILE} go together"
+        ))),
+        (None, None) if with_from == options.import_images.len() => Ok(()),
+        (None, None) => Err(usage(format!(
+            "each --image needs =FROM (a registry image), or give {FLAG_FROM_PEER}"
+        ))),
+    }
+}
+
+fn check_serve(options: &Options) -> Result<(), Error> {
+    if options.images.is_empty() {
+        return Err(usage("serve needs at least one --image".into()));
+    }
+    if options.listen_port.is_none() || options.token_file.is_none() {
+        return Err(usage(format!(
+            "serve needs {FLAG_LISTEN} and {FLAG_TOKEN_FILE}"
+        )));
+    }
+    Ok(())
+}
+
 /// One `--image SRC[=DEST]`, with the protocol's parser (the one the
 /// operator's arguments are built to).
 fn parse_image_arg(arg: &str) -> Result<ExportImage, Error> {
-    ExportImage::parse(arg).map_err(|error| match error {
+    ExportImage::parse(arg).map_err(argument_error)
+}
+
+fn argument_error(error: ImageArgumentError) -> Error {
+    match error {
         ImageArgumentError::Empty(_) => usage(error.to_string()),
         ImageArgumentError::Reference { input, error } => Error::InvalidReference {
             reference: input,
@@ -185,7 +307,9 @@ fn parse_image_arg(arg: &str) -> Result<ExportImage, Error> {
             reference: input,
             reason: "a target cannot name a digest".to_owned(),
         },
-    })
+        ImageArgumentError::ImportDigestMissing(_)
+        | ImageArgumentError::ImportDigestConflict(_) => usage(error.to_string()),
+    }
 }
 
 fn split_list(list: &str) -> Vec<String> {
@@ -374,6 +498,95 @@ mod protocol_round_trip {
             options.docker_config,
             Some(PathBuf::from("/var/run/lifeboat/registry/config.json"))
         );
+    }
+
+    #[test]
+    fn import_and_serve_arguments_built_by_the_operator_parse_back() {
+        use lifeboat_node_protocol::{
+            CaBundleArgument, ImportArguments, ImportImage, ServeArguments,
+        };
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let images = vec![
+            ImportImage::parse(&format!(
+                "127.0.0.1:5001/demo/web:1.0=[::1]:5002/b/web@{digest}"
+            ))
+            .unwrap(),
+        ];
+        let bundle = CaBundleArgument {
+            registry: "[::1]:5002".into(),
+            path: "/var/run/lifeboat/ca/ca.crt".into(),
+        };
+        let built = ImportArguments {
+            images: images.clone(),
+            ca_bundles: vec![bundle.clone()],
+            docker_config: Some("/c.json".into()),
+            ..ImportArguments::default()
+        };
+        let parsed = options(built.to_args());
+        assert_eq!(parsed.mode, Mode::Import);
+        assert_eq!(parsed.import_images, images);
+        assert_eq!(parsed.ca_bundles, vec![bundle]);
+        let peer = ImportArguments {
+            images: vec![ImportImage::parse(&format!("r.io/a:1@{digest}")).unwrap()],
+            from_peer: Some("10.0.0.7:7070".into()),
+            token_file: Some("/t/token".into()),
+            ..ImportArguments::default()
+        };
+        let parsed = options(peer.to_args());
+        assert_eq!(parsed.from_peer.as_deref(), Some("10.0.0.7:7070"));
+        assert_eq!(parsed.token_file, Some(PathBuf::from("/t/token")));
+        let serve = ServeArguments {
+            images: vec![ImageSource::parse(&format!("r.io/a@{digest}")).unwrap()],
+            listen_port: 7070,
+            token_file: "/t/token".into(),
+            serve_seconds: Some(30),
+            socket: None,
+        };
+        let parsed = options(serve.to_args());
+        assert_eq!(
+            (parsed.mode, parsed.listen_port, parsed.serve_seconds),
+            (Mode::Serve, Some(7070), 30)
+        );
+    }
+
+    #[test]
+    fn imports_pull_from_registries_or_a_peer_never_both() {
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let from = format!("r.io/a:1=b.io/a@{digest}");
+        let pinned = format!("r.io/a:1@{digest}");
+        for bad in [
+            vec!["import"],
+            vec!["import", "--image", "r.io/a:1=b.io/a:1"],
+            vec!["import", "--image", &pinned],
+            vec![
+                "import",
+                "--image",
+                &from,
+                "--from-peer",
+                "h:1",
+                "--token-file",
+                "/t",
+            ],
+            vec!["import", "--image", &pinned, "--from-peer", "h:1"],
+            vec!["import", "--image", &from, "--ca-bundle", "no-path"],
+            vec!["serve", "--image", &pinned],
+            vec![
+                "serve",
+                "--image",
+                &pinned,
+                "--listen",
+                "x",
+                "--token-file",
+                "/t",
+            ],
+        ] {
+            let args: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let result = parse(&args, |_| None);
+            assert!(
+                matches!(result, Err(Error::Usage(_))),
+                "{bad:?}: {result:?}"
+            );
+        }
     }
 
     #[test]

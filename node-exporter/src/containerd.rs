@@ -6,8 +6,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use containerd_client::services::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteContentRequest, DeleteRequest, DiffRequest,
-    GetImageRequest, Image, Info, InfoRequest, ListImagesRequest, ReadContentRequest,
+    CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteContentRequest, DeleteRequest,
+    DiffRequest, GetImageRequest, Image, Info, InfoRequest, ListImagesRequest, ReadContentRequest,
+    UpdateImageRequest, UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest,
     content_client::ContentClient,
     diff_client::DiffClient,
     images_client::ImagesClient,
@@ -17,7 +18,7 @@ use containerd_client::services::v1::{
         snapshots_client::SnapshotsClient,
     },
 };
-use containerd_client::types::Mount;
+use containerd_client::types::{Descriptor as ContainerdDescriptor, Mount};
 use futures::{Stream, StreamExt};
 use registry_transfer::{Descriptor, Digest};
 use tonic::transport::Channel;
@@ -299,6 +300,225 @@ impl Containerd {
             size: u64::try_from(produced.size).unwrap_or(0),
         })
     }
+}
+
+impl Containerd {
+    /// Writes one blob into the content store from `chunks`, with `labels`
+    /// set at commit. containerd checks the size and the digest before it
+    /// commits: a blob whose bytes do not hash to `descriptor.digest` is
+    /// never stored. Returns the bytes written (0 when containerd already
+    /// held it). Use a leased client, so a half-written or just-written
+    /// blob no image references yet is not collected.
+    pub async fn write_blob<S, E>(
+        &self,
+        descriptor: &Descriptor,
+        chunks: S,
+        labels: HashMap<String, String>,
+    ) -> Result<u64, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let total = i64::try_from(descriptor.size).map_err(|_| Error::InvalidManifest {
+            digest: descriptor.digest.to_string(),
+            reason: "size out of range".to_owned(),
+        })?;
+        // One writer ref per attempt: a ref still locked by a killed earlier
+        // attempt would refuse this one.
+        let writer_ref = format!(
+            "lifeboat-import-{}-{:016x}",
+            descriptor.digest.encoded(),
+            rand::random::<u64>()
+        );
+        let expected = descriptor.digest.to_string();
+        let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<String>(1);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = written.clone();
+        let head = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: writer_ref.clone(),
+            total,
+            expected: expected.clone(),
+            ..WriteContentRequest::default()
+        };
+        // containerd takes the labels from the Commit message only.
+        let commit_expected = expected.clone();
+        let body = write_messages(
+            chunks,
+            writer_ref,
+            total,
+            commit_expected,
+            labels,
+            failure_tx,
+            counter,
+        );
+        let messages = futures::stream::iter([head]).chain(body);
+        let response = ContentClient::new(self.channel.clone())
+            .write(self.request(messages))
+            .await;
+        let mut responses = match response {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::AlreadyExists => return Ok(0),
+            Err(status) => return Err(Error::containerd("Content.Write")(status)),
+        };
+        let mut committed = false;
+        loop {
+            match responses.message().await {
+                Ok(Some(message)) => {
+                    if message.action == WriteAction::Commit as i32 {
+                        committed = true;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == Code::AlreadyExists => return Ok(0),
+                Err(status) => return Err(Error::containerd("Content.Write")(status)),
+            }
+        }
+        if let Ok(message) = failure_rx.try_recv() {
+            return Err(Error::Pull {
+                what: descriptor.digest.to_string(),
+                message,
+            });
+        }
+        if !committed {
+            return Err(Error::Containerd {
+                operation: "Content.Write",
+                status: tonic::Status::aborted(format!("{expected} was not committed")),
+            });
+        }
+        Ok(written.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets `labels` on stored content, leaving its other labels alone.
+    pub async fn set_content_labels(
+        &self,
+        digest: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let paths = labels.keys().map(|key| format!("labels.{key}")).collect();
+        ContentClient::new(self.channel.clone())
+            .update(self.request(UpdateContentRequest {
+                info: Some(Info {
+                    digest: digest.to_owned(),
+                    labels,
+                    ..Info::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            }))
+            .await
+            .map_err(Error::containerd("Content.Update"))?;
+        Ok(())
+    }
+
+    /// Creates the image record `name` pointing at `target`, or points an
+    /// existing one there (its labels replaced by `labels`).
+    pub async fn put_image(
+        &self,
+        name: &str,
+        target: &Descriptor,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let image = Image {
+            name: name.to_owned(),
+            labels,
+            target: Some(ContainerdDescriptor {
+                media_type: target.media_type.clone(),
+                digest: target.digest.to_string(),
+                size: i64::try_from(target.size).unwrap_or(i64::MAX),
+                annotations: HashMap::new(),
+            }),
+            created_at: None,
+            updated_at: None,
+        };
+        let created = ImagesClient::new(self.channel.clone())
+            .create(self.request(CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::AlreadyExists => {
+                ImagesClient::new(self.channel.clone())
+                    .update(self.request(UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    }))
+                    .await
+                    .map_err(Error::containerd("Images.Update"))?;
+                Ok(())
+            }
+            Err(status) => Err(Error::containerd("Images.Create")(status)),
+        }
+    }
+}
+
+/// The source's stream as `Content.Write` messages at growing offsets, then
+/// the Commit (which carries the labels: containerd takes them from it). A
+/// source error ends the stream without a Commit, so nothing is committed;
+/// the error goes to `failure` for the caller to report.
+fn write_messages<S, E>(
+    chunks: S,
+    writer_ref: String,
+    total: i64,
+    commit_expected: String,
+    labels: HashMap<String, String>,
+    failure_tx: tokio::sync::mpsc::Sender<String>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> impl Stream<Item = WriteContentRequest> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    futures::stream::unfold(
+        (Box::pin(chunks), 0i64, false),
+        move |(mut chunks, offset, done)| {
+            let labels = labels.clone();
+            let commit_expected = commit_expected.clone();
+            let failure_tx = failure_tx.clone();
+            let counter = counter.clone();
+            let writer_ref = writer_ref.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match chunks.next().await {
+                    Some(Ok(data)) => {
+                        let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+                        counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let message = WriteContentRequest {
+                            action: WriteAction::Write as i32,
+                            r#ref: writer_ref,
+                            offset,
+                            data: data.to_vec(),
+                            ..WriteContentRequest::default()
+                        };
+                        Some((message, (chunks, offset.saturating_add(length), false)))
+                    }
+                    Some(Err(error)) => {
+                        let _ = failure_tx.try_send(error.to_string());
+                        None
+                    }
+                    None => {
+                        let message = WriteContentRequest {
+                            action: WriteAction::Commit as i32,
+                            r#ref: writer_ref,
+                            offset,
+                            total,
+                            expected: commit_expected,
+                            labels,
+                            data: Vec::new(),
+                        };
+                        Some((message, (chunks, offset, true)))
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Size of the pieces blobs are handed on in. containerd sends 1 MiB

@@ -57,6 +57,17 @@ pub enum Error {
         message: String,
     },
 
+    #[error("pull of {what} failed: {message}")]
+    Pull { what: String, message: String },
+
+    #[error(
+        "{requested} was asked for but the source holds {received}: not recorded under {requested}"
+    )]
+    DigestMismatch { requested: String, received: String },
+
+    #[error("stopped by {0} before finishing")]
+    Terminated(&'static str),
+
     #[error("{context} {}: {source}", .path.display())]
     Io {
         context: &'static str,
@@ -82,6 +93,9 @@ impl Error {
             Error::InvalidReference { .. } => reasons::INVALID_REFERENCE,
             Error::Push { .. } => reasons::PUSH_FAILED,
             Error::Io { .. } => reasons::IO_ERROR,
+            Error::Pull { .. } => reasons::PULL_FAILED,
+            Error::Terminated(_) => reasons::TERMINATED,
+            Error::DigestMismatch { .. } => reasons::DIGEST_MISMATCH,
         }
     }
 

@@ -22,12 +22,9 @@ const LEASE_TTL_HOURS: i64 = 2;
 /// Exports every requested image, one after the other, and never stops at a
 /// failed one: each gets its own result.
 pub async fn run(containerd: &Containerd, options: &Options) -> Report {
-    let pusher = match Pusher::new(
-        options.docker_config.as_deref(),
-        &options.plain_http,
-        options.allow_tag_move,
-        options.parallel_blobs,
-    ) {
+    let pusher = match crate::registry::settings(options)
+        .and_then(|settings| Pusher::new(settings, options.allow_tag_move, options.parallel_blobs))
+    {
         Ok(pusher) => pusher,
         Err(error) => {
             tracing::error!(reason = error.reason(), %error, "cannot set up the registry client");

@@ -12,12 +12,15 @@ pub mod containerd;
 pub mod error;
 pub mod export;
 pub mod image;
+pub mod import;
 pub mod inventory;
 pub mod oci;
 pub mod push;
 pub mod rebuild;
 pub mod reference;
+pub mod registry;
 pub mod report;
+pub mod serve;
 pub mod socket;
 pub mod source;
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use lifeboat_node_exporter::cli::{self, Command, Mode, Options};
 use lifeboat_node_exporter::containerd::Containerd;
 use lifeboat_node_exporter::report::{self, TERMINATION_MESSAGE_LIMIT, exit};
-use lifeboat_node_exporter::{Error, export, inventory, socket};
+use lifeboat_node_exporter::{Error, export, import, inventory, serve, socket};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -70,7 +70,69 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Resolves on SIGTERM or SIGINT. As PID 1 in a container a signal
+/// without a handler is ignored, so the kubelet's stop would wait out the
+/// grace period and SIGKILL: the handler is installed before any work.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |source| Error::Io {
+        context: "cannot install the signal handler",
+        path: "SIGTERM".into(),
+        source,
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(io)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io)?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    })
+}
+
 async fn run(options: &Options) -> i32 {
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(error) => return fail_run(options, &error),
+    };
+    let mut stop = std::pin::pin!(stop);
+    if options.mode == Mode::Serve {
+        // serve stops by itself on the signal and reports what it served.
+        let stopped = async {
+            let signal = (&mut stop).await;
+            tracing::warn!(signal, "stopping");
+        };
+        return run_mode(options, stopped).await;
+    }
+    tokio::select! {
+        code = run_mode(options, std::future::pending()) => code,
+        signal = &mut stop => {
+            // The work is dropped where it stands: an import's or a
+            // rebuild's lease expires by itself and takes what it held.
+            tracing::warn!(signal, "stopped before finishing");
+            fail_run(options, &Error::Terminated(signal))
+        }
+    }
+}
+
+fn fail_run(options: &Options, error: &Error) -> i32 {
+    let report = report::run_failed(error);
+    write_termination_message(
+        &options.termination_log,
+        &report.termination_message(TERMINATION_MESSAGE_LIMIT),
+    );
+    report.exit_code()
+}
+
+fn finish(options: &Options, report: &report::Report) -> i32 {
+    let message = report.termination_message(TERMINATION_MESSAGE_LIMIT);
+    // Also on stdout, whole, for humans and for `kubectl logs`.
+    println!("{}", serde_json::to_string(report).unwrap_or_default());
+    write_termination_message(&options.termination_log, &message);
+    report.exit_code()
+}
+
+async fn run_mode(options: &Options, stop: impl std::future::Future<Output = ()>) -> i32 {
     let containerd = match connect(options).await {
         Ok(containerd) => containerd,
         Err(error) => {
@@ -84,14 +146,9 @@ async fn run(options: &Options) -> i32 {
         }
     };
     match options.mode {
-        Mode::Export => {
-            let report = export::run(&containerd, options).await;
-            let message = report.termination_message(TERMINATION_MESSAGE_LIMIT);
-            // Also on stdout, whole, for humans and for `kubectl logs`.
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            write_termination_message(&options.termination_log, &message);
-            report.exit_code()
-        }
+        Mode::Export => finish(options, &export::run(&containerd, options).await),
+        Mode::Import => finish(options, &import::run(&containerd, options).await),
+        Mode::Serve => finish(options, &serve::run(&containerd, options, stop).await),
         Mode::Inventory => match inventory::run(&containerd, options).await {
             Ok(listing) => {
                 println!("{}", serde_json::to_string(&listing).unwrap_or_default());

@@ -1,10 +1,8 @@
 //! The one place node-exporter hands an image to the shared copy engine.
 
-use std::path::Path;
-
 use registry_transfer::{
-    CopyRequest, Digest, DockerConfig, ImageReference, RegistrySettings, RepositoryRef, Transfer,
-    TransferConfig, TransferError,
+    CopyRequest, Digest, ImageReference, RegistrySettings, RepositoryRef, Transfer, TransferConfig,
+    TransferError,
 };
 
 use crate::error::Error;
@@ -31,28 +29,12 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// `docker_config` is a mounted `.dockerconfigjson`; `plain_http` lists
-    /// registries spoken to without TLS.
+    /// `settings` says how to reach registries (see [`crate::registry`]).
     pub fn new(
-        docker_config: Option<&Path>,
-        plain_http: &[String],
+        settings: RegistrySettings,
         allow_tag_move: bool,
         parallel_blobs: usize,
     ) -> Result<Pusher, Error> {
-        let mut settings = RegistrySettings::new();
-        if let Some(path) = docker_config {
-            let bytes = std::fs::read(path).map_err(|source| Error::Io {
-                context: "cannot read docker config",
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let parsed = DockerConfig::parse(&bytes)
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-            settings = settings.with_docker_config(parsed);
-        }
-        for host in plain_http {
-            settings = settings.allow_plain_http(host);
-        }
         // A node Job shares the node with workloads: fewer parallel streams
         // than the operator's default. Memory grows with this, not with
         // image size.

@@ -23,6 +23,16 @@ pub struct OperatorConfig {
     pub plain_http_registries: Vec<String>,
     /// Image copies running at once over all policies.
     pub max_concurrent_copies: usize,
+    /// Image copies running at once per route (source registry -> target
+    /// registry) and per namespace (see `copy_queue`).
+    pub copies_per_route: usize,
+    pub copies_per_namespace: usize,
+    /// Every copy's overall deadline: this base plus the image's size at
+    /// the minimum throughput.
+    pub copy_deadline: registry_transfer::CopyDeadline,
+    /// Token services on another host a registry's credentials may go to:
+    /// (registry host, realm origin `https://host[:port]`).
+    pub trusted_token_realms: Vec<(String, String)>,
     /// `imagePullPolicy` of the export Jobs.
     pub node_exporter_pull_policy: String,
     /// The containerd socket on the nodes; `{node}` stands for the node's
@@ -114,6 +124,18 @@ impl OperatorConfig {
         let max_concurrent_copies =
             usize::try_from(number("LIFEBOAT_MAX_CONCURRENT_COPIES", 8)?).unwrap_or(8);
         let plain_http_registries = list("LIFEBOAT_PLAIN_HTTP_REGISTRIES");
+        let copies_per_route =
+            usize::try_from(number("LIFEBOAT_COPIES_PER_ROUTE", 4)?).unwrap_or(4);
+        let copies_per_namespace =
+            usize::try_from(number("LIFEBOAT_COPIES_PER_NAMESPACE", 4)?).unwrap_or(4);
+        let copy_deadline = registry_transfer::CopyDeadline {
+            base: std::time::Duration::from_secs(number(
+                "LIFEBOAT_COPY_DEADLINE_BASE_SECONDS",
+                60,
+            )?),
+            min_bytes_per_second: number("LIFEBOAT_COPY_MIN_BYTES_PER_SECOND", 1024 * 1024)?,
+        };
+        let trusted_token_realms = trusted_realms(&list("LIFEBOAT_TRUSTED_TOKEN_REALMS"))?;
         let node_exporter_pull_policy = match get("LIFEBOAT_NODE_EXPORTER_PULL_POLICY") {
             None => "IfNotPresent".to_owned(),
             Some(p) if ["Always", "IfNotPresent", "Never"].contains(&p.as_str()) => p,
@@ -175,6 +197,10 @@ impl OperatorConfig {
             source_check_interval,
             plain_http_registries,
             max_concurrent_copies,
+            copies_per_route,
+            copies_per_namespace,
+            copy_deadline,
+            trusted_token_realms,
             namespace,
             identity,
             http_addr,
@@ -183,6 +209,28 @@ impl OperatorConfig {
             node_exporter_image,
         })
     }
+}
+
+/// `registry=https://realm-host[:port]` items: the realm must be an
+/// https URL (credentials never go to a token service in plain text).
+fn trusted_realms(items: &[String]) -> Result<Vec<(String, String)>, OperatorError> {
+    items
+        .iter()
+        .map(|item| {
+            let bad = |why: &str| {
+                OperatorError::Config(format!(
+                    "LIFEBOAT_TRUSTED_TOKEN_REALMS: {item:?} {why} (want registry=https://realm-host)"
+                ))
+            };
+            let (registry, realm) = item.split_once('=').ok_or_else(|| bad("has no ="))?;
+            let (registry, realm) = (registry.trim(), realm.trim());
+            let url = url::Url::parse(realm).map_err(|_| bad("names no URL"))?;
+            if registry.is_empty() || url.scheme() != "https" || url.host_str().is_none() {
+                return Err(bad("needs a registry and an https realm"));
+            }
+            Ok((registry.to_owned(), url.origin().ascii_serialization()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -259,6 +307,10 @@ mod tests {
             ["127.0.0.1:5001", "localhost:5000"]
         );
         assert_eq!(c.max_concurrent_copies, 2);
+        assert_eq!((c.copies_per_route, c.copies_per_namespace), (4, 4));
+        assert_eq!(c.copy_deadline.base.as_secs(), 60);
+        assert_eq!(c.copy_deadline.min_bytes_per_second, 1024 * 1024);
+        assert!(c.trusted_token_realms.is_empty());
         let error = config(&[("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", "0")])
             .unwrap_err()
             .to_string();
@@ -266,6 +318,51 @@ mod tests {
             error.contains("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn copy_queue_and_trusted_realms_from_the_environment() {
+        let c = config(&[
+            ("LIFEBOAT_COPIES_PER_ROUTE", "2"),
+            ("LIFEBOAT_COPIES_PER_NAMESPACE", "3"),
+            ("LIFEBOAT_COPY_DEADLINE_BASE_SECONDS", "20"),
+            ("LIFEBOAT_COPY_MIN_BYTES_PER_SECOND", "1000"),
+            (
+                "LIFEBOAT_TRUSTED_TOKEN_REALMS",
+                "registry.gitlab.com=https://gitlab.com/jwt/auth, reg.example:5000=https://auth.example:8443",
+            ),
+        ])
+        .unwrap();
+        assert_eq!((c.copies_per_route, c.copies_per_namespace), (2, 3));
+        assert_eq!(c.copy_deadline.base.as_secs(), 20);
+        assert_eq!(c.copy_deadline.min_bytes_per_second, 1000);
+        assert_eq!(
+            c.trusted_token_realms,
+            [
+                (
+                    "registry.gitlab.com".to_owned(),
+                    "https://gitlab.com".to_owned()
+                ),
+                (
+                    "reg.example:5000".to_owned(),
+                    "https://auth.example:8443".to_owned()
+                ),
+            ]
+        );
+        for bad in [
+            "gitlab.com",
+            "r=http://auth.example",
+            "=https://a.example",
+            "r=nope",
+        ] {
+            let error = config(&[("LIFEBOAT_TRUSTED_TOKEN_REALMS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("LIFEBOAT_TRUSTED_TOKEN_REALMS"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod context;
 pub mod controllers;
+pub(crate) mod copy_queue;
 pub mod error;
 pub mod http;
 pub mod leader;

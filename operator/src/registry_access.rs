@@ -93,6 +93,15 @@ pub fn transfer_config() -> TransferConfig {
     }
 }
 
+/// [`transfer_config`] with every copy's overall deadline (base plus
+/// size at the minimum throughput, from the operator's config).
+pub fn copy_transfer_config(deadline: registry_transfer::CopyDeadline) -> TransferConfig {
+    TransferConfig {
+        copy_deadline: Some(deadline),
+        ..transfer_config()
+    }
+}
+
 const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
 
 pub async fn docker_config(

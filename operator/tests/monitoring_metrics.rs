@@ -40,14 +40,14 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
         ],
     );
     metrics
-        .images
-        .record(3, &with(&policy, "state", "protected"));
+        .policies
+        .set_images("shop", "web", vec![("protected", 3)]);
     metrics
         .backup_runs
         .add(1, &with(&policy, "result", "Succeeded"));
     metrics.bytes_copied.add(1024, &policy);
     metrics.copy_duration.record(1.5, &policy);
-    metrics.last_success.record(1.8e9, &policy);
+    metrics.policies.set_last_success("shop", "web", 1.8e9);
     metrics.retention_deleted.add(2, &policy);
     metrics.retention_failures.add(1, &policy);
     // The restore controller records these (object labels and the result).

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -175,6 +175,25 @@ pub(crate) struct RegistryClient {
     requests: AtomicU64,
     /// Set once a cross-repository mount has succeeded here.
     mounts_work: AtomicBool,
+    /// Whether this registry serves the OCI 1.1 referrers API:
+    /// [`REFERRERS_API_UNKNOWN`] until an answer told us.
+    referrers_api: AtomicU8,
+}
+
+const REFERRERS_API_UNKNOWN: u8 = 0;
+const REFERRERS_API_YES: u8 = 1;
+const REFERRERS_API_NO: u8 = 2;
+
+/// A manifest PUT's answer.
+pub(crate) struct ManifestPut {
+    /// The digest the registry computed, if it said.
+    pub digest: Option<Digest>,
+}
+
+/// One page of a referrers list: the index's bytes and the next page.
+pub(crate) struct ReferrersPage {
+    pub index: Bytes,
+    pub next: Option<String>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -269,6 +288,7 @@ impl RegistryClient {
             blob_floor: tuning.blob_floor,
             requests: AtomicU64::new(0),
             mounts_work: AtomicBool::new(false),
+            referrers_api: AtomicU8::new(REFERRERS_API_UNKNOWN),
         })
     }
 
@@ -280,6 +300,25 @@ impl RegistryClient {
     /// request can stand in for a HEAD.
     pub(crate) fn mounts_work(&self) -> bool {
         self.mounts_work.load(Ordering::Relaxed)
+    }
+
+    /// What we know of this registry's referrers API: `None` until it
+    /// answered a referrers request or a push with `subject`.
+    pub(crate) fn referrers_api(&self) -> Option<bool> {
+        match self.referrers_api.load(Ordering::Relaxed) {
+            REFERRERS_API_YES => Some(true),
+            REFERRERS_API_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    fn learn_referrers_api(&self, supported: bool) {
+        let value = if supported {
+            REFERRERS_API_YES
+        } else {
+            REFERRERS_API_NO
+        };
+        self.referrers_api.store(value, Ordering::Relaxed);
     }
 
     pub(crate) fn requests(&self) -> u64 {
@@ -800,7 +839,7 @@ impl RegistryClient {
         reference: &str,
         bytes: &Bytes,
         media_type: &str,
-    ) -> Result<Option<Digest>, TransferError> {
+    ) -> Result<ManifestPut, TransferError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let scopes = [push_scope(repository)];
         let response = self
@@ -811,8 +850,61 @@ impl RegistryClient {
                     .body(bytes.clone()))
             })
             .await?;
-        Ok(header_str(response.headers(), "docker-content-digest")
-            .and_then(|d| Digest::parse(&d).ok()))
+        // `OCI-Subject`: the registry indexed the manifest's `subject` for
+        // its referrers API (OCI distribution 1.1).
+        if response.headers().contains_key("oci-subject") {
+            self.learn_referrers_api(true);
+        }
+        Ok(ManifestPut {
+            digest: header_str(response.headers(), "docker-content-digest")
+                .and_then(|d| Digest::parse(&d).ok()),
+        })
+    }
+
+    /// One page of the OCI 1.1 referrers list of `subject`
+    /// (`GET /v2/<name>/referrers/<digest>`, or the `Link` of the previous
+    /// page). `None` when the registry has no referrers API: it answers 404
+    /// (the spec forbids a 404 from a registry that has one) or 405. What
+    /// the answer said is remembered for this registry.
+    pub(crate) async fn referrers_page(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        page: Option<&str>,
+    ) -> Result<Option<ReferrersPage>, TransferError> {
+        let path = match page {
+            Some(link) => link.trim_start_matches('/').to_owned(),
+            None => format!("v2/{repository}/referrers/{subject}"),
+        };
+        let url = self.url(&path)?;
+        let scopes = [pull_scope(repository)];
+        let absent =
+            |s: StatusCode| s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED;
+        let response = self
+            .send(
+                "referrers GET",
+                &scopes,
+                &|s| s.is_success() || absent(s),
+                &|| {
+                    Ok(self
+                        .request(Method::GET, url.clone())
+                        .header(header::ACCEPT, crate::manifest::OCI_INDEX))
+                },
+            )
+            .await?;
+        if absent(response.status()) {
+            self.learn_referrers_api(false);
+            return Ok(None);
+        }
+        self.learn_referrers_api(true);
+        let next = response
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let index =
+            read_bounded(&self.name, BodyKind::Manifest, response, self.body_timeout).await?;
+        Ok(Some(ReferrersPage { index, next }))
     }
 
     /// One page of a repository's tags (`GET /v2/<name>/tags/list`), from

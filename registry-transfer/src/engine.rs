@@ -21,6 +21,7 @@ use crate::manifest::{
     self, ManifestContent, Platform, effective_media_type, filter_index, sha256_digest, verify,
 };
 use crate::reference::{ImageReference, RepositoryRef, api_host, deterministic_tag, is_valid_tag};
+use crate::referrers::{ReferrerCopy, ReferrerTarget, ReferrersPolicy, image_subjects};
 use crate::registry_source::RegistrySource;
 use crate::retry::RetryPolicy;
 use crate::source::SourceErrorKind;
@@ -56,7 +57,38 @@ pub struct TransferConfig {
     /// How long a blob seen in a target repository is trusted to still be
     /// there without asking again.
     pub known_blob_ttl: Duration,
+    /// The overall time one copy may take; `None`: no overall limit.
+    pub copy_deadline: Option<CopyDeadline>,
 }
+
+/// How long one copy may take in all: `base` plus the bytes of the image
+/// (as far as its manifests have been read) at `min_bytes_per_second`.
+/// The limit grows while the engine learns the image's size, so a large
+/// image gets its time and a trickling registry is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyDeadline {
+    pub base: Duration,
+    pub min_bytes_per_second: u64,
+}
+
+impl CopyDeadline {
+    /// The limit for an image of `bytes` (saturating: never panics on a
+    /// size a registry made up).
+    pub fn limit_for(&self, bytes: u64) -> Duration {
+        let per_second = self.min_bytes_per_second.max(1);
+        let seconds = bytes.div_ceil(per_second);
+        self.base.saturating_add(Duration::from_secs(seconds))
+    }
+}
+
+tokio::task_local! {
+    /// Bytes of the blobs of the copy running in this task, as its
+    /// manifests are read (what [`CopyDeadline`] is judged by).
+    static COPY_SIZE: Arc<AtomicU64>;
+}
+
+/// How often a running copy is compared with its deadline.
+const DEADLINE_TICK: Duration = Duration::from_millis(250);
 
 impl Default for TransferConfig {
     fn default() -> Self {
@@ -75,6 +107,39 @@ impl Default for TransferConfig {
                 window: Duration::from_secs(60),
             }),
             known_blob_ttl: Duration::from_secs(300),
+            copy_deadline: None,
+        }
+    }
+}
+
+/// Runs `work` until it ends or outlives `deadline` for the bytes known
+/// so far; then it is dropped (its requests cancelled, its upload
+/// sessions cleaned up by their guards).
+async fn within_deadline(
+    work: impl std::future::Future<Output = Result<CopyReport, TransferError>>,
+    deadline: CopyDeadline,
+    size: &AtomicU64,
+    started: Instant,
+    request: &CopyRequest,
+) -> Result<CopyReport, TransferError> {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(DEADLINE_TICK);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tick.tick() => {
+                let bytes_known = size.load(Ordering::Relaxed);
+                let limit = deadline.limit_for(bytes_known);
+                let elapsed = started.elapsed();
+                if elapsed > limit {
+                    return Err(TransferError::CopyDeadlineExceeded {
+                        target: request.target.to_string(),
+                        deadline_seconds: limit.as_secs(),
+                        elapsed_seconds: elapsed.as_secs(),
+                        bytes_known,
+                    });
+                }
+            }
         }
     }
 }
@@ -91,6 +156,9 @@ pub struct CopyRequest {
     pub platforms: Vec<Platform>,
     /// Whether a target tag that points elsewhere may be moved.
     pub allow_tag_move: bool,
+    /// Which signatures, SBOMs and attestations come along (default:
+    /// none, the image alone).
+    pub referrers: ReferrersPolicy,
 }
 
 impl CopyRequest {
@@ -100,7 +168,13 @@ impl CopyRequest {
             tag: None,
             platforms: Vec::new(),
             allow_tag_move: false,
+            referrers: ReferrersPolicy::None,
         }
+    }
+
+    pub fn with_referrers(mut self, referrers: ReferrersPolicy) -> CopyRequest {
+        self.referrers = referrers;
+        self
     }
 
     pub fn with_tag(mut self, tag: impl Into<String>) -> CopyRequest {
@@ -145,10 +219,14 @@ pub struct CopyReport {
     /// HTTP requests this copy made (token requests included), source and
     /// target together.
     pub requests: u64,
+    /// The referrers brought along (or found already there), as the
+    /// request's policy chose them. Their manifests and blobs are counted
+    /// in the figures above too.
+    pub referrers: Vec<ReferrerCopy>,
 }
 
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     manifests_copied: AtomicU32,
     manifests_skipped: AtomicU32,
     blobs_copied: AtomicU32,
@@ -190,6 +268,12 @@ pub(crate) fn check_index_limits(
 
 fn bump(counter: &AtomicU32) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Tally {
+    pub(crate) fn count_manifest_copied(&self) {
+        bump(&self.manifests_copied);
+    }
 }
 
 /// What to do about the target tag.
@@ -302,7 +386,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Turns a source's error into ours, keeping our own errors as they are.
-fn source_error<S: ContentSource>(error: S::Error) -> TransferError {
+pub(crate) fn source_error<S: ContentSource>(error: S::Error) -> TransferError {
     let kind = S::classify_error(&error);
     let boxed: Box<dyn StdError + Send + Sync> = Box::new(error);
     match boxed.downcast::<TransferError>() {
@@ -432,17 +516,23 @@ impl Transfer {
         request: &CopyRequest,
     ) -> Result<CopyReport, TransferError> {
         let counter = Arc::new(AtomicU64::new(0));
+        let size = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let result = COPY_REQUESTS
-            .scope(counter.clone(), self.copy_inner(source, request))
-            .await;
+        let work = COPY_SIZE.scope(
+            size.clone(),
+            COPY_REQUESTS.scope(counter.clone(), self.copy_with_referrers(source, request)),
+        );
+        let result = match self.inner.config.copy_deadline {
+            None => work.await,
+            Some(deadline) => within_deadline(work, deadline, &size, started, request).await,
+        };
         let requests = counter.load(Ordering::Relaxed);
         match &result {
             Ok(report) => tracing::info!(
                 target = %request.target, tag = %report.tag, digest = %report.digest,
                 up_to_date = report.up_to_date, blobs_copied = report.blobs_copied,
                 blobs_mounted = report.blobs_mounted, bytes = report.bytes_copied,
-                requests, elapsed_ms = started.elapsed().as_millis() as u64, "copied"
+                referrers = report.referrers.len(), requests, elapsed_ms = started.elapsed().as_millis() as u64, "copied"
             ),
             Err(e) => tracing::warn!(
                 target = %request.target, reason = e.reason(), error = %e, requests, "copy failed"
@@ -459,7 +549,7 @@ impl Transfer {
         self.inner.limiter.acquire(&keys).await
     }
 
-    async fn target_manifest(
+    pub(crate) async fn target_manifest(
         &self,
         target: &RegistryClient,
         repository: &str,
@@ -473,7 +563,7 @@ impl Transfer {
             .map(|head| head.digest))
     }
 
-    async fn source_manifest<S: ContentSource>(
+    pub(crate) async fn source_manifest<S: ContentSource>(
         &self,
         source: &S,
         digest: &Digest,
@@ -488,13 +578,16 @@ impl Transfer {
         Ok((bytes, media_type))
     }
 
-    async fn resolve_source<S: ContentSource>(&self, source: &S) -> Result<Digest, TransferError> {
+    pub(crate) async fn resolve_source<S: ContentSource>(
+        &self,
+        source: &S,
+    ) -> Result<Digest, TransferError> {
         let key = source.concurrency_key();
         let _permits = self.permits(&[key.as_deref()]).await;
         Ok(source.resolve().await.map_err(source_error::<S>)?.digest)
     }
 
-    async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         target: &RegistryClient,
         repository: &str,
@@ -507,7 +600,7 @@ impl Transfer {
         let stored = target
             .manifest_put(repository, reference, bytes, media_type)
             .await?;
-        match stored {
+        match stored.digest {
             Some(stored) if &stored != digest => Err(TransferError::DigestMismatch {
                 expected: digest.clone(),
                 actual: stored.to_string(),
@@ -516,11 +609,62 @@ impl Transfer {
         }
     }
 
-    async fn copy_inner<S: ContentSource>(
+    /// The image, then (when the policy asks) its referrers. The tally is
+    /// shared, so the report counts both.
+    async fn copy_with_referrers<S: ContentSource>(
         &self,
         source: &S,
         request: &CopyRequest,
     ) -> Result<CopyReport, TransferError> {
+        let tally = Tally::default();
+        let (mut report, content) = self.copy_inner(source, request, &tally).await?;
+        if request.referrers.is_none() {
+            return Ok(report);
+        }
+        let content = match content {
+            Some(content) => content,
+            // Warm: the image was not read; its manifest says which
+            // platform manifests may have referrers of their own.
+            None => {
+                let (bytes, reported) = self.source_manifest(source, &report.source_digest).await?;
+                let media_type = effective_media_type(&bytes, &reported);
+                manifest::parse(&bytes, &media_type, &report.source_digest)?
+            }
+        };
+        let subjects = image_subjects(&report.digest, report.index_digest_changed, &content);
+        let target = self.client(&request.target.registry)?;
+        let referrers = self
+            .copy_referrers(
+                source,
+                Some(ReferrerTarget {
+                    client: &target,
+                    repo: &request.target,
+                }),
+                subjects,
+                &request.referrers,
+                &tally,
+            )
+            .await?;
+        report.manifests_copied = tally.manifests_copied.load(Ordering::Relaxed);
+        report.manifests_skipped =
+            tally.manifests_skipped.load(Ordering::Relaxed) + u32::from(report.up_to_date);
+        report.blobs_copied = tally.blobs_copied.load(Ordering::Relaxed);
+        report.blobs_skipped = tally.blobs_skipped.load(Ordering::Relaxed);
+        report.blobs_mounted = tally.blobs_mounted.load(Ordering::Relaxed);
+        report.bytes_copied = tally.bytes_copied.load(Ordering::Relaxed);
+        report.referrers = referrers;
+        Ok(report)
+    }
+
+    /// Copies the image alone. Returns its report and the content pushed
+    /// at the top (`None` when the target was up to date without reading
+    /// it).
+    async fn copy_inner<S: ContentSource>(
+        &self,
+        source: &S,
+        request: &CopyRequest,
+        tally: &Tally,
+    ) -> Result<(CopyReport, Option<ManifestContent>), TransferError> {
         if let Some(tag) = &request.tag
             && !is_valid_tag(tag)
         {
@@ -531,7 +675,6 @@ impl Transfer {
         let target = self.client(&request.target.registry)?;
         let repository = request.target.repository.as_str();
         let filtering = !request.platforms.is_empty();
-        let tally = Tally::default();
         let report = |tag: String,
                       source_digest: Digest,
                       digest: Digest,
@@ -552,6 +695,7 @@ impl Transfer {
             blobs_mounted: tally.blobs_mounted.load(Ordering::Relaxed),
             bytes_copied: tally.bytes_copied.load(Ordering::Relaxed),
             requests: 0,
+            referrers: Vec::new(),
         };
 
         // Warm path: once the source digest is known (for free when the
@@ -585,14 +729,8 @@ impl Transfer {
             };
             match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
                 TagDecision::UpToDate => {
-                    return Ok(report(
-                        tag,
-                        known.clone(),
-                        known.clone(),
-                        false,
-                        true,
-                        &tally,
-                    ));
+                    let report = report(tag, known.clone(), known.clone(), false, true, tally);
+                    return Ok((report, None));
                 }
                 TagDecision::Conflict(existing) => {
                     return Err(TransferError::TagConflict {
@@ -641,7 +779,8 @@ impl Transfer {
         };
         match tag_decision(existing.as_ref(), &digest, request.allow_tag_move) {
             TagDecision::UpToDate => {
-                return Ok(report(tag, source_digest, digest, changed, true, &tally));
+                let report = report(tag, source_digest, digest, changed, true, tally);
+                return Ok((report, Some(content)));
             }
             TagDecision::Conflict(existing) => {
                 return Err(TransferError::TagConflict {
@@ -659,18 +798,19 @@ impl Transfer {
             &target,
             &request.target,
             (&content, &digest, 0),
-            &tally,
+            tally,
         )
         .await?;
         self.push_manifest(&target, repository, &tag, &bytes, &media_type, &digest)
             .await?;
         bump(&tally.manifests_copied);
-        Ok(report(tag, source_digest, digest, changed, false, &tally))
+        let report = report(tag, source_digest, digest, changed, false, tally);
+        Ok((report, Some(content)))
     }
 
     /// Copies what a manifest references. `manifest` is its parsed
     /// content, its digest and its nesting level (0 for the top).
-    fn copy_content<'a, S: ContentSource>(
+    pub(crate) fn copy_content<'a, S: ContentSource>(
         &'a self,
         source: &'a S,
         target: &'a Arc<RegistryClient>,
@@ -706,6 +846,10 @@ impl Transfer {
                         .await
                 }
                 ManifestContent::Image { blobs } => {
+                    let bytes = blobs
+                        .iter()
+                        .fold(0u64, |sum, blob| sum.saturating_add(blob.size));
+                    let _ = COPY_SIZE.try_with(|size| size.fetch_add(bytes, Ordering::Relaxed));
                     futures::stream::iter(blobs.iter().map(Ok))
                         .try_for_each_concurrent(width, |blob| {
                             self.copy_blob(source, target, target_repo, blob, tally)
@@ -962,6 +1106,27 @@ mod tests {
         send(transfer.copy(source, request));
         send(transfer.copy_image(image, request));
         send(transfer.clone());
+    }
+
+    #[test]
+    fn a_deadline_is_its_base_plus_the_size_at_the_minimum_throughput() {
+        let deadline = CopyDeadline {
+            base: Duration::from_secs(60),
+            min_bytes_per_second: 1024 * 1024,
+        };
+        assert_eq!(deadline.limit_for(0), Duration::from_secs(60));
+        assert_eq!(deadline.limit_for(1), Duration::from_secs(61));
+        assert_eq!(
+            deadline.limit_for(1024 * 1024 * 1024),
+            Duration::from_secs(60 + 1024)
+        );
+        // A size a registry made up neither panics nor wraps around.
+        assert!(deadline.limit_for(u64::MAX) > Duration::from_secs(1 << 40));
+        let zero = CopyDeadline {
+            base: Duration::from_secs(1),
+            min_bytes_per_second: 0,
+        };
+        assert_eq!(zero.limit_for(5), Duration::from_secs(6));
     }
 
     #[test]

@@ -100,10 +100,30 @@ pub enum TransferError {
         detail: String,
     },
 
+    /// More referrers (signatures, SBOMs, attestations) than an image
+    /// really has, or referrers of referrers nested deeper: the copy stops
+    /// before fetching them. A policy can opt out of referrers, or keep
+    /// only some artifact types.
+    #[error("referrers of {subject}: {detail}")]
+    TooManyReferrers { subject: Digest, detail: String },
+
     /// A registry that sends so slowly that the copy gives up rather than
     /// hold its slots.
     #[error("registry {registry} is too slow: {detail}")]
     TooSlow { registry: String, detail: String },
+
+    /// A copy ran past its overall deadline (a base plus the image's size
+    /// at the slowest throughput the operator accepts) and was cancelled,
+    /// so one slow registry cannot hold a copy slot for hours.
+    #[error(
+        "copy to {target} cancelled after {elapsed_seconds} s: its deadline was {deadline_seconds} s for {bytes_known} bytes known so far"
+    )]
+    CopyDeadlineExceeded {
+        target: String,
+        deadline_seconds: u64,
+        elapsed_seconds: u64,
+        bytes_known: u64,
+    },
 
     /// A registry asked for credentials to be sent somewhere they do not
     /// belong (another host, or plain HTTP), and Lifeboat refused.
@@ -138,7 +158,9 @@ impl TransferError {
             TransferError::Protocol { .. } => "RegistryProtocolError",
             TransferError::ResponseTooLarge { .. } => "RegistryResponseTooLarge",
             TransferError::ImageTooComplex { .. } => "ImageTooComplex",
+            TransferError::TooManyReferrers { .. } => "TooManyReferrers",
             TransferError::TooSlow { .. } => "RegistryTooSlow",
+            TransferError::CopyDeadlineExceeded { .. } => "CopyDeadlineExceeded",
             TransferError::CredentialsRefused { .. } => "CredentialsRefused",
         }
     }
@@ -162,7 +184,9 @@ impl TransferError {
         match self {
             TransferError::ResponseTooLarge { .. }
             | TransferError::ImageTooComplex { .. }
+            | TransferError::TooManyReferrers { .. }
             | TransferError::TooSlow { .. } => "registry_limit",
+            TransferError::CopyDeadlineExceeded { .. } => "copy_deadline",
             TransferError::CredentialsRefused { .. } => "registry_credentials_refused",
             _ => "registry",
         }

@@ -32,6 +32,7 @@ mod limits;
 mod maintenance;
 pub mod manifest;
 pub mod reference;
+pub mod referrers;
 mod registry_source;
 pub mod retry;
 pub mod source;
@@ -56,11 +57,14 @@ pub mod fuzzing {
 pub use bounded::ThroughputFloor;
 pub use client::RegistrySettings;
 pub use credentials::{Credentials, DockerConfig, Secret};
-pub use engine::{CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision};
+pub use engine::{
+    CopyDeadline, CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision,
+};
 pub use error::TransferError;
 pub use maintenance::{ManifestSummary, config_created};
 pub use manifest::Platform;
 pub use reference::{ImageReference, RepositoryRef, deterministic_tag};
+pub use referrers::{ReferrerCopy, ReferrerScheme, ReferrersPolicy};
 pub use registry_source::RegistrySource;
 pub use retry::RetryPolicy;
 pub use source::{BlobStream, ContentSource, Descriptor, Digest, SourceErrorKind};

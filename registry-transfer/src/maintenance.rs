@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::bounded::{BodyKind, MAX_CONFIG_BYTES, read_stream_bounded};
-use crate::client::pull_scope;
+use crate::client::{RegistryClient, pull_scope};
 use crate::engine::Transfer;
 use crate::error::TransferError;
 use crate::manifest::{self, ManifestContent, sha256_digest, verify};
@@ -17,6 +17,37 @@ const TAGS_PER_PAGE: usize = 1000;
 
 /// Pages of a tag list followed at most (a million tags).
 const MAX_TAG_PAGES: usize = 1000;
+
+/// Every tag of `name` in the registry of `client`, following its
+/// pagination, sorted. With an engine, each page holds its permit.
+pub(crate) async fn all_tags(
+    client: &RegistryClient,
+    name: &str,
+    engine: Option<&Transfer>,
+) -> Result<Vec<String>, TransferError> {
+    let mut next = Some(format!("/v2/{name}/tags/list?n={TAGS_PER_PAGE}"));
+    let mut tags = Vec::new();
+    let mut pages = 0;
+    while let Some(page) = next.take() {
+        pages += 1;
+        if pages > MAX_TAG_PAGES {
+            return Err(TransferError::Protocol {
+                registry: client.name().to_owned(),
+                detail: format!("tag list of {name} has more than {MAX_TAG_PAGES} pages"),
+            });
+        }
+        let _permits = match engine {
+            Some(engine) => Some(engine.permits(&[Some(client.name())]).await),
+            None => None,
+        };
+        let (page_tags, link) = client.tags_page(name, &page).await?;
+        tags.extend(page_tags);
+        next = link;
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
 
 /// What a registry holds under a reference, with the image's creation time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,25 +111,7 @@ impl Transfer {
     ) -> Result<Vec<String>, TransferError> {
         let client = self.client(&repository.registry)?;
         let name = repository.repository.as_str();
-        let mut next = Some(format!("/v2/{name}/tags/list?n={TAGS_PER_PAGE}"));
-        let mut tags = Vec::new();
-        let mut pages = 0;
-        while let Some(page) = next.take() {
-            pages += 1;
-            if pages > MAX_TAG_PAGES {
-                return Err(TransferError::Protocol {
-                    registry: client.name().to_owned(),
-                    detail: format!("tag list of {name} has more than {MAX_TAG_PAGES} pages"),
-                });
-            }
-            let _permits = self.permits(&[Some(client.name())]).await;
-            let (page_tags, link) = client.tags_page(name, &page).await?;
-            tags.extend(page_tags);
-            next = link;
-        }
-        tags.sort();
-        tags.dedup();
-        Ok(tags)
+        all_tags(&client, name, Some(self)).await
     }
 
     /// Deletes a manifest by digest. Registries drop the tags pointing at it
@@ -258,6 +271,7 @@ mod tests {
                 architecture: arch.into(),
                 variant: None,
             }),
+            attests: None,
         }
     }
 

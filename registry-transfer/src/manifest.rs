@@ -81,7 +81,17 @@ impl fmt::Display for Platform {
 pub struct ChildManifest {
     pub descriptor: Descriptor,
     pub platform: Option<Platform>,
+    /// For a buildx attestation manifest (annotation
+    /// `vnd.docker.reference.type: attestation-manifest`): the digest of
+    /// the platform manifest it describes (`vnd.docker.reference.digest`).
+    pub attests: Option<Digest>,
 }
+
+/// buildx marks the attestation manifests it puts into an index with
+/// these annotations (platform `unknown/unknown`).
+pub const BUILDX_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+pub const BUILDX_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+pub const BUILDX_ATTESTATION: &str = "attestation-manifest";
 
 /// What a manifest references.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +125,8 @@ struct RawDescriptor {
     size: u64,
     #[serde(default)]
     platform: Option<RawPlatform>,
+    #[serde(default)]
+    annotations: Option<std::collections::HashMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -189,9 +201,18 @@ pub fn parse(
                     architecture: p.architecture.clone(),
                     variant: p.variant.clone(),
                 });
+                let attests = raw
+                    .annotations
+                    .as_ref()
+                    .filter(|a| {
+                        a.get(BUILDX_REFERENCE_TYPE).map(String::as_str) == Some(BUILDX_ATTESTATION)
+                    })
+                    .and_then(|a| a.get(BUILDX_REFERENCE_DIGEST))
+                    .and_then(|d| Digest::parse(d).ok());
                 Ok(ChildManifest {
                     descriptor: raw.into_descriptor(digest)?,
                     platform,
+                    attests,
                 })
             })
             .collect::<Result<_, TransferError>>()?;
@@ -212,29 +233,48 @@ pub fn parse(
     Ok(ManifestContent::Image { blobs })
 }
 
-/// Keeps only the children of an index matching one of `platforms`.
-/// Returns `None` when every child matches (the index is copied as is),
-/// otherwise the new index bytes and the kept children. Children without a
-/// platform (attestations, signatures) are dropped with the filtered ones.
+/// Keeps only the children of an index matching one of `platforms`, and
+/// the buildx attestation manifests of those (and only those) children.
+/// Returns `None` when every child is kept (the index is copied as is),
+/// otherwise the new index bytes and the kept children. Other children
+/// without a matching platform are dropped with the filtered ones.
 pub fn filter_index(
     bytes: &[u8],
     digest: &Digest,
     children: &[ChildManifest],
     platforms: &[Platform],
 ) -> Result<Option<(Bytes, Vec<ChildManifest>)>, TransferError> {
-    let keep: Vec<bool> = children
+    let platform_match: Vec<bool> = children
         .iter()
         .map(|child| {
-            child
-                .platform
-                .as_ref()
-                .is_some_and(|p| platforms.iter().any(|wanted| wanted.matches(p)))
+            child.attests.is_none()
+                && child
+                    .platform
+                    .as_ref()
+                    .is_some_and(|p| platforms.iter().any(|wanted| wanted.matches(p)))
+        })
+        .collect();
+    let kept_platforms: Vec<&Digest> = children
+        .iter()
+        .zip(&platform_match)
+        .filter(|(_, k)| **k)
+        .map(|(c, _)| &c.descriptor.digest)
+        .collect();
+    let keep: Vec<bool> = children
+        .iter()
+        .zip(&platform_match)
+        .map(|(child, matched)| {
+            *matched
+                || child
+                    .attests
+                    .as_ref()
+                    .is_some_and(|described| kept_platforms.contains(&described))
         })
         .collect();
     if keep.iter().all(|k| *k) {
         return Ok(None);
     }
-    if !keep.iter().any(|k| *k) {
+    if !platform_match.iter().any(|k| *k) {
         return Err(TransferError::NoMatchingPlatform {
             digest: digest.clone(),
         });
@@ -387,6 +427,76 @@ mod tests {
         );
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//v8").is_err());
+    }
+
+    /// A buildx index: two platforms, each with its attestation manifest.
+    fn buildx_index() -> Vec<u8> {
+        let attestation = |of: char, own: char| {
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":5,
+                "platform":{{"os":"unknown","architecture":"unknown"}},
+                "annotations":{{"{BUILDX_REFERENCE_TYPE}":"{BUILDX_ATTESTATION}","{BUILDX_REFERENCE_DIGEST}":"{}"}}}}"#,
+                d(own),
+                d(of)
+            )
+        };
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+            {{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":10,"platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":11,"platform":{{"os":"linux","architecture":"arm64"}}}},
+            {},{}]}}"#,
+            d('1'),
+            d('2'),
+            attestation('1', 'a'),
+            attestation('2', 'b'),
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_filtered_buildx_index_keeps_the_attestations_of_the_kept_platforms_only() {
+        let owner = Digest::parse(&d('f')).unwrap();
+        let bytes = buildx_index();
+        let ManifestContent::Index { children } = parse(&bytes, OCI_INDEX, &owner).unwrap() else {
+            panic!("not an index")
+        };
+        assert_eq!(children[2].attests.as_ref().unwrap().as_str(), d('1'));
+        assert_eq!(children[0].attests, None);
+        let arm = Platform::parse("linux/arm64").unwrap();
+        let (new_bytes, kept) = filter_index(&bytes, &owner, &children, &[arm])
+            .unwrap()
+            .unwrap();
+        let kept: Vec<String> = kept
+            .iter()
+            .map(|c| c.descriptor.digest.to_string())
+            .collect();
+        assert_eq!(kept, vec![d('2'), d('b')]);
+        let reparsed: serde_json::Value = serde_json::from_slice(&new_bytes).unwrap();
+        let digests: Vec<&str> = reparsed["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, vec![d('2'), d('b')]);
+        // `unknown/unknown` does not select attestations on its own.
+        let unknown = Platform::parse("unknown/unknown").unwrap();
+        assert_eq!(
+            filter_index(&bytes, &owner, &children, &[unknown])
+                .unwrap_err()
+                .reason(),
+            "NoMatchingPlatform"
+        );
+        // Both platforms: everything kept, the index is copied unchanged.
+        let both = [
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::parse("linux/arm64").unwrap(),
+        ];
+        assert!(
+            filter_index(&bytes, &owner, &children, &both)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A registry repository as a [`ContentSource`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -7,8 +8,13 @@ use bytes::Bytes;
 
 use crate::client::{RegistryClient, pull_scope};
 use crate::error::TransferError;
+use crate::maintenance::all_tags;
 use crate::manifest::{sha256_digest, verify};
 use crate::reference::{DOCKER_HUB_API_HOST, ImageReference, RepositoryRef};
+use crate::referrers::{
+    ListedReferrer, MAX_REFERRER_PAGES, MAX_REFERRERS_PER_IMAGE, TaggedArtifact, fallback_tag,
+    parse_referrers_index, tag_scheme_tags,
+};
 use crate::source::SourceErrorKind;
 use crate::{BlobStream, ContentSource, Descriptor, Digest};
 
@@ -21,6 +27,10 @@ pub struct RegistrySource {
     /// The top-level manifest as fetched by `resolve`, so that the copy's
     /// `fetch_manifest` right after does not ask again.
     resolved: Mutex<Option<(Digest, Bytes, String)>>,
+    /// The repository's tags, listed once per source when referrers are
+    /// looked for: one request answers for the fallback tag index and
+    /// every tag-scheme artifact of every subject.
+    tags: tokio::sync::OnceCell<HashSet<String>>,
 }
 
 impl fmt::Debug for RegistrySource {
@@ -37,6 +47,7 @@ impl RegistrySource {
             client,
             image,
             resolved: Mutex::new(None),
+            tags: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -62,6 +73,53 @@ impl RegistrySource {
 }
 
 impl RegistrySource {
+    async fn tags(&self) -> Result<&HashSet<String>, TransferError> {
+        self.tags
+            .get_or_try_init(|| async {
+                let tags = all_tags(&self.client, self.repository(), None).await?;
+                Ok(tags.into_iter().collect())
+            })
+            .await
+    }
+
+    /// The referrers API's list, all pages; `None` when the registry has
+    /// no such API.
+    async fn referrers_by_api(
+        &self,
+        subject: &Digest,
+    ) -> Result<Option<Vec<ListedReferrer>>, TransferError> {
+        let mut listed = Vec::new();
+        let mut page: Option<String> = None;
+        for _ in 0..MAX_REFERRER_PAGES {
+            let Some(answer) = self
+                .client
+                .referrers_page(self.repository(), subject, page.as_deref())
+                .await?
+            else {
+                return Ok(None);
+            };
+            listed.extend(parse_referrers_index(
+                self.client.name(),
+                subject,
+                &answer.index,
+            )?);
+            if listed.len() > MAX_REFERRERS_PER_IMAGE {
+                break;
+            }
+            match answer.next {
+                Some(next) => page = Some(next),
+                None => return Ok(Some(listed)),
+            }
+        }
+        Err(TransferError::TooManyReferrers {
+            subject: subject.clone(),
+            detail: format!(
+                "the referrers list of {} goes on past {MAX_REFERRER_PAGES} pages or {MAX_REFERRERS_PER_IMAGE} entries",
+                self.image.name()
+            ),
+        })
+    }
+
     async fn resolve_by_head(&self) -> Result<Descriptor, TransferError> {
         let head = self
             .client
@@ -172,6 +230,56 @@ impl ContentSource for RegistrySource {
         self.client
             .blob_exists(self.repository(), &descriptor.digest, &self.scopes())
             .await
+    }
+
+    /// The referrers API when the registry has it (known after its first
+    /// answer), else the fallback tag index, read only when the tag list
+    /// has its tag.
+    async fn referrers(&self, subject: &Digest) -> Result<Vec<ListedReferrer>, TransferError> {
+        if self.client.referrers_api() != Some(false)
+            && let Some(listed) = self.referrers_by_api(subject).await?
+        {
+            return Ok(listed);
+        }
+        let tag = fallback_tag(subject);
+        if !self.tags().await?.contains(&tag) {
+            return Ok(Vec::new());
+        }
+        match self
+            .client
+            .manifest_get(self.repository(), &tag, &self.scopes())
+            .await?
+        {
+            Some((index, _)) => parse_referrers_index(self.client.name(), subject, &index),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn tagged_artifacts(
+        &self,
+        subject: &Digest,
+    ) -> Result<Vec<TaggedArtifact>, TransferError> {
+        let tags = self.tags().await?;
+        let mut found = Vec::new();
+        for tag in tag_scheme_tags(subject) {
+            if !tags.contains(&tag) {
+                continue;
+            }
+            // Deleted since the tag list was read: nothing to copy.
+            if let Some((manifest, media_type)) = self
+                .client
+                .manifest_get(self.repository(), &tag, &self.scopes())
+                .await?
+            {
+                found.push(TaggedArtifact {
+                    digest: sha256_digest(&manifest),
+                    tag,
+                    manifest,
+                    media_type,
+                });
+            }
+        }
+        Ok(found)
     }
 
     fn known_digest(&self) -> Option<Digest> {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::reference::RepositoryRef;
+use crate::referrers::{ListedReferrer, TaggedArtifact};
 
 /// Content digests are the project-wide type, validated on construction.
 pub use lifeboat_reference::Digest;
@@ -89,6 +90,29 @@ pub trait ContentSource: Send + Sync {
     /// per-registry concurrency limit covers source requests too.
     fn concurrency_key(&self) -> Option<String> {
         None
+    }
+
+    /// The OCI 1.1 referrers of `subject` (manifests whose `subject` is
+    /// it), as listed by the source: its referrers API, or the referrers
+    /// tag schema where it has none. The default: none (a node's content
+    /// store holds no signatures).
+    fn referrers(
+        &self,
+        subject: &Digest,
+    ) -> impl Future<Output = Result<Vec<ListedReferrer>, Self::Error>> + Send {
+        let _ = subject;
+        async { Ok(Vec::new()) }
+    }
+
+    /// The tag-scheme artifacts of `subject` (cosign's
+    /// `sha256-<hex>.sig`, `.att`, `.sbom`), with the manifest each tag
+    /// points to. The default: none.
+    fn tagged_artifacts(
+        &self,
+        subject: &Digest,
+    ) -> impl Future<Output = Result<Vec<TaggedArtifact>, Self::Error>> + Send {
+        let _ = subject;
+        async { Ok(Vec::new()) }
     }
 
     /// How the engine should treat one of this source's errors.

@@ -706,6 +706,7 @@ async fn basic_auth_and_tls_with_test_ca() {
     let dst = TestRegistry::start(RegistryOptions {
         basic_auth: Some(("backup".into(), "s3cret-Pa55".into())),
         tls: true,
+        ..RegistryOptions::default()
     });
     let (src_http, dst_http) = (RegistryHttp::new(&src), RegistryHttp::new(&dst));
     let image = docker_image(&[Blob::random_layer(100_000)]);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use registry_transfer::{
-    CopyRequest, Credentials, ImageReference, RegistrySettings, RepositoryRef, RetryPolicy, Secret,
-    ThroughputFloor, Transfer, TransferConfig, TransferError,
+    CopyRequest, Credentials, ImageReference, ReferrersPolicy, RegistrySettings, RepositoryRef,
+    RetryPolicy, Secret, ThroughputFloor, Transfer, TransferConfig, TransferError,
 };
 use support::hostile::{HostileServer, ImageStore, Reply, Request};
 use support::images::{Blob, Manifest, OCI_INDEX, OCI_MANIFEST, image_manifest, sha256};
@@ -674,4 +674,196 @@ async fn retry_after_dates_are_honoured_and_huge_values_capped() {
         waited >= Duration::from_secs(3) && waited < Duration::from_secs(8),
         "{waited:?}"
     );
+}
+
+/// A blob sent slowly but steadily (faster than any per-read timeout or
+/// throughput floor would notice) still cannot hold a copy for longer than
+/// its overall deadline: base plus size at the minimum throughput.
+#[tokio::test]
+async fn a_copy_past_its_deadline_is_cancelled_with_its_own_reason() {
+    let image = small_image();
+    let store = store_with(&image);
+    let layer = image.blobs[1].clone();
+    let server = HostileServer::start(move |request: &Request| {
+        if request.method == "GET" && request.path().ends_with(&layer.digest) {
+            return Reply::new(200).trickle(layer.data.to_vec(), Duration::from_millis(50));
+        }
+        store.answer(request)
+    })
+    .await;
+    let deadline = registry_transfer::CopyDeadline {
+        base: Duration::from_secs(2),
+        min_bytes_per_second: 1024 * 1024,
+    };
+    let config = TransferConfig {
+        blob_throughput_floor: None,
+        copy_deadline: Some(deadline),
+        ..hostile_config()
+    };
+    registry_transfer::install_crypto_provider();
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let started = Instant::now();
+    let error = expect_err(
+        Transfer::new(config.clone(), settings.clone())
+            .copy_image(&source(&server.host), &target(&server.host))
+            .await,
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            error,
+            // 2 s + the 2,105 bytes of blobs at 1 MiB/s, rounded up to 1 s.
+            TransferError::CopyDeadlineExceeded { bytes_known, deadline_seconds: 3, .. } if bytes_known >= 2000
+        ),
+        "{error}"
+    );
+    assert_eq!(error.reason(), "CopyDeadlineExceeded");
+    assert!(error.to_string().contains("dst/app"), "{error}");
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+
+    // The same deadline lets an honest registry's copy through.
+    let honest = store_with(&image);
+    let server = HostileServer::start(move |request: &Request| honest.answer(request)).await;
+    let settings = RegistrySettings::new().allow_plain_http(&server.host);
+    let report = Transfer::new(config, settings)
+        .copy_image(&source(&server.host), &target(&server.host))
+        .await
+        .unwrap();
+    assert_eq!(report.digest.as_str(), image.digest);
+}
+
+/// A token realm the admin trusted for a registry (GitLab puts its realm on
+/// another host) gets that registry's credentials; trusting some other
+/// host, or trusting the realm for another registry, changes nothing for
+/// an attacker's realm: refused before anything is sent.
+#[tokio::test]
+async fn only_a_realm_trusted_for_the_registry_gets_its_credentials() {
+    let realm = HostileServer::start(|_: &Request| {
+        Reply::new(200).body(r#"{"token":"good","expires_in":300}"#)
+    })
+    .await;
+    let realm_url = realm.url();
+    let image = small_image();
+    let store = store_with(&image);
+    let registry = HostileServer::start(move |request: &Request| {
+        if request.header("authorization") != Some("Bearer good") {
+            return Reply::new(401).header(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm_url}/token",service="hostile""#),
+            );
+        }
+        store.answer(request)
+    })
+    .await;
+    let engine_trusting = |registry_host: &str, realm_origin: &str| {
+        registry_transfer::install_crypto_provider();
+        let settings = RegistrySettings::new()
+            .allow_plain_http(&registry.host)
+            .allow_plain_http(&realm.host)
+            .with_credentials(
+                &registry.host,
+                Credentials::Basic {
+                    username: USER.into(),
+                    password: Secret::new(PASSWORD),
+                },
+            )
+            .trust_token_realm(registry_host, realm_origin);
+        Transfer::new(hostile_config(), settings)
+    };
+
+    for (registry_host, realm_origin) in [
+        (registry.host.as_str(), "http://127.0.0.1:1"),
+        ("other-registry.example", realm.url().as_str()),
+    ] {
+        let error = expect_err(
+            engine_trusting(registry_host, realm_origin)
+                .copy_image(&source(&registry.host), &target(&registry.host))
+                .await,
+        );
+        assert!(
+            matches!(error, TransferError::CredentialsRefused { .. }),
+            "trusting {realm_origin} for {registry_host}: {error}"
+        );
+        assert_eq!(realm.seen().len(), 0, "{:?}", realm.seen());
+    }
+
+    engine_trusting(&registry.host, &realm.url())
+        .copy_image(&source(&registry.host), &target(&registry.host))
+        .await
+        .unwrap();
+    let authorized = realm.authorized_requests();
+    assert!(!authorized.is_empty());
+    assert!(
+        authorized
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(basic_value().as_str())),
+        "{authorized:?}"
+    );
+}
+
+/// A registry whose referrers API lists 5,000 referrers for an image: the
+/// copy stops with `TooManyReferrers` before fetching any of them.
+#[tokio::test]
+async fn five_thousand_listed_referrers_are_refused_before_any_is_fetched() {
+    let image = small_image();
+    let store = store_with(&image);
+    let listing = wide_index(5000);
+    let server = HostileServer::start(move |request: &Request| {
+        if request.path().contains("/referrers/") {
+            return Reply::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .body(listing.clone());
+        }
+        store.answer(request)
+    })
+    .await;
+    let error = expect_err(
+        engine(&[&server.host], None)
+            .copy_image(
+                &source(&server.host),
+                &target(&server.host).with_referrers(ReferrersPolicy::All),
+            )
+            .await,
+    );
+    assert_eq!(error.reason(), "TooManyReferrers", "{error}");
+    assert_eq!(error.metric_label(), "registry_limit");
+    // The image itself is only the one manifest; no listed referrer was asked for.
+    assert_eq!(server.count("GET", "/manifests/sha256:0000"), 0);
+    assert_eq!(server.count("HEAD", "/manifests/sha256:0000"), 0);
+}
+
+/// A referrers API whose `Link` always names another page: followed 16
+/// pages at most, then `TooManyReferrers`.
+#[tokio::test]
+async fn endless_referrers_pagination_stops_at_the_page_limit() {
+    let image = small_image();
+    let store = store_with(&image);
+    let server = HostileServer::start(move |request: &Request| {
+        if request.path().contains("/referrers/") {
+            let page = request.path().len();
+            return Reply::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .header(
+                    "Link",
+                    format!("<{}?page={page}>; rel=\"next\"", request.path()),
+                )
+                .body(r#"{"schemaVersion":2,"manifests":[]}"#);
+        }
+        store.answer(request)
+    })
+    .await;
+    let error = expect_err(
+        engine(&[&server.host], None)
+            .copy_image(
+                &source(&server.host),
+                &target(&server.host).with_referrers(ReferrersPolicy::All),
+            )
+            .await,
+    );
+    assert_eq!(error.reason(), "TooManyReferrers", "{error}");
+    assert!(error.to_string().contains("16 pages"), "{error}");
+    assert_eq!(server.count("GET", "/referrers/"), 16);
 }

@@ -124,6 +124,7 @@ async fn deletes_need_credentials_over_tls_with_basic_auth() {
     let registry = TestRegistry::start(RegistryOptions {
         basic_auth: Some(("keeper".into(), "Pa55-word".into())),
         tls: true,
+        ..RegistryOptions::default()
     });
     let http = RegistryHttp::new(&registry);
     let image = dated_image_manifest(&[Blob::random_layer(1_000)], "2026-01-01T00:00:00Z");

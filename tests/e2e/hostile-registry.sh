@@ -16,6 +16,7 @@ ns="hostile-e2e-$RANDOM"
 port=$((20000 + RANDOM % 10000))
 hostile="127.0.0.1:$port"
 token="hostile-token-$RANDOM$RANDOM"
+record_secret "$token"
 echo "hostile registry e2e (namespace $ns, registry $hostile)"
 
 plain_before=""

@@ -112,6 +112,15 @@ run_cleanups() {
 }
 trap run_cleanups EXIT
 
+# Registry passwords and tokens the suites use, one a line: after all suites,
+# zz-secret-scan.sh checks that none of them shows up in a log, an Event or a
+# status. The fixed backup registry password is always scanned for.
+E2E_SECRETS_FILE="${E2E_SECRETS_FILE:-$CLUSTER_DIR/e2e-secrets}"
+# record_secret VALUE: adds VALUE to the scanned secrets.
+record_secret() {
+  (umask 077 && printf '%s\n' "$1" >>"$E2E_SECRETS_FILE")
+}
+
 # grant_credentials, registry_secret, backup_registry_secrets,
 # backup_registry_access and backup_target: a namespace's way to the backup
 # registry, shared with hack/demo.sh.

@@ -92,3 +92,14 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- join "," $names -}}
 {{- end -}}
+
+{{/* operator.trustedTokenRealms as LIFEBOAT_TRUSTED_TOKEN_REALMS: registry=realm, comma-separated, sorted by registry. */}}
+{{- define "lifeboat.trustedTokenRealms" -}}
+{{- $items := list -}}
+{{- range $registry := keys .Values.operator.trustedTokenRealms | sortAlpha -}}
+{{- range $realm := index $.Values.operator.trustedTokenRealms $registry -}}
+{{- $items = append $items (printf "%s=%s" $registry $realm) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}

@@ -4,3 +4,4 @@ pub mod hostile;
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod tools;

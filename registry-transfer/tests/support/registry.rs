@@ -52,6 +52,10 @@ pub struct RegistryOptions {
     pub basic_auth: Option<(String, String)>,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// Start the registry WITH the OCI 1.1 referrers API
+    /// (`oci-registry`, built by hack/build-registry-tools.sh) instead of
+    /// distribution 2.8, which has none. Plain HTTP, no auth.
+    pub referrers_api: bool,
 }
 
 pub struct TestRegistry {
@@ -156,9 +160,20 @@ impl TestRegistry {
         TestRegistry::start(RegistryOptions::default())
     }
 
+    /// A registry with the referrers API (see [`RegistryOptions`]).
+    pub fn start_with_referrers_api() -> TestRegistry {
+        TestRegistry::start(RegistryOptions {
+            referrers_api: true,
+            ..RegistryOptions::default()
+        })
+    }
+
     fn try_start(options: &RegistryOptions) -> Result<TestRegistry, String> {
         let dir = TempDir::new("registry");
         let port = free_port();
+        if options.referrers_api {
+            return TestRegistry::try_start_oci_registry(dir, port);
+        }
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).map_err(|e| e.to_string())?;
         let mut config = format!(
@@ -228,6 +243,45 @@ impl TestRegistry {
             tls: options.tls,
             ca_pem,
             basic_auth: options.basic_auth.clone(),
+            child,
+            dir,
+        })
+    }
+
+    fn try_start_oci_registry(dir: TempDir, port: u16) -> Result<TestRegistry, String> {
+        let blobs = dir.path().join("storage");
+        std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
+        // It logs one line per request on stderr: that is its access log.
+        let log =
+            std::fs::File::create(dir.path().join("access.log")).map_err(|e| e.to_string())?;
+        let mut child = Command::new(crate::support::tools::tool("oci-registry"))
+            .arg("-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-blobs")
+            .arg(&blobs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start oci-registry: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("oci-registry exited with {status}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("oci-registry did not listen within 15s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(TestRegistry {
+            port,
+            host: format!("127.0.0.1:{port}"),
+            tls: false,
+            ca_pem: None,
+            basic_auth: None,
             child,
             dir,
         })

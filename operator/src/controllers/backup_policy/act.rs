@@ -6,12 +6,11 @@
 //! [`Acted`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt as _;
 use kube::{Api, ResourceExt as _};
-use lifeboat_api::backup_policy::{DryRunPlan, MAX_PLAN_ENTRIES, RunRecord, RunTrigger};
+use lifeboat_api::backup_policy::{DryRunPlan, MAX_PLAN_ENTRIES, RunRecord};
 use lifeboat_api::{ImageBackupPolicy, ImageBackupPolicyStatus, ImageReference};
 use registry_transfer::{RepositoryRef, Transfer, TransferError};
 use tracing::{debug, info, warn};
@@ -20,7 +19,7 @@ use super::BackupController;
 use super::decide::{self, Plan, RunTally, source_checks_due};
 use super::events;
 use super::facts::Facts;
-use super::memory::{Failure, PolicyMemory, SourceState};
+use super::memory::{Failure, PolicyMemory, RunInFlight, SourceState};
 use super::plan::CopyTask;
 use super::registry::{self, copy_task, holds};
 use super::retention::{
@@ -28,10 +27,9 @@ use super::retention::{
     parse_created, plan_deletions, retention_due,
 };
 use super::status::{reconciling_status, whole_seconds};
+use crate::copy_queue::{Finished, Job, Owner};
 use crate::error::OperatorError;
 
-/// Copies of one policy running at once (the global bound applies too).
-const COPIES_PER_POLICY: usize = 4;
 /// Source checks per registry at once.
 const CHECKS_PER_REGISTRY: usize = 2;
 
@@ -45,6 +43,8 @@ pub(crate) struct Acted {
     pub(crate) retention_only: bool,
     /// Dry run: what a run would copy and retention would delete.
     pub(crate) dry_run_plan: Option<DryRunPlan>,
+    /// A run still copying: its progress message (with why copies wait).
+    pub(crate) running: Option<String>,
     /// The status the server holds, as far as this process knows: the
     /// progress status written when a run started, else the one the
     /// reconcile began from. The new status is built on it.
@@ -63,6 +63,7 @@ pub(crate) async fn act(
     memory: &mut PolicyMemory,
 ) -> Result<Acted, OperatorError> {
     let transfer = &facts.transfer;
+    take_back_copies(controller, policy, memory);
     check_sources(
         transfer,
         &facts.inventory,
@@ -72,33 +73,24 @@ pub(crate) async fn act(
     )
     .await;
     find_holders_of_lost_images(transfer, &plan.tasks, memory, plan.now).await;
-    let due = decide::due_copies(plan, memory);
+    let uid = policy.uid().unwrap_or_default();
+    let queued = controller.copies.pending(&uid);
+    // Copies already queued or running are not due again.
+    let due: Vec<&CopyTask> = decide::due_copies(plan, memory)
+        .into_iter()
+        .filter(|task| !queued.contains(&queue_key(task)))
+        .collect();
     let mut acted = Acted {
         known_status: previous.clone(),
         ..Acted::default()
     };
     if plan.dry_run {
         acted.dry_run_plan = Some(dry_run_plan(transfer, &due, memory, plan).await);
-    } else if let Some(trigger) = decide::run_trigger(plan, due.len()) {
-        // The one write before the end of a reconcile: a run can copy for
-        // minutes, and while it does the status says so (Reconciling=True
-        // BackupRunning, which kstatus, Argo CD and the gitops-health e2e
-        // suite read as "in progress"). Through the same writer, so the
-        // final write compares with it.
-        let message = format!(
-            "{trigger:?} run: copying {} images to {} targets",
-            due.len(),
-            plan.target_names.len()
-        );
-        let running = reconciling_status(previous, plan.generation, plan.now, message.clone());
-        controller
-            .written
-            .write(api, policy, previous, &running)
-            .await?;
-        acted.known_status = running;
-        events::run_started(controller, policy, message).await;
-        acted.finished_run =
-            Some(backup_run(controller, policy, transfer, &due, memory, plan, trigger).await);
+    } else {
+        run_copies(
+            controller, api, policy, transfer, &due, memory, plan, &mut acted,
+        )
+        .await?;
     }
     if let Some(rules) = &facts.retention {
         retention(
@@ -118,72 +110,148 @@ pub(crate) async fn act(
     Ok(acted)
 }
 
-/// One backup run: the due copies, then its record, events and metrics.
-async fn backup_run(
+/// The key of a task in the copy queue (unique within its policy).
+fn queue_key(task: &CopyTask) -> String {
+    format!("{}/{}", task.target_name, task.image_key)
+}
+
+/// A run's copies: starts a run when one is due (its progress status
+/// written first), queues the due copies into the run in progress, and
+/// finishes the run once the queue holds none of its copies. Copies run in
+/// the copy queue, not in this reconcile; the queue wakes the policy when
+/// they have ended.
+#[allow(clippy::too_many_arguments)] // the step's inputs, each a different fact; a struct would only rename them
+async fn run_copies(
     controller: &BackupController,
+    api: &Api<ImageBackupPolicy>,
     policy: &ImageBackupPolicy,
     transfer: &Transfer,
     due: &[&CopyTask],
     memory: &mut PolicyMemory,
     plan: &Plan,
-    trigger: RunTrigger,
-) -> RunRecord {
-    let started = whole_seconds(Utc::now());
-    let tally = copy_all(controller, policy, transfer, due, memory).await;
-    let completed = whole_seconds(Utc::now());
-    let record = tally.record(trigger, started, completed, plan.run.scheduled_time);
-    events::run_finished(controller, policy, &tally, completed).await;
-    info!(
-        policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default(),
-        ?trigger, result = ?record.result, copied = tally.copied, up_to_date = tally.up_to_date,
-        failed = tally.failed, bytes = tally.bytes, "backup run finished"
-    );
-    record
+    acted: &mut Acted,
+) -> Result<(), OperatorError> {
+    if memory.run.is_none()
+        && let Some(trigger) = decide::run_trigger(plan, due.len())
+    {
+        // A run can copy for minutes, and while it does the status says
+        // so (Reconciling=True BackupRunning, which kstatus, Argo CD and
+        // the gitops-health e2e suite read as "in progress"). Written now,
+        // through the same writer, so the final write compares with it.
+        let message = format!(
+            "{trigger:?} run: copying {} images to {} targets",
+            due.len(),
+            plan.target_names.len()
+        );
+        let running = reconciling_status(
+            &acted.known_status,
+            plan.generation,
+            plan.now,
+            message.clone(),
+        );
+        controller
+            .written
+            .write(api, policy, &acted.known_status, &running)
+            .await?;
+        acted.known_status = running;
+        events::run_started(controller, policy, message.clone()).await;
+        memory.run = Some(RunInFlight {
+            trigger,
+            started: whole_seconds(Utc::now()),
+            scheduled_time: plan.run.scheduled_time,
+            tally: RunTally::default(),
+            tasks: Default::default(),
+            message,
+        });
+    }
+    let Some(run) = memory.run.as_mut() else {
+        return Ok(());
+    };
+    let owner = Owner {
+        namespace: policy.namespace().unwrap_or_default(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    for task in due {
+        let key = queue_key(task);
+        let job = Job {
+            owner: owner.clone(),
+            key: key.clone(),
+            source_registry: task.source.registry.clone(),
+            target_registry: task.destination.registry.clone(),
+            work: Box::pin(copy_with_retry(transfer.clone(), (*task).clone())),
+        };
+        if controller.copies.enqueue(job) {
+            run.tasks.insert(key, (*task).clone());
+        }
+    }
+    // A task leaves `tasks` when its result is taken back; results that
+    // arrived during this reconcile are taken by the next one (the queue
+    // wakes the policy when its last copy ends).
+    if !run.tasks.is_empty() {
+        let waiting = controller
+            .copies
+            .waiting(&owner.uid)
+            .map(|w| format!("; {w}"))
+            .unwrap_or_default();
+        acted.running = Some(format!("{}{waiting}", run.message));
+        return Ok(());
+    }
+    let Some(run) = memory.run.take() else {
+        return Ok(());
+    };
+    acted.finished_run = Some(finish_run(controller, policy, run, plan).await);
+    Ok(())
 }
 
-/// Copies the due tasks, a few at a time, each holding one of the global
-/// copy slots; records every outcome in memory and in the copy metrics.
-async fn copy_all(
+/// One copy as the queue runs it. Concurrent first requests to a registry
+/// with basic auth are sometimes refused (401) although the credentials
+/// are right; one quiet retry tells a race from a wrong password.
+async fn copy_with_retry(transfer: Transfer, task: CopyTask) -> registry::CopyResult {
+    match copy_task(&transfer, &task).await {
+        Err(TransferError::Unauthorized { .. }) => copy_task(&transfer, &task).await,
+        other => other,
+    }
+}
+
+/// Takes back the policy's ended copies from the queue: each outcome goes
+/// into memory, the copy metrics and the run in progress.
+fn take_back_copies(
     controller: &BackupController,
     policy: &ImageBackupPolicy,
-    transfer: &Transfer,
-    due: &[&CopyTask],
     memory: &mut PolicyMemory,
-) -> RunTally {
-    let owned: Vec<CopyTask> = due.iter().map(|t| (*t).clone()).collect();
-    let mut results: Vec<_> = futures::stream::iter(owned)
-        .map(|task| {
-            let slots = controller.copy_slots.clone();
-            let transfer = transfer.clone();
-            async move {
-                let _slot = slots.acquire_owned().await;
-                let started = Instant::now();
-                let result = copy_task(&transfer, &task).await;
-                (task, result, started.elapsed())
-            }
-        })
-        .buffer_unordered(COPIES_PER_POLICY)
-        .collect()
-        .await;
-    // Concurrent first requests to a registry with basic auth are sometimes
-    // refused (401) although the credentials are right; one quiet retry
-    // tells a race from a wrong password.
-    for (task, result, elapsed) in results.iter_mut() {
-        if matches!(result, Err(TransferError::Unauthorized { .. })) {
-            let started = Instant::now();
-            *result = copy_task(transfer, task).await;
-            *elapsed += started.elapsed();
-        }
+) {
+    let finished = controller
+        .copies
+        .take_finished(&policy.uid().unwrap_or_default());
+    if finished.is_empty() {
+        return;
     }
     let labels = events::labels(policy);
     let metrics = &controller.context.metrics;
-    let mut tally = RunTally::default();
     let now = whole_seconds(Utc::now());
-    for (task, result, elapsed) in results {
+    for Finished {
+        key: queue_key,
+        output,
+        waited,
+        ran,
+    } in finished
+    {
+        debug!(
+            policy = %policy.name_any(), copy = %queue_key, ok = output.is_ok(),
+            waited_ms = waited.as_millis() as u64, ran_ms = ran.as_millis() as u64, "copy taken back"
+        );
+        let Some(run) = memory.run.as_mut() else {
+            continue;
+        };
+        let Some(task) = run.tasks.remove(&queue_key) else {
+            continue;
+        };
         let key = (task.target_name.clone(), task.image_key.clone());
-        match result {
+        let tally = &mut run.tally;
+        match output {
             Ok(outcome) => {
-                metrics.copy_duration.record(elapsed.as_secs_f64(), &labels);
+                metrics.copy_duration.record(ran.as_secs_f64(), &labels);
                 metrics.bytes_copied.add(outcome.bytes, &labels);
                 tally.bytes = tally.bytes.saturating_add(outcome.bytes);
                 if outcome.up_to_date {
@@ -192,9 +260,20 @@ async fn copy_all(
                     tally.copied += 1;
                 }
                 memory.failures.remove(&key);
-                memory.verified_at(&task.target_name, &task.image_key, outcome.digest, now);
+                memory.verified_with_referrers(
+                    &task.target_name,
+                    &task.image_key,
+                    outcome.digest,
+                    now,
+                    outcome.referrers,
+                );
             }
             Err(e) => {
+                if matches!(e, TransferError::CopyDeadlineExceeded { .. }) {
+                    controller
+                        .copies
+                        .count_deadline_cancel(&task.source.registry, &task.destination.registry);
+                }
                 tally.failed += 1;
                 let message = format!("{} -> {}: {e}", task.source, task.target_name);
                 if tally.first_error.is_none() {
@@ -213,7 +292,25 @@ async fn copy_all(
             }
         }
     }
-    tally
+}
+
+/// A run whose copies have all ended: its record, events and log line.
+async fn finish_run(
+    controller: &BackupController,
+    policy: &ImageBackupPolicy,
+    run: RunInFlight,
+    plan: &Plan,
+) -> RunRecord {
+    let completed = whole_seconds(Utc::now());
+    let tally = run.tally;
+    let record = tally.record(run.trigger, run.started, completed, run.scheduled_time);
+    events::run_finished(controller, policy, &tally, completed).await;
+    info!(
+        policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default(),
+        trigger = ?run.trigger, result = ?record.result, copied = tally.copied, up_to_date = tally.up_to_date,
+        failed = tally.failed, bytes = tally.bytes, generation = plan.generation, "backup run finished"
+    );
+    record
 }
 
 /// Looks up due images in their source registries, a few at a time per
@@ -259,26 +356,25 @@ async fn check_sources(
         .flatten()
         .collect();
     for (key, reference, result) in results {
-        let previous = memory.source.get(&key).and_then(|s| s.missing_since);
-        let missing_since = match result {
-            Ok(true) => None,
-            Ok(false) => {
-                warn!(image = %reference, "image is gone from its source registry");
-                Some(previous.unwrap_or(now))
+        let answer = match result {
+            Ok(held) => {
+                if !held {
+                    warn!(image = %reference, "image is gone from its source registry");
+                }
+                Ok(held)
             }
             Err(e) => {
-                // Unknown is not missing: keep what we knew, ask again later.
-                debug!(image = %reference, error = %e, "source check failed");
-                previous
+                // No answer is an outage, not a loss (see SourceState::after).
+                if memory.is_unreachable(&key) {
+                    debug!(image = %reference, reason = e.reason(), error = %e, "source registry still does not answer");
+                } else {
+                    warn!(image = %reference, reason = e.reason(), error = %e, "source registry does not answer");
+                }
+                Err((e.reason().to_owned(), e.to_string()))
             }
         };
-        memory.source.insert(
-            key,
-            SourceState {
-                checked: now,
-                missing_since,
-            },
-        );
+        let state = SourceState::after(memory.source.get(&key), answer, now);
+        memory.source.insert(key, state);
     }
 }
 
@@ -330,7 +426,8 @@ async fn dry_run_plan(
             .get(&key)
             .is_some_and(|at| now - *at < plan.check_interval)
         {
-            would_copy.push(format!("{} -> {}", task.source, task.destination));
+            let referrers = transfer.list_referrers(&task.source, &task.referrers).await;
+            would_copy.push(registry::describe_copy(task, &referrers));
             continue;
         }
         let held = task.destination.digest.is_some()
@@ -339,7 +436,8 @@ async fn dry_run_plan(
             memory.verified_at(&task.target_name, &task.image_key, digest_of(task), now);
         } else {
             memory.absent_at_target.insert(key, now);
-            would_copy.push(format!("{} -> {}", task.source, task.destination));
+            let referrers = transfer.list_referrers(&task.source, &task.referrers).await;
+            would_copy.push(registry::describe_copy(task, &referrers));
         }
     }
     would_copy.sort();

@@ -23,7 +23,7 @@ use lifeboat_api::validation::ValidPolicy;
 use super::act::Acted;
 use super::discovery::{Inventory, Scope};
 use super::memory::{FAILURE_BACKOFF, PolicyMemory};
-use super::plan::{CopyTask, MappingError, PlanTarget, copy_tasks};
+use super::plan::{CopyTask, MappingError, PlanTarget, copy_tasks, referrers_policy};
 use super::status::{Evaluation, ImageState};
 
 /// Longest wait before a policy is looked at again.
@@ -131,10 +131,15 @@ pub(crate) fn needs_copy(
 /// pull it (kubelet retries often; the registry need not hear it each time).
 pub(crate) const PULL_FAILURE_RECHECK: TimeDelta = TimeDelta::seconds(10);
 
+/// Shortest time between two checks of an image whose source registry
+/// did not answer: an outage should end in status soon after it does.
+pub(crate) const OUTAGE_RECHECK: TimeDelta = TimeDelta::seconds(10);
+
 /// Images to look up in their source registries now: digest-pinned images
 /// never checked or checked longer than `interval` ago, and at once
 /// (within [`PULL_FAILURE_RECHECK`]) every digest of a repository some pod
-/// fails to pull.
+/// fails to pull, and (within [`OUTAGE_RECHECK`]) those whose source did
+/// not answer last time.
 pub(crate) fn source_checks_due(
     inventory: &Inventory,
     memory: &PolicyMemory,
@@ -158,6 +163,7 @@ pub(crate) fn source_checks_due(
                 age >= interval
                     || (failing_names.contains(&image.reference.name())
                         && age >= PULL_FAILURE_RECHECK)
+                    || (state.outage.is_some() && age >= OUTAGE_RECHECK)
             }
         })
         .map(|(key, _)| key.clone())
@@ -195,6 +201,7 @@ pub(crate) fn image_states(
                 verified_targets,
                 failure,
                 missing_since: memory.source.get(key).and_then(|s| s.missing_since),
+                outage: memory.source.get(key).and_then(|s| s.outage.clone()),
                 nodes: image.nodes.iter().cloned().collect(),
             }
         })
@@ -240,6 +247,7 @@ pub(crate) fn plan(
         .map(|(valid, target)| PlanTarget {
             valid: valid.clone(),
             platforms: target.platforms.clone().unwrap_or_default(),
+            referrers: referrers_policy(spec.referrers.as_ref()),
         })
         .collect();
     let namespace = policy.namespace().unwrap_or_default();
@@ -450,18 +458,24 @@ pub(crate) fn evaluation(
         plan: acted.dry_run_plan.clone(),
         dry_run: plan.dry_run,
         bytes_copied_total: bytes_before.saturating_add(bytes_this_run),
+        referrers_held: memory.referrers_held(),
         retention_only: acted.retention_only,
+        running: acted.running.clone(),
     }
 }
 
-/// When to look again: the next scheduled time or the next source check,
-/// whichever is first, at most [`MAX_REQUEUE`].
+/// When to look again: the next scheduled time or the next source check
+/// (sooner during an outage), whichever is first, at most [`MAX_REQUEUE`].
 pub(crate) fn requeue_after(
     next_schedule: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     check_interval: Duration,
+    outage: bool,
 ) -> Duration {
     let mut wait = check_interval.min(MAX_REQUEUE);
+    if outage {
+        wait = wait.min(OUTAGE_RECHECK.to_std().unwrap_or(wait));
+    }
     if let Some(next) = next_schedule {
         let until = (next - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
         wait = wait.min(until);
@@ -576,6 +590,7 @@ mod tests {
             source,
             target_name: "backup".into(),
             platforms: vec![],
+            referrers: registry_transfer::ReferrersPolicy::All,
         }
     }
 
@@ -594,10 +609,12 @@ mod tests {
                 Verified {
                     digest: DIGEST.into(),
                     at: at(0),
+                    referrers: 2,
                 },
             );
         }
         assert!(!needs_copy(&pinned, &memory, false, at(1000), recheck));
+        assert_eq!(memory.referrers_held(), 4, "2 referrers with each image");
         assert!(
             needs_copy(&pinned, &memory, true, at(1), recheck),
             "full run"
@@ -655,6 +672,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: None,
+                outage: None,
             },
         );
         assert!(source_checks_due(&quiet, &memory, at(60), interval).is_empty());
@@ -684,6 +702,7 @@ mod tests {
             Verified {
                 digest: DIGEST.into(),
                 at: at(0),
+                referrers: 0,
             },
         );
         memory.failures.insert(
@@ -699,6 +718,7 @@ mod tests {
             SourceState {
                 checked: at(5),
                 missing_since: Some(at(5)),
+                outage: None,
             },
         );
         let states = image_states(
@@ -721,19 +741,24 @@ mod tests {
     fn requeue_for_the_schedule_or_the_next_source_check() {
         let now = at(0);
         let check = Duration::from_secs(20);
-        assert_eq!(requeue_after(None, now, check), check);
+        assert_eq!(requeue_after(None, now, check, false), check);
         assert_eq!(
-            requeue_after(Some(now + TimeDelta::seconds(5)), now, check),
+            requeue_after(Some(now + TimeDelta::seconds(5)), now, check, false),
             Duration::from_secs(6)
         );
         // Never longer than MAX_REQUEUE, never a busy loop.
         assert_eq!(
-            requeue_after(None, now, Duration::from_secs(3600)),
+            requeue_after(None, now, Duration::from_secs(3600), false),
             MAX_REQUEUE
         );
         assert_eq!(
-            requeue_after(Some(now - TimeDelta::seconds(5)), now, check),
+            requeue_after(Some(now - TimeDelta::seconds(5)), now, check, false),
             Duration::from_secs(1)
+        );
+        // During an outage the source is asked again soon.
+        assert_eq!(
+            requeue_after(None, now, check, true),
+            OUTAGE_RECHECK.to_std().unwrap()
         );
     }
 
@@ -802,6 +827,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: Some(at(0)),
+                outage: None,
             },
         );
         assert!(
@@ -942,9 +968,11 @@ mod tests {
             finished_run: Some(tally.record(RunTrigger::OnDemand, at(0), at(1), None)),
             ..Acted::default()
         };
-        let memory = PolicyMemory::default();
+        let mut memory = PolicyMemory::default();
+        memory.verified_with_referrers("backup", "k", DIGEST.into(), at(0), 3);
         let evaluation = evaluation(&plan, &scope, &inventory, &memory, &acted, &previous);
         assert_eq!(evaluation.bytes_copied_total, 1024);
+        assert_eq!(evaluation.referrers_held, 3);
         assert_eq!(evaluation.generation, 4);
         assert_eq!(evaluation.target_count, 1);
         assert_eq!(evaluation.images.len(), 1);

@@ -110,9 +110,11 @@ pub(crate) async fn run_finished(
     metrics.backup_runs.add(1, &attributes);
     if result == RunResult::Succeeded {
         #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a f64 exactly
-        metrics
-            .last_success
-            .record(completed.timestamp() as f64, &labels);
+        metrics.policies.set_last_success(
+            &policy.namespace().unwrap_or_default(),
+            &policy.name_any(),
+            completed.timestamp() as f64,
+        );
     }
     let (type_, reason) = match result {
         RunResult::Succeeded => (EventType::Normal, "BackupSucceeded"),
@@ -205,6 +207,117 @@ pub(crate) async fn losses(
     newly_lost(controller, policy, inventory, &missing, memory).await;
     pods_failing_to_pull(controller, policy, inventory, &missing, memory).await;
     back_in_source(controller, policy, inventory, &missing, memory).await;
+    outages(controller, policy, inventory, memory).await;
+}
+
+/// Where a pod can get an image its source cannot serve: the backup
+/// targets that hold it and the nodes that run it.
+fn where_to_get(image: &super::discovery::ImageUse, memory: &PolicyMemory, key: &str) -> String {
+    let targets = memory.holders(key);
+    let nodes: Vec<&String> = image.nodes.iter().take(8).collect();
+    match (targets.is_empty(), nodes.is_empty()) {
+        (true, true) => "no backup target or node is known to hold it".to_owned(),
+        _ => format!("backup targets holding it: {targets:?}; nodes holding it: {nodes:?}"),
+    }
+}
+
+/// Source outages, said apart from losses: SourceUnreachable (Warning) on
+/// the policy once per image and outage, and on each pod that fails to
+/// pull such an image; SourceReachable when the registry answers again.
+async fn outages(
+    controller: &BackupController,
+    policy: &ImageBackupPolicy,
+    inventory: &Inventory,
+    memory: &mut PolicyMemory,
+) {
+    let regarding = policy.object_ref(&());
+    let unreachable: BTreeSet<String> = inventory
+        .images
+        .keys()
+        .filter(|k| memory.is_unreachable(k))
+        .cloned()
+        .collect();
+    for key in unreachable.difference(&memory.announced_unreachable.clone()) {
+        let (Some(image), Some(outage)) = (
+            inventory.images.get(key),
+            memory.source.get(key).and_then(|s| s.outage.as_ref()),
+        ) else {
+            continue;
+        };
+        let note = format!(
+            "the source registry of {} cannot be reached ({}: {}); {}",
+            image.reference,
+            outage.reason,
+            outage.message,
+            where_to_get(image, memory, key)
+        );
+        publish(
+            controller,
+            &regarding,
+            EventType::Warning,
+            "SourceUnreachable",
+            "CheckSource",
+            note,
+        )
+        .await;
+        memory.announced_unreachable.insert(key.clone());
+    }
+    for key in &unreachable {
+        let Some(image) = inventory.images.get(key) else {
+            continue;
+        };
+        for (pod_namespace, pod_name) in &image.pull_failures {
+            let told = (pod_namespace.clone(), pod_name.clone(), key.clone());
+            if memory.announced_outage_pods.contains(&told) {
+                continue;
+            }
+            let note = format!(
+                "the source registry of {} cannot be reached; {} (policy {}/{})",
+                image.reference,
+                where_to_get(image, memory, key),
+                policy.namespace().unwrap_or_default(),
+                policy.name_any()
+            );
+            publish(
+                controller,
+                &pod_reference(pod_namespace, pod_name),
+                EventType::Warning,
+                "SourceUnreachable",
+                "CheckSource",
+                note,
+            )
+            .await;
+            memory.announced_outage_pods.insert(told);
+        }
+    }
+    let back: Vec<String> = memory
+        .announced_unreachable
+        .iter()
+        .filter(|k| !unreachable.contains(*k))
+        .cloned()
+        .collect();
+    for key in back {
+        // Still selected and answered: the outage is over (a 404 is told
+        // as ImageMissing by `newly_lost`).
+        if let Some(image) = inventory.images.get(&key)
+            && !memory.is_missing(&key)
+            && memory.source.contains_key(&key)
+        {
+            publish(
+                controller,
+                &regarding,
+                EventType::Normal,
+                "SourceReachable",
+                "CheckSource",
+                format!("the source registry of {} answers again", image.reference),
+            )
+            .await;
+        }
+        memory.announced_unreachable.remove(&key);
+    }
+    memory
+        .announced_outage_pods
+        .retain(|(_, _, key)| unreachable.contains(key));
 }
 
 /// Each image lost since the last announcement: ImageMissing, and
@@ -336,26 +449,20 @@ async fn back_in_source(
     }
 }
 
-/// The policy's images by state (protected, pending, failed, missing).
+/// The policy's images by state (protected, pending, failed, missing,
+/// unreachable).
 pub(crate) fn image_metrics(
     controller: &BackupController,
     policy: &ImageBackupPolicy,
     evaluation: &Evaluation,
 ) {
-    let labels = labels(policy);
-    let (protected, pending, failed, missing) = counts(&evaluation.images, evaluation.target_count);
-    for (state, value) in [
-        ("protected", protected),
-        ("pending", pending),
-        ("failed", failed),
-        ("missing", missing),
-    ] {
-        let mut attributes = labels.to_vec();
-        attributes.push(KeyValue::new("state", state));
-        controller
-            .context
-            .metrics
-            .images
-            .record(u64::try_from(value).unwrap_or(0), &attributes);
-    }
+    let counts = counts(&evaluation.images, evaluation.target_count);
+    controller.context.metrics.policies.set_images(
+        &policy.namespace().unwrap_or_default(),
+        &policy.name_any(),
+        counts
+            .labelled()
+            .map(|(state, value)| (state, u64::try_from(value).unwrap_or(0)))
+            .to_vec(),
+    );
 }

@@ -22,7 +22,7 @@ use super::memory::PolicyMemory;
 use super::registry::{PolicySettings, policy_settings};
 use super::retention::Rules;
 use crate::error::OperatorError;
-use crate::registry_access::transfer_config;
+use crate::registry_access::copy_transfer_config;
 
 /// What one reconcile knows about a policy and the cluster.
 pub(crate) struct Facts {
@@ -195,6 +195,7 @@ async fn credentials(
         &policy.spec,
         &pull_secrets,
         &context.config.plain_http_registries,
+        &context.config.trusted_token_realms,
         namespace == context.config.namespace,
     )
     .await?;
@@ -203,16 +204,20 @@ async fn credentials(
     }
     memory.announced_problem = None;
     memory.credentials_read = Some((now, generation, secrets_hash));
-    Ok(transfer_for(memory, settings))
+    Ok(transfer_for(memory, settings, context.config.copy_deadline))
 }
 
 /// The engine for these settings: the remembered one while the credentials
 /// it was built from are unchanged (same fingerprint), else a new one.
-fn transfer_for(memory: &mut PolicyMemory, settings: PolicySettings) -> Transfer {
+fn transfer_for(
+    memory: &mut PolicyMemory,
+    settings: PolicySettings,
+    deadline: registry_transfer::CopyDeadline,
+) -> Transfer {
     match &memory.transfer {
         Some((fingerprint, transfer)) if *fingerprint == settings.fingerprint => transfer.clone(),
         _ => {
-            let transfer = Transfer::new(transfer_config(), settings.settings);
+            let transfer = Transfer::new(copy_transfer_config(deadline), settings.settings);
             memory.transfer = Some((settings.fingerprint, transfer.clone()));
             transfer
         }

@@ -15,6 +15,8 @@ use super::discovery::Inventory;
 pub(crate) struct Verified {
     pub(crate) digest: String,
     pub(crate) at: DateTime<Utc>,
+    /// Referrers the target held with it at that copy.
+    pub(crate) referrers: u32,
 }
 
 /// How long credentials read from Secrets are reused before they are read
@@ -37,7 +39,75 @@ pub(crate) const FAILURE_BACKOFF: TimeDelta = TimeDelta::seconds(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SourceState {
     pub(crate) checked: DateTime<Utc>,
+    /// The registry said the image is gone (a loss), since then.
     pub(crate) missing_since: Option<DateTime<Utc>>,
+    /// The registry could not say (an outage), since then and why.
+    pub(crate) outage: Option<SourceOutage>,
+}
+
+/// A source registry that did not answer whether it holds an image:
+/// unreachable, failing, refusing our credentials or rate-limiting us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceOutage {
+    pub since: DateTime<Utc>,
+    /// The engine's reason (`RegistryUnavailable`, `Tls`, `RateLimited`, ...).
+    pub reason: String,
+    pub message: String,
+}
+
+/// What one source check answered: held (`Ok(true)`), gone (`Ok(false)`),
+/// or no answer, with the reason and message of the failure.
+pub(crate) type SourceAnswer = Result<bool, (String, String)>;
+
+impl SourceState {
+    /// The state after a check at `now`. A loss is only what the registry
+    /// said; an outage keeps what was known before it (an image missing
+    /// before the outage stays missing, one present is not called
+    /// missing), and both keep their first `since` while they last.
+    pub(crate) fn after(
+        previous: Option<&SourceState>,
+        answer: SourceAnswer,
+        now: DateTime<Utc>,
+    ) -> SourceState {
+        let missing_before = previous.and_then(|p| p.missing_since);
+        let outage_since = previous.and_then(|p| p.outage.as_ref()).map(|o| o.since);
+        match answer {
+            Ok(true) => SourceState {
+                checked: now,
+                missing_since: None,
+                outage: None,
+            },
+            Ok(false) => SourceState {
+                checked: now,
+                missing_since: Some(missing_before.unwrap_or(now)),
+                outage: None,
+            },
+            Err((reason, message)) => SourceState {
+                checked: now,
+                missing_since: missing_before,
+                outage: Some(SourceOutage {
+                    since: outage_since.unwrap_or(now),
+                    reason,
+                    message,
+                }),
+            },
+        }
+    }
+}
+
+/// A backup run whose copies are in the copy queue: started by one
+/// reconcile, finished by the one that takes back its last result.
+#[derive(Clone, Debug)]
+pub(crate) struct RunInFlight {
+    pub(crate) trigger: lifeboat_api::backup_policy::RunTrigger,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) scheduled_time: Option<DateTime<Utc>>,
+    /// What the copies taken back so far did.
+    pub(crate) tally: super::decide::RunTally,
+    /// Queue key -> task: the run's copies not taken back yet.
+    pub(crate) tasks: std::collections::HashMap<String, super::plan::CopyTask>,
+    /// What the run said when it started ("Continuous run: copying …").
+    pub(crate) message: String,
 }
 
 /// What earlier reconciles of one policy learned.
@@ -62,6 +132,11 @@ pub(crate) struct PolicyMemory {
     /// Pods told (by a Warning event) that the image they fail to pull is
     /// gone: (namespace, pod, image key).
     pub(crate) announced_pods: BTreeSet<(String, String, String)>,
+    /// Images whose unreachable source a Warning event was emitted for.
+    pub(crate) announced_unreachable: BTreeSet<String>,
+    /// Pods told that the image they fail to pull has an unreachable
+    /// source: (namespace, pod, image key).
+    pub(crate) announced_outage_pods: BTreeSet<(String, String, String)>,
     /// The last Stalled/blocked reason reported by event.
     pub(crate) announced_problem: Option<String>,
     /// The digests each workload's images ran at, as the last discovery
@@ -74,6 +149,8 @@ pub(crate) struct PolicyMemory {
     pub(crate) retention_cache: HashMap<(String, String), super::retention::Backup>,
     /// Dry run: what retention would delete, as last planned.
     pub(crate) would_delete: Vec<String>,
+    /// The run in progress, if any.
+    pub(crate) run: Option<RunInFlight>,
 }
 
 impl PolicyMemory {
@@ -122,10 +199,32 @@ impl PolicyMemory {
         digest: String,
         now: DateTime<Utc>,
     ) {
+        self.verified_with_referrers(target, key, digest, now, 0);
+    }
+
+    /// Like [`Self::verified_at`], with the referrers the copy brought.
+    pub(crate) fn verified_with_referrers(
+        &mut self,
+        target: &str,
+        key: &str,
+        digest: String,
+        now: DateTime<Utc>,
+        referrers: u32,
+    ) {
         self.verified.insert(
             (target.to_owned(), key.to_owned()),
-            Verified { digest, at: now },
+            Verified {
+                digest,
+                at: now,
+                referrers,
+            },
         );
+    }
+
+    /// Referrers held in the targets with the images, all targets counted.
+    pub(crate) fn referrers_held(&self) -> i32 {
+        let total: u64 = self.verified.values().map(|v| u64::from(v.referrers)).sum();
+        i32::try_from(total).unwrap_or(i32::MAX)
     }
 
     /// The targets known to hold the image `key`.
@@ -135,6 +234,14 @@ impl PolicyMemory {
             .filter(|(_, k)| k == key)
             .map(|(t, _)| t.clone())
             .collect()
+    }
+
+    /// Whether the source registry of the image `key` could not be asked
+    /// (and it was not known to be gone before).
+    pub(crate) fn is_unreachable(&self, key: &str) -> bool {
+        self.source
+            .get(key)
+            .is_some_and(|s| s.outage.is_some() && s.missing_since.is_none())
     }
 
     /// Whether the source registry said the image `key` is gone.
@@ -157,6 +264,44 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn no_answer() -> SourceAnswer {
+        Err(("RegistryUnavailable".into(), "connection refused".into()))
+    }
+
+    #[test]
+    fn an_outage_is_not_a_loss_and_keeps_its_start_while_it_lasts() {
+        let present = SourceState::after(None, Ok(true), at(0));
+        let down = SourceState::after(Some(&present), no_answer(), at(10));
+        assert_eq!(down.missing_since, None, "no answer is not 'gone'");
+        assert_eq!(down.outage.as_ref().map(|o| o.since), Some(at(10)));
+        let still_down = SourceState::after(Some(&down), no_answer(), at(20));
+        assert_eq!(still_down.outage.as_ref().map(|o| o.since), Some(at(10)));
+        assert_eq!(still_down.checked, at(20));
+        let back = SourceState::after(Some(&still_down), Ok(true), at(30));
+        assert_eq!(back.outage, None, "answers again: the outage is over");
+        assert_eq!(back.missing_since, None);
+    }
+
+    #[test]
+    fn a_loss_known_before_an_outage_stays_and_a_404_ends_the_outage() {
+        let gone = SourceState::after(None, Ok(false), at(0));
+        let down = SourceState::after(Some(&gone), no_answer(), at(10));
+        assert_eq!(down.missing_since, Some(at(0)), "still known gone");
+        assert!(down.outage.is_some());
+        let answers = SourceState::after(Some(&down), Ok(false), at(20));
+        assert_eq!(answers.missing_since, Some(at(0)));
+        assert_eq!(answers.outage, None, "the registry answered (404)");
+
+        let mut memory = PolicyMemory::default();
+        memory.source.insert("a".into(), down);
+        assert!(memory.is_missing("a"));
+        assert!(!memory.is_unreachable("a"), "a loss is reported as a loss");
+        memory
+            .source
+            .insert("b".into(), SourceState::after(None, no_answer(), at(10)));
+        assert!(memory.is_unreachable("b") && !memory.is_missing("b"));
     }
 
     #[test]
@@ -212,6 +357,7 @@ mod tests {
             SourceState {
                 checked: at(0),
                 missing_since: Some(at(0)),
+                outage: None,
             },
         );
         assert!(memory.is_missing("reg.local/gone:1"));

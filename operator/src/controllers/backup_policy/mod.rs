@@ -32,13 +32,14 @@ use futures::StreamExt as _;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use lifeboat_api::ImageBackupPolicy;
-use tokio::sync::Semaphore;
 use tracing::info;
 
 use crate::context::Context;
 use crate::controllers::WrittenStatuses;
+use crate::copy_queue::{Caps, CopyQueue, Owner};
 use crate::error::OperatorError;
 use memory::PolicyMemory;
 
@@ -53,9 +54,9 @@ pub(crate) struct BackupController {
     pub(crate) memory: Mutex<HashMap<String, PolicyMemory>>,
     /// The status last written per policy (by uid), and the one writer.
     pub(crate) written: WrittenStatuses<lifeboat_api::ImageBackupPolicyStatus>,
-    /// Bounds image copies over all policies, so one policy with many
-    /// images cannot starve the others.
-    pub(crate) copy_slots: Arc<Semaphore>,
+    /// Where copies run, outside the reconciles, with fair shares per
+    /// namespace and per route (see `copy_queue`).
+    pub(crate) copies: Arc<CopyQueue<registry::CopyResult>>,
     /// The controller's cache of policies, to forget deleted ones.
     pub(crate) policies: std::sync::OnceLock<kube::runtime::reflector::Store<ImageBackupPolicy>>,
 }
@@ -69,9 +70,10 @@ impl BackupController {
             .unwrap_or_else(|e| panic!("default configuration: {e}"));
         let metrics = crate::telemetry::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
         let context = Arc::new(Context::new(client.clone(), config, metrics));
+        let (copies, _woken) = CopyQueue::new(caps(&context.config), context.metrics.clone());
         BackupController {
             recorder: Recorder::new(client, context.reporter.clone()),
-            copy_slots: Arc::new(Semaphore::new(context.config.max_concurrent_copies)),
+            copies,
             context,
             caches: caches::Caches::empty(),
             memory: Mutex::new(HashMap::new()),
@@ -85,16 +87,38 @@ impl BackupController {
         let Some(store) = self.policies.get() else {
             return;
         };
-        let live: std::collections::HashSet<String> = store
-            .state()
+        let policies = store.state();
+        let live: std::collections::HashSet<String> = policies
             .iter()
             .filter_map(|p| kube::ResourceExt::uid(p.as_ref()))
             .collect();
+        let live_names: std::collections::HashSet<(String, String)> = policies
+            .iter()
+            .map(|p| {
+                (
+                    kube::ResourceExt::namespace(p.as_ref()).unwrap_or_default(),
+                    kube::ResourceExt::name_any(p.as_ref()),
+                )
+            })
+            .collect();
+        self.context.metrics.policies.retain(|namespace, name| {
+            live_names.contains(&(namespace.to_owned(), name.to_owned()))
+        });
         self.memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| live.contains(key));
         self.written.retain_live(&live);
+        self.copies.forget_except(&live);
+    }
+}
+
+/// The copy queue's caps, from the operator's config.
+fn caps(config: &crate::config::OperatorConfig) -> Caps {
+    Caps {
+        total: config.max_concurrent_copies,
+        per_route: config.copies_per_route,
+        per_namespace: config.copies_per_namespace,
     }
 }
 
@@ -107,9 +131,11 @@ pub(crate) async fn run(context: Arc<Context>) {
     let (caches, changes) = caches::start(&client, TRIGGER_INTERVAL);
     caches.wait_until_ready().await;
     info!("backup policy caches are ready");
+    let (copies, woken) = CopyQueue::new(caps(&context.config), context.metrics.clone());
+    tokio::spawn(copies.clone().run());
     let controller = Arc::new(BackupController {
         recorder: Recorder::new(client.clone(), context.reporter.clone()),
-        copy_slots: Arc::new(Semaphore::new(context.config.max_concurrent_copies)),
+        copies,
         context,
         caches,
         memory: Mutex::new(HashMap::new()),
@@ -124,9 +150,23 @@ pub(crate) async fn run(context: Arc<Context>) {
         watcher::Config::default().any_semantic(),
     );
     let _ = controller.policies.set(store.clone());
+    let existing = store.clone();
+    controller
+        .context
+        .metrics
+        .policies
+        .report_only_existing(move |namespace, name| {
+            existing
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+                .is_some()
+        });
     Controller::for_stream(policies, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .reconcile_all_on(changes)
+        // A policy whose queued copies have all ended looks at their results.
+        .reconcile_on(woken.map(|owner: Owner| {
+            ObjectRef::<ImageBackupPolicy>::new(&owner.name).within(&owner.namespace)
+        }))
         .shutdown_on_signal()
         .run(
             |policy, controller| {

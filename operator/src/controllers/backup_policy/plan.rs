@@ -1,8 +1,10 @@
 //! From an inventory and the policy's targets to copy tasks. Pure.
 
 use lifeboat_api::ImageReference;
+use lifeboat_api::backup_policy::{Referrers, ReferrersCopy};
 use lifeboat_api::template::{TemplateContext, target_reference};
 use lifeboat_api::validation::ValidTarget;
+use registry_transfer::ReferrersPolicy;
 
 use super::discovery::Inventory;
 
@@ -16,6 +18,8 @@ pub struct CopyTask {
     pub destination: ImageReference,
     /// `os/arch[/variant]` to keep from an index; empty keeps all.
     pub platforms: Vec<String>,
+    /// Which signatures, SBOMs and attestations come along.
+    pub referrers: ReferrersPolicy,
 }
 
 /// An image that cannot be mapped into a target (the template renders an
@@ -32,6 +36,23 @@ pub struct MappingError {
 pub struct PlanTarget {
     pub valid: ValidTarget,
     pub platforms: Vec<String>,
+    /// The policy's `referrers` (the same for every target).
+    pub referrers: ReferrersPolicy,
+}
+
+/// The engine's referrers policy for a policy's `spec.referrers`: all of
+/// them when unset.
+pub fn referrers_policy(spec: Option<&Referrers>) -> ReferrersPolicy {
+    match spec {
+        None => ReferrersPolicy::All,
+        Some(referrers) => match referrers.copy.unwrap_or_default() {
+            ReferrersCopy::All => ReferrersPolicy::All,
+            ReferrersCopy::None => ReferrersPolicy::None,
+            ReferrersCopy::ArtifactTypes => {
+                ReferrersPolicy::ArtifactTypes(referrers.artifact_types.clone().unwrap_or_default())
+            }
+        },
+    }
 }
 
 /// Every (image, target) pair, in inventory then target order.
@@ -56,6 +77,7 @@ pub fn copy_tasks(
                     target_name: target.valid.name.clone(),
                     destination,
                     platforms: target.platforms.clone(),
+                    referrers: target.referrers.clone(),
                 }),
                 Err(e) => errors.push(MappingError {
                     image_key: key.clone(),
@@ -103,7 +125,32 @@ mod tests {
                 repository_template: template.into(),
             },
             platforms: vec![],
+            referrers: ReferrersPolicy::All,
         }
+    }
+
+    #[test]
+    fn referrers_are_all_unless_the_policy_says_otherwise() {
+        assert_eq!(referrers_policy(None), ReferrersPolicy::All);
+        let spec = |copy, types: Option<Vec<&str>>| Referrers {
+            copy: Some(copy),
+            artifact_types: types.map(|t| t.into_iter().map(String::from).collect()),
+        };
+        assert_eq!(
+            referrers_policy(Some(&spec(ReferrersCopy::None, None))),
+            ReferrersPolicy::None
+        );
+        assert_eq!(
+            referrers_policy(Some(&spec(ReferrersCopy::All, None))),
+            ReferrersPolicy::All
+        );
+        assert_eq!(
+            referrers_policy(Some(&spec(
+                ReferrersCopy::ArtifactTypes,
+                Some(vec!["application/spdx+json"])
+            ))),
+            ReferrersPolicy::ArtifactTypes(vec!["application/spdx+json".into()])
+        );
     }
 
     const CONTEXT: TemplateContext<'static> = TemplateContext {

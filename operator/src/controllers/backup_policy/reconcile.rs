@@ -33,6 +33,9 @@ use crate::error::OperatorError;
 /// status that names the lost images to be written.
 const RESTORE_LINK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a policy whose run is still copying refreshes its status.
+const RUNNING_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) async fn reconcile(
     policy: Arc<ImageBackupPolicy>,
     controller: Arc<BackupController>,
@@ -136,6 +139,11 @@ async fn reconcile_with(
         .await?;
     let ready = find_condition(&status.conditions, types::READY).map(|c| c.status.clone());
     debug!(policy = %policy.name_any(), images = facts.inventory.images.len(), ?ready, "reconciled");
+    if acted.running.is_some() {
+        // Copies are queued or running: the queue wakes the policy when
+        // they end; until then the status's "waiting" message is kept fresh.
+        return Ok(Action::requeue(RUNNING_REFRESH));
+    }
     if restore_deferred {
         // The status naming the lost images is on the server now: create
         // their automatic restore at once.
@@ -145,6 +153,7 @@ async fn reconcile_with(
         plan.run.wake_at,
         now,
         context.config.source_check_interval,
+        evaluation.images.iter().any(|i| i.outage.is_some()),
     )))
 }
 

@@ -37,6 +37,7 @@ pub async fn policy_settings(
     spec: &ImageBackupPolicySpec,
     pull_secrets: &BTreeSet<SecretId>,
     plain_http_registries: &[String],
+    trusted_token_realms: &[(String, String)],
     operator_namespace: bool,
 ) -> Result<PolicySettings, OperatorError> {
     let mut fingerprint = String::new();
@@ -89,6 +90,10 @@ pub async fn policy_settings(
     for registry in plain_http_registries {
         settings = settings.allow_plain_http(registry);
     }
+    // Set by the admin only (a tenant cannot widen where credentials go).
+    for (registry, realm) in trusted_token_realms {
+        settings = settings.trust_token_realm(registry, realm);
+    }
     Ok(PolicySettings {
         settings,
         fingerprint,
@@ -103,7 +108,13 @@ pub struct CopyOutcome {
     pub digest: String,
     pub bytes: u64,
     pub up_to_date: bool,
+    /// Referrers (signatures, SBOMs, attestations) the target holds with
+    /// the image, as the policy chose them.
+    pub referrers: u32,
 }
+
+/// What one queued copy ends with.
+pub type CopyResult = Result<CopyOutcome, TransferError>;
 
 /// Copies one image into one target: digest-exact under Lifeboat's
 /// deterministic tag (never conflicts, never left untagged for a garbage
@@ -123,6 +134,8 @@ pub async fn copy_task(
     );
     let mut bytes = 0;
     let mut up_to_date = true;
+    let mut referrers = 0;
+    let count = |report: &CopyReport| u32::try_from(report.referrers.len()).unwrap_or(u32::MAX);
     let digest = match task.source.pinned() {
         Some(pinned) => {
             let source = pinned;
@@ -133,10 +146,12 @@ pub async fn copy_task(
                 .unwrap_or_default();
             let request = CopyRequest::new(target.clone())
                 .with_platforms(platforms.clone())
-                .with_tag(digest_tag);
+                .with_tag(digest_tag)
+                .with_referrers(task.referrers.clone());
             let report: CopyReport = transfer.copy_image(&source, &request).await?;
             bytes += report.bytes_copied;
             up_to_date &= report.up_to_date;
+            referrers = count(&report);
             report.digest.to_string()
         }
         None => String::new(),
@@ -145,10 +160,18 @@ pub async fn copy_task(
         // With a digest this only moves the tag (everything is there); by
         // tag alone it is the copy.
         let source = &task.source;
+        // The referrers came with the copy by digest; by tag alone this
+        // is the copy, and they come now.
+        let with_referrers = if digest.is_empty() {
+            task.referrers.clone()
+        } else {
+            registry_transfer::ReferrersPolicy::None
+        };
         let request = CopyRequest::new(target)
             .with_platforms(platforms)
             .with_tag(tag.clone())
-            .allowing_tag_move(true);
+            .allowing_tag_move(true)
+            .with_referrers(with_referrers);
         let report = transfer.copy_image(source, &request).await?;
         bytes += report.bytes_copied;
         up_to_date &= report.up_to_date;
@@ -157,6 +180,7 @@ pub async fn copy_task(
                 digest: report.digest.to_string(),
                 bytes,
                 up_to_date,
+                referrers: count(&report),
             });
         }
     }
@@ -164,7 +188,42 @@ pub async fn copy_task(
         digest,
         bytes,
         up_to_date,
+        referrers,
     })
+}
+
+/// Longest `status.plan.wouldCopy` entry (the CRD's bound).
+const MAX_PLAN_ENTRY_CHARS: usize = 1300;
+
+/// A dry run's line for a copy: `source -> destination`, and the
+/// referrers that would come along (their artifact types), or why they
+/// could not be listed. Pure; cut to the CRD's bound.
+pub fn describe_copy(
+    task: &CopyTask,
+    referrers: &Result<Vec<registry_transfer::ReferrerCopy>, TransferError>,
+) -> String {
+    let mut line = format!("{} -> {}", task.source, task.destination);
+    match referrers {
+        Ok(found) if found.is_empty() => {}
+        Ok(found) => {
+            let kinds: Vec<&str> = found
+                .iter()
+                .map(|r| r.artifact_type.as_deref().unwrap_or("unknown type"))
+                .collect();
+            line.push_str(&format!(
+                " with {} referrer{}: {}",
+                found.len(),
+                if found.len() == 1 { "" } else { "s" },
+                kinds.join(", ")
+            ));
+        }
+        Err(e) => line.push_str(&format!(" (referrers not listed: {})", e.reason())),
+    }
+    if line.chars().count() > MAX_PLAN_ENTRY_CHARS {
+        line = line.chars().take(MAX_PLAN_ENTRY_CHARS - 3).collect();
+        line.push_str("...");
+    }
+    line
 }
 
 /// How long one existence check may take. The copy engine's own timeouts
@@ -218,6 +277,48 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_dry_run_line_names_the_referrers_that_would_come_along() {
+        let source = lifeboat_api::ImageReference::parse("reg.local/web:1").unwrap();
+        let task = CopyTask {
+            image_key: "k".into(),
+            destination: source.clone(),
+            source,
+            target_name: "backup".into(),
+            platforms: vec![],
+            referrers: registry_transfer::ReferrersPolicy::All,
+        };
+        let digest =
+            registry_transfer::Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        let referrer = |kind: &str| registry_transfer::ReferrerCopy {
+            digest: digest.clone(),
+            subject: digest.clone(),
+            artifact_type: Some(kind.into()),
+            scheme: registry_transfer::ReferrerScheme::Subject,
+            depth: 1,
+            already_there: false,
+        };
+        assert_eq!(
+            describe_copy(&task, &Ok(vec![])),
+            "reg.local/web:1 -> reg.local/web:1"
+        );
+        assert_eq!(
+            describe_copy(&task, &Ok(vec![referrer("a/sig"), referrer("a/sbom")])),
+            "reg.local/web:1 -> reg.local/web:1 with 2 referrers: a/sig, a/sbom"
+        );
+        let failed = Err(TransferError::TooManyReferrers {
+            subject: digest.clone(),
+            detail: "x".into(),
+        });
+        assert!(
+            describe_copy(&task, &failed).ends_with("(referrers not listed: TooManyReferrers)")
+        );
+        let many = vec![referrer(&"t".repeat(200)); 10];
+        let long = describe_copy(&task, &Ok(many));
+        assert_eq!(long.chars().count(), MAX_PLAN_ENTRY_CHARS);
+        assert!(long.ends_with("..."));
+    }
+
     fn crypto_provider() {
         // As in main: one provider for the process (a second install is refused, fine here).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -255,6 +356,41 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         silent.abort();
+    }
+
+    /// The admin's trusted realms reach the policy's engine, for their own
+    /// registry only; a spec has no way to add one.
+    #[tokio::test]
+    async fn trusted_token_realms_come_from_the_operator_config_only() {
+        crypto_provider();
+        let (client, server) = crate::controllers::test_api::scripted(vec![]);
+        let spec: ImageBackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "targets": [{"name": "backup", "registry": "backup.example"}],
+        }))
+        .unwrap();
+        let realms = [(
+            "registry.gitlab.com".to_owned(),
+            "https://gitlab.com".to_owned(),
+        )];
+        let settings = policy_settings(
+            &client,
+            "shop",
+            &spec,
+            &BTreeSet::new(),
+            &[],
+            &realms,
+            false,
+        )
+        .await
+        .unwrap();
+        let shown = format!("{:?}", settings.settings);
+        assert!(shown.contains("registry.gitlab.com"), "{shown}");
+        assert!(shown.contains("gitlab.com"), "{shown}");
+        let none = policy_settings(&client, "shop", &spec, &BTreeSet::new(), &[], &[], false)
+            .await
+            .unwrap();
+        assert!(!format!("{:?}", none.settings).contains("gitlab"));
+        assert!(server.finish().await.is_empty(), "no API request");
     }
 
     #[tokio::test]

@@ -5,12 +5,14 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use lifeboat_api::backup_policy::{
     DryRunPlan, ImageBackupPolicyStatus, MAX_HISTORY, MAX_MISSING_IMAGES, MAX_RESTORE_LOCATIONS,
-    MissingImage, PolicySummary, RunRecord,
+    MissingImage, PolicySummary, RunRecord, UnreachableImage,
 };
 use lifeboat_api::conditions::{
     ConditionStatus, new_condition, reasons, remove_condition, set_condition, types,
 };
 use lifeboat_api::time::to_k8s_time;
+
+pub(crate) use super::memory::SourceOutage;
 
 /// Where one selected image stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +26,8 @@ pub struct ImageState {
     pub failure: Option<(String, String)>,
     /// Gone from its source registry since then.
     pub missing_since: Option<DateTime<Utc>>,
+    /// Its source registry could not say whether it holds it (an outage).
+    pub outage: Option<SourceOutage>,
     /// Nodes that run it (restore candidates).
     pub nodes: Vec<String>,
 }
@@ -46,9 +50,13 @@ pub struct Evaluation {
     pub plan: Option<DryRunPlan>,
     pub dry_run: bool,
     pub bytes_copied_total: i64,
+    /// Referrers held with the images in the targets (`summary.referrers`).
+    pub referrers_held: i32,
     /// `finished_run` is a retention pass outside a backup run: it goes
     /// into the history but says nothing about backups.
     pub retention_only: bool,
+    /// A run still copying: its progress message (Reconciling=True).
+    pub running: Option<String>,
 }
 
 pub(crate) use crate::controllers::whole_seconds;
@@ -73,25 +81,48 @@ fn set(
     );
 }
 
-/// Counts per state: (protected, pending, failed, missing).
-pub fn counts(images: &[ImageState], target_count: usize) -> (i32, i32, i32, i32) {
-    let mut protected = 0;
-    let mut pending = 0;
-    let mut failed = 0;
-    let mut missing = 0;
+/// How many images are in each state. `missing` and `unreachable` say
+/// what the source registry said; the others what the targets hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub protected: i32,
+    pub pending: i32,
+    pub failed: i32,
+    pub missing: i32,
+    pub unreachable: i32,
+}
+
+impl Counts {
+    /// Each state with its metric label.
+    pub fn labelled(self) -> [(&'static str, i32); 5] {
+        [
+            ("protected", self.protected),
+            ("pending", self.pending),
+            ("failed", self.failed),
+            ("missing", self.missing),
+            ("unreachable", self.unreachable),
+        ]
+    }
+}
+
+/// Counts per state.
+pub fn counts(images: &[ImageState], target_count: usize) -> Counts {
+    let mut counts = Counts::default();
     for image in images {
         if image.missing_since.is_some() {
-            missing += 1;
+            counts.missing += 1;
+        } else if image.outage.is_some() {
+            counts.unreachable += 1;
         }
         if image.verified_targets.len() >= target_count {
-            protected += 1;
+            counts.protected += 1;
         } else if image.failure.is_some() {
-            failed += 1;
+            counts.failed += 1;
         } else {
-            pending += 1;
+            counts.pending += 1;
         }
     }
-    (protected, pending, failed, missing)
+    counts
 }
 
 /// The status after a normal reconcile.
@@ -104,7 +135,21 @@ pub fn evaluated_status(
     let generation = evaluation.generation;
     status.observed_generation = generation;
     remove_condition(&mut status.conditions, types::STALLED);
-    remove_condition(&mut status.conditions, types::RECONCILING);
+    match &evaluation.running {
+        // Kept while the run copies (its transition time with it).
+        Some(message) => set(
+            &mut status,
+            &now,
+            types::RECONCILING,
+            ConditionStatus::True,
+            reasons::BACKUP_RUNNING,
+            message.clone(),
+            generation,
+        ),
+        None => {
+            remove_condition(&mut status.conditions, types::RECONCILING);
+        }
+    }
     let counts = set_images(&mut status, evaluation);
     set_runs_and_schedule(&mut status, evaluation);
     match &evaluation.scope_restricted {
@@ -127,49 +172,107 @@ pub fn evaluated_status(
     status
 }
 
-/// The summary and the missing images (sorted, bounded); returns the
-/// counts per state.
-fn set_images(
-    status: &mut ImageBackupPolicyStatus,
-    evaluation: &Evaluation,
-) -> (i32, i32, i32, i32) {
-    let (protected, pending, failed, missing) = counts(&evaluation.images, evaluation.target_count);
+/// The summary, the missing and the unreachable images (sorted, bounded);
+/// returns the counts per state.
+fn set_images(status: &mut ImageBackupPolicyStatus, evaluation: &Evaluation) -> Counts {
+    let counts = counts(&evaluation.images, evaluation.target_count);
     let selected = i32::try_from(evaluation.images.len()).unwrap_or(i32::MAX);
     status.summary = Some(PolicySummary {
         workloads: evaluation.workloads,
         selected,
-        protected,
-        pending,
-        failed,
-        missing,
+        protected: counts.protected,
+        pending: counts.pending,
+        failed: counts.failed,
+        missing: counts.missing,
+        unreachable: Some(counts.unreachable),
         bytes_copied: evaluation.bytes_copied_total,
+        referrers: Some(evaluation.referrers_held),
     });
-    let mut missing_images: Vec<MissingImage> = evaluation
-        .images
-        .iter()
-        .filter_map(|image| {
-            let since = image.missing_since?;
-            Some(MissingImage {
-                reference: image.reference.clone(),
-                digest: image.digest.clone(),
-                since: time(since),
-                workloads: image.workloads,
-                backup_targets: image.verified_targets.iter().take(4).cloned().collect(),
-                nodes: image
-                    .nodes
-                    .iter()
-                    .take(MAX_RESTORE_LOCATIONS)
-                    .cloned()
-                    .collect(),
-            })
+    let (missing_images, total) = bounded(evaluation.images.iter().filter_map(|image| {
+        let since = image.missing_since?;
+        Some(MissingImage {
+            reference: image.reference.clone(),
+            digest: image.digest.clone(),
+            since: time(since),
+            workloads: image.workloads,
+            backup_targets: backup_targets(image),
+            nodes: nodes(image),
         })
-        .collect();
-    missing_images.sort_by(|a, b| a.reference.cmp(&b.reference));
-    let total = missing_images.len();
-    missing_images.truncate(MAX_MISSING_IMAGES);
+    }));
     status.missing_images = missing_images;
-    status.missing_images_total = (total > 0).then(|| i32::try_from(total).unwrap_or(i32::MAX));
-    (protected, pending, failed, missing)
+    status.missing_images_total = total;
+    let (unreachable_images, total) = bounded(evaluation.images.iter().filter_map(|image| {
+        let outage = image
+            .outage
+            .as_ref()
+            .filter(|_| image.missing_since.is_none())?;
+        Some(UnreachableImage {
+            reference: image.reference.clone(),
+            digest: image.digest.clone(),
+            since: time(outage.since),
+            reason: outage.reason.clone(),
+            message: shortened(&outage.message, UNREACHABLE_MESSAGE_LENGTH),
+            workloads: image.workloads,
+            backup_targets: backup_targets(image),
+            nodes: nodes(image),
+        })
+    }));
+    status.unreachable_images = unreachable_images;
+    status.unreachable_images_total = total;
+    counts
+}
+
+/// Longest `message` of an unreachable image (the CRD's bound).
+const UNREACHABLE_MESSAGE_LENGTH: usize = 512;
+
+/// Status entries sorted by reference and cut to [`MAX_MISSING_IMAGES`],
+/// with the total when there are any.
+fn bounded<T: HasReference>(entries: impl Iterator<Item = T>) -> (Vec<T>, Option<i32>) {
+    let mut entries: Vec<T> = entries.collect();
+    entries.sort_by(|a, b| a.reference().cmp(b.reference()));
+    let total = entries.len();
+    entries.truncate(MAX_MISSING_IMAGES);
+    let total = (total > 0).then(|| i32::try_from(total).unwrap_or(i32::MAX));
+    (entries, total)
+}
+
+trait HasReference {
+    fn reference(&self) -> &str;
+}
+impl HasReference for MissingImage {
+    fn reference(&self) -> &str {
+        &self.reference
+    }
+}
+impl HasReference for UnreachableImage {
+    fn reference(&self) -> &str {
+        &self.reference
+    }
+}
+
+fn backup_targets(image: &ImageState) -> Vec<String> {
+    image.verified_targets.iter().take(4).cloned().collect()
+}
+
+fn nodes(image: &ImageState) -> Vec<String> {
+    image
+        .nodes
+        .iter()
+        .take(MAX_RESTORE_LOCATIONS)
+        .cloned()
+        .collect()
+}
+
+/// `message` cut to at most `max` bytes, on a character boundary.
+fn shortened(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 /// The history (a finished run first, bounded), the last success, the
@@ -201,7 +304,12 @@ fn set_ready(
     status: &mut ImageBackupPolicyStatus,
     now: &Time,
     evaluation: &Evaluation,
-    (protected, pending, failed, _): (i32, i32, i32, i32),
+    Counts {
+        protected,
+        pending,
+        failed,
+        ..
+    }: Counts,
 ) {
     let generation = evaluation.generation;
     let selected = evaluation.images.len();
@@ -316,14 +424,15 @@ fn set_last_backup(status: &mut ImageBackupPolicyStatus, now: &Time, evaluation:
 }
 
 /// ImagesAvailable: False while any selected image is gone from its
-/// source registry.
+/// source registry (ImagesMissing), or its source cannot be reached
+/// (SourceUnreachable: an outage, said apart from a loss).
 fn set_images_available(
     status: &mut ImageBackupPolicyStatus,
     now: &Time,
     evaluation: &Evaluation,
-    (_, _, _, missing): (i32, i32, i32, i32),
+    counts: Counts,
 ) {
-    let (value, reason, message) = if missing > 0 {
+    let (value, reason, message) = if counts.missing > 0 {
         let first = status
             .missing_images
             .first()
@@ -332,7 +441,25 @@ fn set_images_available(
         (
             ConditionStatus::False,
             reasons::IMAGES_MISSING,
-            format!("{missing} images are gone from their source registry, e.g. {first}"),
+            format!(
+                "{} images are gone from their source registry, e.g. {first}",
+                counts.missing
+            ),
+        )
+    } else if counts.unreachable > 0 {
+        let first = status
+            .unreachable_images
+            .first()
+            .map_or_else(String::new, |u| {
+                format!("{} ({}: {})", u.reference, u.reason, u.message)
+            });
+        (
+            ConditionStatus::False,
+            reasons::SOURCE_UNREACHABLE,
+            format!(
+                "the source registry of {} images cannot be reached, e.g. {first}",
+                counts.unreachable
+            ),
         )
     } else {
         (
@@ -455,8 +582,17 @@ mod tests {
             verified_targets: verified.iter().map(|s| s.to_string()).collect(),
             failure: None,
             missing_since: None,
+            outage: None,
             nodes: vec![],
         }
+    }
+
+    fn outage(since: i64) -> Option<SourceOutage> {
+        Some(SourceOutage {
+            since: at(since),
+            reason: "RegistryUnavailable".into(),
+            message: "connection refused ".repeat(60),
+        })
     }
 
     fn evaluation(images: Vec<ImageState>) -> Evaluation {
@@ -474,7 +610,9 @@ mod tests {
             plan: None,
             dry_run: false,
             bytes_copied_total: 0,
+            referrers_held: 0,
             retention_only: false,
+            running: None,
         }
     }
 
@@ -590,6 +728,71 @@ mod tests {
         );
         assert_eq!(status.missing_images[0].nodes, vec!["node-2".to_owned()]);
         assert_eq!(status.missing_images_total, Some(1));
+    }
+
+    #[test]
+    fn an_outage_is_reported_apart_from_a_loss_and_ends_by_itself() {
+        let mut down = image("a", &["backup"]);
+        down.outage = outage(-30);
+        down.digest = Some("sha256:a".into());
+        down.nodes = vec!["node-1".into()];
+        let status = evaluated_status(
+            &ImageBackupPolicyStatus::default(),
+            &evaluation(vec![down.clone(), image("c", &["backup"])]),
+        );
+        assert_eq!(
+            reason(&status, types::IMAGES_AVAILABLE),
+            ("False".into(), "SourceUnreachable".into())
+        );
+        assert_eq!(
+            reason(&status, types::READY),
+            ("True".into(), "Protected".into()),
+            "an outage at the source does not make the backup unhealthy"
+        );
+        let summary = status.summary.clone().unwrap();
+        assert_eq!((summary.missing, summary.unreachable), (0, Some(1)));
+        assert!(
+            status.missing_images.is_empty(),
+            "never reported as missing"
+        );
+        let entry = &status.unreachable_images[0];
+        assert_eq!(entry.reference, "a");
+        assert_eq!(entry.reason, "RegistryUnavailable");
+        assert_eq!(entry.since, time(at(-30)));
+        assert_eq!(entry.backup_targets, vec!["backup".to_owned()]);
+        assert_eq!(entry.nodes, vec!["node-1".to_owned()]);
+        assert!(entry.message.len() <= UNREACHABLE_MESSAGE_LENGTH);
+        assert_eq!(status.unreachable_images_total, Some(1));
+
+        // The registry answers again: the entry and the reason go.
+        let back = evaluated_status(
+            &status,
+            &evaluation(vec![image("a", &["backup"]), image("c", &["backup"])]),
+        );
+        assert_eq!(
+            reason(&back, types::IMAGES_AVAILABLE),
+            ("True".into(), "AllImagesAvailable".into())
+        );
+        assert!(back.unreachable_images.is_empty());
+        assert_eq!(back.unreachable_images_total, None);
+
+        // Gone and unreachable at once: reported as missing only.
+        let mut lost = down;
+        lost.missing_since = Some(at(-60));
+        let both = evaluated_status(&status, &evaluation(vec![lost]));
+        assert_eq!(
+            reason(&both, types::IMAGES_AVAILABLE),
+            ("False".into(), "ImagesMissing".into())
+        );
+        assert!(both.unreachable_images.is_empty());
+        assert_eq!(both.summary.unwrap().unreachable, Some(0));
+    }
+
+    #[test]
+    fn shortened_messages_end_on_a_character_boundary() {
+        assert_eq!(shortened("short", 10), "short");
+        let cut = shortened(&"é".repeat(20), 10);
+        assert!(cut.len() <= 10 && cut.ends_with("..."), "{cut}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use lifeboat_api::ImageReference;
 use lifeboat_api::conditions::reasons;
 use lifeboat_api::restore::{ImageSourceRef, RestoreSourceKind, RestoredImage};
-use registry_transfer::{CopyRequest, RepositoryRef, Transfer, TransferError, deterministic_tag};
+use registry_transfer::{
+    CopyRequest, ReferrersPolicy, RepositoryRef, Transfer, TransferError, deterministic_tag,
+};
 
 use super::facts::Facts;
 use super::planning::{BackupCandidate, backup_references};
@@ -65,7 +67,8 @@ pub(super) async fn from_backup(
             }
         };
         return match copy_back(transfer, &pinned, &destination).await {
-            Ok(copied) => {
+            Ok((copied, referrers)) => {
+                image.referrers = Some(i32::try_from(referrers).unwrap_or(i32::MAX));
                 let digest = reference
                     .digest
                     .as_ref()
@@ -89,12 +92,14 @@ pub(super) async fn from_backup(
 
 /// Copies a backup back: digest-exact, under the original tag when that
 /// tag is free or already right, else under Lifeboat's deterministic tag
-/// (a tag someone moved since is left alone).
+/// (a tag someone moved since is left alone). Every signature, SBOM and
+/// attestation the backup holds for it comes along (the policy chose
+/// which at backup time). Returns the bytes and referrers copied.
 pub(super) async fn copy_back(
     transfer: &Transfer,
     backup: &ImageReference,
     destination: &ImageReference,
-) -> Result<u64, TransferError> {
+) -> Result<(u64, usize), TransferError> {
     let source = backup;
     let target = RepositoryRef::of(destination);
     let digest_tag = source
@@ -103,14 +108,17 @@ pub(super) async fn copy_back(
         .map(deterministic_tag)
         .unwrap_or_default();
     let tag = destination.tag.clone().unwrap_or(digest_tag.clone());
-    let request = CopyRequest::new(target.clone()).with_tag(tag);
+    let request = CopyRequest::new(target.clone())
+        .with_tag(tag)
+        .with_referrers(ReferrersPolicy::All);
     match transfer.copy_image(source, &request).await {
-        Ok(report) => Ok(report.bytes_copied),
+        Ok(report) => Ok((report.bytes_copied, report.referrers.len())),
         Err(TransferError::TagConflict { .. }) => {
-            let report = transfer
-                .copy_image(source, &CopyRequest::new(target).with_tag(digest_tag))
-                .await?;
-            Ok(report.bytes_copied)
+            let request = CopyRequest::new(target)
+                .with_tag(digest_tag)
+                .with_referrers(ReferrersPolicy::All);
+            let report = transfer.copy_image(source, &request).await?;
+            Ok((report.bytes_copied, report.referrers.len()))
         }
         Err(e) => Err(e),
     }

@@ -3,7 +3,8 @@
 -- Reconciling=True is Progressing, Stalled=True is Degraded, Ready=True is
 -- Healthy. Stricter than kstatus where Argo CD users want to see it: a
 -- suspended policy is Suspended, a policy whose protected images have gone
--- missing from their source registry (ImagesAvailable=False) is Degraded,
+-- missing from their source registry, or whose source registry cannot be
+-- reached (ImagesAvailable=False: ImagesMissing, SourceUnreachable), is Degraded,
 -- and Ready=False is Degraded unless the first backup is still pending.
 -- Source: config/gitops/argocd (docs/gitops.md); tested by hack/tools/lifeboat-health.
 local hs = {}
