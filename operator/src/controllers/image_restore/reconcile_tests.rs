@@ -131,29 +131,31 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
     let restore = exporting("node-a", &a);
     let restore_json = serde_json::to_value(&*restore).unwrap();
     let secret = object_names::credentials_secret_name("r", UID);
-    let (client, server) = scripted(vec![
-        // 1. node-a's Job failed: node-b (which holds it) gets the next.
-        expect(Method::GET, &format!("{JOBS}/{a}"), 200, failed_job(&a)),
-        expect(Method::GET, PODS, 200, not_on_node_pods()),
-        expect(
-            Method::GET,
-            NODES,
-            200,
-            ready_nodes(&["node-a", "node-b", "node-c"]),
-        ),
-        expect(Method::PATCH, STATUS, 200, restore_json.clone()),
-        expect(Method::POST, JOBS, 201, created_job()),
-        // 2. node-b's failed too: node-c.
-        expect(Method::GET, &format!("{JOBS}/{b}"), 200, failed_job(&b)),
-        expect(Method::GET, PODS, 200, not_on_node_pods()),
-        expect(
-            Method::GET,
-            NODES,
-            200,
-            ready_nodes(&["node-a", "node-b", "node-c"]),
-        ),
-        expect(Method::PATCH, STATUS, 200, restore_json.clone()),
-        expect(Method::POST, JOBS, 201, created_job()),
+    // A failed Job whose node lost the image: the nodes are listed, the
+    // status names the next Job, then that Job is created.
+    let moved_on = |failed: &str| {
+        [
+            expect(
+                Method::GET,
+                &format!("{JOBS}/{failed}"),
+                200,
+                failed_job(failed),
+            ),
+            expect(Method::GET, PODS, 200, not_on_node_pods()),
+            expect(
+                Method::GET,
+                NODES,
+                200,
+                ready_nodes(&["node-a", "node-b", "node-c"]),
+            ),
+            expect(Method::PATCH, STATUS, 200, restore_json.clone()),
+            expect(Method::POST, JOBS, 201, created_job()),
+        ]
+    };
+    // 1. node-a's Job failed: node-b (which holds it) gets the next;
+    // 2. node-b's failed too: node-c.
+    let mut script: Vec<_> = moved_on(&a).into_iter().chain(moved_on(&b)).collect();
+    script.extend([
         // 3. node-c's failed: the image fails, the restore ends.
         expect(Method::GET, &format!("{JOBS}/{c}"), 200, failed_job(&c)),
         expect(Method::GET, PODS, 200, not_on_node_pods()),
@@ -168,6 +170,7 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
             status_error(404, "NotFound", "not found"),
         ),
     ]);
+    let (client, server) = scripted(script);
     let controller = Arc::new(RestoreController::for_tests(client));
     // node-b and node-c said they hold it (an earlier inventory).
     let held = [(
