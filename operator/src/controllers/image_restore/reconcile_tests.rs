@@ -16,7 +16,7 @@ use crate::controllers::image_restore::RestoreController;
 use crate::controllers::image_restore::planning::{Exportable, image_argument};
 use crate::controllers::image_restore::status::{pending_image, summarize, whole_seconds};
 use crate::controllers::object_names;
-use crate::controllers::test_api::{expect, expect_event, scripted, status_error};
+use crate::controllers::test_api::{Expected, expect, expect_event, scripted, status_error};
 
 const NAMESPACE: &str = "lifeboat-system";
 const UID: &str = "uid-r";
@@ -95,6 +95,23 @@ fn not_on_node_pods() -> Value {
     })
 }
 
+/// A restore's last status write, its image's Event and its ending Event;
+/// then its credentials copy is looked up, to delete it by uid: none.
+fn restore_ends(restore: Value) -> [Expected; 4] {
+    let secret = object_names::credentials_secret_name("r", UID);
+    [
+        expect(Method::PATCH, STATUS, 200, restore),
+        expect_event(NAMESPACE),
+        expect_event(NAMESPACE),
+        expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{secret}"),
+            404,
+            status_error(404, "NotFound", "not found"),
+        ),
+    ]
+}
+
 fn ready_nodes(names: &[&str]) -> Value {
     let items: Vec<Value> = names
         .iter()
@@ -130,7 +147,6 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
     let (a, b, c) = (job_on("node-a"), job_on("node-b"), job_on("node-c"));
     let restore = exporting("node-a", &a);
     let restore_json = serde_json::to_value(&*restore).unwrap();
-    let secret = object_names::credentials_secret_name("r", UID);
     // A failed Job whose node lost the image: the nodes are listed, the
     // status names the next Job, then that Job is created.
     let moved_on = |failed: &str| {
@@ -159,17 +175,8 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
         // 3. node-c's failed: the image fails, the restore ends.
         expect(Method::GET, &format!("{JOBS}/{c}"), 200, failed_job(&c)),
         expect(Method::GET, PODS, 200, not_on_node_pods()),
-        expect(Method::PATCH, STATUS, 200, restore_json),
-        expect_event(NAMESPACE),
-        expect_event(NAMESPACE),
-        // The credentials copy is looked up (to delete it by uid): none.
-        expect(
-            Method::GET,
-            &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{secret}"),
-            404,
-            status_error(404, "NotFound", "not found"),
-        ),
     ]);
+    script.extend(restore_ends(restore_json));
     let (client, server) = scripted(script);
     let controller = Arc::new(RestoreController::for_tests(client));
     // node-b and node-c said they hold it (an earlier inventory).
@@ -267,7 +274,6 @@ async fn a_report_of_an_unknown_version_fails_the_image_with_its_own_reason() {
     let a = job_on("node-a");
     let restore = exporting("node-a", &a);
     let restore_json = serde_json::to_value(&*restore).unwrap();
-    let secret = object_names::credentials_secret_name("r", UID);
     let report = json!({"v": 99, "results": [{
         "image": argument(), "status": "Preserved", "digest": DIGEST, "bytes": 10,
     }]});
@@ -287,19 +293,12 @@ async fn a_report_of_an_unknown_version_fails_the_image_with_its_own_reason() {
         "metadata": {"name": a, "namespace": NAMESPACE},
         "status": {"conditions": [{"type": "Complete", "status": "True"}]},
     });
-    let (client, server) = scripted(vec![
+    let mut script = vec![
         expect(Method::GET, &format!("{JOBS}/{a}"), 200, complete),
         expect(Method::GET, PODS, 200, pods),
-        expect(Method::PATCH, STATUS, 200, restore_json),
-        expect_event(NAMESPACE),
-        expect_event(NAMESPACE),
-        expect(
-            Method::GET,
-            &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{secret}"),
-            404,
-            status_error(404, "NotFound", "not found"),
-        ),
-    ]);
+    ];
+    script.extend(restore_ends(restore_json));
+    let (client, server) = scripted(script);
     let controller = Arc::new(RestoreController::for_tests(client));
 
     let action = reconcile(restore, controller.clone()).await.unwrap();
