@@ -82,14 +82,20 @@ fn not_on_node_pods() -> Value {
         "image": argument(), "status": "Failed",
         "reason": "ImageNotOnNode", "message": "containerd does not hold it",
     }]});
+    export_pods("Failed", 3, &report)
+}
+
+/// The one pod of an export Job, ended in `phase` with `exit_code` and
+/// `report` as its termination message.
+fn export_pods(phase: &str, exit_code: i32, report: &Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "PodList", "metadata": {},
         "items": [{
             "metadata": {"name": "p", "namespace": NAMESPACE},
-            "status": {"phase": "Failed", "containerStatuses": [{
+            "status": {"phase": phase, "containerStatuses": [{
                 "name": "export", "image": "node-exporter", "imageID": "", "ready": false,
                 "restartCount": 0,
-                "state": {"terminated": {"exitCode": 3, "message": report.to_string()}},
+                "state": {"terminated": {"exitCode": exit_code, "message": report.to_string()}},
             }]},
         }],
     })
@@ -277,17 +283,7 @@ async fn a_report_of_an_unknown_version_fails_the_image_with_its_own_reason() {
     let report = json!({"v": 99, "results": [{
         "image": argument(), "status": "Preserved", "digest": DIGEST, "bytes": 10,
     }]});
-    let pods = json!({
-        "apiVersion": "v1", "kind": "PodList", "metadata": {},
-        "items": [{
-            "metadata": {"name": "p", "namespace": NAMESPACE},
-            "status": {"phase": "Succeeded", "containerStatuses": [{
-                "name": "export", "image": "node-exporter", "imageID": "", "ready": false,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "message": report.to_string()}},
-            }]},
-        }],
-    });
+    let pods = export_pods("Succeeded", 0, &report);
     let complete = json!({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": a, "namespace": NAMESPACE},
