@@ -781,6 +781,13 @@ pub struct MissingImage {
     #[schemars(length(max = 16), inner(length(max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub nodes: Vec<String>,
+
+    /// Signatures, SBOMs and attestations the backup holds with it (the
+    /// most any of `backupTargets` holds): what a restore from the backup
+    /// brings back with the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub referrers: Option<i32>,
 }
 
 /// A protected image whose source registry does not answer, or answers

@@ -387,6 +387,7 @@ mod status_examples {
                 workloads: 2,
                 backup_targets: vec!["primary".into()],
                 nodes: vec!["lifeboat-node-1".into()],
+                referrers: Some(2),
             }],
             missing_images_total: Some(1),
             unreachable_images: vec![UnreachableImage {

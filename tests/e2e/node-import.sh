@@ -57,22 +57,10 @@ k create namespace "$ns" >/dev/null
 on_exit "'$KUBECTL' delete namespace '$ns' --wait=false"
 
 ### Registries: killed inside this suite only, always back on exit. ##########
-registry_pid() { cat "$CLUSTER_PIDS/registry-$1.pid" 2>/dev/null; }
-registry_up() { local pid; pid="$(registry_pid "$1")"; [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; }
-kill_registry() {
-  local pid; pid="$(registry_pid "$1")"
-  kill -9 "$pid" && while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-}
-start_registry() {
-  registry_up "$1" && return 0
-  # Without the e2e lock's descriptor: a registry that inherited it would
-  # hold the lock after this suite ends, and every later suite would wait.
-  setsid docker-registry serve "$CLUSTER_DIR/registries/$1.yml" >>"$CLUSTER_LOGS/registry-$1.log" 2>&1 </dev/null {E2E_LOCK_FD}>&- &
-  echo $! >"$CLUSTER_PIDS/registry-$1.pid"
-  local url="http://$SOURCE_REGISTRY/v2/" curl_args=()
-  [[ "$1" == backup ]] && url="https://$BACKUP_REGISTRY/v2/" curl_args=(--cacert "$CLUSTER_PKI/ca.crt" -u "$BACKUP_CREDS")
-  eventually 30 curl -sf -o /dev/null "${curl_args[@]}" "$url"
-}
+# hack/cluster/registry.sh: stop is a SIGKILL (no answer at all), start waits
+# until the registry answers and leaves it without the e2e lock's descriptor.
+kill_registry() { "$REPO_ROOT/hack/cluster/registry.sh" stop "$1"; }
+start_registry() { "$REPO_ROOT/hack/cluster/registry.sh" start "$1" --wait; }
 on_exit "start_registry source; start_registry backup"
 
 ### Images of this run: content no node has ever held. ######################

@@ -190,7 +190,13 @@ pub(crate) fn image_states(
                 .filter(|t| !verified_targets.contains(t))
                 .find_map(|t| memory.failures.get(&(t.clone(), key.clone())))
                 .map(|f| (f.reason.clone(), f.message.clone()));
+            let referrers = verified_targets
+                .iter()
+                .filter_map(|t| memory.verified.get(&(t.clone(), key.clone())))
+                .map(|v| i32::try_from(v.referrers).unwrap_or(i32::MAX))
+                .max();
             ImageState {
+                referrers,
                 reference: image.reference.to_string(),
                 digest: image
                     .reference
@@ -702,7 +708,7 @@ mod tests {
             Verified {
                 digest: DIGEST.into(),
                 at: at(0),
-                referrers: 0,
+                referrers: 3,
             },
         );
         memory.failures.insert(
@@ -728,6 +734,11 @@ mod tests {
         );
         assert_eq!(states.len(), 1);
         assert_eq!(states[0].verified_targets, vec!["backup".to_owned()]);
+        assert_eq!(
+            states[0].referrers,
+            Some(3),
+            "what the backup holds with it"
+        );
         assert_eq!(
             states[0].failure,
             Some(("Unauthorized".to_owned(), "401".to_owned()))

@@ -213,6 +213,7 @@ mod tests {
                     workloads: 1,
                     backup_targets: vec![],
                     nodes: vec![],
+                    referrers: None,
                 })
                 .collect(),
             ..ImageBackupPolicyStatus::default()

@@ -30,6 +30,8 @@ pub struct ImageState {
     pub outage: Option<SourceOutage>,
     /// Nodes that run it (restore candidates).
     pub nodes: Vec<String>,
+    /// Referrers held with it, the most any verified target holds.
+    pub referrers: Option<i32>,
 }
 
 /// Everything one reconcile learned.
@@ -197,6 +199,7 @@ fn set_images(status: &mut ImageBackupPolicyStatus, evaluation: &Evaluation) -> 
             workloads: image.workloads,
             backup_targets: backup_targets(image),
             nodes: nodes(image),
+            referrers: image.referrers,
         })
     }));
     status.missing_images = missing_images;
@@ -584,6 +587,7 @@ mod tests {
             missing_since: None,
             outage: None,
             nodes: vec![],
+            referrers: None,
         }
     }
 
@@ -699,6 +703,7 @@ mod tests {
         lost.missing_since = Some(at(-60));
         lost.digest = Some("sha256:x".into());
         lost.nodes = vec!["node-2".into()];
+        lost.referrers = Some(2);
         let status = evaluated_status(
             &ImageBackupPolicyStatus::default(),
             &evaluation(vec![failed, lost, image("c", &[])]),
@@ -727,6 +732,7 @@ mod tests {
             vec!["backup".to_owned()]
         );
         assert_eq!(status.missing_images[0].nodes, vec!["node-2".to_owned()]);
+        assert_eq!(status.missing_images[0].referrers, Some(2));
         assert_eq!(status.missing_images_total, Some(1));
     }
 
