@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target for a bounded time (default 20 s each), as
+# Runs every cargo-fuzz target for a bounded time (default 10 s each), as
 # part of hack/test.sh. A crash fails the run and leaves its input in
 # <crate>/fuzz/artifacts/<target>/; turn it into a regression test.
 #
-#   hack/fuzz.sh [TARGET...]      (default: all; LIFEBOAT_FUZZ_SECONDS=20)
+#   hack/fuzz.sh [TARGET...]      (default: all; LIFEBOAT_FUZZ_SECONDS=10)
 #
 # Needs a nightly compiler for the sanitizer flags: the installed nightly
 # toolchain if rustup has one, else the stable compiler with
@@ -12,7 +12,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-seconds="${LIFEBOAT_FUZZ_SECONDS:-20}"
+seconds="${LIFEBOAT_FUZZ_SECONDS:-10}"
 "$REPO_ROOT/hack/build-cargo-fuzz.sh"
 # `cargo [+toolchain] fuzz` finds the cargo-fuzz binary on PATH.
 export PATH="$LIFEBOAT_BIN_CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION/bin:$PATH"

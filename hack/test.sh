@@ -44,7 +44,8 @@ step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warning
 step "cargo clippy --all-features" cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 step "cargo test" cargo test --workspace --no-fail-fast
 step "cargo test (operator, feature otlp)" cargo test -p lifeboat-operator --features otlp --lib --no-fail-fast
-# Parsers of remote and tenant input, 20 s per cargo-fuzz target (hack/fuzz.sh).
+# Parsers of remote and tenant input, 10 s per cargo-fuzz target (hack/fuzz.sh;
+# the corpus is cached, so coverage builds up over runs).
 step "fuzz (bounded)" hack/fuzz.sh
 # GitOps and monitoring integrations (config/gitops, config/monitoring).
 step "go test lifeboat-health (Argo CD Lua, kstatus, kube-state-metrics paths)" \
