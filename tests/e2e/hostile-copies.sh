@@ -189,6 +189,12 @@ attacks_reported() {
   [[ "$summary" == 3 ]] || { echo "failed: '$summary', want 3; $(ready_message "$attack_ns")"; return 1; }
 }
 check "the endless, 100,000-entry and 1,000-deep images fail on the attack policy" eventually 90 attacks_reported
+typed_errors_logged() {
+  local logs; logs="$(k -n lifeboat-system logs "$pod" --since=10m | grep -F "$hostile" | grep -F '"copy failed"')"
+  grep -q '"reason":"RegistryResponseTooLarge"' <<<"$logs" || { echo "no RegistryResponseTooLarge copy failure logged"; return 1; }
+  grep -q '"reason":"ImageTooComplex"' <<<"$logs" || { echo "no ImageTooComplex copy failure logged"; return 1; }
+}
+check "... with their typed errors (RegistryResponseTooLarge, ImageTooComplex) in the operator's log" typed_errors_logged
 echo "        Ready: $(ready_message "$attack_ns")"
 
 kill "$sampler" 2>/dev/null; sampler=""

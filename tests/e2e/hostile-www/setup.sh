@@ -4,6 +4,7 @@
 # status line) or a static file.
 set -e
 WWW="${WWW:-/www}"
+mkdir -p /tmp # the test image has no /tmp
 manifests() { mkdir -p "$WWW/v2/$1/app/manifests"; echo "$WWW/v2/$1/app/manifests"; }
 cgi_header='HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\r\n'
 
