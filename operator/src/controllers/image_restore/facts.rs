@@ -25,7 +25,7 @@ use super::RestoreController;
 use super::planning::{BackupCandidate, Refusal, UNSCHEDULABLE_TAINT, destination_for};
 use super::status::pending_image;
 use crate::error::OperatorError;
-use crate::registry_access::{ca_bundle, docker_config, transfer_config};
+use crate::registry_access::{ca_bundle, copy_transfer_config, docker_config};
 
 /// Everything a reconcile derives from the restore once.
 pub(super) struct Facts<'a> {
@@ -282,7 +282,18 @@ pub(super) async fn registry_engine(
             }
         }
     }
-    Ok(Transfer::new(transfer_config(), settings))
+    // Set by the admin only, as for backups (a tenant cannot widen where
+    // credentials go).
+    let config = &controller.context.config;
+    for (registry, realm) in &config.trusted_token_realms {
+        settings = settings.trust_token_realm(registry, realm);
+    }
+    // A copy back from a slow or trickling registry ends at its deadline
+    // instead of holding one of the controller's reconciles for hours.
+    Ok(Transfer::new(
+        copy_transfer_config(config.copy_deadline),
+        settings,
+    ))
 }
 
 // --- following export Jobs ---------------------------------------------------------
