@@ -143,9 +143,13 @@ restart_operator() {
 deploy_operator() { install_operator; restart_operator; }
 
 # The operator's running pod (config/operator runs one replica) and its metrics.
+# A pod being replaced by a rollout is still phase Running until it is gone:
+# it is skipped (deletionTimestamp set), or a suite would watch a pod about to
+# disappear and take its replacement for a restart.
 operator_pod() {
   k -n lifeboat-system get pods -l app.kubernetes.io/component=operator \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'
+    --field-selector=status.phase=Running -o json |
+    jq -r '[.items[] | select(.metadata.deletionTimestamp == null)][0].metadata.name // ""'
 }
 operator_metrics() { k get --raw "/api/v1/namespaces/lifeboat-system/pods/$(operator_pod):18080/proxy/metrics"; }
 
