@@ -11,6 +11,26 @@ pub struct Connection {
     pub namespace: String,
 }
 
+impl Connection {
+    /// Every object of kind `K` in the command's namespace, or in all
+    /// namespaces (`-A`).
+    pub async fn list<K>(&self, all_namespaces: bool) -> anyhow::Result<Vec<K>>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: kube::Api<K> = if all_namespaces {
+            kube::Api::all(self.client.clone())
+        } else {
+            kube::Api::namespaced(self.client.clone(), &self.namespace)
+        };
+        Ok(api.list(&kube::api::ListParams::default()).await?.items)
+    }
+}
+
 pub async fn connect(global: &Global) -> anyhow::Result<Connection> {
     let options = KubeConfigOptions {
         context: global.context.clone(),

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
-use kube::api::{Api, ListParams};
 use lifeboat_api::backup_policy::RunResult;
 use lifeboat_api::conditions::types;
 use lifeboat_api::{ImageBackupPolicy, ImageRestore};
@@ -223,19 +222,8 @@ pub fn render_table(report: &StatusReport, now: DateTime<Utc>, color: bool) -> S
 }
 
 pub async fn run(connection: &Connection, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let (policies, restores): (Api<ImageBackupPolicy>, Api<ImageRestore>) = if args.all_namespaces {
-        (
-            Api::all(connection.client.clone()),
-            Api::all(connection.client.clone()),
-        )
-    } else {
-        (
-            Api::namespaced(connection.client.clone(), &connection.namespace),
-            Api::namespaced(connection.client.clone(), &connection.namespace),
-        )
-    };
-    let policies = policies.list(&ListParams::default()).await?.items;
-    let restores = restores.list(&ListParams::default()).await?.items;
+    let policies: Vec<ImageBackupPolicy> = connection.list(args.all_namespaces).await?;
+    let restores: Vec<ImageRestore> = connection.list(args.all_namespaces).await?;
     let report = report(&policies, &restores);
     let text = match args.output {
         OutputFormat::Table => render_table(&report, Utc::now(), output::color_wanted()),

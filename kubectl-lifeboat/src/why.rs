@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt as _;
-use kube::api::{Api, ListParams};
 use lifeboat_api::ImageBackupPolicy;
 
 use crate::cli::WhyArgs;
@@ -210,19 +209,8 @@ fn list_str(items: &[&str]) -> String {
 }
 
 pub async fn run(connection: &Connection, args: &WhyArgs) -> anyhow::Result<ExitCode> {
-    let (policies, pods): (Api<ImageBackupPolicy>, Api<Pod>) = if args.all_namespaces {
-        (
-            Api::all(connection.client.clone()),
-            Api::all(connection.client.clone()),
-        )
-    } else {
-        (
-            Api::namespaced(connection.client.clone(), &connection.namespace),
-            Api::namespaced(connection.client.clone(), &connection.namespace),
-        )
-    };
-    let policies = policies.list(&ListParams::default()).await?.items;
-    let pods = pods.list(&ListParams::default()).await?.items;
+    let policies: Vec<ImageBackupPolicy> = connection.list(args.all_namespaces).await?;
+    let pods: Vec<Pod> = connection.list(args.all_namespaces).await?;
     print!(
         "{}",
         explain(
