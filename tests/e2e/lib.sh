@@ -170,9 +170,10 @@ event_reasons() {
   k -n "$1" get events --field-selector "involvedObject.name=$2${3:+,type=$3}" -o jsonpath='{.items[*].reason}'
 }
 
-# pinned_deployment NAME NODE IMAGE: the YAML of a one-replica Deployment
-# (label app=NAME, container "main") that runs IMAGE on NODE and pulls it on
-# every start, so a restarted pod asks the registry as after a node change.
+# pinned_deployment NAME NODE IMAGE [PULL-POLICY]: the YAML of a one-replica
+# Deployment (label app=NAME, container "main") that runs IMAGE on NODE and,
+# by default, pulls it on every start (Always), so a restarted pod asks the
+# registry as after a node change.
 pinned_deployment() {
   cat <<YAML
 apiVersion: apps/v1
@@ -187,7 +188,7 @@ spec:
       nodeSelector: {kubernetes.io/hostname: $2}
       terminationGracePeriodSeconds: 1
       containers:
-      - {name: main, image: "$3", imagePullPolicy: Always}
+      - {name: main, image: "$3", imagePullPolicy: ${4:-Always}}
 ---
 YAML
 }

@@ -100,23 +100,7 @@ check "the backup holds them under the same digests" \
 
 # deployment NAME NODE IMAGE: one replica of IMAGE on NODE, pulled only if not
 # present (the default for tagged images).
-deployment() {
-  cat <<YAML | k -n "$ns" apply -f - >/dev/null
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: $1}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: $1}}
-  template:
-    metadata: {labels: {app: $1}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: $2}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: main, image: "$3", imagePullPolicy: IfNotPresent}
-YAML
-}
+deployment() { pinned_deployment "$1" "$2" "$3" IfNotPresent | k -n "$ns" apply -f - >/dev/null; }
 deployment holder-small "$holder" "$SOURCE_REGISTRY/$small:1"
 deployment holder-big "$holder" "$SOURCE_REGISTRY/$big:1"
 deployment holder-multi "$holder" "$SOURCE_REGISTRY/$multi@$multi_digest"
