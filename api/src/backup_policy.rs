@@ -281,6 +281,61 @@ pub struct ImageBackupPolicySpec {
     /// Unset: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referrers: Option<Referrers>,
+
+    /// What the optional admission webhook (Helm value `admission.enabled`)
+    /// does for pods and workloads this policy selects. Without the
+    /// webhook installed it has no effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+}
+
+/// What the admission webhook does for the images a policy selects.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+pub enum AdmissionMode {
+    /// Admit, with warnings (shown by `kubectl apply`) for an image no
+    /// policy protects, one gone from or unreachable in its source (naming
+    /// where a restore could come from), or one not yet backed up.
+    #[default]
+    Warn,
+    /// As `Warn`, and a new pod waits (a few seconds, within the webhook's
+    /// timeout) for its images' backup copies to be verified; admitted
+    /// with a warning when the wait runs out. Never blocks a pod.
+    Ensure,
+    /// As `Ensure`, and denies a pod or workload whose image exists
+    /// nowhere: not in its source registry, not in a backup, on no node.
+    Enforce,
+}
+
+impl AdmissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionMode::Warn => "Warn",
+            AdmissionMode::Ensure => "Ensure",
+            AdmissionMode::Enforce => "Enforce",
+        }
+    }
+}
+
+/// The admission webhook's settings for one policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Admission {
+    /// `Warn` (when unset), `Ensure` or `Enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AdmissionMode>,
 }
 
 /// What a policy copies of the artifacts that refer to its images.
@@ -597,6 +652,14 @@ impl ImageBackupPolicySpec {
         self.restore
             .as_ref()
             .is_some_and(RestorePolicy::is_automatic)
+    }
+
+    /// The admission webhook's mode, `Warn` when unset.
+    pub fn admission_mode(&self) -> AdmissionMode {
+        self.admission
+            .as_ref()
+            .and_then(|a| a.mode)
+            .unwrap_or_default()
     }
 
     /// The selector with defaults (own namespace, all kinds) applied.

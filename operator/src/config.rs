@@ -55,6 +55,81 @@ pub struct OperatorConfig {
     pub tenant_node_access: crate::tenancy::NodeAccessAllowlist,
     /// Whether export Jobs may run on control-plane nodes.
     pub allow_control_plane_nodes: bool,
+    /// The optional admission webhook; `None` when the chart did not turn
+    /// it on (`admission.enabled`).
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// The admission webhook's settings (`LIFEBOAT_ADMISSION_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// The ValidatingWebhookConfiguration whose `caBundle` and
+    /// `namespaceSelector` the operator keeps current.
+    pub webhook_configuration: String,
+    /// The Secret (in the operator's namespace) holding the serving
+    /// certificate: `tls.crt`, `tls.key`, `ca.crt`.
+    pub secret: String,
+    /// The Service the API server calls: the certificate names
+    /// `<service>.<namespace>.svc`.
+    pub service: String,
+    /// Set when the API server calls the webhook at this address instead
+    /// of through the Service (`admission.endpoint: podIP`: the pod's IP,
+    /// for API servers that cannot reach Service IPs); the operator keeps
+    /// the configuration's `clientConfig.url` pointing at it.
+    pub url_host: Option<String>,
+    pub addr: SocketAddr,
+    /// cert-manager issues the certificate and injects the `caBundle`; the
+    /// operator only reads the Secret.
+    pub cert_manager: bool,
+    /// How long a certificate the operator issues is valid; it is renewed
+    /// when a third of that remains.
+    pub cert_validity: std::time::Duration,
+    /// How long an Ensure-mode pod waits for its images' backups.
+    pub ensure_wait: std::time::Duration,
+}
+
+impl AdmissionConfig {
+    fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        number: &impl Fn(&str, u64) -> Result<u64, OperatorError>,
+    ) -> Result<Option<AdmissionConfig>, OperatorError> {
+        let Some(webhook_configuration) =
+            get("LIFEBOAT_ADMISSION_WEBHOOK").filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let addr = get("LIFEBOAT_ADMISSION_ADDR")
+            .unwrap_or_else(|| "0.0.0.0:9443".to_owned())
+            .parse()
+            .map_err(|e| OperatorError::Config(format!("LIFEBOAT_ADMISSION_ADDR: {e}")))?;
+        let cert_manager = match get("LIFEBOAT_ADMISSION_CERT_MANAGER").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_ADMISSION_CERT_MANAGER must be true or false, not {other:?}"
+                )));
+            }
+        };
+        Ok(Some(AdmissionConfig {
+            secret: get("LIFEBOAT_ADMISSION_SECRET")
+                .unwrap_or_else(|| format!("{webhook_configuration}-tls")),
+            service: get("LIFEBOAT_ADMISSION_SERVICE")
+                .unwrap_or_else(|| webhook_configuration.clone()),
+            url_host: get("LIFEBOAT_ADMISSION_URL_HOST").filter(|s| !s.trim().is_empty()),
+            webhook_configuration,
+            addr,
+            cert_manager,
+            cert_validity: std::time::Duration::from_secs(number(
+                "LIFEBOAT_ADMISSION_CERT_VALIDITY_SECONDS",
+                365 * 24 * 3600,
+            )?),
+            ensure_wait: std::time::Duration::from_secs(number(
+                "LIFEBOAT_ADMISSION_ENSURE_WAIT_SECONDS",
+                8,
+            )?),
+        }))
+    }
 }
 
 impl OperatorConfig {
@@ -181,7 +256,9 @@ impl OperatorConfig {
             vec!["kubernetes.io/hostname".to_owned()]
         };
         let allow_control_plane_nodes = boolean("LIFEBOAT_NODE_EXPORTER_CONTROL_PLANE", false)?;
+        let admission = AdmissionConfig::from_lookup(&get, &number)?;
         Ok(OperatorConfig {
+            admission,
             service_account,
             credentials_reader_role,
             tenant_node_access: crate::tenancy::NodeAccessAllowlist {
@@ -263,6 +340,30 @@ mod tests {
             ["kubernetes.io/hostname"]
         );
         assert!(!c.allow_control_plane_nodes);
+        assert_eq!(c.admission, None);
+    }
+
+    #[test]
+    fn the_admission_webhook_from_the_environment() {
+        let c = config(&[
+            ("LIFEBOAT_ADMISSION_WEBHOOK", "lifeboat-admission"),
+            ("LIFEBOAT_ADMISSION_CERT_VALIDITY_SECONDS", "60"),
+        ])
+        .unwrap();
+        let admission = c.admission.unwrap();
+        assert_eq!(admission.secret, "lifeboat-admission-tls");
+        assert_eq!(admission.service, "lifeboat-admission");
+        assert_eq!(admission.addr.port(), 9443);
+        assert_eq!(admission.cert_validity.as_secs(), 60);
+        assert_eq!(admission.ensure_wait.as_secs(), 8);
+        assert!(!admission.cert_manager);
+        let error = config(&[
+            ("LIFEBOAT_ADMISSION_WEBHOOK", "w"),
+            ("LIFEBOAT_ADMISSION_CERT_MANAGER", "yes"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("LIFEBOAT_ADMISSION_CERT_MANAGER"), "{error}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Metrics,
     pub reporter: Reporter,
+    /// What the admission webhook reads (filled by the backup controller).
+    pub admission: std::sync::Arc<crate::admission::Board>,
 }
 
 impl Context {
@@ -34,6 +36,7 @@ impl Context {
             config,
             metrics,
             reporter,
+            admission: std::sync::Arc::default(),
         }
     }
 }

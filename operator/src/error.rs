@@ -56,6 +56,11 @@ pub enum OperatorError {
     #[error("http server: {0}")]
     Http(String),
 
+    /// The admission webhook's certificates or configuration could not be
+    /// made or kept current.
+    #[error("admission webhook: {0}")]
+    Admission(String),
+
     #[error("serializing: {0}")]
     Serialization(#[from] serde_json::Error),
 
@@ -83,6 +88,7 @@ impl OperatorError {
             OperatorError::Config(_) => "ConfigurationError",
             OperatorError::Telemetry(_) => "TelemetryError",
             OperatorError::Http(_) => "HttpServerError",
+            OperatorError::Admission(_) => "AdmissionWebhookError",
             OperatorError::Serialization(_) => "SerializationError",
             OperatorError::Panic { .. } => "Panic",
             OperatorError::InvalidObject { .. } => "InvalidObject",
@@ -102,6 +108,7 @@ impl OperatorError {
             OperatorError::Config(_) => "configuration",
             OperatorError::Telemetry(_) => "telemetry",
             OperatorError::Http(_) => "http_server",
+            OperatorError::Admission(_) => "admission_webhook",
             OperatorError::Serialization(_) => "serialization",
             OperatorError::Panic { .. } => "panic",
             OperatorError::InvalidObject { .. } => "invalid_object",
@@ -178,6 +185,7 @@ mod tests {
             OperatorError::Config("x".into()),
             OperatorError::Telemetry("x".into()),
             OperatorError::Http("x".into()),
+            OperatorError::Admission("x".into()),
             OperatorError::Panic {
                 message: "x".into(),
             },

@@ -1,5 +1,6 @@
 //! The Lifeboat operator: reconciles ImageBackupPolicies and ImageRestores.
 //!
+//! - `admission`: the optional validating admission webhook;
 //! - `config`, `context`: what the process is given and what reconciles share;
 //! - `registry_access`: credentials, CA bundles and engine settings for registries;
 //! - `leader`: Lease-based leader election (pure decision + thin IO loop);
@@ -13,6 +14,7 @@
 // longer one is split, or says above its `#[allow]` why it is not.
 #![warn(clippy::too_many_lines)]
 
+pub mod admission;
 pub mod config;
 pub mod context;
 pub mod controllers;

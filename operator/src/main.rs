@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let admission = config.admission.is_some();
     let context = Arc::new(Context::new(client, config, metrics));
     health.set_ready(true);
     info!("leading: starting controllers");
@@ -84,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
             error!("http server stopped");
             result.context("http server task")?.context("http server")?;
         }
-        _ = lifeboat_operator::controllers::run(context) => {}
+        _ = lifeboat_operator::controllers::run(context.clone()) => {}
+        () = lifeboat_operator::admission::run(context), if admission => {
+            error!("admission webhook stopped");
+        }
         _ = leadership.lost(), if elector.is_some() => {
             // Exit rather than risk two leaders: the write fence already
             // refuses every write, and Kubernetes restarts the container

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub restore_duration: Histogram<f64>,
     pub copy_queue_depth: Gauge<u64>,
     pub copies_cancelled: Counter<u64>,
+    /// Admission reviews answered, by mode and verdict.
+    pub admissions: Counter<u64>,
+    pub admission_duration: Histogram<f64>,
 }
 
 impl Metrics {
@@ -170,6 +173,20 @@ impl Metrics {
                 .with_unit("s")
                 .with_boundaries(duration_buckets)
                 .with_description("Time from an ImageRestore's start to its completion")
+                .build(),
+            admissions: meter
+                .u64_counter("lifeboat_admissions")
+                .with_description(
+                    "Admission reviews answered, by mode (Warn, Ensure, Enforce, none) and verdict (allowed, warned, waited, denied, invalid)",
+                )
+                .build(),
+            admission_duration: meter
+                .f64_histogram("lifeboat_admission_duration")
+                .with_unit("s")
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .with_description("Time to answer one admission review, by mode")
                 .build(),
             _provider: provider,
         })

@@ -103,3 +103,8 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- join "," $items -}}
 {{- end -}}
+
+{{/* The admission webhook's Service, configuration and Secret share one name. */}}
+{{- define "lifeboat.admissionName" -}}
+{{- printf "%s-admission" (include "lifeboat.operatorName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

@@ -10,7 +10,7 @@
 //! - [`publish`]: Events, bounded, never a reconcile error;
 //! - `after_error` and `log_outcome`: what happens after a reconcile.
 
-mod backup_policy;
+pub(crate) mod backup_policy;
 mod image_restore;
 pub mod lenient_watch;
 pub mod object_names;

@@ -225,6 +225,24 @@ impl<'a> Filters<'a> {
         images: &'a ImageMatcher,
         snapshot: &ClusterSnapshot,
     ) -> Result<Self, SelectorError> {
+        let namespace_labels = snapshot
+            .namespaces
+            .iter()
+            .filter_map(|ns| {
+                Some((
+                    ns.metadata.name.clone()?,
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Filters::with_namespace_labels(scope, images, namespace_labels)
+    }
+
+    fn with_namespace_labels(
+        scope: &'a Scope,
+        images: &'a ImageMatcher,
+        namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    ) -> Result<Self, SelectorError> {
         let compile =
             |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
              what: &str| {
@@ -249,16 +267,7 @@ impl<'a> Filters<'a> {
                 .into_iter()
                 .collect(),
             images,
-            namespace_labels: snapshot
-                .namespaces
-                .iter()
-                .filter_map(|ns| {
-                    Some((
-                        ns.metadata.name.clone()?,
-                        ns.metadata.labels.clone().unwrap_or_default(),
-                    ))
-                })
-                .collect(),
+            namespace_labels,
         })
     }
 
@@ -298,6 +307,44 @@ impl<'a> Filters<'a> {
             None => true,
             Some(sel) => sel.matches(labels.unwrap_or(&BTreeMap::new())),
         }
+    }
+}
+
+/// A policy's selection rules, compiled once, for questions about single
+/// objects (the admission webhook's): the same rules discovery applies.
+pub struct Selection<'a> {
+    filters: Filters<'a>,
+}
+
+impl<'a> Selection<'a> {
+    /// `namespace_labels`: the labels of the namespaces to be asked about.
+    pub fn new(
+        scope: &'a Scope,
+        images: &'a ImageMatcher,
+        namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    ) -> Result<Self, SelectorError> {
+        Ok(Selection {
+            filters: Filters::with_namespace_labels(scope, images, namespace_labels)?,
+        })
+    }
+
+    /// Whether the policy looks at workloads in `namespace` at all.
+    pub fn namespace(&self, namespace: &str) -> bool {
+        self.filters.namespace_selected(namespace)
+    }
+
+    /// Whether the policy protects `image` of a workload of `kind` with
+    /// `labels` (for a pod owned by a workload: the owner's kind and labels).
+    pub fn selects(
+        &self,
+        namespace: &str,
+        kind: WorkloadKind,
+        labels: Option<&BTreeMap<String, String>>,
+        image: &ImageReference,
+    ) -> bool {
+        self.filters.namespace_selected(namespace)
+            && self.filters.workload_selected(kind, labels)
+            && self.filters.images.matches(image)
     }
 }
 

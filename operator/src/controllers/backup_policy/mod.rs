@@ -11,13 +11,14 @@
 //! is pure and unit-tested; `memory` is what reconciles of a policy learn.
 
 mod act;
-mod caches;
+pub(crate) mod caches;
 mod decide;
-mod discovery;
+pub(crate) mod discovery;
 mod events;
 mod facts;
 mod memory;
 mod plan;
+mod published;
 mod reconcile;
 mod registry;
 mod restore_link;
@@ -109,6 +110,7 @@ impl BackupController {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| live.contains(key));
         self.written.retain_live(&live);
+        self.context.admission.retain(&live);
         self.copies.forget_except(&live);
     }
 }
@@ -150,6 +152,10 @@ pub(crate) async fn run(context: Arc<Context>) {
         watcher::Config::default().any_semantic(),
     );
     let _ = controller.policies.set(store.clone());
+    controller
+        .context
+        .admission
+        .attach(controller.caches.clone(), store.clone());
     let existing = store.clone();
     controller
         .context

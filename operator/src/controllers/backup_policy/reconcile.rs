@@ -115,6 +115,18 @@ async fn reconcile_with(
         &previous,
     );
     let mut status = evaluated_status(&acted.known_status, &evaluation);
+    // What the admission webhook answers from (nothing reads it without one).
+    if context.config.admission.is_some() {
+        context.admission.publish(
+            policy.metadata.uid.as_deref().unwrap_or_default(),
+            super::published::published(
+                &facts.inventory,
+                &evaluation.images,
+                &plan.target_names,
+                facts.transfer.clone(),
+            ),
+        );
+    }
     // Automatic restores act on the new status (the images it reports
     // missing) and report back into it.
     let restore_deferred =

@@ -1,0 +1,365 @@
+//! One admission review: gather the facts (which policies select the
+//! object and each image, what they published), decide (`decide::verdict`),
+//! and in the two modes that need more, wait for the backup (Ensure) or ask
+//! the image's source once (Enforce). Every answer admits unless Enforce
+//! found an image that exists nowhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt as _;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::ObjectRef;
+use lifeboat_api::backup_policy::{AdmissionMode, WorkloadKind};
+use lifeboat_api::patterns::ImageMatcher;
+use lifeboat_api::{ImageBackupPolicy, ImageReference};
+use opentelemetry::KeyValue;
+use tracing::{debug, warn};
+
+use super::decide::{self, Asked, Covering, ImageQuestion, SourceAnswer, Verdict};
+use super::review::{self, Admitted};
+use super::{Board, Published};
+use crate::context::Context;
+use crate::controllers::backup_policy::caches::Caches;
+use crate::controllers::backup_policy::discovery::{Scope, Selection};
+
+/// How long Enforce waits for a source registry's answer.
+const SOURCE_QUESTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The JSON answer to a review's JSON body.
+pub(crate) async fn answer(context: &Context, body: &[u8]) -> Vec<u8> {
+    let started = Instant::now();
+    let review: Result<AdmissionReview<DynamicObject>, _> = serde_json::from_slice(body);
+    let request: Option<AdmissionRequest<DynamicObject>> =
+        review.ok().and_then(|r| r.try_into().ok());
+    let Some(request) = request else {
+        count(context, None, "invalid", started);
+        return serialize(AdmissionResponse::invalid("not an AdmissionReview").into_review());
+    };
+    let response = AdmissionResponse::from(&request);
+    let admitted = request.object.as_ref().and_then(|object| {
+        review::admitted(
+            &request.kind.kind,
+            request.namespace.as_deref().unwrap_or_default(),
+            object,
+        )
+    });
+    let Some(admitted) = admitted.filter(|a| !a.images.is_empty()) else {
+        count(context, None, "allowed", started);
+        return serialize(response.into_review());
+    };
+    let (verdict, waited) = judge(context, &admitted).await;
+    let mut response = response;
+    if !verdict.warnings.is_empty() {
+        response.warnings = Some(verdict.warnings.clone());
+    }
+    if let Some(denial) = &verdict.denial {
+        response = response.deny(denial);
+    }
+    debug!(namespace = %admitted.namespace, kind = admitted.kind.as_str(), verdict = verdict.label(waited), "admission review");
+    count(context, verdict.mode, verdict.label(waited), started);
+    serialize(response.into_review())
+}
+
+fn serialize(review: AdmissionReview<DynamicObject>) -> Vec<u8> {
+    serde_json::to_vec(&review).unwrap_or_default()
+}
+
+fn count(context: &Context, mode: Option<AdmissionMode>, verdict: &'static str, started: Instant) {
+    let mode = mode.map_or("none", AdmissionMode::as_str);
+    let metrics = &context.metrics;
+    metrics.admissions.add(
+        1,
+        &[
+            KeyValue::new("mode", mode),
+            KeyValue::new("verdict", verdict),
+        ],
+    );
+    metrics.admission_duration.record(
+        started.elapsed().as_secs_f64(),
+        &[KeyValue::new("mode", mode)],
+    );
+}
+
+/// The verdict, after the Ensure wait if one was needed (and whether it ran out).
+async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
+    let board = &context.admission;
+    let covering = covering_policies(context, admitted);
+    let mut sources: HashMap<String, SourceAnswer> = HashMap::new();
+    let mut verdict = evaluate(board, admitted, &covering, &sources, None);
+    if !verdict.ask_source.is_empty() {
+        for image in verdict.ask_source.clone() {
+            let answer = ask_source(board, &covering, &image).await;
+            sources.insert(image, answer);
+        }
+        verdict = evaluate(board, admitted, &covering, &sources, None);
+    }
+    if verdict.wait_for.is_empty() || verdict.denial.is_some() {
+        return (verdict, false);
+    }
+    let wait = context
+        .config
+        .admission
+        .as_ref()
+        .map_or(Duration::from_secs(8), |c| c.ensure_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = board.subscribe();
+    loop {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {
+                verdict = evaluate(board, admitted, &covering, &sources, None);
+                if verdict.wait_for.is_empty() {
+                    return (verdict, false);
+                }
+            }
+            // The wait ran out (or the board went away): admit with a warning.
+            Ok(Err(_)) | Err(_) => {
+                let verdict = evaluate(board, admitted, &covering, &sources, Some(wait.as_secs()));
+                return (verdict, true);
+            }
+        }
+    }
+}
+
+/// A policy that selects the object, and which of its images.
+struct Selecting {
+    policy: String,
+    uid: String,
+    mode: AdmissionMode,
+    /// Indexes into `admitted.images`.
+    images: Vec<usize>,
+}
+
+/// The policies that select the admitted object, each with the images it
+/// selects (the same rules discovery applies).
+fn covering_policies(context: &Context, admitted: &Admitted) -> Vec<Selecting> {
+    let board = &context.admission;
+    let caches = board.caches();
+    let (kind, labels) = workload_of(admitted, caches);
+    let namespace_labels: HashMap<String, BTreeMap<String, String>> = caches
+        .and_then(|c| {
+            c.namespaces
+                .get(&ObjectRef::new(&admitted.namespace))
+                .map(|ns| (admitted.namespace.clone(), ns.labels().clone()))
+        })
+        .into_iter()
+        .collect();
+    let references: Vec<Option<ImageReference>> = admitted
+        .images
+        .iter()
+        .map(|i| ImageReference::parse(i).ok())
+        .collect();
+    let mut selecting = Vec::new();
+    for policy in board.policies() {
+        let Some(found) = policy_selects(
+            context,
+            &policy,
+            admitted,
+            kind,
+            &labels,
+            &namespace_labels,
+            &references,
+        ) else {
+            continue;
+        };
+        selecting.push(found);
+    }
+    selecting
+}
+
+fn policy_selects(
+    context: &Context,
+    policy: &ImageBackupPolicy,
+    admitted: &Admitted,
+    kind: WorkloadKind,
+    labels: &BTreeMap<String, String>,
+    namespace_labels: &HashMap<String, BTreeMap<String, String>>,
+    references: &[Option<ImageReference>],
+) -> Option<Selecting> {
+    let selector = policy.spec.effective_selector();
+    let matcher = ImageMatcher::compile(selector.images.as_ref()).ok()?;
+    let policy_namespace = policy.namespace().unwrap_or_default();
+    let scope = Scope::for_policy(&policy_namespace, &context.config.namespace, selector);
+    let selection = Selection::new(&scope, &matcher, namespace_labels.clone()).ok()?;
+    if !selection.namespace(&admitted.namespace) {
+        return None;
+    }
+    let images: Vec<usize> = references
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.as_ref()
+                .is_some_and(|r| selection.selects(&admitted.namespace, kind, Some(labels), r))
+        })
+        .map(|(index, _)| index)
+        .collect();
+    (!images.is_empty()).then(|| Selecting {
+        policy: format!("{policy_namespace}/{}", policy.name_any()),
+        uid: policy.uid().unwrap_or_default(),
+        mode: policy.spec.admission_mode(),
+        images,
+    })
+}
+
+/// The verdict from the board as it is now.
+fn evaluate(
+    board: &Board,
+    admitted: &Admitted,
+    selecting: &[Selecting],
+    sources: &HashMap<String, SourceAnswer>,
+    waited_out: Option<u64>,
+) -> Verdict {
+    let empty = Arc::new(Published {
+        target_names: Vec::new(),
+        images: Vec::new(),
+        transfer: None,
+    });
+    let published: Vec<Arc<Published>> = selecting
+        .iter()
+        .map(|s| board.published(&s.uid).unwrap_or_else(|| empty.clone()))
+        .collect();
+    let questions: Vec<ImageQuestion<'_>> = admitted
+        .images
+        .iter()
+        .enumerate()
+        .filter_map(|(index, image)| {
+            let reference = ImageReference::parse(image).ok()?;
+            let covering = selecting
+                .iter()
+                .zip(&published)
+                .filter(|(s, _)| s.images.contains(&index))
+                .map(|(s, p)| Covering {
+                    policy: s.policy.clone(),
+                    mode: s.mode,
+                    target_names: &p.target_names,
+                    facts: &p.images,
+                })
+                .collect();
+            Some(ImageQuestion {
+                image: image.clone(),
+                reference,
+                covering,
+                source: sources.get(image).cloned(),
+            })
+        })
+        .collect();
+    decide::verdict(
+        Asked {
+            namespace: &admitted.namespace,
+            is_pod: admitted.kind == WorkloadKind::Pod,
+            waited_out,
+        },
+        &questions,
+    )
+}
+
+/// Enforce's one question: does the source registry hold the image? Asked
+/// with the credentials of the first selecting policy that has an engine.
+async fn ask_source(board: &Board, selecting: &[Selecting], image: &str) -> SourceAnswer {
+    let Ok(reference) = ImageReference::parse(image) else {
+        return SourceAnswer::Unknown("unparsable reference".into());
+    };
+    let transfer = selecting
+        .iter()
+        .filter_map(|s| board.published(&s.uid))
+        .find_map(|p| p.transfer.clone());
+    let Some(transfer) = transfer else {
+        return SourceAnswer::Unknown("the policy has not been reconciled yet".into());
+    };
+    match tokio::time::timeout(
+        SOURCE_QUESTION_TIMEOUT,
+        transfer.manifest_digest(&reference),
+    )
+    .await
+    {
+        Ok(Ok(Some(_))) => SourceAnswer::Present,
+        Ok(Ok(None)) => SourceAnswer::Absent,
+        Ok(Err(e)) => {
+            warn!(image, error = %e, "admission: asking the source registry");
+            SourceAnswer::Unknown(e.reason().to_owned())
+        }
+        Err(_) => SourceAnswer::Unknown(format!(
+            "no answer within {} s",
+            SOURCE_QUESTION_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn key<K: kube::Resource<DynamicType = ()>>(name: &str, namespace: &str) -> ObjectRef<K> {
+    ObjectRef::new(name).within(namespace)
+}
+
+/// The kind and labels policies select the object by: a pod owned by a
+/// workload is selected by its top-level owner's (as discovery does),
+/// looked up in the controller's caches; an owner not cached yet falls
+/// back to the pod's own labels under the owner's kind.
+fn workload_of(
+    admitted: &Admitted,
+    caches: Option<&Caches>,
+) -> (WorkloadKind, BTreeMap<String, String>) {
+    let own = (admitted.kind, admitted.labels.clone());
+    if admitted.kind != WorkloadKind::Pod {
+        return own;
+    }
+    let Some((owner_kind, owner_name)) = &admitted.owner else {
+        return own;
+    };
+    let namespace = admitted.namespace.as_str();
+    let fallback = |kind| (kind, admitted.labels.clone());
+    let Some(caches) = caches else {
+        return match owner_kind.as_str() {
+            "ReplicaSet" => fallback(WorkloadKind::ReplicaSet),
+            _ => own,
+        };
+    };
+    let controller_of = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.clone(), o.name.clone()))
+    };
+    match owner_kind.as_str() {
+        "ReplicaSet" => match caches.replica_sets.get(&key(owner_name, namespace)) {
+            None => fallback(WorkloadKind::ReplicaSet),
+            Some(rs) => match controller_of(&rs.metadata) {
+                Some((kind, name)) if kind == "Deployment" => {
+                    match caches.deployments.get(&key(&name, namespace)) {
+                        Some(d) => (WorkloadKind::Deployment, d.labels().clone()),
+                        None => fallback(WorkloadKind::Deployment),
+                    }
+                }
+                _ => (WorkloadKind::ReplicaSet, rs.labels().clone()),
+            },
+        },
+        "Job" => match caches.jobs.get(&key(owner_name, namespace)) {
+            None => fallback(WorkloadKind::Job),
+            Some(job) => match controller_of(&job.metadata) {
+                Some((kind, name)) if kind == "CronJob" => {
+                    match caches.cron_jobs.get(&key(&name, namespace)) {
+                        Some(c) => (WorkloadKind::CronJob, c.labels().clone()),
+                        None => fallback(WorkloadKind::CronJob),
+                    }
+                }
+                _ => (WorkloadKind::Job, job.labels().clone()),
+            },
+        },
+        "StatefulSet" => caches
+            .stateful_sets
+            .get(&key(owner_name, namespace))
+            .map_or_else(
+                || fallback(WorkloadKind::StatefulSet),
+                |s| (WorkloadKind::StatefulSet, s.labels().clone()),
+            ),
+        "DaemonSet" => caches
+            .daemon_sets
+            .get(&key(owner_name, namespace))
+            .map_or_else(
+                || fallback(WorkloadKind::DaemonSet),
+                |d| (WorkloadKind::DaemonSet, d.labels().clone()),
+            ),
+        _ => own,
+    }
+}
