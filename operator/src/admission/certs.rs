@@ -535,6 +535,63 @@ mod tests {
         );
     }
 
+    /// A TLS handshake, as the API server makes it, against a server that
+    /// serves `served`, from a client that trusts `bundle_pem`.
+    async fn handshake(served: &Issued, bundle_pem: &str) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = Arc::new(CurrentCertificate::default());
+        resolver.set(certified_key(&served.cert_pem, &served.key_pem).map_err(|e| e.to_string())?);
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = ServerName::try_from("lifeboat-admission.lifeboat-system.svc")
+            .map_err(|e| e.to_string())?;
+        let (served, connected) = tokio::join!(
+            acceptor.accept(server_io),
+            connector.connect(name, client_io)
+        );
+        connected.map_err(|e| e.to_string())?;
+        served.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The order renewal relies on: once the bundle holds the new CA and
+    /// the old, the API server accepts the old certificate (still served
+    /// until the switch) and the new one; a client that only knows the old
+    /// CA would refuse the new certificate, which is why the bundle is
+    /// written first.
+    #[tokio::test]
+    async fn after_renewal_the_bundle_verifies_the_old_and_the_new_certificate() {
+        let first = issue(names(), Utc::now(), Duration::from_secs(300), None).unwrap();
+        let second = issue(names(), Utc::now(), Duration::from_secs(300), Some(&first)).unwrap();
+        handshake(&first, &first.bundle_pem).await.unwrap();
+        handshake(&first, &second.bundle_pem).await.unwrap();
+        handshake(&second, &second.bundle_pem).await.unwrap();
+        let refused = handshake(&second, &first.bundle_pem).await;
+        assert!(
+            refused.is_err(),
+            "a client with only the old CA trusted the new certificate"
+        );
+    }
+
     #[test]
     fn the_secret_round_trips_and_the_key_loads_into_rustls() {
         let issued = issue(names(), at(0), Duration::from_secs(300), None).unwrap();

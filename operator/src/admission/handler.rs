@@ -86,7 +86,9 @@ fn count(context: &Context, mode: Option<AdmissionMode>, verdict: &'static str, 
 /// The verdict, after the Ensure wait if one was needed (and whether it ran out).
 async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
     let board = &context.admission;
-    let covering = covering_policies(context, admitted);
+    // Before the first look: a publish after it must wake the wait.
+    let mut changes = board.subscribe();
+    let covering = covering_policies(context, admitted).await;
     let mut sources: HashMap<String, SourceAnswer> = HashMap::new();
     let mut verdict = evaluate(board, admitted, &covering, &sources, None);
     if !verdict.ask_source.is_empty() {
@@ -105,7 +107,6 @@ async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
         .as_ref()
         .map_or(Duration::from_secs(8), |c| c.ensure_wait);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = board.subscribe();
     loop {
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {
@@ -134,10 +135,13 @@ struct Selecting {
 
 /// The policies that select the admitted object, each with the images it
 /// selects (the same rules discovery applies).
-fn covering_policies(context: &Context, admitted: &Admitted) -> Vec<Selecting> {
+async fn covering_policies(context: &Context, admitted: &Admitted) -> Vec<Selecting> {
     let board = &context.admission;
     let caches = board.caches();
-    let (kind, labels) = workload_of(admitted, caches);
+    let (kind, labels) = match workload_of(admitted, caches) {
+        Owner::Known(kind, labels) => (kind, labels),
+        Owner::NotCached(kind) => owner_from_api(context, admitted, kind).await,
+    };
     let namespace_labels: HashMap<String, BTreeMap<String, String>> = caches
         .and_then(|c| {
             c.namespaces
@@ -291,75 +295,136 @@ fn key<K: kube::Resource<DynamicType = ()>>(name: &str, namespace: &str) -> Obje
     ObjectRef::new(name).within(namespace)
 }
 
+/// Whose kind and labels select a pod: known from the caches, or an owner
+/// the caches have not seen yet (a ReplicaSet created a moment ago).
+enum Owner {
+    Known(WorkloadKind, BTreeMap<String, String>),
+    NotCached(WorkloadKind),
+}
+
+fn controller_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(String, String)> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| (o.kind.clone(), o.name.clone()))
+}
+
 /// The kind and labels policies select the object by: a pod owned by a
 /// workload is selected by its top-level owner's (as discovery does),
-/// looked up in the controller's caches; an owner not cached yet falls
-/// back to the pod's own labels under the owner's kind.
-fn workload_of(
-    admitted: &Admitted,
-    caches: Option<&Caches>,
-) -> (WorkloadKind, BTreeMap<String, String>) {
-    let own = (admitted.kind, admitted.labels.clone());
+/// looked up in the controller's caches.
+fn workload_of(admitted: &Admitted, caches: Option<&Caches>) -> Owner {
+    let own = Owner::Known(admitted.kind, admitted.labels.clone());
     if admitted.kind != WorkloadKind::Pod {
         return own;
     }
-    let Some((owner_kind, owner_name)) = &admitted.owner else {
+    let (Some((owner_kind, owner_name)), Some(caches)) = (&admitted.owner, caches) else {
         return own;
     };
     let namespace = admitted.namespace.as_str();
-    let fallback = |kind| (kind, admitted.labels.clone());
-    let Some(caches) = caches else {
-        return match owner_kind.as_str() {
-            "ReplicaSet" => fallback(WorkloadKind::ReplicaSet),
-            _ => own,
-        };
-    };
-    let controller_of = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| (o.kind.clone(), o.name.clone()))
-    };
     match owner_kind.as_str() {
         "ReplicaSet" => match caches.replica_sets.get(&key(owner_name, namespace)) {
-            None => fallback(WorkloadKind::ReplicaSet),
+            None => Owner::NotCached(WorkloadKind::ReplicaSet),
             Some(rs) => match controller_of(&rs.metadata) {
                 Some((kind, name)) if kind == "Deployment" => {
                     match caches.deployments.get(&key(&name, namespace)) {
-                        Some(d) => (WorkloadKind::Deployment, d.labels().clone()),
-                        None => fallback(WorkloadKind::Deployment),
+                        Some(d) => Owner::Known(WorkloadKind::Deployment, d.labels().clone()),
+                        None => Owner::NotCached(WorkloadKind::Deployment),
                     }
                 }
-                _ => (WorkloadKind::ReplicaSet, rs.labels().clone()),
+                _ => Owner::Known(WorkloadKind::ReplicaSet, rs.labels().clone()),
             },
         },
         "Job" => match caches.jobs.get(&key(owner_name, namespace)) {
-            None => fallback(WorkloadKind::Job),
+            None => Owner::NotCached(WorkloadKind::Job),
             Some(job) => match controller_of(&job.metadata) {
                 Some((kind, name)) if kind == "CronJob" => {
                     match caches.cron_jobs.get(&key(&name, namespace)) {
-                        Some(c) => (WorkloadKind::CronJob, c.labels().clone()),
-                        None => fallback(WorkloadKind::CronJob),
+                        Some(c) => Owner::Known(WorkloadKind::CronJob, c.labels().clone()),
+                        None => Owner::NotCached(WorkloadKind::CronJob),
                     }
                 }
-                _ => (WorkloadKind::Job, job.labels().clone()),
+                _ => Owner::Known(WorkloadKind::Job, job.labels().clone()),
             },
         },
         "StatefulSet" => caches
             .stateful_sets
             .get(&key(owner_name, namespace))
-            .map_or_else(
-                || fallback(WorkloadKind::StatefulSet),
-                |s| (WorkloadKind::StatefulSet, s.labels().clone()),
-            ),
+            .map_or(Owner::NotCached(WorkloadKind::StatefulSet), |s| {
+                Owner::Known(WorkloadKind::StatefulSet, s.labels().clone())
+            }),
         "DaemonSet" => caches
             .daemon_sets
             .get(&key(owner_name, namespace))
-            .map_or_else(
-                || fallback(WorkloadKind::DaemonSet),
-                |d| (WorkloadKind::DaemonSet, d.labels().clone()),
-            ),
+            .map_or(Owner::NotCached(WorkloadKind::DaemonSet), |d| {
+                Owner::Known(WorkloadKind::DaemonSet, d.labels().clone())
+            }),
         _ => own,
+    }
+}
+
+/// One object by name through a list (the operator may list and watch
+/// workloads, not get them).
+async fn list_one<K>(context: &Context, namespace: &str, name: &str) -> Option<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(context.client.clone(), namespace);
+    let params = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    api.list(&params).await.ok()?.items.into_iter().next()
+}
+
+/// The owner the caches have not seen yet, read from the API server (a
+/// pod a new ReplicaSet creates is often admitted before the watch brings
+/// that ReplicaSet); the pod's own labels if even that fails.
+async fn owner_from_api(
+    context: &Context,
+    admitted: &Admitted,
+    kind: WorkloadKind,
+) -> (WorkloadKind, BTreeMap<String, String>) {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let namespace = admitted.namespace.as_str();
+    let fallback = (kind, admitted.labels.clone());
+    let Some((owner_kind, owner_name)) = &admitted.owner else {
+        return fallback;
+    };
+    let top = match owner_kind.as_str() {
+        "ReplicaSet" => list_one::<ReplicaSet>(context, namespace, owner_name)
+            .await
+            .map(|rs| {
+                (
+                    controller_of(&rs.metadata),
+                    WorkloadKind::ReplicaSet,
+                    rs.labels().clone(),
+                )
+            }),
+        "Job" => list_one::<Job>(context, namespace, owner_name)
+            .await
+            .map(|job| {
+                (
+                    controller_of(&job.metadata),
+                    WorkloadKind::Job,
+                    job.labels().clone(),
+                )
+            }),
+        _ => None,
+    };
+    let Some((controller, own_kind, own_labels)) = top else {
+        return fallback;
+    };
+    match controller {
+        Some((k, name)) if k == "Deployment" => list_one::<Deployment>(context, namespace, &name)
+            .await
+            .map_or(fallback, |d| (WorkloadKind::Deployment, d.labels().clone())),
+        Some((k, name)) if k == "CronJob" => list_one::<CronJob>(context, namespace, &name)
+            .await
+            .map_or(fallback, |c| (WorkloadKind::CronJob, c.labels().clone())),
+        _ => (own_kind, own_labels),
     }
 }
