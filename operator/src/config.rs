@@ -89,7 +89,7 @@ pub struct AdmissionConfig {
 }
 
 impl AdmissionConfig {
-    fn from_lookup(
+    pub(crate) fn from_lookup(
         get: &impl Fn(&str) -> Option<String>,
         number: &impl Fn(&str, u64) -> Result<u64, OperatorError>,
     ) -> Result<Option<AdmissionConfig>, OperatorError> {

@@ -49,6 +49,8 @@ install_operator
 apply_admission() { admission_manifests | k apply -f - >/dev/null; }
 check "the operator with the webhook applies" apply_admission
 restart_operator
+# Nothing below means anything without the webhook.
+((E2E_FAILED == 0)) || { summary admission; exit 1; }
 
 # A Deployment NAME with workload label guard=GUARD running IMAGE (on the
 # first node, pulled once).
@@ -100,7 +102,8 @@ policies_ready() {
   for p in warn ensure enforce; do condition_is "$ns" "ibp/$p" Ready "True Protected" >/dev/null || return 1; done
 }
 check "the three policies are ready" eventually 30 policies_ready
-first_not_after="$(k -n lifeboat-system get secret "$webhook-tls" -o jsonpath='{.metadata.annotations.lifeboat\.dev/not-after}')"
+first_not_after="$(k -n lifeboat-system get secret "$webhook-tls" -o jsonpath='{.metadata.annotations.lifeboat\.dev/not-after}' || true)"
+check "the operator wrote its serving certificate into a Secret" test -n "$first_not_after"
 
 # --- warn: the image lost from its source starts first (its loss takes a check) -----
 check "a Deployment of the soon-lost image applies" apply_guarded lost warn "$SOURCE_REGISTRY/$lost_repo:0.9"
@@ -133,6 +136,14 @@ denied() {
   grep -q "image $SOURCE_REGISTRY/$nowhere_repo:1 exists nowhere" <<<"$out" && grep -q "Push the image" <<<"$out" || { echo "$out"; return 1; }
 }
 check "enforce: an image that exists nowhere is denied, saying what to do" denied
+admission_metrics() {
+  local metrics; metrics="$(operator_metrics)"
+  grep -E '^lifeboat_admissions_total\{.*mode="Enforce".*verdict="denied".*\} [1-9]' <<<"$metrics" &&
+    grep -E '^lifeboat_admissions_total\{.*mode="none".*verdict="warned".*\} [1-9]' <<<"$metrics" &&
+    grep -E '^lifeboat_admission_duration_seconds_count\{.*mode="Enforce".*\} [1-9]' <<<"$metrics" ||
+    { grep '^lifeboat_admission' <<<"$metrics"; return 1; }
+}
+check "metrics count the denial and the warning, and time them" admission_metrics
 check "enforce: the image is pushed" source_copy demo/web:1.0 "$nowhere_repo:1"
 check "enforce: the same manifest is admitted once the image exists" apply_guarded nowhere enforce "$SOURCE_REGISTRY/$nowhere_repo:1"
 

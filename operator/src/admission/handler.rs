@@ -428,3 +428,121 @@ async fn owner_from_api(
         _ => (own_kind, own_labels),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::test_api::scripted;
+
+    fn context(namespace_policies: &[(&str, serde_json::Value)]) -> (Arc<Context>, Vec<String>) {
+        let (client, _server) = scripted(vec![]);
+        let mut config = crate::config::OperatorConfig::from_lookup(|_| None).unwrap();
+        config.admission = crate::config::AdmissionConfig::from_lookup(
+            &|k: &str| (k == "LIFEBOAT_ADMISSION_WEBHOOK").then(|| "w".to_owned()),
+            &|_: &str, default: u64| Ok(default),
+        )
+        .unwrap();
+        let metrics = crate::telemetry::Metrics::new().unwrap();
+        let context = Arc::new(Context::new(client, config, metrics));
+        let (store, mut writer) = kube::runtime::reflector::store::<ImageBackupPolicy>();
+        let mut uids = Vec::new();
+        for (index, (namespace, spec)) in namespace_policies.iter().enumerate() {
+            let uid = format!("uid-{index}");
+            let policy: ImageBackupPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "lifeboat.dev/v1alpha1", "kind": "ImageBackupPolicy",
+                "metadata": {"name": format!("p{index}"), "namespace": namespace, "uid": uid},
+                "spec": spec,
+            }))
+            .unwrap();
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(policy));
+            uids.push(uid);
+        }
+        let caches = Caches::empty();
+        context.admission.attach(caches, store);
+        (context, uids)
+    }
+
+    fn review(namespace: &str, image: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "req-1",
+                "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                "namespace": namespace, "operation": "CREATE",
+                "userInfo": {"username": "alice"},
+                "object": {
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "web", "namespace": namespace},
+                    "spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}},
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    async fn answered(context: &Context, body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(&answer(context, body).await).unwrap()
+    }
+
+    /// The whole path the API server takes: a review in, the same uid out,
+    /// allowed, with the warning in `response.warnings`.
+    #[tokio::test]
+    async fn an_uncovered_image_is_allowed_with_a_warning_for_the_same_request() {
+        let (context, _) = context(&[]);
+        let response = answered(&context, &review("shop", "reg.local/web:1")).await;
+        assert_eq!(response["kind"], "AdmissionReview");
+        assert_eq!(response["response"]["uid"], "req-1");
+        assert_eq!(response["response"]["allowed"], true);
+        let warnings = response["response"]["warnings"].as_array().unwrap();
+        assert!(
+            warnings[0].as_str().unwrap().contains("not protected"),
+            "{response}"
+        );
+    }
+
+    /// A policy's published facts reach a request from its namespace: a
+    /// missing image with its backup is named, and a request from another
+    /// namespace the same (cluster) policy covers hears nothing of it.
+    #[tokio::test]
+    async fn published_facts_reach_only_their_own_namespace() {
+        let target = serde_json::json!([{"name": "backup", "registry": "backup.local"}]);
+        let (context, uids) = context(&[(
+            "lifeboat-system",
+            serde_json::json!({"targets": target, "selector": {"includedNamespaces": ["shop", "other"]}}),
+        )]);
+        let reference =
+            ImageReference::parse(&format!("reg.local/web:1@sha256:{}", "a".repeat(64))).unwrap();
+        context.admission.publish(
+            &uids[0],
+            Published {
+                target_names: vec!["backup".into()],
+                images: vec![decide::ImageFacts {
+                    reference,
+                    verified_targets: vec!["backup".into()],
+                    missing: true,
+                    outage: None,
+                    nodes: vec![],
+                    namespaces: ["shop".to_owned()].into(),
+                }],
+                transfer: None,
+            },
+        );
+        let shop = answered(&context, &review("shop", "reg.local/web:1")).await;
+        let said = shop["response"]["warnings"].to_string();
+        assert!(said.contains("gone from its source registry"), "{said}");
+        assert!(said.contains("backup (policy lifeboat-system/p0)"), "{said}");
+        let other = answered(&context, &review("other", "reg.local/web:1")).await;
+        let said = other["response"]["warnings"].to_string();
+        assert!(!said.contains("gone"), "{said}");
+        assert!(said.contains("not backed up yet"), "{said}");
+        assert_eq!(other["response"]["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_answered_invalid_not_dropped() {
+        let (context, _) = context(&[]);
+        let response = answered(&context, b"{\"kind\": \"nonsense\"}").await;
+        assert_eq!(response["response"]["allowed"], false, "{response}");
+    }
+}
