@@ -531,7 +531,10 @@ mod tests {
         let shop = answered(&context, &review("shop", "reg.local/web:1")).await;
         let said = shop["response"]["warnings"].to_string();
         assert!(said.contains("gone from its source registry"), "{said}");
-        assert!(said.contains("backup (policy lifeboat-system/p0)"), "{said}");
+        assert!(
+            said.contains("backup (policy lifeboat-system/p0)"),
+            "{said}"
+        );
         let other = answered(&context, &review("other", "reg.local/web:1")).await;
         let said = other["response"]["warnings"].to_string();
         assert!(!said.contains("gone"), "{said}");
