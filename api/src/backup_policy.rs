@@ -830,6 +830,13 @@ pub struct UnreachableImage {
     #[schemars(length(max = 16), inner(length(max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub nodes: Vec<String>,
+
+    /// Signatures, SBOMs and attestations the backup holds with it (the
+    /// most any of `backupTargets` holds): what pods verifying signatures
+    /// find there with the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub referrers: Option<i32>,
 }
 
 /// A pointer from a policy to the ImageRestore it created.

@@ -431,6 +431,21 @@ impl ImageRestoreState {
     }
 }
 
+/// Why a restored image came back without referrers
+/// (`RestoredImage::referrers_reason`).
+pub mod referrers_reasons {
+    /// Restored from a node, and no backup policy with targets to ask.
+    pub const NO_BACKUP_TARGET: &str = "NoBackupTarget";
+    /// Restored from a node; no backup target holds the restored digest.
+    pub const NOT_IN_BACKUP: &str = "NotInBackup";
+    /// The backup holds the image but no referrers of it.
+    pub const NONE_IN_BACKUP: &str = "NoneInBackup";
+    /// No backup target could be asked.
+    pub const BACKUP_UNREACHABLE: &str = "BackupUnreachable";
+    /// A backup target holds the image, but copying its referrers failed.
+    pub const REFERRERS_COPY_FAILED: &str = "ReferrersCopyFailed";
+}
+
 /// One image of a restore.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -466,11 +481,20 @@ pub struct RestoredImage {
     pub source: Option<ImageSourceRef>,
 
     /// Signatures, SBOMs and attestations restored with the image (OCI
-    /// referrers and cosign tags found with it in the backup). 0 from a
-    /// node cache, which holds none.
+    /// referrers and cosign tags found with it in the backup). An image
+    /// restored from a node cache (which holds none) gets them from a
+    /// backup target that holds its digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub referrers: Option<i32>,
+
+    /// Why no referrers came back with a restored image (see
+    /// `referrers_reasons`): `NoBackupTarget`, `NotInBackup`,
+    /// `NoneInBackup`, `BackupUnreachable`, `ReferrersCopyFailed`. The
+    /// image's `message` says more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub referrers_reason: Option<String>,
 
     /// The export Job, for node restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]

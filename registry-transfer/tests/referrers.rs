@@ -743,3 +743,86 @@ async fn listing_referrers_reads_the_source_and_writes_nothing() {
         }
     }
 }
+
+/// An image that reached its destination without its referrers (a node's
+/// containerd pushed it: it holds no signatures) gets them from the
+/// registry that has them (the backup), the image itself untouched:
+/// listed the destination's way, found by `oras discover`, a second time
+/// nothing written; an image the backup lacks is `SourceNotFound`.
+#[tokio::test]
+async fn referrers_alone_follow_an_image_that_arrived_without_them() {
+    for (backup_api, destination_api) in [(false, false), (true, false), (false, true)] {
+        let backup = start(backup_api);
+        let destination = start(destination_api);
+        let dir = TempDir::new("oras");
+        let image = push_image(&backup, "app", "v1").await;
+        let sbom = oras_attach(&backup, "app", &image.digest, SBOM, &dir);
+        let signature = oras_attach(&backup, "app", &sbom, SIGNATURE, &dir);
+        let transfer = engine(&[&backup, &destination]);
+        let at_destination = RepositoryRef::new(&destination.host, "restored/app");
+        // What a node export does: the image alone.
+        transfer
+            .copy_image(
+                &image_ref(&backup, "app:v1"),
+                &CopyRequest::new(at_destination.clone()),
+            )
+            .await
+            .unwrap();
+        let case = format!("api {backup_api} -> {destination_api}");
+        assert!(
+            oras_discover(&destination, "restored/app", &image.digest).is_empty(),
+            "{case}"
+        );
+
+        let pinned = image_ref(&backup, &format!("app@{}", image.digest));
+        let brought = transfer
+            .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap();
+        let brought: Vec<(&str, usize, bool)> = brought
+            .iter()
+            .map(|r| (r.digest.as_str(), r.depth, r.already_there))
+            .collect();
+        assert_eq!(
+            brought,
+            vec![(sbom.as_str(), 1, false), (signature.as_str(), 2, false)],
+            "{case}"
+        );
+        assert_eq!(
+            oras_discover(&destination, "restored/app", &image.digest),
+            vec![sbom.clone()],
+            "{case}"
+        );
+        assert_eq!(
+            oras_discover(&destination, "restored/app", &sbom),
+            vec![signature.clone()],
+            "{case}"
+        );
+        let (api, fallback) = listed(&destination, "restored/app", &image.digest).await;
+        if destination_api {
+            assert_eq!(api, Some(vec![sbom.clone()]), "{case}");
+        } else {
+            assert_eq!(fallback, Some(vec![sbom.clone()]), "{case}");
+        }
+
+        let again = transfer
+            .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap();
+        assert!(again.iter().all(|r| r.already_there), "{case}: {again:?}");
+        assert!(
+            transfer
+                .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let absent = image_ref(&backup, &format!("app@sha256:{}", "0".repeat(64)));
+        let error = transfer
+            .copy_referrers_of(&absent, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "SourceNotFound", "{case}: {error}");
+    }
+}

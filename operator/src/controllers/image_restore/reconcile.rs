@@ -243,7 +243,10 @@ async fn advance<'a>(
     }
 
     // Export Jobs already running: read and verify what they did.
-    let existing = node_source::follow_jobs(controller, &facts, &transfer, &mut status).await?;
+    // (Restored ones get their referrers from a backup target.)
+    let backups: Vec<BackupCandidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+    let existing =
+        node_source::follow_jobs(controller, &facts, &transfer, &backups, &mut status).await?;
 
     // Pending images: backups, then nodes (or as `source.order` says).
     let mut waiting = false;
