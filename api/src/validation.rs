@@ -451,11 +451,14 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
 /// `destination.nodes`: exactly one way to name nodes, and no registry
 /// field beside it (the CEL rules, for objects the server did not check).
 fn validate_node_destination(spec: &ImageRestoreSpec, nodes: &NodeDestination) -> Result<()> {
-    let ways =
-        usize::from(nodes.names.is_some()) + usize::from(nodes.selector.is_some()) + usize::from(nodes.wants_failing_pods());
+    let ways = usize::from(nodes.names.is_some())
+        + usize::from(nodes.selector.is_some())
+        + usize::from(nodes.wants_failing_pods());
     if ways != 1 {
-        return Err(invalid("set exactly one of names, selector or failingPods: true")
-            .at("spec.destination.nodes"));
+        return Err(
+            invalid("set exactly one of names, selector or failingPods: true")
+                .at("spec.destination.nodes"),
+        );
     }
     if let Some(destination) = &spec.destination
         && (destination.registry.is_some()
@@ -471,7 +474,9 @@ fn validate_node_destination(spec: &ImageRestoreSpec, nodes: &NodeDestination) -
     if let Some(selector) = &nodes.selector
         && selector.labels.is_empty()
     {
-        return Err(invalid("needs at least one label").at("spec.destination.nodes.selector.labels"));
+        return Err(
+            invalid("needs at least one label").at("spec.destination.nodes.selector.labels")
+        );
     }
     Ok(())
 }
@@ -871,7 +876,12 @@ mod tests {
         });
         assert!(validate_restore_spec(&failing).is_ok());
         let field = "spec.destination.nodes";
-        restore_error(&with(NodeDestination::default()), field, "InvalidSpec", "exactly one of");
+        restore_error(
+            &with(NodeDestination::default()),
+            field,
+            "InvalidSpec",
+            "exactly one of",
+        );
         restore_error(
             &with(NodeDestination {
                 failing_pods: Some(false),

@@ -59,6 +59,25 @@ pub fn export_job_name(
     .replace("--", "-")
 }
 
+/// A Job of a restore into nodes (`kind`: import or serve) on one node;
+/// `parts` say what else tells it apart (its source, its peer).
+pub fn node_job_name(
+    kind: &str,
+    restore_name: &str,
+    restore_uid: &str,
+    node: &str,
+    parts: &[&str],
+) -> String {
+    let mut all = vec![kind, restore_uid, node];
+    all.extend(parts);
+    format!(
+        "lifeboat-{kind}-{}-{}",
+        name_part(restore_name, 30),
+        short_hash(&all, 12)
+    )
+    .replace("--", "-")
+}
+
 /// The inventory Job asking one node about a set of images.
 pub fn inventory_job_name(node: &str, images: &[String]) -> String {
     let mut sorted: Vec<&str> = images.iter().map(String::as_str).collect();

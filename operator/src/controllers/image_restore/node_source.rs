@@ -200,30 +200,7 @@ pub(super) async fn from_nodes(
     status: &mut ImageRestoreStatus,
     indices: &[usize],
 ) -> Result<Option<Vec<(usize, String)>>, OperatorError> {
-    let client = controller.context.client.clone();
-    let nodes: Api<Node> = Api::all(client);
-    let source = facts.restore.spec.effective_source();
-    let node_cache = source.node_cache.unwrap_or_default();
-    let selector = node_cache.node_selector.unwrap_or_default();
-    let mut tolerations = controller.settings.tolerations.clone();
-    tolerations.extend(node_cache.tolerations.unwrap_or_default());
-    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
-    let uses: BTreeMap<String, NodeUse> = nodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(NodeFacts::from_node)
-        .map(|n| {
-            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
-                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
-            } else {
-                classify_node(&n, &selector, &tolerations)
-            };
-            (n.name.clone(), usable)
-        })
-        .collect();
-
+    let (_, uses) = node_uses(controller, facts).await?;
     let arguments: BTreeMap<usize, String> = indices
         .iter()
         .filter_map(|i| {
@@ -279,6 +256,41 @@ pub(super) async fn from_nodes(
         }
     }
     Ok(Some(not_found))
+}
+
+/// The cluster's nodes, and whether each may be used for this restore's
+/// Jobs (its node selector and tolerations, the admin's control-plane
+/// rule).
+pub(super) async fn node_uses(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+) -> Result<(Vec<NodeFacts>, BTreeMap<String, NodeUse>), OperatorError> {
+    let nodes: Api<Node> = Api::all(controller.context.client.clone());
+    let source = facts.restore.spec.effective_source();
+    let node_cache = source.node_cache.unwrap_or_default();
+    let selector = node_cache.node_selector.unwrap_or_default();
+    let mut tolerations = controller.settings.tolerations.clone();
+    tolerations.extend(node_cache.tolerations.unwrap_or_default());
+    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
+    let all: Vec<NodeFacts> = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(NodeFacts::from_node)
+        .collect();
+    let uses = all
+        .iter()
+        .map(|n| {
+            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
+                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
+            } else {
+                classify_node(n, &selector, &tolerations)
+            };
+            (n.name.clone(), usable)
+        })
+        .collect();
+    Ok((all, uses))
 }
 
 /// Runs (or reads) an inventory Job for one node; returns whether the
