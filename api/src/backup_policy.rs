@@ -572,6 +572,13 @@ pub struct RestorePolicy {
     /// back to their original registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectRef>,
+
+    /// When an automatic restore writes an image into a node (its source
+    /// unreachable), delete the owned pods there stuck pulling it so they
+    /// are recreated at once (`destination.nodes.deleteStuckPods` of the
+    /// restores it creates). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_stuck_pods: Option<bool>,
 }
 
 impl RestorePolicy {

@@ -361,6 +361,15 @@ pub struct NodeDestination {
     /// starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_pods: Option<bool>,
+
+    /// Once the image is on a node, delete this namespace's pods there that
+    /// are stuck pulling it and never started, when a controller owns them
+    /// (a ReplicaSet, a StatefulSet, a Job...): the replacement starts at
+    /// once instead of after the kubelet's pull back-off (up to 5 minutes).
+    /// An Event on the owner says so. A bare pod is never deleted: it
+    /// starts at the kubelet's next retry. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_stuck_pods: Option<bool>,
 }
 
 /// Nodes by label.
@@ -375,6 +384,10 @@ pub struct NodeLabelSelector {
 impl NodeDestination {
     pub fn wants_failing_pods(&self) -> bool {
         self.failing_pods.unwrap_or(false)
+    }
+
+    pub fn deletes_stuck_pods(&self) -> bool {
+        self.delete_stuck_pods.unwrap_or(true)
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod planning;
 mod reconcile;
 mod scope;
 pub(crate) mod status;
+mod stuck_pods;
 mod verify;
 
 use std::collections::HashMap;

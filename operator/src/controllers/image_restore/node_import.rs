@@ -34,6 +34,7 @@ use super::node_jobs::{
 use super::node_source::{INVENTORY_TTL, inventory, node_uses};
 use super::planning::{BackupCandidate, NodeUse, backup_references, image_argument};
 use super::status::{add_bytes, fail};
+use super::stuck_pods::stuck_pods;
 use crate::controllers::object_names;
 use crate::error::OperatorError;
 
@@ -52,7 +53,79 @@ pub(super) async fn advance(
     follow(controller, facts, status).await?;
     let waiting = plan(controller, facts, transfer, candidates, status).await?;
     roll_up(&mut status.images, &mut status.nodes);
+    let deletes = facts
+        .restore
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.nodes.as_ref())
+        .is_some_and(|n| n.deletes_stuck_pods());
+    if deletes {
+        delete_stuck_pods(controller, facts, status).await?;
+    }
     Ok(waiting)
+}
+
+/// Event reason on a pod's owner when its stuck pod is deleted.
+const STUCK_POD_DELETED: &str = "StuckPodDeleted";
+
+/// Deletes the owned pods stuck pulling an image that is now on their node
+/// (`stuck_pods` decides which), with an Event on each one's owner.
+async fn delete_stuck_pods(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+    status: &ImageRestoreStatus,
+) -> Result<(), OperatorError> {
+    let imported: BTreeSet<(String, ImageReference)> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == ImageRestoreState::Restored)
+        .filter_map(|n| {
+            let name = import_name(facts, &status.images, &n.reference)?;
+            Some((n.node.clone(), name))
+        })
+        .collect();
+    if imported.is_empty() {
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::namespaced(controller.context.client.clone(), &facts.namespace);
+    let list = pods.list(&ListParams::default()).await?.items;
+    for pod in stuck_pods(&list, &imported) {
+        match pods
+            .delete(
+                &pod.name,
+                &crate::controllers::delete_exactly(Some(pod.uid.clone())),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Gone already, or a namesake: nothing to tell.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        info!(restore = %facts.name, pod = %pod.name, node = %pod.node, "stuck pod deleted");
+        let owner = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(pod.owner.api_version.clone()),
+            kind: Some(pod.owner.kind.clone()),
+            name: Some(pod.owner.name.clone()),
+            namespace: Some(facts.namespace.clone()),
+            uid: Some(pod.owner.uid.clone()),
+            ..Default::default()
+        };
+        crate::controllers::publish(
+            &controller.recorder,
+            &owner,
+            kube::runtime::events::EventType::Normal,
+            STUCK_POD_DELETED,
+            "Restore",
+            format!(
+                "deleted pod {} (stuck pulling {} on node {}, never started): ImageRestore {} put the image on the node, so its replacement starts now instead of after the kubelet's back-off",
+                pod.name, pod.image, pod.node, facts.name
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// The (node, image) entries, from `destination.nodes`: the named nodes,
