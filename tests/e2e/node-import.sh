@@ -79,6 +79,7 @@ backup_copy() {
   skopeo copy --quiet --all --src-tls-verify=false --dest-cert-dir "$BACKUP_CERT_DIR" --dest-creds "$BACKUP_CREDS" \
     "docker://$SOURCE_REGISTRY/$1" "docker://$BACKUP_REGISTRY/nodeimport/$1"
 }
+auto="nodeimport/auto-$run"
 small="nodeimport/small-$run"
 big="nodeimport/big-$run"
 multi="nodeimport/multiarch-$run"
@@ -91,10 +92,13 @@ build_images() {
   oci image --layout "$layout" --ref multi-arm64 --platform linux/arm64 --busybox \
     --random-layer 2097152:shared-runtime --random-layer "262144:multi-arm64-$run" --entrypoint "$RUN_FOREVER" &&
   oci index --layout "$layout" --ref multi --manifests multi-amd64,multi-arm64 &&
+  oci image --layout "$layout" --ref auto --busybox --random-layer 2097152:shared-runtime \
+    --random-layer "1048576:auto-$run" --entrypoint "$RUN_FOREVER" && push_layout auto "$auto:1" &&
   push_layout small "$small:1" && push_layout big "$big:1" && push_layout multi "$multi:1.0" &&
   backup_copy "$small:1" && backup_copy "$big:1"
 }
-check "this run's images (3 MiB, 100 MiB, a two-platform index) are in the source registry, two in the backup" build_images
+check "this run's images (3 MiB twice, 100 MiB, a two-platform index) are in the source registry, two in the backup" build_images
+auto_digest="$(registry_digest "$auto" 1)"
 small_digest="$(registry_digest "$small" 1)"
 big_digest="$(registry_digest "$big" 1)"
 multi_digest="$(registry_digest "$multi" 1.0)"
@@ -107,8 +111,9 @@ deployment() { pinned_deployment "$1" "$2" "$3" IfNotPresent | k -n "$ns" apply 
 deployment holder-small "$holder" "$SOURCE_REGISTRY/$small:1"
 deployment holder-big "$holder" "$SOURCE_REGISTRY/$big:1"
 deployment holder-multi "$holder" "$SOURCE_REGISTRY/$multi@$multi_digest"
-check "the holder runs all three on $holder" bash -c "
-  '$KUBECTL' -n '$ns' wait --for=condition=Available deploy/holder-small deploy/holder-big deploy/holder-multi --timeout=180s"
+deployment auto "$holder" "$SOURCE_REGISTRY/$auto:1"
+check "the holder runs all four on $holder" bash -c "
+  '$KUBECTL' -n '$ns' wait --for=condition=Available deploy/holder-small deploy/holder-big deploy/holder-multi deploy/auto --timeout=180s"
 
 ### Job credentials, CA and the peer session's token. ########################
 backup_registry_access "$ns"
@@ -123,6 +128,20 @@ spec:
   targets:
 $(backup_target "nodeimport/{repository}")
 YAML
+# A policy that protects the "auto" Deployment's image and restores by itself:
+# it backs the image up now, and during the outage below imports it into the
+# node a pod of the Deployment fails to pull it on.
+k -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: auto}
+spec:
+  selector: {images: {include: ["**/auto-$run"]}}
+  targets:
+$(backup_target "nodeimport/{repository}")
+  restore: {automatic: true}
+YAML
+check "the automatic policy backs its image up (Ready)" k -n "$ns" wait --for=condition=Ready ibp/auto --timeout=120s
 token="$(head -c 32 /dev/urandom | base64 | tr -d '/+=')"
 k -n "$ns" create secret generic peer-token --from-literal=token="$token" >/dev/null
 CA_ARG="$BACKUP_REGISTRY=/var/run/lifeboat/ca/ca.crt"
@@ -368,6 +387,34 @@ for size in small big; do
     restore_says "from-backup-$size" "$digest" BackupRegistry backup
   check "$size: the kubelet lists it among the node's images (CRI)" eventually 60 cri_lists "$pod_registry/$repo:1"
 done
+
+# restore.automatic during the outage: the Deployment moves onto the needy
+# node; its new pod cannot pull, the policy creates an ImageRestore into that
+# node (from the backup), the operator deletes the stuck pod, and its
+# replacement runs the original digest.
+auto_running_on_needy() {
+  [[ -n "$(k -n "$ns" get pods -l app=auto --field-selector="status.phase=Running,spec.nodeName=$needy" -o name)" ]]
+}
+automatic_outage_restore() {
+  local started; started="$(now)"
+  k -n "$ns" patch deploy auto --type merge \
+    -p "{\"spec\":{\"template\":{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"$needy\"}}}}}" >/dev/null || return 1
+  fast_until 120 auto_running_on_needy || {
+    echo "no pod of deploy/auto Running on $needy"; k -n "$ns" get pods -l app=auto -o wide
+    k -n "$ns" get ibp auto -o jsonpath='{.status.unreachableImages}{"\n"}{.status.automaticRestore}{"\n"}'; return 1; }
+  measured "automatic: deploy/auto Running on $needy $(seconds "$started" "$(now)") s after it was moved there with the source dead"
+}
+check "restore.automatic: a Deployment moved onto $needy with its source dead runs there" automatic_outage_restore
+auto_restore_says() {
+  local name; name="$(k -n "$ns" get ibp auto -o jsonpath='{.status.automaticRestore.name}')"
+  [[ "$name" == auto-import-* ]] || { echo "policy links '$name'"; return 1; }
+  restore_says "$name" "$auto_digest" BackupRegistry backup
+}
+check "restore.automatic: the policy links its ImageRestore, which imported the digest from the backup into $needy" \
+  eventually 30 auto_restore_says
+check "restore.automatic: the pod on $needy runs the original digest" \
+  test "$(k -n "$ns" get pods -l app=auto --field-selector="status.phase=Running,spec.nodeName=$needy" \
+    -o jsonpath='{.items[0].status.containerStatuses[0].imageID}' | sed 's/.*@//')" == "$auto_digest"
 
 # This machine's floors, in the same run: a Job that does nothing on the
 # needy node (what any Job costs), and the big image's layer fetched from the

@@ -116,6 +116,18 @@ pub fn automatic_restore_name(policy_name: &str, missing: &BTreeSet<String>) -> 
     .replace("--", "-")
 }
 
+/// The ImageRestore a policy creates during an outage for the pods that
+/// fail to pull its unreachable images (`keys`: the digests and the pods).
+pub fn outage_restore_name(policy_name: &str, keys: &BTreeSet<String>) -> String {
+    let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
+    format!(
+        "{}-import-{}",
+        name_part(policy_name, 40),
+        short_hash(&parts, 10)
+    )
+    .replace("--", "-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

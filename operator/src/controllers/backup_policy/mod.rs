@@ -17,6 +17,7 @@ mod discovery;
 mod events;
 mod facts;
 mod memory;
+mod outage_restore;
 mod plan;
 mod reconcile;
 mod registry;
