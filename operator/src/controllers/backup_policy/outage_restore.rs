@@ -162,6 +162,7 @@ mod tests {
             workloads: 1,
             backup_targets: vec![],
             nodes: vec![],
+            referrers: None,
         }
     }
 
