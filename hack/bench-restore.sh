@@ -4,15 +4,20 @@
 # the containerd of the node that holds it. On the local cluster, with the
 # operator deployed as tests/e2e/operator-restore.sh deploys it.
 #
-#   hack/bench-restore.sh [--deploy] [rounds]
+#   hack/bench-restore.sh [--deploy [--release]] [rounds] [modes]
 #
 # --deploy builds and loads Lifeboat's images and (re)starts the operator
-# first. Prints one Markdown table row per mode and round.
+# first; with --release, release builds (what docs/benchmarks.md reports).
+# modes: "backup node" (default), or one of them. Prints one Markdown table
+# row per mode and round.
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
 
 deploy=false
+release=false
 [[ "${1:-}" == "--deploy" ]] && { deploy=true; shift; }
+[[ "${1:-}" == "--release" ]] && { release=true; shift; }
 rounds="${1:-1}"
+modes="${2:-backup node}"
 ns="bench-restore-$RANDOM"
 base="bench/restore-$RANDOM"
 holder="${NODE_NAMES[0]}"
@@ -21,7 +26,16 @@ work="$(mktemp -d)"
 on_exit 'k delete namespace "$ns" --wait=false --ignore-not-found; rm -rf "$work"'
 
 # The checks' lines go to stderr: stdout is the table.
-if $deploy; then deploy_operator >&2; fi
+if $deploy && $release; then
+  {
+    check "Lifeboat images (release) build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh" --release
+    check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
+    check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+    restart_operator
+  } >&2
+elif $deploy; then
+  deploy_operator >&2
+fi
 
 k create namespace "$ns" >/dev/null
 backup_registry_access "$ns"
@@ -31,7 +45,7 @@ since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 echo "| source | round | deletion → restore Ready (s) | deletion → re-pulled on the other node (s) | restored digest = original |"
 echo "|---|---:|---:|---:|---|"
 for round in $(seq 1 "$rounds"); do
-  for mode in backup node; do
+  for mode in $modes; do
     name="$mode-$round"
     repo="$base/$name"
     python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$repo:1" --busybox \

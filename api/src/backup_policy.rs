@@ -627,6 +627,13 @@ pub struct RestorePolicy {
     /// back to their original registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectRef>,
+
+    /// When an automatic restore writes an image into a node (its source
+    /// unreachable), delete the owned pods there stuck pulling it so they
+    /// are recreated at once (`destination.nodes.deleteStuckPods` of the
+    /// restores it creates). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_stuck_pods: Option<bool>,
 }
 
 impl RestorePolicy {
@@ -893,6 +900,13 @@ pub struct UnreachableImage {
     #[schemars(length(max = 16), inner(length(max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub nodes: Vec<String>,
+
+    /// Signatures, SBOMs and attestations the backup holds with it (the
+    /// most any of `backupTargets` holds): what pods verifying signatures
+    /// find there with the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub referrers: Option<i32>,
 }
 
 /// A pointer from a policy to the ImageRestore it created.

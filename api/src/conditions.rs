@@ -70,6 +70,11 @@ pub mod reasons {
     pub const NOTHING_TO_RESTORE: &str = "NothingToRestore";
     pub const IMAGE_OUT_OF_SCOPE: &str = "ImageOutOfScope";
     pub const NODE_ACCESS_NOT_ALLOWED: &str = "NodeAccessNotAllowed";
+    /// `destination.nodes`: an import into a node's containerd failed.
+    pub const NODE_IMPORT_FAILED: &str = "NodeImportFailed";
+    /// `destination.nodes`: no node to write the image into (a named node
+    /// that does not exist, no pod failing to pull it).
+    pub const NO_DESTINATION_NODES: &str = "NoDestinationNodes";
 
     // Spec problems (see `crate::Error::reason`).
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -113,6 +118,8 @@ pub mod reasons {
         NOTHING_TO_RESTORE,
         IMAGE_OUT_OF_SCOPE,
         NODE_ACCESS_NOT_ALLOWED,
+        NODE_IMPORT_FAILED,
+        NO_DESTINATION_NODES,
         INVALID_SPEC,
         INVALID_SCHEDULE,
         INVALID_TIME_ZONE,

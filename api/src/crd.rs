@@ -399,6 +399,7 @@ mod status_examples {
                 workloads: 1,
                 backup_targets: vec!["primary".into()],
                 nodes: vec!["lifeboat-node-2".into()],
+                referrers: Some(3),
             }],
             unreachable_images_total: Some(1),
             automatic_restore: Some(RestoreLink {
@@ -453,6 +454,7 @@ mod status_examples {
                     }),
                     job_name: Some("lifeboat-export-abc123".into()),
                     referrers: Some(0),
+                    referrers_reason: Some(crate::restore::referrers_reasons::NOT_IN_BACKUP.into()),
                     state: ImageRestoreState::Restored,
                     reason: None,
                     message: None,

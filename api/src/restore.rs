@@ -48,6 +48,17 @@ pub const RULE_TEMPLATE_NEEDS_REGISTRY: CelRule = CelRule {
     field_path: Some(".repositoryTemplate"),
 };
 
+pub const RULE_NODES_ONE_OF: CelRule = CelRule {
+    rule: "(has(self.names) ? 1 : 0) + (has(self.selector) ? 1 : 0) + (has(self.failingPods) && self.failingPods ? 1 : 0) == 1",
+    message: "set exactly one of names, selector or failingPods: true",
+    field_path: None,
+};
+pub const RULE_NODES_EXCLUDE_REGISTRY: CelRule = CelRule {
+    rule: "!has(self.nodes) || !(has(self.registry) || has(self.secretRef) || has(self.caBundle) || has(self.insecure))",
+    message: "destination.nodes writes images into nodes' containerd; registry, secretRef, caBundle and insecure are for a registry destination",
+    field_path: Some(".nodes"),
+};
+
 /// The restore's CEL rules, for tests and documentation (the shared
 /// registry, template and TLS rules are listed with the policy's).
 pub const CEL_RULES: &[CelRule] = &[
@@ -57,7 +68,14 @@ pub const CEL_RULES: &[CelRule] = &[
     RULE_NODE_CACHE_ONLY_WITH_NODE_TYPE,
     RULE_ORDER_ONLY_WITH_AUTO,
     RULE_TEMPLATE_NEEDS_REGISTRY,
+    RULE_NODES_ONE_OF,
+    RULE_NODES_EXCLUDE_REGISTRY,
 ];
+
+/// Most nodes one ImageRestore can name in `destination.nodes.names`.
+pub const MAX_DESTINATION_NODES: usize = 64;
+/// Most (node, image) entries one ImageRestore tracks in `status.nodes`.
+pub const MAX_STATUS_NODE_IMPORTS: usize = 256;
 
 /// Most images one ImageRestore can name in `spec.images`.
 pub const MAX_SPEC_IMAGES: usize = 100;
@@ -278,11 +296,20 @@ pub struct NodeCacheSource {
     pub tolerations: Option<Vec<Toleration>>,
 }
 
-/// Where restored images are pushed.
+/// Where restored images are pushed, or, with `nodes`, which nodes'
+/// containerd they are written into.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_INSECURE_OR_CA_BUNDLE, RULE_TEMPLATE_NEEDS_REGISTRY])))]
+#[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_INSECURE_OR_CA_BUNDLE, RULE_TEMPLATE_NEEDS_REGISTRY, RULE_NODES_EXCLUDE_REGISTRY])))]
 pub struct RestoreDestination {
+    /// Write the images into these nodes' containerd (under the references
+    /// pods use, digest-exact) instead of into a registry, so pods start
+    /// there without any registry. Each image comes from a backup target
+    /// that holds its digest when one answers, else straight from a node
+    /// that holds it. Excludes every registry field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeDestination>,
+
     /// Push to this registry (host, optional port and path) instead of
     /// each image's original registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +339,56 @@ pub struct RestoreDestination {
     /// operator's namespace. For test registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+}
+
+/// Which nodes a restore writes images into: exactly one of the fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = crate::schema::validations(&[RULE_NODES_ONE_OF])))]
+pub struct NodeDestination {
+    /// These nodes, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub names: Option<Vec<String>>,
+
+    /// The Ready nodes with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<NodeLabelSelector>,
+
+    /// The nodes whose pods in this namespace fail to pull the image
+    /// (`ErrImagePull`, `ImagePullBackOff`), as found when the restore
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_pods: Option<bool>,
+
+    /// Once the image is on a node, delete this namespace's pods there that
+    /// are stuck pulling it and never started, when a controller owns them
+    /// (a ReplicaSet, a StatefulSet, a Job...): the replacement starts at
+    /// once instead of after the kubelet's pull back-off (up to 5 minutes).
+    /// An Event on the owner says so. A bare pod is never deleted: it
+    /// starts at the kubelet's next retry. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_stuck_pods: Option<bool>,
+}
+
+/// Nodes by label.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLabelSelector {
+    /// Labels a node must all have.
+    #[schemars(schema_with = "crate::schema::node_selector")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeDestination {
+    pub fn wants_failing_pods(&self) -> bool {
+        self.failing_pods.unwrap_or(false)
+    }
+
+    pub fn deletes_stuck_pods(&self) -> bool {
+        self.delete_stuck_pods.unwrap_or(true)
+    }
 }
 
 /// The template a destination override uses when none is given: keep the
@@ -368,6 +445,63 @@ pub struct ImageRestoreStatus {
     #[schemars(length(max = 256))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["reference"]))]
     pub images: Vec<RestoredImage>,
+
+    /// With `destination.nodes`: one entry per (node, image) imported into
+    /// a node's containerd. An image is `Restored` once every one of its
+    /// nodes holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node", "reference"]))]
+    pub nodes: Vec<NodeImport>,
+}
+
+/// One image written (or to be written) into one node's containerd.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImport {
+    /// The node written into.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+
+    /// The image, as in `status.images`.
+    #[schemars(length(min = 1, max = 600))]
+    pub reference: String,
+
+    /// The manifest (or index) digest containerd on the node now records
+    /// for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 160))]
+    pub imported_digest: Option<String>,
+
+    /// The backup target or the node the bytes came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSourceRef>,
+
+    /// Bytes written into the node's content store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub bytes: Option<i64>,
+
+    /// The import Job on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub job_name: Option<String>,
+
+    /// Node to node: the serve Job on the node that holds the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub serve_job_name: Option<String>,
+
+    /// `Restored` once imported (or found already there).
+    pub state: ImageRestoreState,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub reason: Option<String>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
 }
 
 fn unobserved() -> i64 {
@@ -383,6 +517,7 @@ impl Default for ImageRestoreStatus {
             completion_time: None,
             progress: None,
             images: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -431,6 +566,21 @@ impl ImageRestoreState {
     }
 }
 
+/// Why a restored image came back without referrers
+/// (`RestoredImage::referrers_reason`).
+pub mod referrers_reasons {
+    /// Restored from a node, and no backup policy with targets to ask.
+    pub const NO_BACKUP_TARGET: &str = "NoBackupTarget";
+    /// Restored from a node; no backup target holds the restored digest.
+    pub const NOT_IN_BACKUP: &str = "NotInBackup";
+    /// The backup holds the image but no referrers of it.
+    pub const NONE_IN_BACKUP: &str = "NoneInBackup";
+    /// No backup target could be asked.
+    pub const BACKUP_UNREACHABLE: &str = "BackupUnreachable";
+    /// A backup target holds the image, but copying its referrers failed.
+    pub const REFERRERS_COPY_FAILED: &str = "ReferrersCopyFailed";
+}
+
 /// One image of a restore.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -466,11 +616,20 @@ pub struct RestoredImage {
     pub source: Option<ImageSourceRef>,
 
     /// Signatures, SBOMs and attestations restored with the image (OCI
-    /// referrers and cosign tags found with it in the backup). 0 from a
-    /// node cache, which holds none.
+    /// referrers and cosign tags found with it in the backup). An image
+    /// restored from a node cache (which holds none) gets them from a
+    /// backup target that holds its digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub referrers: Option<i32>,
+
+    /// Why no referrers came back with a restored image (see
+    /// `referrers_reasons`): `NoBackupTarget`, `NotInBackup`,
+    /// `NoneInBackup`, `BackupUnreachable`, `ReferrersCopyFailed`. The
+    /// image's `message` says more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub referrers_reason: Option<String>,
 
     /// The export Job, for node restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]

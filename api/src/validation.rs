@@ -22,7 +22,7 @@ use crate::backup_policy::{
 use crate::error::{Error, Result};
 use crate::patterns::ImageMatcher;
 use crate::reference::ImageReference;
-use crate::restore::{ImageRestore, ImageRestoreSpec, RestoreSourceType};
+use crate::restore::{ImageRestore, ImageRestoreSpec, NodeDestination, RestoreSourceType};
 use crate::schedule::{Schedule, parse_time_zone};
 use crate::template::{TargetRegistry, check_template};
 
@@ -408,6 +408,9 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
         }
     }
 
+    if let Some(nodes) = spec.destination.as_ref().and_then(|d| d.nodes.as_ref()) {
+        validate_node_destination(spec, nodes)?;
+    }
     let destination = match &spec.destination {
         None => None,
         Some(destination) => {
@@ -443,6 +446,39 @@ pub fn validate_restore_spec(spec: &ImageRestoreSpec) -> Result<ValidRestore> {
         images,
         destination,
     })
+}
+
+/// `destination.nodes`: exactly one way to name nodes, and no registry
+/// field beside it (the CEL rules, for objects the server did not check).
+fn validate_node_destination(spec: &ImageRestoreSpec, nodes: &NodeDestination) -> Result<()> {
+    let ways = usize::from(nodes.names.is_some())
+        + usize::from(nodes.selector.is_some())
+        + usize::from(nodes.wants_failing_pods());
+    if ways != 1 {
+        return Err(
+            invalid("set exactly one of names, selector or failingPods: true")
+                .at("spec.destination.nodes"),
+        );
+    }
+    if let Some(destination) = &spec.destination
+        && (destination.registry.is_some()
+            || destination.secret_ref.is_some()
+            || destination.ca_bundle.is_some()
+            || destination.insecure.is_some())
+    {
+        return Err(invalid(
+            "destination.nodes writes images into nodes' containerd; registry, secretRef, caBundle and insecure are for a registry destination",
+        )
+        .at("spec.destination.nodes"));
+    }
+    if let Some(selector) = &nodes.selector
+        && selector.labels.is_empty()
+    {
+        return Err(
+            invalid("needs at least one label").at("spec.destination.nodes.selector.labels")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -816,6 +852,71 @@ mod tests {
                 assert_eq!(e.reason(), reason, "{message}");
             }
         }
+    }
+
+    #[test]
+    fn node_destinations_name_nodes_one_way_and_no_registry() {
+        use crate::restore::NodeLabelSelector;
+        let with = |nodes: NodeDestination| {
+            let mut spec = restore_of(&["r.io/a:1"]);
+            spec.destination = Some(RestoreDestination {
+                nodes: Some(nodes),
+                ..Default::default()
+            });
+            spec
+        };
+        let by_name = with(NodeDestination {
+            names: Some(vec!["node-1".into()]),
+            ..Default::default()
+        });
+        assert!(validate_restore_spec(&by_name).is_ok());
+        let failing = with(NodeDestination {
+            failing_pods: Some(true),
+            ..Default::default()
+        });
+        assert!(validate_restore_spec(&failing).is_ok());
+        let field = "spec.destination.nodes";
+        restore_error(
+            &with(NodeDestination::default()),
+            field,
+            "InvalidSpec",
+            "exactly one of",
+        );
+        restore_error(
+            &with(NodeDestination {
+                failing_pods: Some(false),
+                ..Default::default()
+            }),
+            field,
+            "InvalidSpec",
+            "exactly one of",
+        );
+        restore_error(
+            &with(NodeDestination {
+                names: Some(vec!["node-1".into()]),
+                selector: Some(NodeLabelSelector {
+                    labels: [("zone".to_owned(), "a".to_owned())].into(),
+                }),
+                ..Default::default()
+            }),
+            field,
+            "InvalidSpec",
+            "exactly one of",
+        );
+        restore_error(
+            &with(NodeDestination {
+                selector: Some(NodeLabelSelector::default()),
+                ..Default::default()
+            }),
+            "spec.destination.nodes.selector.labels",
+            "InvalidSpec",
+            "at least one label",
+        );
+        let mut to_registry_too = failing.clone();
+        if let Some(d) = to_registry_too.destination.as_mut() {
+            d.registry = Some("backup.example".into());
+        }
+        restore_error(&to_registry_too, field, "InvalidSpec", "containerd");
     }
 
     #[test]

@@ -113,8 +113,9 @@ pub fn explain(
                 missing.workloads
             ));
             out.push_str(&format!(
-                "  backups: {}\n  nodes holding it: {}\n",
+                "  backups: {}{}\n  nodes holding it: {}\n",
                 list(&missing.backup_targets),
+                with_referrers(missing.referrers),
                 list(&missing.nodes)
             ));
             out.push_str(&format!(
@@ -140,8 +141,9 @@ pub fn explain(
                 unreachable.message
             ));
             out.push_str(&format!(
-                "  backups (where pods can pull it meanwhile): {}\n  nodes holding it: {}\n",
+                "  backups (where pods can pull it meanwhile): {}{}\n  nodes holding it: {}\n",
                 list(&unreachable.backup_targets),
+                with_referrers(unreachable.referrers),
                 list(&unreachable.nodes)
             ));
         }
@@ -175,6 +177,14 @@ pub fn explain(
         out = format!("No policy reports {query}, and no pod runs it here.\n");
     }
     out
+}
+
+/// What the backup holds with the image besides it, when the status says.
+fn with_referrers(referrers: Option<i32>) -> String {
+    match referrers {
+        Some(n) => format!(" (with {n} signature(s), SBOM(s) or attestation(s))"),
+        None => String::new(),
+    }
 }
 
 fn restore_plan(targets: &[String], nodes: &[String], policy: &str) -> String {
@@ -299,14 +309,23 @@ mod tests {
             workloads: 2,
             backup_targets: vec!["offsite".into()],
             nodes: vec!["node-1".into()],
-            referrers: None,
+            referrers: Some(2),
         };
-        let text = explain("reg/shop/web", &[policy(vec![missing])], &[], now);
+        let text = explain("reg/shop/web", &[policy(vec![missing.clone()])], &[], now);
         assert!(
             text.contains("MISSING from its source registry since 10m ago"),
             "{text}"
         );
-        assert!(text.contains("backups: offsite"), "{text}");
+        assert!(
+            text.contains("backups: offsite (with 2 signature(s), SBOM(s) or attestation(s))"),
+            "{text}"
+        );
+        let unknown = MissingImage {
+            referrers: None,
+            ..missing
+        };
+        let text = explain("reg/shop/web", &[policy(vec![unknown])], &[], now);
+        assert!(text.contains("backups: offsite\n"), "{text}");
         assert!(text.contains("nodes holding it: node-1"), "{text}");
         assert!(
             text.contains("copy it back from backup target offsite"),

@@ -206,6 +206,30 @@ pub(crate) fn node_access(
     Ok(())
 }
 
+/// The node selector a restore into nodes amounts to, for `node_access`:
+/// names are `kubernetes.io/hostname` (allowed by default: naming nodes
+/// widens nothing), a selector its own labels; the nodes of the
+/// namespace's own failing pods need none (its pods run there already).
+pub(crate) fn destination_selector(
+    nodes: &lifeboat_api::restore::NodeDestination,
+) -> BTreeMap<String, String> {
+    if let Some(names) = &nodes.names {
+        return names
+            .first()
+            .map(|n| (HOSTNAME_LABEL.to_owned(), n.clone()))
+            .into_iter()
+            .collect();
+    }
+    nodes
+        .selector
+        .as_ref()
+        .map(|s| s.labels.clone())
+        .unwrap_or_default()
+}
+
+/// The label every node carries with its name.
+pub(crate) const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 /// Whether a node's labels mark it as a control-plane node.
 pub(crate) fn is_control_plane(labels: &BTreeMap<String, String>) -> bool {
     CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l))
@@ -260,6 +284,51 @@ mod tests {
             assert_eq!(refusal.reason, IMAGE_OUT_OF_SCOPE);
             assert!(refusal.message.contains(VICTIM), "{}", refusal.message);
         }
+    }
+
+    #[test]
+    fn a_tenant_restore_into_nodes_reaches_only_nodes_the_admin_lets_it_pick() {
+        use lifeboat_api::restore::{NodeDestination, NodeLabelSelector};
+        let by_default = NodeAccessAllowlist {
+            tolerations: vec![],
+            node_selector_keys: vec![HOSTNAME_LABEL.to_owned()],
+        };
+        let named = NodeDestination {
+            names: Some(vec!["node-2".into()]),
+            ..NodeDestination::default()
+        };
+        let by_role = NodeDestination {
+            selector: Some(NodeLabelSelector {
+                labels: [(
+                    "node-role.kubernetes.io/control-plane".to_owned(),
+                    String::new(),
+                )]
+                .into(),
+            }),
+            ..NodeDestination::default()
+        };
+        let failing = NodeDestination {
+            failing_pods: Some(true),
+            ..NodeDestination::default()
+        };
+        let access = |nodes: &NodeDestination, allowlist: &NodeAccessAllowlist| {
+            node_access(false, &destination_selector(nodes), &[], allowlist)
+        };
+        assert_eq!(access(&named, &by_default), Ok(()));
+        assert_eq!(access(&failing, &by_default), Ok(()));
+        let refused = access(&by_role, &by_default).unwrap_err();
+        assert_eq!(refused.reason, NODE_ACCESS_NOT_ALLOWED);
+        let nothing = NodeAccessAllowlist::default();
+        assert!(
+            access(&named, &nothing).is_err(),
+            "names need the hostname key"
+        );
+        assert_eq!(access(&failing, &nothing), Ok(()), "its own pods' nodes");
+        assert_eq!(
+            node_access(true, &destination_selector(&by_role), &[], &nothing),
+            Ok(()),
+            "the operator's namespace is not bound"
+        );
     }
 
     #[test]

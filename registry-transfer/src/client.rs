@@ -952,7 +952,19 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, TransferError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+        self.manifest_delete_reference(repository, digest.as_str())
+            .await
+    }
+
+    /// DELETE a manifest by digest or tag (distribution refuses tags; some
+    /// registries keep a tag after its manifest was deleted by digest, and
+    /// only deleting the tag removes it).
+    pub(crate) async fn manifest_delete_reference(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<bool, TransferError> {
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let scopes = [delete_scope(repository)];
         let response = self
             .send("manifest DELETE", &scopes, &found_or_absent, &|| {

@@ -61,7 +61,7 @@ pub use engine::{
     CopyDeadline, CopyReport, CopyRequest, TagDecision, Transfer, TransferConfig, tag_decision,
 };
 pub use error::TransferError;
-pub use maintenance::{ManifestSummary, config_created};
+pub use maintenance::{DeletedReferrers, ManifestSummary, config_created, plan_referrer_deletions};
 pub use manifest::Platform;
 pub use reference::{ImageReference, RepositoryRef, deterministic_tag};
 pub use referrers::{ReferrerCopy, ReferrerScheme, ReferrersPolicy};

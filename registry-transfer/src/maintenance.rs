@@ -2,6 +2,8 @@
 //! tags, reading when an image was created, deleting a manifest by digest.
 //! Retention builds on these; they never copy anything.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 
 use crate::bounded::{BodyKind, MAX_CONFIG_BYTES, read_stream_bounded};
@@ -10,6 +12,7 @@ use crate::engine::Transfer;
 use crate::error::TransferError;
 use crate::manifest::{self, ManifestContent, sha256_digest, verify};
 use crate::reference::{ImageReference, RepositoryRef};
+use crate::referrers::{ReferrerScheme, ReferrersPolicy, fallback_tag};
 use crate::{Descriptor, Digest};
 
 /// Tags asked for per page of a tag list.
@@ -59,6 +62,60 @@ pub struct ManifestSummary {
     /// the image's builder). For an index, that of its first child with a
     /// real platform. `None` when the image does not say.
     pub created: Option<String>,
+    /// An index's child manifests (platform images and attestation
+    /// manifests), by digest; empty for an image. Their referrers belong
+    /// to the image too.
+    pub children: Vec<Digest>,
+}
+
+/// What deleting an image with its referrers deleted besides the image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletedReferrers {
+    /// Referrer manifests deleted (OCI 1.1 referrers and cosign's
+    /// `.sig`/`.att`/`.sbom`, every level).
+    pub referrers: Vec<Digest>,
+    /// Fallback referrers tag indexes (`sha256-<hex>`) deleted with the
+    /// subjects they list referrers of.
+    pub fallback_tags: Vec<String>,
+}
+
+/// What goes with the images a retention deletes: the referrers found at
+/// the target for their subjects (`found`: digest and subject, as
+/// [`Transfer::list_referrers`] walks them) whose subject goes, level by
+/// level, and the fallback tag index of every subject that goes, when the
+/// repository has that tag. A subject of an image that stays (`kept`: a
+/// platform manifest two indexes share) keeps its referrers, and nothing
+/// in `kept` is ever deleted. A referrer names one subject, so nothing
+/// else can need it. Pure.
+pub fn plan_referrer_deletions(
+    deleted: &[Digest],
+    found: &[(Digest, Digest)],
+    kept: &HashSet<Digest>,
+    tags: &HashSet<String>,
+) -> DeletedReferrers {
+    let mut going: HashSet<&Digest> = deleted.iter().filter(|d| !kept.contains(*d)).collect();
+    let mut plan = DeletedReferrers::default();
+    // Found lists come level by level, but the answer must not depend on
+    // their order: repeat until nothing is added.
+    loop {
+        let before = plan.referrers.len();
+        for (referrer, subject) in found {
+            if going.contains(subject) && !kept.contains(referrer) && going.insert(referrer) {
+                plan.referrers.push(referrer.clone());
+            }
+        }
+        if plan.referrers.len() == before {
+            break;
+        }
+    }
+    let mut subjects: Vec<&Digest> = going.into_iter().collect();
+    subjects.sort();
+    plan.fallback_tags = subjects
+        .into_iter()
+        .map(fallback_tag)
+        .filter(|tag| tags.contains(tag))
+        .collect();
+    plan
 }
 
 #[derive(Deserialize)]
@@ -157,14 +214,23 @@ impl Transfer {
             verify(&bytes, wanted)?;
         }
         let media_type = manifest::effective_media_type(&bytes, &reported_type);
-        let image_bytes = match manifest::parse(&bytes, &media_type, &digest)? {
+        let content = manifest::parse(&bytes, &media_type, &digest)?;
+        let children: Vec<Digest> = match &content {
+            ManifestContent::Image { .. } => Vec::new(),
+            ManifestContent::Index { children } => children
+                .iter()
+                .map(|c| c.descriptor.digest.clone())
+                .collect(),
+        };
+        let image_bytes = match content {
             ManifestContent::Image { .. } => bytes.clone(),
-            ManifestContent::Index { children } => {
-                let Some(child) = representative_child(&children) else {
+            ManifestContent::Index { children: listed } => {
+                let Some(child) = representative_child(&listed) else {
                     return Ok(Some(ManifestSummary {
                         digest,
                         media_type,
                         created: None,
+                        children,
                     }));
                 };
                 let child_digest = child.digest.clone();
@@ -179,6 +245,7 @@ impl Transfer {
                         digest,
                         media_type,
                         created: None,
+                        children,
                     }));
                 };
                 verify(&child_bytes, &child_digest)?;
@@ -202,7 +269,91 @@ impl Transfer {
             digest,
             media_type,
             created,
+            children,
         }))
+    }
+
+    /// Deletes an image by digest with its referrers (every level, both
+    /// schemes) and the fallback tag indexes of its subjects, except what
+    /// belongs to `kept` (the images that stay in the repository, and
+    /// their platform manifests): see [`plan_referrer_deletions`]. The
+    /// referrers are looked for first; if they cannot be, nothing is
+    /// deleted. `None` when the registry did not have the image.
+    pub async fn delete_with_referrers(
+        &self,
+        repository: &RepositoryRef,
+        digest: &Digest,
+        kept: &HashSet<Digest>,
+    ) -> Result<Option<DeletedReferrers>, TransferError> {
+        let image = ImageReference {
+            registry: repository.registry.clone(),
+            repository: repository.repository.clone(),
+            tag: None,
+            digest: Some(digest.clone()),
+        };
+        let found = match self.list_referrers(&image, &ReferrersPolicy::All).await {
+            Ok(found) => found,
+            Err(TransferError::SourceNotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let tags: HashSet<String> = self.list_tags(repository).await?.into_iter().collect();
+        let mut deleted = vec![digest.clone()];
+        deleted.extend(
+            found
+                .iter()
+                .filter(|r| r.depth == 1)
+                .map(|r| r.subject.clone()),
+        );
+        let scheme_tags: Vec<(Digest, String)> = found
+            .iter()
+            .filter_map(|r| match &r.scheme {
+                ReferrerScheme::Tag(tag) => Some((r.digest.clone(), tag.clone())),
+                ReferrerScheme::Subject => None,
+            })
+            .collect();
+        let found: Vec<(Digest, Digest)> =
+            found.into_iter().map(|r| (r.digest, r.subject)).collect();
+        let plan = plan_referrer_deletions(&deleted, &found, kept, &tags);
+        if !self.delete_manifest(repository, digest).await? {
+            return Ok(None);
+        }
+        // Deepest first, so an interrupted pass leaves no referrer whose
+        // own subject is already gone unlisted.
+        for referrer in plan.referrers.iter().rev() {
+            self.delete_manifest(repository, referrer).await?;
+        }
+        let going_tags = scheme_tags
+            .into_iter()
+            .filter(|(digest, _)| plan.referrers.contains(digest))
+            .map(|(_, tag)| tag);
+        for tag in plan.fallback_tags.iter().cloned().chain(going_tags) {
+            self.delete_tag(repository, &tag).await?;
+        }
+        Ok(Some(plan))
+    }
+
+    /// Deletes what a tag points at, by digest; then, where the registry
+    /// still serves the tag (go-containerregistry's keeps tags of deleted
+    /// manifests), the tag itself.
+    async fn delete_tag(&self, repository: &RepositoryRef, tag: &str) -> Result<(), TransferError> {
+        let tagged = ImageReference {
+            registry: repository.registry.clone(),
+            repository: repository.repository.clone(),
+            tag: Some(tag.to_owned()),
+            digest: None,
+        };
+        let Some(digest) = self.manifest_digest(&tagged).await? else {
+            return Ok(());
+        };
+        self.delete_manifest(repository, &digest).await?;
+        if self.manifest_digest(&tagged).await?.is_some() {
+            let client = self.client(&repository.registry)?;
+            let _permits = self.permits(&[Some(client.name())]).await;
+            client
+                .manifest_delete_reference(repository.repository.as_str(), tag)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn read_config(
@@ -273,6 +424,62 @@ mod tests {
             }),
             attests: None,
         }
+    }
+
+    fn d(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn set<T: Clone + Eq + std::hash::Hash>(items: &[T]) -> HashSet<T> {
+        items.iter().cloned().collect()
+    }
+
+    #[test]
+    fn referrers_go_with_their_subject_at_every_level_and_with_their_fallback_tag() {
+        // Image a: SBOM 5 (listed in the fallback tag of a), signature 6 on
+        // 5 (in the fallback tag of 5), cosign signature c (tag scheme).
+        // Image b stays, with its fallback tag.
+        let found = [(d('5'), d('a')), (d('c'), d('a')), (d('6'), d('5'))];
+        let tags = set(&[
+            fallback_tag(&d('a')),
+            fallback_tag(&d('5')),
+            fallback_tag(&d('b')),
+            "sha256-aaaa.sig".to_owned(),
+            "lifeboat-sha256-bbbb".to_owned(),
+        ]);
+        let plan = plan_referrer_deletions(&[d('a')], &found, &set(&[d('b')]), &tags);
+        assert_eq!(plan.referrers, vec![d('5'), d('c'), d('6')]);
+        let mut wanted = vec![fallback_tag(&d('a')), fallback_tag(&d('5'))];
+        wanted.sort();
+        assert_eq!(plan.fallback_tags, wanted);
+
+        // The order the walk lists them in does not matter.
+        let reversed: Vec<_> = found.iter().rev().cloned().collect();
+        let again = plan_referrer_deletions(&[d('a')], &reversed, &set(&[d('b')]), &tags);
+        assert_eq!(set(&again.referrers), set(&plan.referrers));
+        assert_eq!(again.fallback_tags, plan.fallback_tags);
+    }
+
+    #[test]
+    fn referrers_of_what_stays_are_never_deleted() {
+        // Index e goes; its platform manifest 7 is shared with index f,
+        // which stays: 7's signature and fallback tag stay. e's own
+        // platform 8 goes, with its attestation.
+        let found = [(d('1'), d('7')), (d('2'), d('8')), (d('3'), d('e'))];
+        let tags = set(&[fallback_tag(&d('7')), fallback_tag(&d('8'))]);
+        let kept = set(&[d('f'), d('7')]);
+        let plan = plan_referrer_deletions(&[d('e'), d('7'), d('8')], &found, &kept, &tags);
+        assert_eq!(plan.referrers, vec![d('2'), d('3')]);
+        assert_eq!(plan.fallback_tags, vec![fallback_tag(&d('8'))]);
+
+        // A referrer that is itself kept (listed by an image that stays)
+        // stays, and so do its own referrers.
+        let found = [(d('9'), d('a')), (d('5'), d('9'))];
+        let plan = plan_referrer_deletions(&[d('a')], &found, &set(&[d('9')]), &HashSet::new());
+        assert!(plan.referrers.is_empty(), "{plan:?}");
+        // Nothing deleted when the image itself stays.
+        let plan = plan_referrer_deletions(&[d('a')], &found, &set(&[d('a')]), &HashSet::new());
+        assert_eq!(plan, DeletedReferrers::default());
     }
 
     #[test]

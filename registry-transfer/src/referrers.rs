@@ -370,16 +370,51 @@ impl Transfer {
             return Ok(Vec::new());
         }
         let source = self.registry_source(image)?;
-        let digest = match source.known_digest() {
-            Some(digest) => digest,
-            None => self.resolve_source(&source).await?,
-        };
-        let (bytes, reported) = self.source_manifest(&source, &digest).await?;
-        let media_type = effective_media_type(&bytes, &reported);
-        let content = manifest::parse(&bytes, &media_type, &digest)?;
-        let subjects = image_subjects(&digest, false, &content);
+        let subjects = self.subjects_of(&source).await?;
         self.copy_referrers(&source, None, subjects, policy, &Tally::default())
             .await
+    }
+
+    /// Copies the referrers of `image` (its own and theirs, every platform
+    /// manifest of an index included) into `target`, without the image:
+    /// for an image that reached the target another way (a node's
+    /// containerd holds no signatures, the backup registry does). The
+    /// fallback tag index is maintained at a target without the referrers
+    /// API, as a copy does.
+    pub async fn copy_referrers_of(
+        &self,
+        image: &ImageReference,
+        target: &RepositoryRef,
+        policy: &ReferrersPolicy,
+    ) -> Result<Vec<ReferrerCopy>, TransferError> {
+        if policy.is_none() {
+            return Ok(Vec::new());
+        }
+        let source = self.registry_source(image)?;
+        let subjects = self.subjects_of(&source).await?;
+        let client = self.client(&target.registry)?;
+        let target = ReferrerTarget {
+            client: &client,
+            repo: target,
+        };
+        self.copy_referrers(&source, Some(target), subjects, policy, &Tally::default())
+            .await
+    }
+
+    /// The subjects of an image in a registry: its manifest is read to
+    /// find its platform manifests.
+    async fn subjects_of(
+        &self,
+        source: &crate::RegistrySource,
+    ) -> Result<Vec<Digest>, TransferError> {
+        let digest = match source.known_digest() {
+            Some(digest) => digest,
+            None => self.resolve_source(source).await?,
+        };
+        let (bytes, reported) = self.source_manifest(source, &digest).await?;
+        let media_type = effective_media_type(&bytes, &reported);
+        let content = manifest::parse(&bytes, &media_type, &digest)?;
+        Ok(image_subjects(&digest, false, &content))
     }
 
     /// Copies the referrers of `subjects` (and theirs, recursively) from

@@ -743,3 +743,209 @@ async fn listing_referrers_reads_the_source_and_writes_nothing() {
         }
     }
 }
+
+/// An image that reached its destination without its referrers (a node's
+/// containerd pushed it: it holds no signatures) gets them from the
+/// registry that has them (the backup), the image itself untouched:
+/// listed the destination's way, found by `oras discover`, a second time
+/// nothing written; an image the backup lacks is `SourceNotFound`.
+#[tokio::test]
+async fn referrers_alone_follow_an_image_that_arrived_without_them() {
+    for (backup_api, destination_api) in [(false, false), (true, false), (false, true)] {
+        let backup = start(backup_api);
+        let destination = start(destination_api);
+        let dir = TempDir::new("oras");
+        let image = push_image(&backup, "app", "v1").await;
+        let sbom = oras_attach(&backup, "app", &image.digest, SBOM, &dir);
+        let signature = oras_attach(&backup, "app", &sbom, SIGNATURE, &dir);
+        let transfer = engine(&[&backup, &destination]);
+        let at_destination = RepositoryRef::new(&destination.host, "restored/app");
+        // What a node export does: the image alone.
+        transfer
+            .copy_image(
+                &image_ref(&backup, "app:v1"),
+                &CopyRequest::new(at_destination.clone()),
+            )
+            .await
+            .unwrap();
+        let case = format!("api {backup_api} -> {destination_api}");
+        assert!(
+            oras_discover(&destination, "restored/app", &image.digest).is_empty(),
+            "{case}"
+        );
+
+        let pinned = image_ref(&backup, &format!("app@{}", image.digest));
+        let brought = transfer
+            .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap();
+        let brought: Vec<(&str, usize, bool)> = brought
+            .iter()
+            .map(|r| (r.digest.as_str(), r.depth, r.already_there))
+            .collect();
+        assert_eq!(
+            brought,
+            vec![(sbom.as_str(), 1, false), (signature.as_str(), 2, false)],
+            "{case}"
+        );
+        assert_eq!(
+            oras_discover(&destination, "restored/app", &image.digest),
+            vec![sbom.clone()],
+            "{case}"
+        );
+        assert_eq!(
+            oras_discover(&destination, "restored/app", &sbom),
+            vec![signature.clone()],
+            "{case}"
+        );
+        let (api, fallback) = listed(&destination, "restored/app", &image.digest).await;
+        if destination_api {
+            assert_eq!(api, Some(vec![sbom.clone()]), "{case}");
+        } else {
+            assert_eq!(fallback, Some(vec![sbom.clone()]), "{case}");
+        }
+
+        let again = transfer
+            .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap();
+        assert!(again.iter().all(|r| r.already_there), "{case}: {again:?}");
+        assert!(
+            transfer
+                .copy_referrers_of(&pinned, &at_destination, &ReferrersPolicy::None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let absent = image_ref(&backup, &format!("app@sha256:{}", "0".repeat(64)));
+        let error = transfer
+            .copy_referrers_of(&absent, &at_destination, &ReferrersPolicy::All)
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "SourceNotFound", "{case}: {error}");
+    }
+}
+
+fn digest_of(text: &str) -> registry_transfer::Digest {
+    registry_transfer::Digest::parse(text).unwrap()
+}
+
+/// Retention's delete: an index goes with its referrers at every level
+/// (an SBOM, a signature on it, an attestation of one of its platform
+/// manifests, cosign's `.sig` tag) and the fallback tag indexes listing
+/// them, and nothing of what stays: the index that stays keeps its
+/// signature, and the platform manifest both indexes share keeps its own.
+/// Against both registry kinds; the second delete finds nothing.
+#[tokio::test]
+async fn deleting_an_image_deletes_its_referrers_and_never_those_of_what_stays() {
+    for api in [false, true] {
+        let registry = start(api);
+        let http = RegistryHttp::new(&registry);
+        let dir = TempDir::new("oras");
+        let transfer = engine(&[&registry]);
+        let repo = "backup/app";
+        let platform =
+            |arch| image_manifest(&[Blob::random_layer(5000)], OCI_MANIFEST, ("linux", arch));
+        let shared = platform("amd64");
+        let old = support::images::index_manifest(
+            &[
+                (shared.clone(), "linux", "amd64"),
+                (platform("arm64"), "linux", "arm64"),
+            ],
+            OCI_INDEX,
+        );
+        let new = support::images::index_manifest(
+            &[
+                (shared.clone(), "linux", "amd64"),
+                (platform("s390x"), "linux", "s390x"),
+            ],
+            OCI_INDEX,
+        );
+        http.push(repo, "old", &old).await;
+        http.push(repo, "new", &new).await;
+        let old_arm = old.children[1].digest.clone();
+        let sbom = oras_attach(&registry, repo, &old.digest, SBOM, &dir);
+        let sbom_signature = oras_attach(&registry, repo, &sbom, SIGNATURE, &dir);
+        let arm_attestation = oras_attach(&registry, repo, &old_arm, SBOM, &dir);
+        let cosign_tag = format!("{}.sig", old.digest.replacen(':', "-", 1));
+        let cosign_signature = support::images::artifact_manifest(&Blob::new(
+            b"signed".to_vec(),
+            "application/vnd.dev.cosign.simplesigning.v1+json",
+        ));
+        http.push(repo, &cosign_tag, &cosign_signature).await;
+        let new_signature = oras_attach(&registry, repo, &new.digest, SIGNATURE, &dir);
+        let shared_signature = oras_attach(&registry, repo, &shared.digest, SIGNATURE, &dir);
+
+        let kept: std::collections::HashSet<_> =
+            [&new.digest, &shared.digest, &new.children[1].digest]
+                .into_iter()
+                .map(|d| digest_of(d))
+                .collect();
+        let repository = RepositoryRef::new(&registry.host, repo);
+        let deleted = transfer
+            .delete_with_referrers(&repository, &digest_of(&old.digest), &kept)
+            .await
+            .unwrap()
+            .expect("the old index was there");
+
+        let case = format!("api {api}");
+        let mut gone: Vec<String> = deleted.referrers.iter().map(ToString::to_string).collect();
+        gone.sort();
+        let mut wanted = vec![
+            sbom.clone(),
+            sbom_signature.clone(),
+            arm_attestation.clone(),
+            cosign_signature.digest.clone(),
+        ];
+        wanted.sort();
+        assert_eq!(gone, wanted, "{case}");
+        for digest in wanted.iter().chain([&old.digest]) {
+            assert!(
+                http.manifest(repo, digest).await.is_none(),
+                "{case}: {digest} stayed"
+            );
+        }
+        // What clients see: nothing resolves under the tags that went
+        // (oci-registry keeps a deleted manifest's tags listed, dangling).
+        let fallback = |d: &str| d.replacen(':', "-", 1);
+        for tag in [&old.digest, &sbom, &old_arm]
+            .map(|d| fallback(d))
+            .iter()
+            .chain([&cosign_tag])
+        {
+            assert!(http.manifest(repo, tag).await.is_none(), "{case}: {tag}");
+        }
+        // distribution has no referrers API and oci-registry does not say
+        // it has one on a push (no OCI-Subject), so oras wrote fallback
+        // tags at both: those of what goes go, the others stay.
+        assert_eq!(deleted.fallback_tags.len(), 3, "{case}: {deleted:?}");
+        for subject in [&new.digest, &shared.digest] {
+            let listing = http.manifest(repo, &fallback(subject)).await;
+            assert!(
+                listing.is_some(),
+                "{case}: the fallback tag of {subject} went"
+            );
+        }
+
+        assert!(http.manifest(repo, &new.digest).await.is_some(), "{case}");
+        assert_eq!(
+            oras_discover(&registry, repo, &new.digest),
+            vec![new_signature.clone()],
+            "{case}"
+        );
+        assert_eq!(
+            oras_discover(&registry, repo, &shared.digest),
+            vec![shared_signature.clone()],
+            "{case}"
+        );
+        assert_eq!(
+            transfer
+                .delete_with_referrers(&repository, &digest_of(&old.digest), &kept)
+                .await
+                .unwrap(),
+            None,
+            "{case}"
+        );
+    }
+}

@@ -18,10 +18,15 @@ E2E_FAILURES=()
 # check NAME COMMAND... : runs COMMAND; passes when it exits 0.
 check() {
   local name="$1"; shift
-  local out
+  local out started=$SECONDS
   if out="$("$@" 2>&1)"; then
     E2E_PASSED=$((E2E_PASSED + 1))
-    printf '  ok    %s\n' "$name"
+    # A check's own time, when it is long enough to matter for the CI budget.
+    if ((SECONDS - started >= 3)); then
+      printf '  ok    %s  [%d s]\n' "$name" "$((SECONDS - started))"
+    else
+      printf '  ok    %s\n' "$name"
+    fi
   else
     E2E_FAILED=$((E2E_FAILED + 1))
     E2E_FAILURES+=("$name")

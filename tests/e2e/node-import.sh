@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# node-exporter's import on the local cluster: the source registry is killed
-# (no answer at all) and a Deployment pinned onto the node that never held its
-# image gets the image written into that node's containerd, from the backup
+# Restores into nodes on the local cluster (ImageRestore with
+# destination.nodes, node-exporter's import and serve): the source registry is
+# killed (no answer at all) and a Deployment pinned onto the node that never
+# held its image gets the image written into that node's containerd by an
+# ImageRestore naming "the nodes whose pods fail to pull it", from the backup
 # registry, and then, with the backup killed too, straight from the other
 # node. Digest-exact both ways; a sparse multi-platform index stays exactly
 # what the holding node holds. Also: node-exporter trusts the CA bundle it is
 # given (the backup registry's private CA) and stops at once on SIGTERM, and
 # the peer session refuses requests without its token or for content outside
-# the image.
+# the image (those Jobs are written here as YAML, the way the operator builds
+# its Jobs: operator/src/controllers/image_restore/jobs.rs).
 #
-# The Jobs are written here as YAML, the way the operator's export Jobs are
-# built (operator/src/controllers/image_restore/jobs.rs: no service-account
-# token, read-only root filesystem, all capabilities dropped, only the
-# containerd socket, the credentials and the CA mounted, host network as this
-# cluster's JobSettings say): the operator does not create import Jobs yet.
+# Once the image is on the node the operator deletes the Deployment's pod
+# stuck in ErrImagePull / ImagePullBackOff (destination.nodes.deleteStuckPods,
+# on by default) and says so in an Event on its ReplicaSet: the replacement
+# starts at once instead of after the kubelet's back-off.
 #
 # Timings (registry killed -> replacement pod Running, split into pull
-# failure seen, Job start, bytes and pod start) are printed as "measured:"
-# lines; docs/benchmarks.md quotes them. The suite deletes the pod stuck in
-# ErrImagePull once its image is on the node, as the operator will for owned
-# pods, instead of waiting out the kubelet's back-off.
+# failure seen, restore to import Job start, bytes, Ready seen and pod start)
+# are printed as "measured:" lines; docs/benchmarks.md quotes them.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Figures go to the suite's own output even from inside a check (which
 # shows a check's output only when it fails).
@@ -45,6 +45,9 @@ echo "node-exporter import on the cluster (namespace $ns)"
 profile=debug build_flags=()
 [[ "${1:-}" == --release ]] && profile=release build_flags=(--release)
 check "Lifeboat images ($profile build) build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh" "${build_flags[@]}"
+check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
+check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
+restart_operator
 
 needy_ctr() { ctr -a "$(node_containerd_socket "$needy")" -n k8s.io "$@"; }
 holder_ctr() { ctr -a "$(node_containerd_socket "$holder")" -n k8s.io "$@"; }
@@ -76,6 +79,7 @@ backup_copy() {
   skopeo copy --quiet --all --src-tls-verify=false --dest-cert-dir "$BACKUP_CERT_DIR" --dest-creds "$BACKUP_CREDS" \
     "docker://$SOURCE_REGISTRY/$1" "docker://$BACKUP_REGISTRY/nodeimport/$1"
 }
+auto="nodeimport/auto-$run"
 small="nodeimport/small-$run"
 big="nodeimport/big-$run"
 multi="nodeimport/multiarch-$run"
@@ -88,10 +92,13 @@ build_images() {
   oci image --layout "$layout" --ref multi-arm64 --platform linux/arm64 --busybox \
     --random-layer 2097152:shared-runtime --random-layer "262144:multi-arm64-$run" --entrypoint "$RUN_FOREVER" &&
   oci index --layout "$layout" --ref multi --manifests multi-amd64,multi-arm64 &&
+  oci image --layout "$layout" --ref auto --busybox --random-layer 2097152:shared-runtime \
+    --random-layer "1048576:auto-$run" --entrypoint "$RUN_FOREVER" && push_layout auto "$auto:1" &&
   push_layout small "$small:1" && push_layout big "$big:1" && push_layout multi "$multi:1.0" &&
   backup_copy "$small:1" && backup_copy "$big:1"
 }
-check "this run's images (3 MiB, 100 MiB, a two-platform index) are in the source registry, two in the backup" build_images
+check "this run's images (3 MiB twice, 100 MiB, a two-platform index) are in the source registry, two in the backup" build_images
+auto_digest="$(registry_digest "$auto" 1)"
 small_digest="$(registry_digest "$small" 1)"
 big_digest="$(registry_digest "$big" 1)"
 multi_digest="$(registry_digest "$multi" 1.0)"
@@ -104,12 +111,37 @@ deployment() { pinned_deployment "$1" "$2" "$3" IfNotPresent | k -n "$ns" apply 
 deployment holder-small "$holder" "$SOURCE_REGISTRY/$small:1"
 deployment holder-big "$holder" "$SOURCE_REGISTRY/$big:1"
 deployment holder-multi "$holder" "$SOURCE_REGISTRY/$multi@$multi_digest"
-check "the holder runs all three on $holder" bash -c "
-  '$KUBECTL' -n '$ns' wait --for=condition=Available deploy/holder-small deploy/holder-big deploy/holder-multi --timeout=180s"
+deployment auto "$holder" "$SOURCE_REGISTRY/$auto:1"
+check "the holder runs all four on $holder" bash -c "
+  '$KUBECTL' -n '$ns' wait --for=condition=Available deploy/holder-small deploy/holder-big deploy/holder-multi deploy/auto --timeout=180s"
 
 ### Job credentials, CA and the peer session's token. ########################
-registry_secret "$ns" backup-credentials "$BACKUP_REGISTRY"
-k -n "$ns" create configmap backup-ca --from-file=ca.crt="$CLUSTER_PKI/ca.crt" >/dev/null
+backup_registry_access "$ns"
+# The backup the restores look in: this policy's target (it backs nothing up
+# itself: its selector matches no image).
+k -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: backup}
+spec:
+  selector: {images: {include: ["nodeimport-nothing/**"]}}
+  targets:
+$(backup_target "nodeimport/{repository}")
+YAML
+# A policy that protects the "auto" Deployment's image and restores by itself:
+# it backs the image up now, and during the outage below imports it into the
+# node a pod of the Deployment fails to pull it on.
+k -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageBackupPolicy
+metadata: {name: auto}
+spec:
+  selector: {images: {include: ["**/auto-$run"]}}
+  targets:
+$(backup_target "nodeimport/{repository}")
+  restore: {automatic: true}
+YAML
+check "the automatic policy backs its image up (Ready)" k -n "$ns" wait --for=condition=Ready ibp/auto --timeout=120s
 token="$(head -c 32 /dev/urandom | base64 | tr -d '/+=')"
 k -n "$ns" create secret generic peer-token --from-literal=token="$token" >/dev/null
 CA_ARG="$BACKUP_REGISTRY=/var/run/lifeboat/ca/ca.crt"
@@ -186,7 +218,7 @@ now() { date +%s.%N; }
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # log_time JOB PATTERN: when node-exporter logged the first line matching PATTERN.
 log_time() {
-  local line; line="$(k -n "$ns" logs "job/$1" 2>/dev/null | grep -m1 -E "$2")" || return 1
+  local line; line="$(k -n lifeboat-system logs "job/$1" 2>/dev/null | grep -m1 -E "$2")" || return 1
   date -d "$(awk '{print $1}' <<<"$line")" +%s.%N
 }
 
@@ -257,43 +289,57 @@ pull_failed() {
   local reason; reason="$(k -n "$ns" get pods -l "app=$1" -o jsonpath='{.items[0].status.containerStatuses[0].state.waiting.reason}')"
   [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]]
 }
+any_running() { [[ -n "$(k -n "$ns" get pods -l "app=$1" --field-selector=status.phase=Running -o name)" ]]; }
 replacement_running() {
   local phase; phase="$(k -n "$ns" get pods -l "app=$1" --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}')"
   [[ -n "$phase" && "$phase" != "$2" ]]
 }
 fast_until() { local timeout="$1"; shift; local deadline=$((SECONDS + timeout)); until "$@"; do ((SECONDS < deadline)) || return 1; sleep 0.1; done; }
 
-# import_timeline APP IMAGE DIGEST JOB... : applies APP on the needy node, waits
-# for its pull to fail, runs the Jobs given as "name|node|args..." lines on
-# stdin, deletes the stuck pod, and prints the split.
+# restore_into_nodes NAME IMAGE: an ImageRestore of IMAGE into the nodes
+# whose pods in this namespace fail to pull it.
+restore_into_nodes() {
+  k -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageRestore
+metadata: {name: $1}
+spec:
+  images: ["$2"]
+  destination: {nodes: {failingPods: true}}
+YAML
+}
+ready_status() { k -n "$ns" get imagerestore "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'; }
+restore_ended() { [[ "$(ready_status "$1")" == True || "$(ready_status "$1")" == False ]]; }
+node_entry() { k -n "$ns" get imagerestore "$1" -o jsonpath="{.status.nodes[0].$2}"; }
+
+# import_timeline APP IMAGE RESTORE-IMAGE: applies APP on the needy node, waits
+# for its pull to fail, creates an ImageRestore of RESTORE-IMAGE into the
+# failing pods' nodes, waits for it to be Ready and for the replacement of the
+# stuck pod (the operator deletes it) to run, and prints the split.
 import_timeline() {
-  local app="$1" image="$2" digest="$3" started failed jobs_created done deleted running stuck name node
+  local app="$1" image="$2" wanted="$3" started failed created done running stuck
   started="$(now)"
   deployment "$app" "$needy" "$image"
   fast_until 60 pull_failed "$app" || { echo "$app: the pull did not fail"; return 1; }
   failed="$(now)"
-  local names=()
-  while IFS='|' read -r name node rest; do
-    eval "node_job '$name' '$node' $rest"
-    names+=("$name")
-  done
-  jobs_created="$(now)"
-  for name in "${names[@]}"; do
-    fast_until 180 job_complete "$name" || { echo "job $name did not complete"; termination_message "$name"; return 1; }
-  done
-  done="$(now)"
   stuck="$(app_pod "$app")"
-  k -n "$ns" delete pod "$stuck" --wait=false >/dev/null
-  deleted="$(now)"
-  fast_until 120 replacement_running "$app" "$stuck" || { echo "$app: no replacement Running"; return 1; }
+  restore_into_nodes "$app" "$wanted"
+  created="$(now)"
+  fast_until 180 restore_ended "$app" || { echo "$app: the restore did not end"; k -n "$ns" get imagerestore "$app" -o yaml; return 1; }
+  done="$(now)"
+  [[ "$(ready_status "$app")" == True ]] || { echo "$app: the restore failed"; k -n "$ns" get imagerestore "$app" -o jsonpath='{.status}'; return 1; }
+  # The kubelet's own retry may win on a slow import (its back-off starts at
+  # 10 s); the Event check below holds the operator to the small image.
+  fast_until 60 any_running "$app" || { echo "$app: no pod Running"; return 1; }
   running="$(now)"
-  local importer="${names[-1]}" job_started bytes_done
-  job_started="$(log_time "$importer" "connecting to containerd")" || job_started="$jobs_created"
+  local importer job_started bytes_done
+  importer="$(node_entry "$app" jobName)"
+  job_started="$(log_time "$importer" "connecting to containerd")" || job_started="$created"
   bytes_done="$(log_time "$importer" " imported ")" || bytes_done="$done"
   measured "$app: Running $(seconds "$started" "$running") s after the Deployment was applied with the registry dead" \
-    "(pull failure seen $(seconds "$started" "$failed") s; Job start $(seconds "$jobs_created" "$job_started") s;" \
-    "bytes $(seconds "$job_started" "$bytes_done") s; Job done to Complete seen $(seconds "$bytes_done" "$done") s;" \
-    "pod start $(seconds "$deleted" "$running") s)"
+    "(pull failure seen $(seconds "$started" "$failed") s; restore created to import Job started $(seconds "$created" "$job_started") s;" \
+    "bytes $(seconds "$job_started" "$bytes_done") s; to restore Ready seen $(seconds "$bytes_done" "$done") s;" \
+    "stuck pod replaced and Running $(seconds "$done" "$running") s)"
 }
 pod_digest() {
   local id; id="$(k -n "$ns" get pods -l "app=$1" --field-selector=status.phase=Running -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')"
@@ -312,10 +358,14 @@ cri_lists() {
   # (An image with neither tag nor digest names is listed without names.)
   k get node "$needy" -o json | jq -e --arg n "$1" '[.status.images[] | .names // [] | .[]] | index($n) != null' >/dev/null
 }
-report_says() {
-  local message; message="$(termination_message "$1")"
-  jq -e --arg d "$2" --arg s "$3" '.v == 1 and .results[0].status == "Imported" and .results[0].digest == $d
-    and (.results[0].source | startswith($s)) and .results[0].bytes > 0' <<<"$message" >/dev/null || { echo "$message"; return 1; }
+# restore_says APP DIGEST KIND SOURCE: the restore's entry for the needy node
+# names the digest containerd recorded, where the bytes came from, how many.
+restore_says() {
+  local entry; entry="$(k -n "$ns" get imagerestore "$1" -o json | jq -c '.status.nodes')"
+  jq -e --arg n "$needy" --arg d "$2" --arg k "$3" --arg s "$4" 'length == 1 and .[0].node == $n
+    and .[0].state == "Restored" and .[0].importedDigest == $d and .[0].source.kind == $k
+    and .[0].source.name == $s and .[0].bytes > 0' <<<"$entry" >/dev/null || { echo "$entry"; return 1; }
+  [[ "$(k -n "$ns" get imagerestore "$1" -o jsonpath='{.status.images[0].digestPreserved}')" == true ]] || { echo "digest not preserved"; return 1; }
 }
 
 if [[ -z "$dead_registry" ]]; then
@@ -324,20 +374,47 @@ fi
 check "the pods' registry answers nothing" bash -c "! curl -s -m 2 -o /dev/null 'http://$pod_registry/v2/'"
 for size in small big; do
   repo="${!size}"; digest_var="${size}_digest"; digest="${!digest_var}"
-  import_from_backup() {
-    import_timeline "from-backup-$size" "$pod_registry/$repo:1" "$digest" <<LINES
-import-backup-$size|$needy|import --image '$pod_registry/$repo:1=$BACKUP_REGISTRY/nodeimport/$repo@$digest' --docker-config '$DOCKER_CONFIG_ARG' --ca-bundle '$CA_ARG' --socket '$SOCKET_ARG'
-LINES
-  }
+  import_from_backup() { import_timeline "from-backup-$size" "$pod_registry/$repo:1" "$pod_registry/$repo:1@$digest"; }
   check "$size: a pod on $needy whose registry is dead runs once the image is imported from the backup" import_from_backup
   check "$size: the pod runs the original digest" test "$(pod_digest "from-backup-$size")" == "$digest"
+  [[ "$size" == small ]] && check "$size: the stuck pod was replaced, and its ReplicaSet has the operator's StuckPodDeleted Event" \
+    eventually 10 bash -c "'$KUBECTL' -n '$ns' get events --field-selector reason=StuckPodDeleted -o jsonpath='{.items[*].involvedObject.name}' |
+      grep -qw \"\$('$KUBECTL' -n '$ns' get rs -l app=from-backup-$size -o jsonpath='{.items[0].metadata.name}')\""
   check "$size: containerd on $needy records the pod's reference at the original digest" \
     test "$(record_digest "$pod_registry/$repo:1")|$(record_digest "$pod_registry/$repo@$digest")" == "$digest|$digest"
   check "$size: ctr images check says complete after a synchronous GC" complete_after_gc "$pod_registry/$repo:1"
-  check "$size: the report names the digest, the backup as source and the bytes" \
-    report_says "import-backup-$size" "$digest" "$BACKUP_REGISTRY/nodeimport/$repo@"
+  check "$size: the restore's status names $needy, the digest, the backup target and the bytes" \
+    restore_says "from-backup-$size" "$digest" BackupRegistry backup
   check "$size: the kubelet lists it among the node's images (CRI)" eventually 60 cri_lists "$pod_registry/$repo:1"
 done
+
+# restore.automatic during the outage: the Deployment moves onto the needy
+# node; its new pod cannot pull, the policy creates an ImageRestore into that
+# node (from the backup), the operator deletes the stuck pod, and its
+# replacement runs the original digest.
+auto_running_on_needy() {
+  [[ -n "$(k -n "$ns" get pods -l app=auto --field-selector="status.phase=Running,spec.nodeName=$needy" -o name)" ]]
+}
+automatic_outage_restore() {
+  local started; started="$(now)"
+  k -n "$ns" patch deploy auto --type merge \
+    -p "{\"spec\":{\"template\":{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"$needy\"}}}}}" >/dev/null || return 1
+  fast_until 120 auto_running_on_needy || {
+    echo "no pod of deploy/auto Running on $needy"; k -n "$ns" get pods -l app=auto -o wide
+    k -n "$ns" get ibp auto -o jsonpath='{.status.unreachableImages}{"\n"}{.status.automaticRestore}{"\n"}'; return 1; }
+  measured "automatic: deploy/auto Running on $needy $(seconds "$started" "$(now)") s after it was moved there with the source dead"
+}
+check "restore.automatic: a Deployment moved onto $needy with its source dead runs there" automatic_outage_restore
+auto_restore_says() {
+  local name; name="$(k -n "$ns" get ibp auto -o jsonpath='{.status.automaticRestore.name}')"
+  [[ "$name" == auto-import-* ]] || { echo "policy links '$name'"; return 1; }
+  restore_says "$name" "$auto_digest" BackupRegistry backup
+}
+check "restore.automatic: the policy links its ImageRestore, which imported the digest from the backup into $needy" \
+  eventually 30 auto_restore_says
+check "restore.automatic: the pod on $needy runs the original digest" \
+  test "$(k -n "$ns" get pods -l app=auto --field-selector="status.phase=Running,spec.nodeName=$needy" \
+    -o jsonpath='{.items[0].status.containerStatuses[0].imageID}' | sed 's/.*@//')" == "$auto_digest"
 
 # This machine's floors, in the same run: a Job that does nothing on the
 # needy node (what any Job costs), and the big image's layer fetched from the
@@ -374,24 +451,17 @@ forget_big() {
   ! needy_ctr content ls -q | grep -qx "$big_digest"
 }
 check "the big image is forgotten on $needy (records removed, content collected)" forget_big
-peer_port() { echo $((20000 + RANDOM % 20000)); }
 for case in multi big; do
-  repo="${!case}"; digest_var="${case}_digest"; digest="${!digest_var}"; p="$(peer_port)"
+  repo="${!case}"; digest_var="${case}_digest"; digest="${!digest_var}"
   reference="$pod_registry/$repo:1"; [[ "$case" == multi ]] && reference="$pod_registry/$repo@$digest"
   pinned="$pod_registry/$repo:1@$digest"; [[ "$case" == multi ]] && pinned="$pod_registry/$repo:1.0@$digest"
-  # The holder knows it by the source registry's name; serve finds it by digest.
-  held="$SOURCE_REGISTRY/$repo@$digest"
-  import_from_node() {
-    import_timeline "from-node-$case" "$reference" "$digest" <<LINES
-serve-$case|$holder|serve --image '$held' --listen '$p' --token-file '$TOKEN_ARG' --serve-seconds 120 --socket '$SOCKET_ARG'
-import-node-$case|$needy|import --image '$pinned' --from-peer '$holder_ip:$p' --token-file '$TOKEN_ARG' --socket '$SOCKET_ARG'
-LINES
-  }
+  # source.type Auto: the backup is asked first and does not answer.
+  import_from_node() { import_timeline "from-node-$case" "$reference" "$pinned"; }
   check "$case: with source and backup dead, a pod on $needy runs once the image comes from $holder" import_from_node
   check "$case: the pod runs the original digest" test "$(pod_digest "from-node-$case")" == "$digest"
   check "$case: ctr images check says complete after a synchronous GC" complete_after_gc "$reference"
-  check "$case: the report names the digest, the peer as source and the bytes" \
-    report_says "import-node-$case" "$digest" "peer:$holder_ip:$p"
+  check "$case: the restore's status names $needy, the digest, $holder as the source and the bytes" \
+    restore_says "from-node-$case" "$digest" NodeCache "$holder"
 done
 
 # The image's closure (index, manifests, configs, layers) as each node holds it.
@@ -415,8 +485,22 @@ same_closure() {
 }
 check "multi: $needy holds exactly what $holder holds of the index (sparse: no arm64)" same_closure
 serve_ended() {
-  jq -e '.results[0].status == "Preserved" and .results[0].bytes > 0' <<<"$(termination_message serve-multi)" >/dev/null
+  local uid message
+  uid="$(k -n "$ns" get imagerestore from-node-multi -o jsonpath='{.metadata.uid}')"
+  message="$(k -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid,app.kubernetes.io/component=serve" \
+    -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.message}')"
+  jq -e '.results[0].status == "Preserved" and .results[0].bytes > 0' <<<"$message" >/dev/null || { echo "$message"; return 1; }
 }
+# Nothing of the sessions stays: the restore's Secret (token, credentials)
+# goes when it completes.
+secrets_gone() {
+  local uid
+  for restore in from-backup-small from-node-multi; do
+    uid="$(k -n "$ns" get imagerestore "$restore" -o jsonpath='{.metadata.uid}')"
+    [[ -z "$(k -n lifeboat-system get secrets -l "lifeboat.dev/restore-uid=$uid" -o name)" ]] || { echo "$restore: Secret left"; return 1; }
+  done
+}
+check "the restores' Secrets (token, backup credentials) are deleted once they complete" eventually 30 secrets_gone
 check "the serve Job ended when the importer said it was done, and reports the bytes served" serve_ended
 
 registries_back() { start_registry source && start_registry backup; }

@@ -177,8 +177,8 @@ recorded() {
 check "the deletions are in the history and a RetentionDeleted event" eventually 30 recorded
 retention_metric() { operator_metrics | grep -E '^lifeboat_retention_deleted_total\{.*name="keep".*\} 2$'; }
 check "metric lifeboat_retention_deleted_total counts them" eventually 30 retention_metric
-stays_kept() { sleep 25; kept; }
-check "a later pass (the 20 s interval) deletes nothing more" stays_kept
+stays_kept() { sleep 15; kept; }
+check "a later pass (the 10 s interval) deletes nothing more" stays_kept
 
 # === 3. useWorkloadPullSecrets ============================================================
 private_repo="e2e/private-$run/app"

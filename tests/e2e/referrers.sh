@@ -11,7 +11,11 @@
 #   and garbage-collected: `cosign verify` fails there;
 # - an ImageRestore from the backup brings them back (status: 2 referrers),
 #   and `cosign verify --key` and `cosign verify-attestation` succeed against
-#   the restored image, by its original digest.
+#   the restored image, by its original digest;
+# - lost again, the image comes back from the node that runs it (a node
+#   holds no signatures): the restore brings its referrers from the backup
+#   registry (status: NodeCache, 2 referrers), and `cosign verify` succeeds
+#   again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ns="ref-e2e-$RANDOM"
@@ -97,6 +101,7 @@ check "the backup registry holds the image, its .sig and its .att, same digests"
 
 lose_everything() {
   local d
+  [[ "$(manifest_status "$base/signed" "$digest")" == 200 ]] || { echo "the image is not there to lose"; return 1; }
   for d in "$digest" "$sig_digest" "$att_digest"; do
     curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$base/signed/manifests/$d" >/dev/null || { echo "DELETE $d"; return 1; }
   done
@@ -126,5 +131,24 @@ check "its status: Restored, the original digest, 2 referrers" restored
 check "cosign verify --key succeeds against the restored image (original digest)" verify
 check "cosign verify-attestation succeeds against it" verify_attestation
 check "the restored signature has its original digest" test "$(registry_digest "$base/signed" "$sig_tag")" == "$sig_digest"
+
+check "image, signature and attestation are lost again" lose_everything
+k apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageRestore
+metadata: {name: from-node}
+spec:
+  images: ["$SOURCE_REGISTRY/$base/signed:1@$digest"]
+  source: {type: Auto, order: [NodeCache, BackupRegistry], backup: {policyName: signed}}
+YAML
+check "the restore from the node becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-node --timeout=120s
+restored_from_node() {
+  local got
+  got="$(k -n "$ns" get imagerestore from-node -o jsonpath='{.status.images[0].state} {.status.images[0].source.kind} {.status.images[0].restoredDigest} {.status.images[0].referrers} {.status.images[0].referrersReason}')"
+  [[ "$got" == "Restored NodeCache $digest 2 " ]] || { echo "status: $got"; return 1; }
+}
+check "its status: Restored from NodeCache, the original digest, 2 referrers (from the backup)" restored_from_node
+check "cosign verify --key succeeds against the node-restored image" verify
+check "cosign verify-attestation succeeds against it" verify_attestation
 
 summary referrers

@@ -59,6 +59,25 @@ pub fn export_job_name(
     .replace("--", "-")
 }
 
+/// A Job of a restore into nodes (`kind`: import or serve) on one node;
+/// `parts` say what else tells it apart (its source, its peer).
+pub fn node_job_name(
+    kind: &str,
+    restore_name: &str,
+    restore_uid: &str,
+    node: &str,
+    parts: &[&str],
+) -> String {
+    let mut all = vec![kind, restore_uid, node];
+    all.extend(parts);
+    format!(
+        "lifeboat-{kind}-{}-{}",
+        name_part(restore_name, 30),
+        short_hash(&all, 12)
+    )
+    .replace("--", "-")
+}
+
 /// The inventory Job asking one node about a set of images.
 pub fn inventory_job_name(node: &str, images: &[String]) -> String {
     let mut sorted: Vec<&str> = images.iter().map(String::as_str).collect();
@@ -91,6 +110,18 @@ pub fn automatic_restore_name(policy_name: &str, missing: &BTreeSet<String>) -> 
     let parts: Vec<&str> = missing.iter().map(String::as_str).collect();
     format!(
         "{}-restore-{}",
+        name_part(policy_name, 40),
+        short_hash(&parts, 10)
+    )
+    .replace("--", "-")
+}
+
+/// The ImageRestore a policy creates during an outage for the pods that
+/// fail to pull its unreachable images (`keys`: the digests and the pods).
+pub fn outage_restore_name(policy_name: &str, keys: &BTreeSet<String>) -> String {
+    let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
+    format!(
+        "{}-import-{}",
         name_part(policy_name, 40),
         short_hash(&parts, 10)
     )

@@ -23,8 +23,8 @@ use super::memory::{Failure, PolicyMemory, RunInFlight, SourceState};
 use super::plan::CopyTask;
 use super::registry::{self, copy_task, holds};
 use super::retention::{
-    Backup, DeleteReason, InUse, RetentionTiming, Rules, in_use_digests, lifeboat_tag_digest,
-    parse_created, plan_deletions, retention_due,
+    Backup, DeleteReason, InUse, RetentionTiming, Rules, in_use_digests, kept_subjects,
+    lifeboat_tag_digest, parse_created, plan_deletions, retention_due,
 };
 use super::status::{reconciling_status, whole_seconds};
 use crate::copy_queue::{Finished, Job, Owner};
@@ -555,7 +555,14 @@ async fn retention_pass(
                 continue;
             }
         };
-        for deletion in plan_deletions(rules, &backups, &in_use_here, plan.now) {
+        let deletions = plan_deletions(rules, &backups, &in_use_here, plan.now);
+        // Referrers of what stays are never deleted with what goes.
+        let kept: HashSet<registry_transfer::Digest> =
+            kept_subjects(&backups, &deletions, &in_use_here)
+                .iter()
+                .filter_map(|d| registry_transfer::Digest::parse(d).ok())
+                .collect();
+        for deletion in deletions {
             let reference = format!("{name}@{}", deletion.digest);
             if plan.dry_run {
                 outcome.planned.push(reference);
@@ -564,15 +571,24 @@ async fn retention_pass(
             let Ok(digest) = registry_transfer::Digest::parse(&deletion.digest) else {
                 continue;
             };
-            match transfer.delete_manifest(&target, &digest).await {
-                Ok(_) => {
-                    info!(reference = %reference, reason = reason_text(deletion.reason), "retention deleted a backup");
+            match transfer
+                .delete_with_referrers(&target, &digest, &kept)
+                .await
+            {
+                Ok(deleted) => {
+                    let referrers = deleted.map_or(0, |d| d.referrers.len());
+                    info!(reference = %reference, reason = reason_text(deletion.reason), referrers, "retention deleted a backup and its referrers");
                     for tag in &deletion.tags {
                         memory.retention_cache.remove(&(name.clone(), tag.clone()));
                     }
-                    outcome
-                        .deleted
-                        .push(format!("{reference} ({})", reason_text(deletion.reason)));
+                    let with = match referrers {
+                        0 => String::new(),
+                        n => format!(", with {n} referrer(s)"),
+                    };
+                    outcome.deleted.push(format!(
+                        "{reference} ({}{with})",
+                        reason_text(deletion.reason)
+                    ));
                 }
                 Err(e) => outcome.failures.push(format!("deleting {reference}: {e}")),
             }
@@ -653,6 +669,7 @@ async fn backups_in(
                     tag,
                     digest: summary.digest.to_string(),
                     created: parse_created(summary.created.as_deref()),
+                    children: summary.children.iter().map(ToString::to_string).collect(),
                 };
                 memory.retention_cache.insert(key, backup.clone());
                 backups.push(backup);

@@ -218,7 +218,7 @@ fn transfer_for(
         Some((fingerprint, transfer)) if *fingerprint == settings.fingerprint => transfer.clone(),
         _ => {
             let transfer = Transfer::new(copy_transfer_config(deadline), settings.settings);
-            memory.transfer = Some((settings.fingerprint, transfer.clone()));
+            memory.new_engine(settings.fingerprint, transfer.clone());
             transfer
         }
     }

@@ -171,6 +171,21 @@ impl PolicyMemory {
             .then(|| transfer.clone())
     }
 
+    /// Takes in the engine for new settings (credentials, CA bundles,
+    /// trusted realms). Copies that failed under the old ones are tried
+    /// again at once: a user who fixes a credential expects the next
+    /// reconcile to use it, not to wait out [`FAILURE_BACKOFF`].
+    pub(crate) fn new_engine(
+        &mut self,
+        fingerprint: String,
+        transfer: registry_transfer::Transfer,
+    ) {
+        if self.transfer.is_some() {
+            self.failures.clear();
+        }
+        self.transfer = Some((fingerprint, transfer));
+    }
+
     /// Takes in a new plan: images that cannot be mapped into a target are
     /// failures, and what is no longer selected is forgotten (so memory
     /// stays bounded).
@@ -331,6 +346,29 @@ mod tests {
                 .transfer_if_fresh(1, 7, at(0) + CREDENTIALS_TTL)
                 .is_none(),
             "read too long ago"
+        );
+    }
+
+    #[test]
+    fn new_settings_retry_failed_copies_at_once() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let engine = || Transfer::new(TransferConfig::default(), RegistrySettings::new());
+        let failed = Failure {
+            reason: "Unauthorized".into(),
+            message: "401".into(),
+            at: at(0),
+        };
+        let mut memory = PolicyMemory::default();
+        memory
+            .failures
+            .insert(("backup".into(), "reg.local/a:1".into()), failed.clone());
+        memory.new_engine("first".into(), engine());
+        assert_eq!(memory.failures.len(), 1, "the first engine changes nothing");
+        memory.new_engine("second".into(), engine());
+        assert!(memory.failures.is_empty(), "new credentials: no back-off");
+        assert_eq!(
+            memory.transfer.as_ref().map(|(f, _)| f.as_str()),
+            Some("second")
         );
     }
 

@@ -17,6 +17,7 @@ pub(crate) mod discovery;
 mod events;
 mod facts;
 mod memory;
+mod outage_restore;
 mod plan;
 mod published;
 mod reconcile;

@@ -129,16 +129,21 @@ async fn reconcile_with(
     }
     // Automatic restores act on the new status (the images it reports
     // missing) and report back into it.
-    let restore_deferred =
-        match super::restore_link::link(&context.client, policy, &acted.known_status, &mut status)
-            .await
-        {
-            Ok(deferred) => deferred,
-            Err(e) => {
-                warn!(policy = %policy.name_any(), error = %e, "automatic restore not linked");
-                false
-            }
-        };
+    let restore_deferred = match super::restore_link::link(
+        &context.client,
+        policy,
+        &acted.known_status,
+        &mut status,
+        &facts.inventory,
+    )
+    .await
+    {
+        Ok(deferred) => deferred,
+        Err(e) => {
+            warn!(policy = %policy.name_any(), error = %e, "automatic restore not linked");
+            false
+        }
+    };
 
     // 5. Tell.
     events::losses(controller, policy, &facts.inventory, memory).await;

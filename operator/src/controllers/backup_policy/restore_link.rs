@@ -121,10 +121,35 @@ pub async fn link(
     policy: &ImageBackupPolicy,
     server_status: &ImageBackupPolicyStatus,
     status: &mut ImageBackupPolicyStatus,
+    inventory: &super::discovery::Inventory,
 ) -> Result<bool, OperatorError> {
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<ImageRestore> = Api::namespaced(client.clone(), &namespace);
     let mut deferred = false;
+    // During an outage: the pods failing to pull get their images imported
+    // into their nodes (nothing is missing, so no registry restore).
+    let outage = automatic_restore(policy, status)
+        .is_none()
+        .then(|| super::outage_restore::outage_restore(policy, status, inventory))
+        .flatten();
+    if let Some(wanted) = outage {
+        let name = wanted.name_any();
+        if api.get_opt(&name).await?.is_none() {
+            match api.create(&PostParams::default(), &wanted).await {
+                Ok(_) => info!(
+                    policy = %policy.name_any(), restore = %name,
+                    "automatic restore into the nodes of pods failing to pull created"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        status.automatic_restore = Some(RestoreLink {
+            name,
+            progress: None,
+            ready: None,
+        });
+    }
     let name = match automatic_restore(policy, status) {
         Some(wanted) => {
             let name = wanted.name_any();

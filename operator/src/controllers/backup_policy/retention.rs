@@ -79,6 +79,8 @@ pub struct Backup {
     /// platform-filtered index).
     pub digest: String,
     pub created: Option<DateTime<Utc>>,
+    /// An index's child manifests (digests): their referrers belong to it.
+    pub children: Vec<String>,
 }
 
 /// Why a backup goes.
@@ -169,6 +171,27 @@ pub fn plan_deletions(
     deletions
 }
 
+/// What stays in a repository when `deletions` go: every other backup
+/// with its child manifests, and whatever is in use there. The referrers
+/// of these are never deleted with a backup that goes (a platform
+/// manifest two indexes share keeps its signature). Pure.
+pub fn kept_subjects(
+    backups: &[Backup],
+    deletions: &[Deletion],
+    in_use: &InUse,
+) -> BTreeSet<String> {
+    let going: BTreeSet<&str> = deletions.iter().map(|d| d.digest.as_str()).collect();
+    let mut kept: BTreeSet<String> = in_use.clone();
+    for backup in backups
+        .iter()
+        .filter(|b| !going.contains(b.digest.as_str()))
+    {
+        kept.insert(backup.digest.clone());
+        kept.extend(backup.children.iter().cloned());
+    }
+    kept
+}
+
 /// When retention looks at the targets.
 #[derive(Clone, Copy, Debug)]
 pub struct RetentionTiming {
@@ -253,6 +276,7 @@ mod tests {
             tag: tag(c),
             digest: digest(c),
             created,
+            children: Vec::new(),
         }
     }
 
@@ -265,6 +289,22 @@ mod tests {
             keep_last,
             max_age: max_age_days.map(TimeDelta::days),
         }
+    }
+
+    #[test]
+    fn what_stays_is_every_other_backup_with_its_platforms_and_what_is_in_use() {
+        let mut shared = backup('a', days_ago(1));
+        shared.children = vec![digest('1'), digest('2')];
+        let mut old = backup('b', days_ago(400));
+        old.children = vec![digest('1'), digest('3')];
+        let backups = [shared, old, backup('c', days_ago(500))];
+        let plan = plan_deletions(&rules(Some(1), None), &backups, &InUse::new(), now());
+        assert_eq!(plan.len(), 2);
+        let in_use: InUse = [digest('9')].into();
+        let kept = kept_subjects(&backups, &plan, &in_use);
+        let wanted: BTreeSet<String> = [digest('a'), digest('1'), digest('2'), digest('9')].into();
+        assert_eq!(kept, wanted, "b's own platform 3 goes, the shared 1 stays");
+        assert!(kept_subjects(&backups, &[], &InUse::new()).contains(&digest('3')));
     }
 
     #[test]
@@ -320,6 +360,7 @@ mod tests {
                 tag: tag('c'),
                 digest: digest('e'),
                 created: days_ago(900),
+                children: Vec::new(),
             },
             backup('d', days_ago(800)),
         ];
@@ -341,16 +382,19 @@ mod tests {
                 tag: "1.0".into(),
                 digest: digest('a'),
                 created: days_ago(1000),
+                children: Vec::new(),
             },
             Backup {
                 tag: "sha256-aaaa".into(),
                 digest: digest('b'),
                 created: days_ago(1000),
+                children: Vec::new(),
             },
             Backup {
                 tag: "lifeboat-sha256-nothex".into(),
                 digest: digest('c'),
                 created: days_ago(1000),
+                children: Vec::new(),
             },
         ];
         assert!(
@@ -401,6 +445,7 @@ mod tests {
                 tag: tag('b'),
                 digest: digest('a'),
                 created: days_ago(50),
+                children: Vec::new(),
             },
             backup('c', days_ago(1)),
         ];

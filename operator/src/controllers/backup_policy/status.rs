@@ -218,6 +218,7 @@ fn set_images(status: &mut ImageBackupPolicyStatus, evaluation: &Evaluation) -> 
             workloads: image.workloads,
             backup_targets: backup_targets(image),
             nodes: nodes(image),
+            referrers: image.referrers,
         })
     }));
     status.unreachable_images = unreachable_images;

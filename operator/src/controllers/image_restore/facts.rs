@@ -47,6 +47,15 @@ impl<'a> Facts<'a> {
         }
     }
 
+    /// Whether the restore writes into nodes (`destination.nodes`).
+    pub(super) fn writes_into_nodes(&self) -> bool {
+        self.restore
+            .spec
+            .destination
+            .as_ref()
+            .is_some_and(|d| d.nodes.is_some())
+    }
+
     pub(super) fn owner(&self, operator_namespace: &str) -> Option<OwnerReference> {
         (self.namespace == operator_namespace)
             .then(|| self.restore.controller_owner_ref(&()))

@@ -84,7 +84,7 @@ pub(crate) const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
 pub(crate) const INVENTORY_DEADLINE_SECONDS: i64 = 120;
 pub(crate) const INVENTORY_TTL_SECONDS: i32 = 300;
 
-fn labels(component: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(super) fn labels(component: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = [
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
         (LABEL_COMPONENT.to_owned(), component.to_owned()),
@@ -200,11 +200,30 @@ fn exporter_resources() -> ResourceRequirements {
 
 /// The pod both kinds of Job run: node-exporter pinned to the node, the
 /// containerd socket as a hostPath of type Socket, no token, nothing else.
-fn pod(
+/// A Secret (in the operator's namespace) mounted read-only into a
+/// node-exporter pod: the keys `items` names (key → file), or all of them.
+pub(super) struct SecretMount<'a> {
+    pub volume: &'static str,
+    pub secret: &'a str,
+    pub dir: &'static str,
+    pub items: Vec<(&'static str, &'static str)>,
+}
+
+/// The push credentials an export Job mounts.
+fn docker_config_mount(secret: &str) -> SecretMount<'_> {
+    SecretMount {
+        volume: "registry-credentials",
+        secret,
+        dir: DOCKER_CONFIG_DIR,
+        items: vec![(".dockerconfigjson", DOCKER_CONFIG_FILE)],
+    }
+}
+
+pub(super) fn pod(
     settings: &JobSettings,
     node: &str,
     args: Vec<String>,
-    credentials_secret: Option<&str>,
+    secrets: &[SecretMount<'_>],
     extra_tolerations: &[Toleration],
 ) -> PodSpec {
     let mut mounts = vec![VolumeMount {
@@ -220,22 +239,27 @@ fn pod(
         }),
         ..Volume::default()
     }];
-    if let Some(secret) = credentials_secret {
+    for mount in secrets {
         mounts.push(VolumeMount {
-            name: "registry-credentials".to_owned(),
-            mount_path: DOCKER_CONFIG_DIR.to_owned(),
+            name: mount.volume.to_owned(),
+            mount_path: mount.dir.to_owned(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
+        let items: Vec<KeyToPath> = mount
+            .items
+            .iter()
+            .map(|(key, path)| KeyToPath {
+                key: (*key).to_owned(),
+                path: (*path).to_owned(),
+                mode: Some(0o400),
+            })
+            .collect();
         volumes.push(Volume {
-            name: "registry-credentials".to_owned(),
+            name: mount.volume.to_owned(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.to_owned()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".to_owned(),
-                    path: DOCKER_CONFIG_FILE.to_owned(),
-                    mode: Some(0o400),
-                }]),
+                secret_name: Some(mount.secret.to_owned()),
+                items: (!items.is_empty()).then_some(items),
                 default_mode: Some(0o400),
                 optional: Some(false),
             }),
@@ -288,7 +312,7 @@ fn pod(
     }
 }
 
-fn plain_http_registries(settings: &JobSettings, extra: &[String]) -> Vec<String> {
+pub(super) fn plain_http_registries(settings: &JobSettings, extra: &[String]) -> Vec<String> {
     let mut registries: Vec<String> = settings
         .plain_http_registries
         .iter()
@@ -353,7 +377,11 @@ pub(crate) fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
                     settings,
                     &job.node,
                     args,
-                    job.credentials_secret.as_deref(),
+                    &job.credentials_secret
+                        .as_deref()
+                        .map(docker_config_mount)
+                        .into_iter()
+                        .collect::<Vec<_>>(),
                     &job.tolerations,
                 )),
             },
@@ -394,7 +422,7 @@ pub(crate) fn inventory_job(
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod(settings, node, args, None, extra_tolerations)),
+                spec: Some(pod(settings, node, args, &[], extra_tolerations)),
             },
             ..JobSpec::default()
         }),

@@ -11,12 +11,17 @@
 mod backup_source;
 mod facts;
 pub(crate) mod jobs;
+pub(crate) mod node_destination;
+mod node_import;
+pub(crate) mod node_jobs;
+mod node_secret;
 mod node_source;
 mod objects;
 pub(crate) mod planning;
 mod reconcile;
 mod scope;
 pub(crate) mod status;
+mod stuck_pods;
 mod verify;
 
 use std::collections::HashMap;
@@ -192,7 +197,10 @@ fn job_worth_a_look(event: watcher::Event<Job>) -> Option<Job> {
             Some(job)
         }
         watcher::Event::Delete(job)
-            if job.labels().get(jobs::LABEL_COMPONENT).map(String::as_str) == Some("export") =>
+            if matches!(
+                job.labels().get(jobs::LABEL_COMPONENT).map(String::as_str),
+                Some("export" | node_jobs::IMPORT_COMPONENT)
+            ) =>
         {
             Some(job)
         }
@@ -217,10 +225,11 @@ pub(crate) async fn run(context: Arc<Context>) {
     let restore_changes = restores.predicate_filter(restore_changed, Default::default());
     let _ = controller.restores.set(store.clone());
     let selector = format!(
-        "{}={},{} in (export,inventory)",
+        "{}={},{} in (export,inventory,{})",
         jobs::LABEL_MANAGED_BY,
         jobs::MANAGED_BY,
-        jobs::LABEL_COMPONENT
+        jobs::LABEL_COMPONENT,
+        node_jobs::IMPORT_COMPONENT
     );
     let job_changes = watcher(
         jobs,
@@ -326,6 +335,9 @@ mod tests {
         assert!(!woken(Event::Apply(job("export", None))), "running");
         assert!(!woken(Event::Apply(job("export", Some("Suspended")))));
         assert!(woken(Event::Delete(job("export", None))));
+        assert!(woken(Event::Apply(job("import", Some("Complete")))));
+        assert!(woken(Event::Delete(job("import", None))));
+        assert!(!woken(Event::Delete(job("serve", None))));
         assert!(!woken(Event::Delete(job("inventory", Some("Complete")))));
         assert!(!woken(Event::Init) && !woken(Event::InitDone));
         let restore = restore_of(job("inventory", None)).unwrap();

@@ -20,12 +20,13 @@ use registry_transfer::Transfer;
 use tracing::{debug, info, warn};
 
 use super::RestoreController;
+use super::backup_source::referrers_from_backup;
 use super::facts::{Facts, FinishedJob, JobState, job_finished, job_state, termination_message};
 use super::jobs::{self, inventory_holdings, inventory_job};
 use super::objects::delete_job;
 use super::planning::{
-    self, Exportable, Holdings, NodeChoice, NodeFacts, NodeUse, choose_nodes, classify_node,
-    image_argument, inventory_needed,
+    self, BackupCandidate, Exportable, Holdings, NodeChoice, NodeFacts, NodeUse, choose_nodes,
+    classify_node, image_argument, inventory_needed,
 };
 use super::status::fail;
 use super::verify::verify_into;
@@ -39,7 +40,8 @@ pub(crate) const INVENTORY_TTL: Duration = Duration::from_secs(60);
 const MAX_NODE_ATTEMPTS: u32 = 3;
 
 /// Reads the export Jobs the status names and moves their images on:
-/// verified at the destination (Restored), back to Pending for another
+/// verified at the destination (Restored, then given the referrers a
+/// backup target holds for it), back to Pending for another
 /// holder when the node lost the image (at most `MAX_NODE_ATTEMPTS`), or
 /// Failed with the report's reason. Returns the Jobs that exist, so only
 /// the others are created. A Job that vanished is left out: it is
@@ -48,6 +50,7 @@ pub(super) async fn follow_jobs(
     controller: &RestoreController,
     facts: &Facts<'_>,
     transfer: &Transfer,
+    candidates: &[BackupCandidate],
     status: &mut ImageRestoreStatus,
 ) -> Result<BTreeSet<String>, OperatorError> {
     let mut existing = BTreeSet::new();
@@ -76,6 +79,7 @@ pub(super) async fn follow_jobs(
         {
             let copied = settle_image(controller, facts, transfer, &job, image).await;
             bytes = bytes.saturating_add(copied);
+            referrers_from_backup(facts, transfer, candidates, image).await;
         }
     }
     super::status::add_bytes(status, bytes);
@@ -196,30 +200,7 @@ pub(super) async fn from_nodes(
     status: &mut ImageRestoreStatus,
     indices: &[usize],
 ) -> Result<Option<Vec<(usize, String)>>, OperatorError> {
-    let client = controller.context.client.clone();
-    let nodes: Api<Node> = Api::all(client);
-    let source = facts.restore.spec.effective_source();
-    let node_cache = source.node_cache.unwrap_or_default();
-    let selector = node_cache.node_selector.unwrap_or_default();
-    let mut tolerations = controller.settings.tolerations.clone();
-    tolerations.extend(node_cache.tolerations.unwrap_or_default());
-    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
-    let uses: BTreeMap<String, NodeUse> = nodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(NodeFacts::from_node)
-        .map(|n| {
-            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
-                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
-            } else {
-                classify_node(&n, &selector, &tolerations)
-            };
-            (n.name.clone(), usable)
-        })
-        .collect();
-
+    let (_, uses) = node_uses(controller, facts).await?;
     let arguments: BTreeMap<usize, String> = indices
         .iter()
         .filter_map(|i| {
@@ -275,6 +256,41 @@ pub(super) async fn from_nodes(
         }
     }
     Ok(Some(not_found))
+}
+
+/// The cluster's nodes, and whether each may be used for this restore's
+/// Jobs (its node selector and tolerations, the admin's control-plane
+/// rule).
+pub(super) async fn node_uses(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+) -> Result<(Vec<NodeFacts>, BTreeMap<String, NodeUse>), OperatorError> {
+    let nodes: Api<Node> = Api::all(controller.context.client.clone());
+    let source = facts.restore.spec.effective_source();
+    let node_cache = source.node_cache.unwrap_or_default();
+    let selector = node_cache.node_selector.unwrap_or_default();
+    let mut tolerations = controller.settings.tolerations.clone();
+    tolerations.extend(node_cache.tolerations.unwrap_or_default());
+    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
+    let all: Vec<NodeFacts> = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(NodeFacts::from_node)
+        .collect();
+    let uses = all
+        .iter()
+        .map(|n| {
+            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
+                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
+            } else {
+                classify_node(n, &selector, &tolerations)
+            };
+            (n.name.clone(), usable)
+        })
+        .collect();
+    Ok((all, uses))
 }
 
 /// Runs (or reads) an inventory Job for one node; returns whether the

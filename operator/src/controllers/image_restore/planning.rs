@@ -22,6 +22,8 @@ pub(crate) struct NodeFacts {
     pub(crate) unschedulable: bool,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) taints: Vec<Taint>,
+    /// Its `InternalIP` address (where a host-network pod on it listens).
+    pub(crate) internal_ip: Option<String>,
 }
 
 impl NodeFacts {
@@ -39,6 +41,12 @@ impl NodeFacts {
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             labels: node.metadata.labels.clone().unwrap_or_default(),
             taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            internal_ip: node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .map(|a| a.address.clone()),
         }
     }
 }

@@ -34,6 +34,7 @@ use tracing::info;
 use super::RestoreController;
 use super::backup_source::{BackupOutcome, from_backup};
 use super::facts::{self, Facts};
+use super::node_import;
 use super::node_source;
 use super::objects;
 use super::planning::{self, BackupCandidate, Refusal};
@@ -96,7 +97,14 @@ struct JobsToEnsure<'a> {
     /// Jobs that exist already (running or finished).
     existing: BTreeSet<String>,
     deadline_seconds: i64,
+    /// A restore into nodes: its import (and serve) Jobs, from these
+    /// backup targets.
+    into_nodes: Option<Vec<(BackupCandidate, ImageBackupPolicy)>>,
 }
+
+/// How soon a restore into nodes looks again while an import waits for
+/// its serve pod's address.
+const SERVE_ADDRESS_POLL: Duration = Duration::from_secs(1);
 
 impl Outcome<'_> {
     /// A restore that stops before any work: only its status and Events.
@@ -135,7 +143,26 @@ async fn reconcile_with(
 
     // 4. The one status write, then the Jobs it names, then Events.
     write_status(controller, restore, &previous, &outcome.status).await?;
-    if let Some(jobs) = &outcome.jobs {
+    let mut next = outcome.next;
+    if let Some(JobsToEnsure {
+        facts,
+        into_nodes: Some(candidates),
+        deadline_seconds,
+        ..
+    }) = &outcome.jobs
+    {
+        let waiting = node_import::ensure_jobs(
+            controller,
+            facts,
+            &outcome.status,
+            candidates,
+            *deadline_seconds,
+        )
+        .await?;
+        if waiting {
+            next = Action::requeue(SERVE_ADDRESS_POLL);
+        }
+    } else if let Some(jobs) = &outcome.jobs {
         objects::ensure_jobs(
             controller,
             &jobs.facts,
@@ -153,7 +180,7 @@ async fn reconcile_with(
         objects::delete_credentials(controller, &name, &uid).await;
         return Ok(Action::await_change());
     }
-    Ok(outcome.next)
+    Ok(next)
 }
 
 /// Everything up to the new status. Each early end is an `Outcome` too, so
@@ -243,17 +270,18 @@ async fn advance<'a>(
     }
 
     // Export Jobs already running: read and verify what they did.
-    let existing = node_source::follow_jobs(controller, &facts, &transfer, &mut status).await?;
+    // (Restored ones get their referrers from a backup target.)
+    let backups: Vec<BackupCandidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+    let existing =
+        node_source::follow_jobs(controller, &facts, &transfer, &backups, &mut status).await?;
 
     // Pending images: backups, then nodes (or as `source.order` says).
-    let mut waiting = false;
-    if status
-        .images
-        .iter()
-        .any(|i| i.state == ImageRestoreState::Pending)
-    {
-        waiting = plan_pending(controller, &facts, &transfer, &candidates, &mut status).await?;
-    }
+    let into_nodes = facts.writes_into_nodes();
+    let waiting = if into_nodes {
+        node_import::advance(controller, &facts, &transfer, &candidates, &mut status).await?
+    } else {
+        plan_pending(controller, &facts, &transfer, &candidates, &mut status).await?
+    };
 
     let status = summarize(status, generation, now);
     let notes = status::image_notes(previous, &status);
@@ -267,6 +295,7 @@ async fn advance<'a>(
             facts,
             existing,
             deadline_seconds,
+            into_nodes: into_nodes.then_some(candidates),
         }),
         may_finish: true,
         next: Action::requeue(status::next_look(waiting, remaining, INVENTORY_POLL, POLL)),
@@ -387,6 +416,13 @@ async fn plan_pending(
     candidates: &[(BackupCandidate, ImageBackupPolicy)],
     status: &mut ImageRestoreStatus,
 ) -> Result<bool, OperatorError> {
+    if !status
+        .images
+        .iter()
+        .any(|i| i.state == ImageRestoreState::Pending)
+    {
+        return Ok(false);
+    }
     let mut unresolved: Vec<usize> = status
         .images
         .iter()

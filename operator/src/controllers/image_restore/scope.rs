@@ -1,6 +1,7 @@
 //! The tenant rules for a restore, checked once, before any Job exists and
 //! before any node is asked: the facts are gathered here (the namespace's
-//! pods, its policies' `missingImages`, its backup targets), the decisions
+//! pods, its policies' `missingImages` and `unreachableImages`, its backup
+//! targets), the decisions
 //! are `crate::tenancy`'s.
 
 use k8s_openapi::api::core::v1::Pod;
@@ -48,6 +49,20 @@ pub(super) async fn check(
         ) {
             return Ok(Err(refusal));
         }
+    }
+    if let Some(nodes) = request
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.nodes.as_ref())
+        && let Err(refusal) = tenancy::node_access(
+            operator_namespace,
+            &tenancy::destination_selector(nodes),
+            &[],
+            &config.tenant_node_access,
+        )
+    {
+        return Ok(Err(refusal));
     }
     let insecure = request
         .spec
@@ -99,6 +114,11 @@ async fn namespace_images(
     for policy in policies.list(&ListParams::default()).await?.items {
         for missing in policy.status.iter().flat_map(|s| &s.missing_images) {
             known.record(&missing.reference, missing.digest.as_deref());
+        }
+        // What its policies protect and find unreachable: the images a
+        // restore into nodes is for (their pods never pulled them).
+        for unreachable in policy.status.iter().flat_map(|s| &s.unreachable_images) {
+            known.record(&unreachable.reference, unreachable.digest.as_deref());
         }
     }
     let only: Vec<BackupCandidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
