@@ -24,6 +24,10 @@ bare="bench-bare-$RANDOM"
 webhook=lifeboat-operator-admission
 work="$(mktemp -d)"
 on_exit "k delete namespace '$ns' '$bare' --wait=false --ignore-not-found; rm -rf '$work'"
+if $deploy; then
+  # As tests/e2e/admission.sh leaves it: the usual operator, no webhook.
+  on_exit "k delete validatingwebhookconfiguration '$webhook' --ignore-not-found; k -n lifeboat-system delete secret '$webhook-tls' --ignore-not-found; k apply -f '$REPO_ROOT/config/operator'"
+fi
 
 if $deploy; then
   "$REPO_ROOT/hack/images/lifeboat-images.sh" --release >&2
