@@ -18,7 +18,7 @@ pub const EXIT_TIMEOUT: u8 = 3;
     bin_name = "kubectl lifeboat",
     version,
     about = "See and drive Lifeboat's image backups and restores",
-    after_help = "Examples:\n  kubectl lifeboat status -A\n  kubectl lifeboat backup production-images -n shop --wait\n  kubectl lifeboat restore --policy production-images --missing -n shop --wait\n  kubectl lifeboat why registry.example.com/shop/checkout:v2 -A\n\nExit codes: 0 done, 1 the run or restore failed, 2 error (cluster, arguments), 3 --wait timed out."
+    after_help = "Examples:\n  kubectl lifeboat status -A\n  kubectl lifeboat backup production-images -n shop --wait\n  kubectl lifeboat restore --policy production-images --missing -n shop --wait\n  kubectl lifeboat restore deployment/checkout -n shop --from nodes --wait\n  kubectl lifeboat why registry.example.com/shop/checkout:v2 -A\n\nExit codes: 0 done, 1 the run or restore failed, 2 error (cluster, arguments), 3 --wait timed out."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -51,6 +51,71 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Explain an image's state from the policies' status.
     Why(WhyArgs),
+    /// Write an image from a registry only the cluster reaches into an archive file.
+    #[command(
+        after_help = "Examples:\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar -n air\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar --format docker-archive\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace, reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+    )]
+    Export(ExportArgs),
+    /// Push an OCI archive into a registry only the cluster reaches.
+    #[command(
+        after_help = "Examples:\n  skopeo copy docker://docker.io/library/nginx:1.27 oci-archive:nginx.tar\n  kubectl lifeboat import nginx.tar --to registry.air.svc:5000/library/nginx:1.27 -n air\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace, reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+    )]
+    Import(ImportArgs),
+    /// Print a shell completion script (for the kubectl-lifeboat command).
+    #[command(
+        after_help = "Examples:\n  source <(kubectl-lifeboat completion bash)\n  kubectl-lifeboat completion zsh > \"${fpath[1]}/_kubectl-lifeboat\"\n  kubectl-lifeboat completion fish > ~/.config/fish/completions/kubectl-lifeboat.fish"
+    )]
+    Completion(CompletionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
+}
+
+/// How export and import get into the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterAccess {
+    /// The image the relay pod runs (default: the operator's LIFEBOAT_NODE_EXPORTER_IMAGE).
+    #[arg(long, env = "LIFEBOAT_NODE_EXPORTER_IMAGE")]
+    pub node_exporter_image: Option<String>,
+    /// Where the Lifeboat operator runs (to read its node-exporter image).
+    #[arg(long, default_value = "lifeboat-system")]
+    pub operator_namespace: String,
+    /// Run the relay pod on this node (where pods cannot reach other nodes' pods).
+    #[arg(long)]
+    pub relay_node: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The image as the cluster names it: REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
+    pub image: String,
+    /// The archive file to write.
+    #[arg(short = 'o', long)]
+    pub output: std::path::PathBuf,
+    #[arg(long, value_enum, default_value = "oci")]
+    pub format: crate::archive::write::Format,
+    /// docker-archive: the platform of a multi-platform image (default: this machine's, linux).
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub access: ClusterAccess,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// An OCI archive (skopeo copy ... oci-archive:FILE, or docker save from Docker 25 on).
+    pub file: std::path::PathBuf,
+    /// Where to push, as the cluster names it: REGISTRY/REPO[:TAG] (without TAG:
+    /// the archive's ref name, else latest).
+    #[arg(long)]
+    pub to: String,
+    /// Which image of the archive (its ref name or digest), when it holds several.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub access: ClusterAccess,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -84,7 +149,8 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Images to restore (pin digests: repo@sha256:...).
+    /// Images to restore (pin digests: repo@sha256:...), or deployment/NAME and
+    /// pod/NAME for the images they run, pinned to the digests their pods report.
     #[arg(required_unless_present = "policy", conflicts_with_all = ["policy", "missing"])]
     pub images: Vec<String>,
     /// Restore what this ImageBackupPolicy reports missing (with --missing).
@@ -93,12 +159,23 @@ pub struct RestoreArgs {
     /// With --policy: every image the policy reports missing.
     #[arg(long, requires = "policy")]
     pub missing: bool,
+    /// Where the content comes from (default: the operator's Auto: backups, then nodes).
+    #[arg(long, value_enum)]
+    pub from: Option<RestoreFrom>,
     /// Follow the restore until it finishes; exit non-zero if it fails.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits (e.g. 90s, 5m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// Only backup registries (source.type BackupRegistry).
+    Backup,
+    /// Only nodes' containerd content stores (source.type NodeCache).
+    Nodes,
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +225,23 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_name_the_commands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kubectl-lifeboat", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for command in ["status", "backup", "restore", "why", "export", "import"] {
+                assert!(script.contains(command), "{shell}: no {command}");
+            }
+        }
+        assert!(Cli::try_parse_from(["k", "completion", "tcsh"]).is_err());
     }
 
     #[test]

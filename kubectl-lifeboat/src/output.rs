@@ -94,6 +94,23 @@ pub fn table(header: &[&str], rows: &[Vec<(String, Tone)>], color: bool) -> Stri
     out
 }
 
+/// Bytes for people: `0 B`, `512 B`, `1.5 KiB`, `12.3 MiB`, `2.0 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // f64 for display only: exact enough for one decimal.
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -136,5 +153,14 @@ pub mod tests {
         assert!(!plain.contains('\x1b'));
         let colored = table(&["NAME", "V"], &rows, true);
         assert!(colored.contains("\x1b[31mlong-value\x1b[0m"));
+    }
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(12_900_000), "12.3 MiB");
+        assert_eq!(super::human_bytes(1 << 30), "1.0 GiB");
     }
 }

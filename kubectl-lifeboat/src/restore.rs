@@ -8,21 +8,34 @@ use kube::ResourceExt as _;
 use kube::api::{Api, ObjectMeta, PostParams};
 use lifeboat_api::backup_policy::LocalObjectRef;
 use lifeboat_api::conditions::types;
-use lifeboat_api::restore::{ImageRestoreState, ImageRestoreStatus};
+use lifeboat_api::restore::{
+    ImageRestoreState, ImageRestoreStatus, RestoreSource, RestoreSourceType,
+};
 use lifeboat_api::{ImageRestore, ImageRestoreSpec};
 
-use crate::cli::{EXIT_FAILED, EXIT_TIMEOUT, RestoreArgs};
+use crate::cli::{EXIT_FAILED, EXIT_TIMEOUT, RestoreArgs, RestoreFrom};
 use crate::client::Connection;
 use crate::output;
 
 /// The ImageRestore for the arguments: named images, or a policy's missing
 /// ones; the operator's defaults (`source.type: Auto`, original
 /// repositories) for the rest.
-pub fn restore_object(images: &[String], policy: Option<&str>) -> ImageRestore {
+pub fn restore_object(
+    images: &[String],
+    policy: Option<&str>,
+    from: Option<RestoreFrom>,
+) -> ImageRestore {
     let spec = ImageRestoreSpec {
         images: (!images.is_empty()).then(|| images.to_vec()),
         policy_ref: policy.map(|name| LocalObjectRef {
             name: name.to_owned(),
+        }),
+        source: from.map(|from| RestoreSource {
+            type_: match from {
+                RestoreFrom::Backup => RestoreSourceType::BackupRegistry,
+                RestoreFrom::Nodes => RestoreSourceType::NodeCache,
+            },
+            ..RestoreSource::default()
         }),
         ..ImageRestoreSpec::default()
     };
@@ -48,6 +61,8 @@ pub enum RestoreOutcome {
         restored: i32,
         failed: i32,
         total: i32,
+        /// Bytes pushed to destinations so far.
+        bytes: i64,
     },
     Succeeded,
     Failed {
@@ -70,6 +85,7 @@ pub fn restore_outcome(status: &ImageRestoreStatus) -> RestoreOutcome {
                 restored: progress.restored,
                 failed: progress.failed,
                 total: progress.total,
+                bytes: progress.bytes,
             }
         }
     }
@@ -115,7 +131,8 @@ pub fn image_lines(status: &ImageRestoreStatus) -> Vec<String> {
 
 pub async fn run(connection: &Connection, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let api: Api<ImageRestore> = Api::namespaced(connection.client.clone(), &connection.namespace);
-    let restore = restore_object(&args.images, args.policy.as_deref());
+    let images = crate::workloads::expand(connection, &args.images).await?;
+    let restore = restore_object(&images, args.policy.as_deref(), args.from);
     let created = api.create(&PostParams::default(), &restore).await?;
     let name = created.name_any();
     println!("imagerestore/{name} created");
@@ -132,8 +149,10 @@ pub async fn run(connection: &Connection, args: &RestoreArgs) -> anyhow::Result<
                 restored,
                 failed,
                 total,
+                bytes,
             } => {
-                format!("restoring: {restored}/{total} restored, {failed} failed")
+                let bytes = output::human_bytes(u64::try_from(*bytes).unwrap_or(0));
+                format!("restoring: {restored}/{total} restored, {failed} failed, {bytes}")
             }
             RestoreOutcome::Succeeded => "succeeded".to_owned(),
             RestoreOutcome::Failed { reason, message } => format!("failed: {reason}: {message}"),
@@ -168,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_object_is_what_a_user_would_write() {
-        let named = restore_object(&["r/a@sha256:1".into()], None);
+        let named = restore_object(&["r/a@sha256:1".into()], None, None);
         let yaml = serde_json::to_value(&named).unwrap_or_default();
         assert_eq!(
             yaml["spec"],
@@ -176,10 +195,20 @@ mod tests {
         );
         assert_eq!(yaml["metadata"]["generateName"], "kubectl-lifeboat-");
         assert_eq!(yaml["kind"], "ImageRestore");
-        let missing = restore_object(&[], Some("prod"));
+        let missing = restore_object(&[], Some("prod"), None);
         assert_eq!(
             serde_json::to_value(&missing.spec).unwrap_or_default(),
             serde_json::json!({"policyRef": {"name": "prod"}})
+        );
+        let from_nodes = restore_object(&["r/a@sha256:1".into()], None, Some(RestoreFrom::Nodes));
+        assert_eq!(
+            serde_json::to_value(&from_nodes.spec).unwrap_or_default()["source"],
+            serde_json::json!({"type": "NodeCache"})
+        );
+        let from_backup = restore_object(&[], Some("prod"), Some(RestoreFrom::Backup));
+        assert_eq!(
+            serde_json::to_value(&from_backup.spec).unwrap_or_default()["source"],
+            serde_json::json!({"type": "BackupRegistry"})
         );
     }
 

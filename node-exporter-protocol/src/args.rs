@@ -12,6 +12,8 @@ pub const EXPORT: &str = "export";
 pub const INVENTORY: &str = "inventory";
 pub const IMPORT: &str = "import";
 pub const SERVE: &str = "serve";
+pub const RELAY: &str = "relay";
+pub const FLAG_RELAY_TO: &str = "--to";
 pub const FLAG_CA_BUNDLE: &str = "--ca-bundle";
 pub const FLAG_FROM_PEER: &str = "--from-peer";
 pub const FLAG_TOKEN_FILE: &str = "--token-file";
@@ -186,6 +188,35 @@ impl ServeArguments {
         }
         if let Some(socket) = &self.socket {
             args.extend([FLAG_SOCKET.to_owned(), socket.clone()]);
+        }
+        args
+    }
+}
+
+/// `node-exporter relay --listen PORT --to HOST:PORT [--serve-seconds N]`:
+/// `kubectl lifeboat export/import` reach a registry that only the cluster
+/// can reach through a pod port-forward to this relay, which passes each
+/// connection on to `to` unchanged (TLS stays end to end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayArguments {
+    pub listen_port: u16,
+    pub to: String,
+    /// The relay exits after this long, whatever happens to its client.
+    pub serve_seconds: Option<u64>,
+}
+
+impl RelayArguments {
+    /// The arguments after the program name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            RELAY.to_owned(),
+            FLAG_LISTEN.to_owned(),
+            self.listen_port.to_string(),
+            FLAG_RELAY_TO.to_owned(),
+            self.to.clone(),
+        ];
+        if let Some(seconds) = self.serve_seconds {
+            args.extend([FLAG_SERVE_SECONDS.to_owned(), seconds.to_string()]);
         }
         args
     }

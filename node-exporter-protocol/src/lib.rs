@@ -23,7 +23,8 @@ pub mod reasons;
 pub mod report;
 
 pub use args::{
-    CaBundleArgument, ExportArguments, ImportArguments, InventoryArguments, ServeArguments,
+    CaBundleArgument, ExportArguments, ImportArguments, InventoryArguments, RelayArguments,
+    ServeArguments,
 };
 pub use image::{Destination, ExportImage, ImageArgumentError, ImageSource, ImportImage};
 pub use lifeboat_reference::{Digest, ImageReference};

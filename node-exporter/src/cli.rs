@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use lifeboat_node_protocol::args::{
     EXPORT, FLAG_CA_BUNDLE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER, FLAG_IMAGE, FLAG_LISTEN,
-    FLAG_PLAIN_HTTP, FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT, INVENTORY, SERVE,
+    FLAG_PLAIN_HTTP, FLAG_RELAY_TO, FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT,
+    INVENTORY, RELAY, SERVE,
 };
 use lifeboat_node_protocol::{CaBundleArgument, ExportImage, ImageArgumentError, ImportImage};
 
@@ -26,12 +27,14 @@ Usage:
   node-exporter inventory [--image SRC]... [options]
   node-exporter import --image NAME[=FROM]... [--from-peer HOST:PORT --token-file PATH] [options]
   node-exporter serve --image SRC... --listen PORT --token-file PATH [options]
+  node-exporter relay --listen PORT --to HOST:PORT [--serve-seconds N]
 
 Pushes images out of this node's containerd content store into a registry
 (export), lists which images and blobs the node holds (inventory), writes
 images into this node's containerd (import: NAME is the reference pods use,
 FROM the registry image to pull by digest, or, with --from-peer, a peer
-node's serve), or serves images to one importing peer (serve).
+node's serve), serves images to one importing peer (serve), or passes TCP
+connections on to HOST:PORT for `kubectl lifeboat export/import` (relay).
 
 SRC is an image reference (registry/repo:tag, repo@sha256:...) or a bare digest
 (an index, manifest or config digest, as in a pod's imageID). DEST is the full
@@ -51,8 +54,10 @@ Options:
                             [env NODE_EXPORTER_CA_BUNDLES, comma separated]
   --from-peer HOST:PORT     import: pull from a peer's serve instead of a registry
   --token-file PATH         import/serve: the one-time token the peer session uses
-  --listen PORT             serve: the TCP port to listen on (all addresses)
-  --serve-seconds N         serve: give up waiting for the peer after N s [default 300]
+  --listen PORT             serve, relay: the TCP port to listen on (all addresses)
+  --serve-seconds N         serve: give up waiting for the peer after N s; relay: exit
+                            after N s [default 300]
+  --to HOST:PORT            relay: where each connection goes
   --no-rebuild              fail instead of rebuilding discarded layers
   --allow-tag-move          let a target tag that points at another digest be moved
   --parallel N              blobs copied at once [default 3; env NODE_EXPORTER_PARALLEL]
@@ -75,6 +80,7 @@ pub enum Mode {
     Inventory,
     Import,
     Serve,
+    Relay,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +95,8 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     pub listen_port: Option<u16>,
     pub serve_seconds: u64,
+    /// relay: where connections go.
+    pub relay_to: Option<String>,
     pub target_registry: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub plain_http: Vec<String>,
@@ -118,12 +126,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         Some(INVENTORY) => Mode::Inventory,
         Some(IMPORT) => Mode::Import,
         Some(SERVE) => Mode::Serve,
+        Some(RELAY) => Mode::Relay,
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("-V" | "--version") => return Ok(Command::Version),
         Some(other) => return Err(usage(format!("unknown command {other:?}"))),
         None => {
             return Err(usage(
-                "missing command (export, inventory, import or serve)".into(),
+                "missing command (export, inventory, import, serve or relay)".into(),
             ));
         }
     };
@@ -137,6 +146,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         token_file: None,
         listen_port: None,
         serve_seconds: DEFAULT_SERVE_SECONDS,
+        relay_to: None,
         target_registry: env_nonempty("NODE_EXPORTER_TARGET_REGISTRY"),
         docker_config: env_nonempty("NODE_EXPORTER_DOCKER_CONFIG").map(PathBuf::from),
         plain_http: split_list(&env("NODE_EXPORTER_PLAIN_HTTP").unwrap_or_default()),
@@ -181,6 +191,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             FLAG_TOKEN_FILE => options.token_file = Some(value()?.into()),
             FLAG_LISTEN => options.listen_port = Some(parse_number(flag, &value()?)?),
             FLAG_SERVE_SECONDS => options.serve_seconds = parse_number(flag, &value()?)?,
+            FLAG_RELAY_TO => options.relay_to = Some(value()?),
             "--no-rebuild" => options.allow_rebuild = false,
             "--allow-tag-move" => options.allow_tag_move = true,
             "--parallel" => options.parallel_blobs = parse_parallel(&value()?)?,
@@ -226,6 +237,12 @@ fn with_images(
         .collect::<Result<_, _>>()?;
     if options.mode == Mode::Serve {
         check_serve(&options)?;
+    }
+    if options.mode == Mode::Relay && (options.listen_port.is_none() || options.relay_to.is_none())
+    {
+        return Err(usage(format!(
+            "relay needs {FLAG_LISTEN} and {FLAG_RELAY_TO}"
+        )));
     }
     if options.mode == Mode::Export && options.images.is_empty() {
         return Err(usage("export needs at least one --image".into()));
@@ -547,6 +564,28 @@ mod protocol_round_trip {
             (parsed.mode, parsed.listen_port, parsed.serve_seconds),
             (Mode::Serve, Some(7070), 30)
         );
+        let relay = lifeboat_node_protocol::RelayArguments {
+            listen_port: 7071,
+            to: "registry.air.svc:5000".into(),
+            serve_seconds: Some(60),
+        };
+        let parsed = options(relay.to_args());
+        assert_eq!(
+            (
+                parsed.mode,
+                parsed.listen_port,
+                parsed.relay_to.as_deref(),
+                parsed.serve_seconds
+            ),
+            (Mode::Relay, Some(7071), Some("registry.air.svc:5000"), 60)
+        );
+        assert!(matches!(
+            parse(
+                &["relay".to_owned(), "--listen".to_owned(), "1".to_owned()],
+                |_| None
+            ),
+            Err(Error::Usage(_))
+        ));
     }
 
     #[test]

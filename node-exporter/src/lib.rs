@@ -19,6 +19,7 @@ pub mod push;
 pub mod rebuild;
 pub mod reference;
 pub mod registry;
+pub mod relay;
 pub mod report;
 pub mod serve;
 pub mod socket;

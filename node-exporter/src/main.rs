@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use lifeboat_node_exporter::cli::{self, Command, Mode, Options};
 use lifeboat_node_exporter::containerd::Containerd;
 use lifeboat_node_exporter::report::{self, TERMINATION_MESSAGE_LIMIT, exit};
-use lifeboat_node_exporter::{Error, export, import, inventory, serve, socket};
+use lifeboat_node_exporter::{Error, export, import, inventory, relay, serve, socket};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -96,6 +96,17 @@ async fn run(options: &Options) -> i32 {
         Err(error) => return fail_run(options, &error),
     };
     let mut stop = std::pin::pin!(stop);
+    if options.mode == Mode::Relay {
+        // No containerd: the relay only passes connections on.
+        let stopped = async {
+            let signal = (&mut stop).await;
+            tracing::info!(signal, "stopping");
+        };
+        return match relay::run(options, stopped).await {
+            Ok(()) => report::exit::OK,
+            Err(error) => fail_run(options, &error),
+        };
+    }
     if options.mode == Mode::Serve {
         // serve stops by itself on the signal and reports what it served.
         let stopped = async {
@@ -149,6 +160,7 @@ async fn run_mode(options: &Options, stop: impl std::future::Future<Output = ()>
         Mode::Export => finish(options, &export::run(&containerd, options).await),
         Mode::Import => finish(options, &import::run(&containerd, options).await),
         Mode::Serve => finish(options, &serve::run(&containerd, options, stop).await),
+        Mode::Relay => report::exit::OK,
         Mode::Inventory => match inventory::run(&containerd, options).await {
             Ok(listing) => {
                 println!("{}", serde_json::to_string(&listing).unwrap_or_default());

@@ -132,6 +132,20 @@ struct RawDescriptor {
 }
 
 #[derive(Deserialize)]
+struct SubjectPointer {
+    #[serde(default)]
+    subject: Option<RawDescriptor>,
+}
+
+/// The digest of the subject a manifest names (`subject`), if any.
+pub(crate) fn manifest_subject(manifest: &[u8]) -> Option<String> {
+    serde_json::from_slice::<SubjectPointer>(manifest)
+        .ok()?
+        .subject
+        .map(|s| s.digest)
+}
+
+#[derive(Deserialize)]
 struct Created {
     #[serde(default)]
     created: Option<String>,
@@ -304,6 +318,7 @@ impl Transfer {
                 .filter(|r| r.depth == 1)
                 .map(|r| r.subject.clone()),
         );
+        let found = self.with_subjects_confirmed(&image, found).await?;
         let scheme_tags: Vec<(Digest, String)> = found
             .iter()
             .filter_map(|r| match &r.scheme {
@@ -330,6 +345,36 @@ impl Transfer {
             self.delete_tag(repository, &tag).await?;
         }
         Ok(Some(plan))
+    }
+
+    /// The listed referrers whose manifest does name the subject they are
+    /// listed under. A fallback tag index is written by clients: whoever
+    /// can push there could list any manifest (an image someone pushed by
+    /// hand) as a referrer of a digest retention deletes; such an entry is
+    /// left out (and so is one gone since it was listed). Tag-scheme
+    /// artifacts name their subject in the tag alone and are kept as found.
+    async fn with_subjects_confirmed(
+        &self,
+        image: &ImageReference,
+        found: Vec<crate::ReferrerCopy>,
+    ) -> Result<Vec<crate::ReferrerCopy>, TransferError> {
+        let source = self.registry_source(image)?;
+        let mut confirmed = Vec::with_capacity(found.len());
+        for referrer in found {
+            if referrer.scheme == ReferrerScheme::Subject {
+                let bytes = match self.source_manifest(&source, &referrer.digest).await {
+                    Ok((bytes, _)) => bytes,
+                    Err(TransferError::SourceNotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                if manifest_subject(&bytes).as_deref() != Some(referrer.subject.as_str()) {
+                    tracing::warn!(referrer = %referrer.digest, subject = %referrer.subject, "listed as a referrer but does not name that subject: not deleted");
+                    continue;
+                }
+            }
+            confirmed.push(referrer);
+        }
+        Ok(confirmed)
     }
 
     /// Deletes what a tag points at, by digest; then, where the registry
@@ -432,6 +477,15 @@ mod tests {
 
     fn set<T: Clone + Eq + std::hash::Hash>(items: &[T]) -> HashSet<T> {
         items.iter().cloned().collect()
+    }
+
+    #[test]
+    fn a_manifest_names_its_subject_or_none() {
+        let with =
+            br#"{"schemaVersion":2,"subject":{"mediaType":"m","digest":"sha256:ab","size":3}}"#;
+        assert_eq!(manifest_subject(with).as_deref(), Some("sha256:ab"));
+        assert_eq!(manifest_subject(br#"{"schemaVersion":2}"#), None);
+        assert_eq!(manifest_subject(b"not json"), None);
     }
 
     #[test]

@@ -876,6 +876,33 @@ async fn deleting_an_image_deletes_its_referrers_and_never_those_of_what_stays()
         http.push(repo, &cosign_tag, &cosign_signature).await;
         let new_signature = oras_attach(&registry, repo, &new.digest, SIGNATURE, &dir);
         let shared_signature = oras_attach(&registry, repo, &shared.digest, SIGNATURE, &dir);
+        // Someone who can push lists an image pushed by hand as a referrer
+        // of the old index in its fallback tag index: it must not go.
+        let by_hand = platform("ppc64le");
+        http.push(repo, "by-hand", &by_hand).await;
+        if !api {
+            let tag = old.digest.replacen(':', "-", 1);
+            let (bytes, _) = http.manifest(repo, &tag).await.unwrap();
+            let mut index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            index["manifests"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": by_hand.digest,
+                    "size": by_hand.bytes.len(),
+                    "artifactType": SIGNATURE,
+                }));
+            let bytes = serde_json::to_vec(&index).unwrap();
+            let forged = Manifest {
+                digest: sha256(&bytes),
+                bytes,
+                media_type: OCI_INDEX.into(),
+                blobs: Vec::new(),
+                children: Vec::new(),
+            };
+            http.put_manifest(repo, &tag, &forged).await;
+        }
 
         let kept: std::collections::HashSet<_> =
             [&new.digest, &shared.digest, &new.children[1].digest]
@@ -929,6 +956,10 @@ async fn deleting_an_image_deletes_its_referrers_and_never_those_of_what_stays()
         }
 
         assert!(http.manifest(repo, &new.digest).await.is_some(), "{case}");
+        assert!(
+            http.manifest(repo, &by_hand.digest).await.is_some(),
+            "{case}: an image listed by a forged fallback entry was deleted"
+        );
         assert_eq!(
             oras_discover(&registry, repo, &new.digest),
             vec![new_signature.clone()],

@@ -5,6 +5,7 @@
 //! cluster or a registry.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret, Toleration};
@@ -299,11 +300,23 @@ pub(super) async fn registry_engine(
     }
     // A copy back from a slow or trickling registry ends at its deadline
     // instead of holding one of the controller's reconciles for hours.
-    Ok(Transfer::new(
-        copy_transfer_config(config.copy_deadline),
-        settings,
-    ))
+    let mut transfer_config = copy_transfer_config(config.copy_deadline);
+    if facts.writes_into_nodes() {
+        transfer_config.retry = NODE_RESTORE_PROBE_RETRY;
+    }
+    Ok(Transfer::new(transfer_config, settings))
 }
+
+/// A restore into nodes only asks backups whether they hold a digest (the
+/// import Jobs pull): one quick retry, not the copy engine's five attempts
+/// (3 s against a backup that does not answer, paid again by every
+/// reconcile while node inventories run; measured in node-import.sh).
+const NODE_RESTORE_PROBE_RETRY: registry_transfer::RetryPolicy = registry_transfer::RetryPolicy {
+    max_attempts: 2,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(1),
+    max_retry_after: Duration::from_secs(2),
+};
 
 // --- following export Jobs ---------------------------------------------------------
 
