@@ -322,14 +322,15 @@ rbac() {
   cannot list secrets -n "$ns" && cannot list secrets -n default && cannot watch secrets -n default &&
   can get secrets -n "$ns" && can get configmaps -n "$ns" &&
   cannot get secrets -n default && cannot get secrets -n kube-system && cannot get configmaps -n default &&
-  can list pods -A && can watch deployments.apps -A && cannot delete pods -n default &&
+  can list pods -A && can watch deployments.apps -A && cannot create pods -n default &&
+  cannot patch pods -n default && cannot create pods/exec -n default && cannot delete deployments.apps -n default &&
   can update leases.coordination.k8s.io -n "$ns" && cannot update leases.coordination.k8s.io -n kube-system &&
   can patch imagebackuppolicies.lifeboat.dev --subresource=status -n default &&
   cannot patch imagebackuppolicies.lifeboat.dev -n default && cannot delete imagebackuppolicies.lifeboat.dev -n default &&
   can create imagerestores.lifeboat.dev -n default && can delete imagerestores.lifeboat.dev -n default && can update imagerestores.lifeboat.dev --subresource=finalizers -n default &&
   cannot create clusterroles.rbac.authorization.k8s.io
 }
-check "RBAC: Jobs and Secrets only in its namespace (can-i get secrets -n default: no), no Secret listing, read-only elsewhere" rbac
+check "RBAC: Jobs and Secrets only in its namespace (can-i get secrets -n default: no), no Secret listing, read-only elsewhere but pod deletion" rbac
 
 # The standby takes over when the leader goes (lease 15 s, renewed every 5 s).
 old_leader="$(holder)"
