@@ -68,7 +68,7 @@ pod_json() {
 percentiles() {
   sort -g "$1" | awk '{ v[NR] = $1 } END {
     p50 = v[int(NR * 0.50 + 0.5)]; p99 = v[int(NR * 0.99 + 0.5)]
-    printf "%.1f %.1f", p50 * 1000, p99 * 1000 }'
+    printf "%.1f %.1f\n", p50 * 1000, p99 * 1000 }'
 }
 
 # timed_posts URL BODY-FILE OUT CURL-ARGS...: COUNT POSTs of BODY-FILE to URL
