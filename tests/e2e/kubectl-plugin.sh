@@ -4,7 +4,9 @@
 # that backs up a private image. status (json checked with jq, table),
 # backup --wait (the run recorded), why (target and node named, then the
 # image lost and explained), restore --missing --wait (the digest served by
-# the source registry again).
+# the source registry again). Then archives through the API server only
+# (export/import through a relay pod reached by port-forward, into and out
+# of a registry running as a pod).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ns="klb-e2e-$RANDOM"
@@ -105,5 +107,104 @@ restore_fails() {
   [[ "$rc" == 1 ]] && grep -q '^failed: ImageOutOfScope' <<<"$out" || { echo "exit $rc: $out"; return 1; }
 }
 check "restore of a digest nothing holds fails (exit code 1, ImageOutOfScope)" restore_fails
+
+# --- archives through the API server only ----------------------------------------------
+# A registry running as a pod (pod IPs are not routed to this machine), an OCI
+# archive made by skopeo, imported and exported by the plugin through a relay
+# pod reached by port-forward; digests compared with skopeo.
+check "the registry image is on the nodes" in_cluster_registry_image
+air_dir="$(mktemp -d)"
+on_exit "rm -rf '$air_dir'"
+cat <<YAML | k apply -n "$ns" -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: air-registry, labels: {app: air-registry}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: ${NODE_NAMES[0]}}
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true, runAsUser: 65532}
+  containers:
+  - name: registry
+    image: $E2E_REGISTRY_IMAGE
+    imagePullPolicy: Never
+    ports: [{containerPort: 5000}]
+    readinessProbe: {tcpSocket: {port: 5000}, periodSeconds: 1}
+    volumeMounts: [{name: data, mountPath: /var/lib/registry}]
+  volumes: [{name: data, emptyDir: {}}]
+YAML
+check "the in-cluster registry pod is ready" k -n "$ns" wait --for=condition=Ready pod/air-registry --timeout=60s
+air="$(k -n "$ns" get pod air-registry -o jsonpath='{.status.podIP}'):5000"
+# The local cluster routes no pod traffic between nodes: the relay runs beside the registry.
+relay_on="--relay-node ${NODE_NAMES[0]}"
+# containerd on the node pulls from it over plain HTTP, as from the other test registries.
+air_hosts="$CLUSTER_DIR/nodes/${NODE_NAMES[0]}/certs.d/$air"
+mkdir -p "$air_hosts"
+printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$air" "$air" >"$air_hosts/hosts.toml"
+on_exit "rm -rf '$air_hosts'"
+check "the registry at $air is not reachable from this machine" bash -c "! curl -sf --connect-timeout 2 --max-time 3 http://$air/v2/"
+check "skopeo writes an OCI archive of demo/worker:0.9" skopeo copy -q --src-tls-verify=false \
+  "docker://$SOURCE_REGISTRY/demo/worker:0.9" "oci-archive:$air_dir/worker.tar:0.9"
+archive_digest="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$air_dir/worker.tar")"
+archive_layers="$(skopeo inspect --format '{{.Layers}}' "oci-archive:$air_dir/worker.tar")"
+relays_gone() { [[ -z "$(k -n "$ns" get pods -l app.kubernetes.io/name=lifeboat-relay -o name)" ]]; }
+corrupt_import_fails() {
+  # One byte of the largest layer flipped, into a registry that holds none of
+  # it yet: the copy must stop at the digest check.
+  python3 - "$air_dir/worker.tar" "$air_dir/corrupt.tar" <<'PY' || return 1
+import shutil, sys, tarfile
+shutil.copy(sys.argv[1], sys.argv[2])
+with tarfile.open(sys.argv[1]) as t:
+    layer = max((m for m in t.getmembers() if m.name.startswith("blobs/")), key=lambda m: m.size)
+with open(sys.argv[2], "r+b") as f:
+    f.seek(layer.offset_data + layer.size // 2); b = f.read(1); f.seek(-1, 1); f.write(bytes([b[0] ^ 0xFF]))
+PY
+  local out rc=0; out="$(lb import "$air_dir/corrupt.tar" --to "$air/air/worker:corrupt" -n "$ns" $relay_on 2>&1)" || rc=$?
+  [[ "$rc" != 0 ]] && grep -qi digest <<<"$out" || { echo "exit $rc: $out"; return 1; }
+  ! lb export "$air/air/worker:corrupt" -o "$air_dir/none.tar" -n "$ns" $relay_on >/dev/null 2>&1 || { echo "the corrupt image was tagged"; return 1; }
+  relays_gone || { echo "relay pod left behind after a failure"; return 1; }
+}
+check "an archive with a corrupted layer is refused (digest), nothing tagged, relay deleted" corrupt_import_fails
+import_archive() {
+  local out; out="$(lb import "$air_dir/worker.tar" --to "$air/air/worker" -n "$ns" $relay_on)" || { echo "$out"; return 1; }
+  [[ "$out" == "$archive_digest" ]] || { echo "import printed '$out', the archive holds $archive_digest"; return 1; }
+  relays_gone || { echo "relay pod left behind"; return 1; }
+}
+check "import pushes the archive into the in-cluster registry (tag from the archive), relay pod deleted" import_archive
+pinned_deployment air-app "${NODE_NAMES[0]}" "$air/air/worker:0.9" | k apply -n "$ns" -f - >/dev/null
+check "a Deployment runs the imported image, pulled from the in-cluster registry" \
+  k -n "$ns" rollout status deploy/air-app --timeout=60s
+export_archive() {
+  local format="$1" file="$2" out
+  out="$(lb export "$air/air/worker:0.9" -o "$file" --format "$format" -n "$ns" $relay_on)" || { echo "$out"; return 1; }
+  [[ "$out" == "$archive_digest" ]] || { echo "export printed '$out', want $archive_digest"; return 1; }
+}
+check "export writes the image back to an OCI archive" export_archive oci "$air_dir/back.tar"
+check "skopeo reads the same digest and layers from the exported archive" bash -c \
+  "[[ \"\$(skopeo inspect --format '{{.Digest}} {{.Layers}}' oci-archive:$air_dir/back.tar)\" == '$archive_digest $archive_layers' ]]"
+docker_archive() {
+  # docker-archive's layers are named by the image config's diff IDs (what
+  # `docker load` checks); skopeo copy reads every layer and checks them.
+  local diff_ids; diff_ids="$(skopeo inspect --config "oci-archive:$air_dir/worker.tar" | jq -c .rootfs.diff_ids)"
+  export_archive docker-archive "$air_dir/docker.tar" || return 1
+  [[ "$(skopeo inspect "docker-archive:$air_dir/docker.tar" | jq -c .Layers)" == "$diff_ids" ]] ||
+    { echo "layers are not the diff IDs $diff_ids"; return 1; }
+  skopeo copy -q "docker-archive:$air_dir/docker.tar" "oci:$air_dir/from-docker"
+}
+check "export --format docker-archive: skopeo reads it (layers = the config's diff IDs) and copies it whole" docker_archive
+unprivileged_import_refused() {
+  # A service account with no rights at all, through its own kubeconfig.
+  local kc="$air_dir/nobody.kubeconfig" out rc=0
+  k -n "$ns" create serviceaccount nobody >/dev/null || return 1
+  k config --kubeconfig "$kc" set-cluster c --server "$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}')" \
+      --certificate-authority "$CLUSTER_PKI/ca.crt" --embed-certs >/dev/null &&
+    k config --kubeconfig "$kc" set-credentials nobody --token "$(k -n "$ns" create token nobody)" >/dev/null &&
+    k config --kubeconfig "$kc" set-context c --cluster c --user nobody --namespace "$ns" >/dev/null &&
+    k config --kubeconfig "$kc" use-context c >/dev/null || return 1
+  out="$(lb import "$air_dir/worker.tar" --to "$air/air/worker:nobody" --kubeconfig "$kc" \
+    --node-exporter-image lifeboat.local/node-exporter:dev 2>&1)" || rc=$?
+  [[ "$rc" == 2 ]] && grep -qi forbidden <<<"$out" || { echo "exit $rc: $out"; return 1; }
+  relays_gone || { echo "a relay pod was made"; return 1; }
+}
+check "a user who may not create pods cannot import (forbidden, exit 2), no pod made" unprivileged_import_refused
 
 summary kubectl-plugin

@@ -231,3 +231,31 @@ spec:
   - {name: main, image: "$3", imagePullPolicy: Always}
 YAML
 }
+
+# in_cluster_registry_image: lifeboat.local/e2e-registry:dev, the docker
+# registry binary this machine's registries run, as an image loaded into every
+# node (built once; skipped when each node holds it). For suites that need a
+# registry running as a pod, reachable from this machine only through the API
+# server (pod IPs are not routed to the host).
+E2E_REGISTRY_IMAGE=lifeboat.local/e2e-registry:dev
+in_cluster_registry_image() {
+  local layout="$CLUSTER_DIR/images/e2e-registry-layout" node sock config missing=false
+  for node in "${NODE_NAMES[@]}"; do
+    sock="$(node_containerd_socket "$node")"
+    ctr -a "$sock" -n k8s.io images ls -q "name==$E2E_REGISTRY_IMAGE" | grep -qx "$E2E_REGISTRY_IMAGE" || missing=true
+  done
+  $missing || return 0
+  rm -rf "$layout"
+  config="$(mktemp)"
+  printf '%s\n' 'version: 0.1' 'storage: {filesystem: {rootdirectory: /var/lib/registry}, delete: {enabled: true}}' \
+    'http: {addr: ":5000"}' >"$config"
+  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$layout" --ref "$E2E_REGISTRY_IMAGE" \
+    --compression none --binary "$(command -v docker-registry):/usr/local/bin/registry" \
+    --file "$config:/etc/registry.yml" \
+    --entrypoint '["/usr/local/bin/registry","serve","/etc/registry.yml"]' --user 65532:65532 >/dev/null || return 1
+  rm -f "$config"
+  python3 "$REPO_ROOT/hack/images/oci-image.py" archive --layout "$layout" --out "$layout.tar" || return 1
+  for node in "${NODE_NAMES[@]}"; do
+    ctr -a "$(node_containerd_socket "$node")" -n k8s.io images import "$layout.tar" >/dev/null || return 1
+  done
+}
