@@ -47,20 +47,7 @@ profile=debug build_flags=()
 check "Lifeboat images ($profile build) build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh" "${build_flags[@]}"
 check "CRDs apply" k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd"
 check "operator manifests apply" k apply -f "$REPO_ROOT/config/operator"
-# A restart only when the running operator predates the images just loaded
-# (in hack/test.sh an earlier suite has restarted it onto them already).
-operator_current() {
-  local pod started stamp
-  pod="$(operator_pod)" && [[ -n "$pod" ]] || return 1
-  started="$(k -n lifeboat-system get pod "$pod" -o jsonpath='{.status.startTime}')" || return 1
-  stamp="$(stat -c %Y "$CLUSTER_DIR/images/lifeboat-images.stamp" 2>/dev/null)" || return 1
-  (( $(date -d "$started" +%s) > stamp ))
-}
-if operator_current; then
-  check "the operator already runs these images" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
-else
-  restart_operator
-fi
+restart_operator
 
 needy_ctr() { ctr -a "$(node_containerd_socket "$needy")" -n k8s.io "$@"; }
 holder_ctr() { ctr -a "$(node_containerd_socket "$holder")" -n k8s.io "$@"; }
