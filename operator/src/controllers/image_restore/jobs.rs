@@ -340,32 +340,78 @@ pub(crate) fn export_arguments(settings: &JobSettings, job: &ExportJob) -> Expor
 
 /// The export Job for one node of one restore.
 pub(crate) fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
-    let args = export_arguments(settings, job).to_args();
-    let labels = labels(
+    let meta = NodeJobMeta {
+        name: job.name.clone(),
+        node: job.node.clone(),
+        restore_namespace: job.restore_namespace.clone(),
+        restore_name: job.restore_name.clone(),
+        restore_uid: job.restore_uid.clone(),
+        tolerations: job.tolerations.clone(),
+        active_deadline_seconds: job.active_deadline_seconds,
+        owner: job.owner.clone(),
+    };
+    node_job(
+        settings,
+        &meta,
         "export",
+        export_arguments(settings, job).to_args(),
+        job.credentials_secret.as_deref().map(docker_config_mount),
+        EXPORT_BACKOFF_LIMIT,
+    )
+}
+
+/// What every Job a restore runs on one node carries (export, import,
+/// serve).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeJobMeta {
+    pub name: String,
+    pub node: String,
+    pub restore_namespace: String,
+    pub restore_name: String,
+    pub restore_uid: String,
+    pub tolerations: Vec<Toleration>,
+    pub active_deadline_seconds: i64,
+    /// Set when the restore lives in the operator's namespace.
+    pub owner: Option<OwnerReference>,
+}
+
+/// A Job of one restore on one node: labelled and annotated with its
+/// restore, owned by it when it lives in the operator's namespace, pinned
+/// to the node, bounded in retries, time and lifetime.
+pub(super) fn node_job(
+    settings: &JobSettings,
+    meta: &NodeJobMeta,
+    component: &str,
+    args: Vec<String>,
+    secret: Option<SecretMount<'_>>,
+    backoff_limit: i32,
+) -> Job {
+    let labels = labels(
+        component,
         &[
-            (LABEL_RESTORE_UID, &job.restore_uid),
-            (LABEL_RESTORE_NAMESPACE, &job.restore_namespace),
-            (LABEL_NODE, &job.node),
+            (LABEL_RESTORE_UID, &meta.restore_uid),
+            (LABEL_RESTORE_NAMESPACE, &meta.restore_namespace),
+            (LABEL_NODE, &meta.node),
         ],
     );
     let annotations: BTreeMap<String, String> = [(
         ANNOTATION_RESTORE.to_owned(),
-        format!("{}/{}", job.restore_namespace, job.restore_name),
+        format!("{}/{}", meta.restore_namespace, meta.restore_name),
     )]
     .into();
+    let secrets: Vec<SecretMount<'_>> = secret.into_iter().collect();
     Job {
         metadata: ObjectMeta {
-            name: Some(job.name.clone()),
+            name: Some(meta.name.clone()),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
-            owner_references: job.owner.clone().map(|o| vec![o]),
+            owner_references: meta.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
-            backoff_limit: Some(EXPORT_BACKOFF_LIMIT),
-            active_deadline_seconds: Some(job.active_deadline_seconds),
+            backoff_limit: Some(backoff_limit),
+            active_deadline_seconds: Some(meta.active_deadline_seconds),
             ttl_seconds_after_finished: Some(TTL_SECONDS_AFTER_FINISHED),
             pod_failure_policy: Some(pod_failure_policy()),
             template: PodTemplateSpec {
@@ -373,17 +419,7 @@ pub(crate) fn export_job(settings: &JobSettings, job: &ExportJob) -> Job {
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod(
-                    settings,
-                    &job.node,
-                    args,
-                    &job.credentials_secret
-                        .as_deref()
-                        .map(docker_config_mount)
-                        .into_iter()
-                        .collect::<Vec<_>>(),
-                    &job.tolerations,
-                )),
+                spec: Some(pod(settings, &meta.node, args, &secrets, &meta.tolerations)),
             },
             ..JobSpec::default()
         }),

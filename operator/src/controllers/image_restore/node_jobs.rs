@@ -9,17 +9,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lifeboat_node_protocol::{
     CaBundleArgument, ImageSource, ImportArguments, ImportImage, ServeArguments,
 };
 
+pub(crate) use super::jobs::NodeJobMeta;
 use super::jobs::{
-    ANNOTATION_RESTORE, JobSettings, LABEL_NODE, LABEL_RESTORE_NAMESPACE, LABEL_RESTORE_UID,
-    SOCKET_MOUNT, SecretMount, TTL_SECONDS_AFTER_FINISHED, labels, plain_http_registries, pod,
-    pod_failure_policy,
+    JobSettings, LABEL_RESTORE_NAMESPACE, LABEL_RESTORE_UID, SOCKET_MOUNT, SecretMount, labels,
+    node_job, plain_http_registries,
 };
 
 /// Where the restore's import Secret is mounted.
@@ -36,20 +36,6 @@ const SERVE_PORTS: std::ops::Range<u16> = 20000..40000;
 /// Component labels of the two Jobs.
 pub(crate) const IMPORT_COMPONENT: &str = "import";
 pub(crate) const SERVE_COMPONENT: &str = "serve";
-
-/// What every Job of a restore into nodes carries.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct NodeJobMeta {
-    pub name: String,
-    pub node: String,
-    pub restore_namespace: String,
-    pub restore_name: String,
-    pub restore_uid: String,
-    pub tolerations: Vec<Toleration>,
-    pub active_deadline_seconds: i64,
-    /// Set when the restore lives in the operator's namespace.
-    pub owner: Option<OwnerReference>,
-}
 
 /// The CA bundle file for the `index`th registry with a private CA.
 pub(crate) fn ca_key(index: usize) -> String {
@@ -126,55 +112,6 @@ pub(crate) fn serve_arguments(images: Vec<ImageSource>, port: u16) -> ServeArgum
         token_file: format!("{IMPORT_DIR}/{TOKEN_KEY}"),
         serve_seconds: Some(SERVE_SECONDS),
         socket: Some(SOCKET_MOUNT.to_owned()),
-    }
-}
-
-fn node_job(
-    settings: &JobSettings,
-    meta: &NodeJobMeta,
-    component: &str,
-    args: Vec<String>,
-    secret: Option<SecretMount<'_>>,
-    backoff_limit: i32,
-) -> Job {
-    let labels = labels(
-        component,
-        &[
-            (LABEL_RESTORE_UID, &meta.restore_uid),
-            (LABEL_RESTORE_NAMESPACE, &meta.restore_namespace),
-            (LABEL_NODE, &meta.node),
-        ],
-    );
-    let annotations: BTreeMap<String, String> = [(
-        ANNOTATION_RESTORE.to_owned(),
-        format!("{}/{}", meta.restore_namespace, meta.restore_name),
-    )]
-    .into();
-    let secrets: Vec<SecretMount<'_>> = secret.into_iter().collect();
-    Job {
-        metadata: ObjectMeta {
-            name: Some(meta.name.clone()),
-            namespace: Some(settings.namespace.clone()),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations),
-            owner_references: meta.owner.clone().map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(backoff_limit),
-            active_deadline_seconds: Some(meta.active_deadline_seconds),
-            ttl_seconds_after_finished: Some(TTL_SECONDS_AFTER_FINISHED),
-            pod_failure_policy: Some(pod_failure_policy()),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod(settings, &meta.node, args, &secrets, &meta.tolerations)),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
     }
 }
 
@@ -285,6 +222,7 @@ pub(crate) fn new_token() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::jobs::LABEL_NODE;
     use super::*;
 
     fn settings() -> JobSettings {
