@@ -11,10 +11,12 @@
 #    same manifest passes once the image is pushed;
 #  - rotation: a 45 s certificate is renewed (new CA, old one still in the
 #    caBundle) and the webhook keeps answering;
+#  - a second tenant naming the first one's lost image hears nothing of it;
 #  - the operator scaled to 0: pods are still admitted, within the timeout.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ns="adm-e2e-$RANDOM"
+attacker="adm-attacker-$RANDOM"
 lost_repo="e2e/adm-lost-$RANDOM"
 ensure_repo="e2e/adm-ensure-$RANDOM"
 nowhere_repo="e2e/adm-nowhere-$RANDOM"
@@ -23,7 +25,7 @@ timeout_seconds=10
 echo "admission webhook e2e (namespace $ns)"
 
 cleanup() {
-  k delete namespace "$ns" --wait=false --ignore-not-found
+  k delete namespace "$ns" "$attacker" --wait=false --ignore-not-found
   k delete validatingwebhookconfiguration "$webhook" --ignore-not-found
   k -n lifeboat-system delete secret "$webhook-tls" --ignore-not-found
   k -n lifeboat-system delete service "$webhook" --ignore-not-found
@@ -93,11 +95,17 @@ check "a private copy of demo/worker:0.9 is pushed" source_copy demo/worker:0.9 
 check "a private copy of demo/api:2.3 is pushed" source_copy demo/api:2.3 "$ensure_repo:1"
 lost_digest="$(registry_digest "$lost_repo" 0.9)"
 { policy warn Warn; policy ensure Ensure; policy enforce Enforce; } | k -n "$ns" apply -f - >/dev/null
+# A second tenant with a Warn policy of its own: the attacker below.
+k create namespace "$attacker" >/dev/null
+backup_registry_access "$attacker"
+policy warn Warn | k -n "$attacker" apply -f - >/dev/null
 # What the API server calls the webhook for: the namespaces some policy covers.
 selector_names_ns() {
-  k get validatingwebhookconfiguration "$webhook" -o jsonpath='{.webhooks[0].namespaceSelector.matchExpressions[0].values}' | grep -q "\"$ns\""
+  local values
+  values="$(k get validatingwebhookconfiguration "$webhook" -o jsonpath='{.webhooks[0].namespaceSelector.matchExpressions[0].values}')"
+  grep -q "\"$ns\"" <<<"$values" && grep -q "\"$attacker\"" <<<"$values"
 }
-check "the webhook's namespaceSelector names the covered namespace" eventually 30 selector_names_ns
+check "the webhook's namespaceSelector names the covered namespaces" eventually 30 selector_names_ns
 policies_ready() {
   for p in warn ensure enforce; do condition_is "$ns" "ibp/$p" Ready "True Protected" >/dev/null || return 1; done
 }
@@ -157,6 +165,15 @@ lost_warning() {
   grep -q "Warning: lifeboat: image $SOURCE_REGISTRY/$lost_repo:0.9 is gone from its source registry; a restore can come from the backup in backup (policy $ns/warn)" <<<"$out" || { echo "$out"; return 1; }
 }
 check "kubectl apply warns that the image is gone, naming the backup" lost_warning
+# The attacker names the victim's lost image: what the webhook says must come
+# from the attacker's own namespace only (docs/security.md), never that the
+# image is gone, nor where the victim's backup of it is.
+attacker_learns_nothing() {
+  local out; out="$(guarded steal warn "$SOURCE_REGISTRY/$lost_repo:0.9" | k -n "$attacker" apply -f - 2>&1)" || { echo "$out"; return 1; }
+  grep -q "Warning: lifeboat:" <<<"$out" || { echo "no warning at all (was the webhook asked?): $out"; return 1; }
+  if grep -Eq "gone from its source|$ns|backup in backup" <<<"$out"; then echo "leaked: $out"; return 1; fi
+}
+check "another tenant naming that image learns nothing of the first tenant's facts" attacker_learns_nothing
 
 # --- rotation: the 45 s certificate is renewed, the webhook still answers ---------------
 rotated() {
