@@ -8,15 +8,14 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use lifeboat_api::restore::{
     BackupSource, NodeDestination, RestoreDestination, RestoreSource, RestoreSourceType,
 };
 use lifeboat_api::{ImageBackupPolicy, ImageBackupPolicyStatus, ImageRestore, ImageRestoreSpec};
 
 use super::discovery::{ImageUse, Inventory};
-use super::restore_link::POLICY_LABEL;
+use super::restore_link::owned_by_policy;
 use crate::controllers::object_names::outage_restore_name;
 
 /// The images to import and what tells this outage's failures apart: each
@@ -87,7 +86,6 @@ pub fn outage_restore(
         return None;
     }
     let policy_name = policy.name_any();
-    let owner = policy.controller_owner_ref(&())?;
     let spec = ImageRestoreSpec {
         images: Some(images),
         policy_ref: None,
@@ -110,17 +108,7 @@ pub fn outage_restore(
         }),
         active_deadline_seconds: None,
     };
-    Some(ImageRestore {
-        metadata: ObjectMeta {
-            name: Some(outage_restore_name(&policy_name, &keys)),
-            namespace: policy.namespace(),
-            labels: Some([(POLICY_LABEL.to_owned(), policy_name)].into()),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
-        spec,
-        status: None,
-    })
+    owned_by_policy(policy, outage_restore_name(&policy_name, &keys), spec)
 }
 
 #[cfg(test)]

@@ -44,8 +44,6 @@ pub fn automatic_restore(
         return None;
     }
     let policy_name = policy.name_any();
-    // apiVersion, kind, name, uid; controller and blockOwnerDeletion set.
-    let owner = policy.controller_owner_ref(&())?;
     let spec = ImageRestoreSpec {
         images: None,
         policy_ref: Some(LocalObjectRef {
@@ -66,11 +64,23 @@ pub fn automatic_restore(
         }),
         active_deadline_seconds: None,
     };
+    owned_by_policy(policy, automatic_restore_name(&policy_name, &missing), spec)
+}
+
+/// An ImageRestore the policy creates: labelled with the policy and owned
+/// by it (deleted with it). None when the policy has no uid yet.
+pub(super) fn owned_by_policy(
+    policy: &ImageBackupPolicy,
+    name: String,
+    spec: ImageRestoreSpec,
+) -> Option<ImageRestore> {
+    // apiVersion, kind, name, uid; controller and blockOwnerDeletion set.
+    let owner = policy.controller_owner_ref(&())?;
     Some(ImageRestore {
         metadata: ObjectMeta {
-            name: Some(automatic_restore_name(&policy_name, &missing)),
+            name: Some(name),
             namespace: policy.namespace(),
-            labels: Some([(POLICY_LABEL.to_owned(), policy_name)].into()),
+            labels: Some([(POLICY_LABEL.to_owned(), policy.name_any())].into()),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
