@@ -6,10 +6,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use registry_transfer::{
-    CopyRequest, ImageReference, Platform, RegistrySettings, RepositoryRef, Transfer,
+    CopyDeadline, CopyRequest, ImageReference, Platform, RegistrySettings, RepositoryRef, Transfer,
     TransferConfig,
 };
 
@@ -17,6 +20,8 @@ use crate::archive::read::{Archive, ArchiveSource, ArchivedImage, verify_image};
 use crate::archive::write;
 use crate::cli::{ClusterAccess, ExportArgs, ImportArgs};
 use crate::client::Connection;
+use crate::nodes;
+use crate::progress::{Progress, Reporter};
 use crate::tunnel::{self, Tunnel};
 
 /// The `HOST:PORT` a relay dials for a registry as the cluster names it.
@@ -43,11 +48,22 @@ fn through(image: &ImageReference, local: &str) -> anyhow::Result<ImageReference
     })
 }
 
+/// The copy engine for the tunnel's local address. Every wait is bounded:
+/// 30 s of silence on a connection is a failure, and a copy as a whole
+/// gets 60 s plus a second per MiB of its image, so a broken tunnel or a
+/// registry that stopped answering mid-upload ends the command instead
+/// of retrying for minutes.
 fn transfer_for(local: &str) -> Transfer {
-    Transfer::new(
-        TransferConfig::default(),
-        RegistrySettings::new().allow_plain_http(local),
-    )
+    let config = TransferConfig {
+        read_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+        copy_deadline: Some(CopyDeadline {
+            base: Duration::from_secs(60),
+            min_bytes_per_second: 1024 * 1024,
+        }),
+        ..TransferConfig::default()
+    };
+    Transfer::new(config, RegistrySettings::new().allow_plain_http(local))
 }
 
 async fn open_tunnel(
@@ -55,7 +71,7 @@ async fn open_tunnel(
     access: &ClusterAccess,
     registry: &str,
 ) -> anyhow::Result<Tunnel> {
-    let image = tunnel::node_exporter_image(
+    let settings = tunnel::node_exporter_settings(
         connection,
         access.node_exporter_image.as_deref(),
         &access.operator_namespace,
@@ -63,30 +79,51 @@ async fn open_tunnel(
     .await?;
     Tunnel::open(
         connection,
-        &image,
+        &settings.image,
         &dial_address(registry),
         access.relay_node.as_deref(),
     )
     .await
 }
 
-/// Runs `work` with a tunnel and deletes the relay pod afterwards, whatever happened.
-async fn with_tunnel<T, F>(
-    connection: &Connection,
-    access: &ClusterAccess,
-    registry: &str,
-    work: impl FnOnce(String) -> F,
-) -> anyhow::Result<T>
+/// Runs `work` with a tunnel and deletes its pod afterwards, whatever happened.
+async fn with_tunnel<T, F>(tunnel: Tunnel, work: impl FnOnce(String) -> F) -> anyhow::Result<T>
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let tunnel = open_tunnel(connection, access, registry).await?;
     let result = tokio::select! {
         result = work(tunnel.address()) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     tunnel.close().await;
     result
+}
+
+/// The tunnel an export reads through: a relay to the image's registry,
+/// or a node's `serve`.
+async fn export_tunnel(
+    connection: &Connection,
+    args: &ExportArgs,
+    image: &ImageReference,
+) -> anyhow::Result<Tunnel> {
+    let Some(node) = &args.from_node else {
+        return open_tunnel(connection, &args.access, &image.registry).await;
+    };
+    let node = if node.is_empty() {
+        nodes::node_holding(&connection.client, image).await?
+    } else {
+        node.clone()
+    };
+    let settings = tunnel::node_exporter_settings(
+        connection,
+        args.access.node_exporter_image.as_deref(),
+        &args.access.operator_namespace,
+    )
+    .await?;
+    let pods: Api<Pod> =
+        Api::namespaced(connection.client.clone(), &args.access.operator_namespace);
+    eprintln!("reading {image} from node {node}'s containerd");
+    nodes::serve_from_node(pods, &settings, &node, image).await
 }
 
 pub async fn export(connection: &Connection, args: &ExportArgs) -> anyhow::Result<ExitCode> {
@@ -101,21 +138,26 @@ pub async fn export(connection: &Connection, args: &ExportArgs) -> anyhow::Resul
         .tag
         .as_ref()
         .map(|tag| format!("{}/{}:{tag}", image.registry, image.repository));
-    let registry = image.registry.clone();
-    let written = with_tunnel(connection, &args.access, &registry, |local| async move {
+    let tunnel = export_tunnel(connection, args, &image).await?;
+    let progress = Progress::default();
+    let reporter = Reporter::start(args.progress, "exported", &progress);
+    let (image_ref, platform, progress_ref) = (&image, &platform, &progress);
+    let written = with_tunnel(tunnel, |local| async move {
         let transfer = transfer_for(&local);
-        let source = transfer.registry_source(&through(&image, &local)?)?;
+        let source = transfer.registry_source(&through(image_ref, &local)?)?;
         write::write_archive(
             &source,
             &args.output,
             args.format,
-            &platform,
+            platform,
             ref_name.as_deref(),
             repo_tag.as_deref(),
+            progress_ref,
         )
         .await
     })
     .await?;
+    reporter.finish();
     eprintln!(
         "exported {} to {}: {} manifests, {} blobs, {} bytes, every digest verified",
         args.image,
@@ -184,22 +226,41 @@ pub async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Resul
     let archive = tokio::task::spawn_blocking(move || Archive::open(&path))
         .await?
         .with_context(|| format!("reading {}", args.file.display()))?;
+    let archive = Arc::new(archive);
     let chosen = choose_image(archive.images()?, args.name.as_deref())?;
     let tag = target_tag(&args.to, &target, chosen.ref_name.as_deref());
-    let source = ArchiveSource::new(Arc::new(archive), chosen.descriptor.clone());
-    verify_image(&source).await?;
+    let source = ArchiveSource::new(archive.clone(), chosen.descriptor.clone());
+    let total = verify_image(&source).await?;
+    let progress = Progress::default();
+    progress.set_total(total);
+    if let Some(selector) = &args.to_nodes {
+        let name = ImageReference {
+            tag: Some(tag),
+            digest: None,
+            ..target
+        };
+        return import_to_nodes(
+            connection,
+            args,
+            selector,
+            &name,
+            &chosen.descriptor,
+            archive,
+            progress,
+        )
+        .await;
+    }
+    let source = source.with_progress(progress.clone());
     let repository = target.repository.clone();
-    let report = with_tunnel(
-        connection,
-        &args.access,
-        &target.registry,
-        |local| async move {
-            let transfer = transfer_for(&local);
-            let request = CopyRequest::new(RepositoryRef::new(local, repository)).with_tag(tag);
-            Ok(transfer.copy(&source, &request).await?)
-        },
-    )
+    let tunnel = open_tunnel(connection, &args.access, &target.registry).await?;
+    let reporter = Reporter::start(args.progress, "imported", &progress);
+    let report = with_tunnel(tunnel, |local| async move {
+        let transfer = transfer_for(&local);
+        let request = CopyRequest::new(RepositoryRef::new(local, repository)).with_tag(tag);
+        Ok(transfer.copy(&source, &request).await?)
+    })
     .await?;
+    reporter.finish();
     eprintln!(
         "imported {} into {}/{}:{}: {} blobs copied ({} bytes), {} already there, every digest verified",
         args.file.display(),
@@ -211,6 +272,73 @@ pub async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Resul
         report.blobs_skipped
     );
     println!("{}", report.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `import --to-nodes`: one import pod per selected node, all fed from
+/// the archive at once; exit 1 unless every node holds the image after.
+async fn import_to_nodes(
+    connection: &Connection,
+    args: &ImportArgs,
+    selector: &str,
+    name: &ImageReference,
+    root: &registry_transfer::Descriptor,
+    archive: Arc<Archive>,
+    progress: Progress,
+) -> anyhow::Result<ExitCode> {
+    let nodes = nodes::selected_nodes(&connection.client, selector).await?;
+    let settings = tunnel::node_exporter_settings(
+        connection,
+        args.access.node_exporter_image.as_deref(),
+        &args.access.operator_namespace,
+    )
+    .await?;
+    let pods: Api<Pod> =
+        Api::namespaced(connection.client.clone(), &args.access.operator_namespace);
+    // Every node reads the whole archive: the bar counts all of it.
+    progress.set_total(progress.total().saturating_mul(nodes.len() as u64));
+    let reporter = Reporter::start(args.progress, "sent", &progress);
+    let imports = futures::future::join_all(nodes.into_iter().map(|node| {
+        nodes::import_into(
+            pods.clone(),
+            &settings,
+            node,
+            name,
+            root,
+            archive.clone(),
+            progress.clone(),
+        )
+    }));
+    let results = tokio::select! {
+        results = imports => results,
+        _ = tokio::signal::ctrl_c() => {
+            let listed = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kubectl-lifeboat,app.kubernetes.io/component=import"))
+                .await;
+            for pod in listed.map(|l| l.items).unwrap_or_default() {
+                tunnel::delete(&pods, &pod.metadata.name.unwrap_or_default()).await;
+            }
+            bail!("interrupted");
+        }
+    };
+    reporter.finish();
+    let mut failed = 0;
+    for result in &results {
+        match &result.outcome {
+            Ok((digest, bytes)) => eprintln!(
+                "imported {name} into node {}'s containerd: {digest}, {bytes} bytes written, every digest verified",
+                result.node
+            ),
+            Err(error) => {
+                failed += 1;
+                eprintln!("node {}: import failed: {error:#}", result.node);
+            }
+        }
+    }
+    if failed > 0 {
+        return Ok(ExitCode::from(crate::cli::EXIT_FAILED));
+    }
+    println!("{}", root.digest);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -51,14 +51,14 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Explain an image's state from the policies' status.
     Why(WhyArgs),
-    /// Write an image from a registry only the cluster reaches into an archive file.
+    /// Write an image from a registry only the cluster reaches, or from a node, into an archive file.
     #[command(
-        after_help = "Examples:\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar -n air\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar --format docker-archive\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace, reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+        after_help = "Examples:\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar -n air\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar --format docker-archive\n  kubectl lifeboat export registry.example.com/shop/web:1.4 -o web.tar --from-node node-1\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--from-node, a node-exporter pod on the node in the operator's namespace), reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
     )]
     Export(ExportArgs),
-    /// Push an OCI archive into a registry only the cluster reaches.
+    /// Push an OCI archive into a registry only the cluster reaches, or into nodes' containerd.
     #[command(
-        after_help = "Examples:\n  skopeo copy docker://docker.io/library/nginx:1.27 oci-archive:nginx.tar\n  kubectl lifeboat import nginx.tar --to registry.air.svc:5000/library/nginx:1.27 -n air\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace, reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+        after_help = "Examples:\n  skopeo copy docker://docker.io/library/nginx:1.27 oci-archive:nginx.tar\n  kubectl lifeboat import nginx.tar --to registry.air.svc:5000/library/nginx:1.27 -n air\n  kubectl lifeboat import nginx.tar --to docker.io/library/nginx:1.27 --to-nodes node-role=edge\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--to-nodes, a node-exporter pod per node in the operator's namespace), reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
     )]
     Import(ImportArgs),
     /// Print a shell completion script (for the kubectl-lifeboat command).
@@ -76,10 +76,11 @@ pub struct CompletionArgs {
 /// How export and import get into the cluster.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterAccess {
-    /// The image the relay pod runs (default: the operator's LIFEBOAT_NODE_EXPORTER_IMAGE).
+    /// The image relay and node pods run (default: the operator's LIFEBOAT_NODE_EXPORTER_IMAGE).
     #[arg(long, env = "LIFEBOAT_NODE_EXPORTER_IMAGE")]
     pub node_exporter_image: Option<String>,
-    /// Where the Lifeboat operator runs (to read its node-exporter image).
+    /// Where the Lifeboat operator runs (its node-exporter settings are read
+    /// there, and node pods run there).
     #[arg(long, default_value = "lifeboat-system")]
     pub operator_namespace: String,
     /// Run the relay pod on this node (where pods cannot reach other nodes' pods).
@@ -99,6 +100,13 @@ pub struct ExportArgs {
     /// docker-archive: the platform of a multi-platform image (default: this machine's, linux).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Read the image from this node's containerd instead of a registry
+    /// (alone: a node whose status lists the image).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub from_node: Option<String>,
+    /// Byte progress on stderr.
+    #[arg(long, value_enum, default_value_t)]
+    pub progress: crate::progress::ProgressMode,
     #[command(flatten)]
     pub access: ClusterAccess,
 }
@@ -108,12 +116,20 @@ pub struct ImportArgs {
     /// An OCI archive (skopeo copy ... oci-archive:FILE, or docker save from Docker 25 on).
     pub file: std::path::PathBuf,
     /// Where to push, as the cluster names it: REGISTRY/REPO[:TAG] (without TAG:
-    /// the archive's ref name, else latest).
+    /// the archive's ref name, else latest). With --to-nodes: the reference
+    /// pods use, recorded in the nodes' containerd.
     #[arg(long)]
     pub to: String,
+    /// Write into these nodes' containerd instead of a registry: a label
+    /// selector (kubernetes.io/hostname=node-1) or name=NODE[,NODE...].
+    #[arg(long)]
+    pub to_nodes: Option<String>,
     /// Which image of the archive (its ref name or digest), when it holds several.
     #[arg(long)]
     pub name: Option<String>,
+    /// Byte progress on stderr.
+    #[arg(long, value_enum, default_value_t)]
+    pub progress: crate::progress::ProgressMode,
     #[command(flatten)]
     pub access: ClusterAccess,
 }

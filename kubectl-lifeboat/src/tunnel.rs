@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Toleration};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use lifeboat_node_protocol::RelayArguments;
@@ -39,34 +39,86 @@ pub struct Tunnel {
     accept: JoinHandle<()>,
 }
 
-/// The node-exporter image: given, or the one the operator runs nodes' Jobs with.
-pub async fn node_exporter_image(
+/// How the operator runs node-exporter, for the pods the plugin starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeExporterSettings {
+    pub image: String,
+    pub pull_policy: String,
+    /// The containerd socket on the nodes; `{node}` stands for the node's name.
+    pub socket_template: String,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl NodeExporterSettings {
+    pub fn socket_path(&self, node: &str) -> String {
+        self.socket_template.replace("{node}", node)
+    }
+}
+
+/// node-exporter as the operator runs it (its Deployment's environment),
+/// the image overridden by `given`. Without the Deployment (a user who may
+/// not read it) the image must be given; the rest takes the chart's defaults.
+pub async fn node_exporter_settings(
     connection: &Connection,
     given: Option<&str>,
     operator_namespace: &str,
-) -> anyhow::Result<String> {
-    if let Some(image) = given {
-        return Ok(image.to_owned());
-    }
+) -> anyhow::Result<NodeExporterSettings> {
     let deployments: Api<Deployment> =
         Api::namespaced(connection.client.clone(), operator_namespace);
-    let deployment = deployments.get(OPERATOR_DEPLOYMENT).await.with_context(|| {
-        format!(
-            "reading deployment {operator_namespace}/{OPERATOR_DEPLOYMENT} for the node-exporter image \
-             (or give --node-exporter-image)"
-        )
-    })?;
-    deployment
-        .spec
-        .and_then(|spec| spec.template.spec)
-        .into_iter()
-        .flat_map(|spec| spec.containers)
-        .flat_map(|container| container.env.unwrap_or_default())
-        .find(|env| env.name == NODE_EXPORTER_IMAGE_ENV)
-        .and_then(|env| env.value)
-        .with_context(|| {
+    let env: Vec<EnvVar> = match deployments.get(OPERATOR_DEPLOYMENT).await {
+        Ok(deployment) => deployment
+            .spec
+            .and_then(|spec| spec.template.spec)
+            .into_iter()
+            .flat_map(|spec| spec.containers)
+            .flat_map(|container| container.env.unwrap_or_default())
+            .collect(),
+        Err(error) if given.is_some() => {
+            tracing::debug!(%error, "operator deployment not readable; defaults");
+            Vec::new()
+        }
+        Err(error) => {
+            return Err(error).with_context(|| {
+                format!(
+                    "reading deployment {operator_namespace}/{OPERATOR_DEPLOYMENT} for the node-exporter image \
+                     (or give --node-exporter-image)"
+                )
+            });
+        }
+    };
+    settings_from_env(&env, given)
+}
+
+/// The settings from the operator's environment, as the operator reads it.
+pub fn settings_from_env(
+    env: &[EnvVar],
+    given: Option<&str>,
+) -> anyhow::Result<NodeExporterSettings> {
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let image = match given {
+        Some(image) => image.to_owned(),
+        None => value(NODE_EXPORTER_IMAGE_ENV).with_context(|| {
             format!("the operator sets no {NODE_EXPORTER_IMAGE_ENV}; give --node-exporter-image")
-        })
+        })?,
+    };
+    let tolerations = match value("LIFEBOAT_NODE_EXPORTER_TOLERATIONS") {
+        Some(json) => serde_json::from_str(&json)
+            .context("the operator's LIFEBOAT_NODE_EXPORTER_TOLERATIONS")?,
+        None => Vec::new(),
+    };
+    Ok(NodeExporterSettings {
+        image,
+        pull_policy: value("LIFEBOAT_NODE_EXPORTER_PULL_POLICY")
+            .unwrap_or_else(|| "IfNotPresent".to_owned()),
+        socket_template: value("LIFEBOAT_CONTAINERD_SOCKET")
+            .unwrap_or_else(|| "/run/containerd/containerd.sock".to_owned()),
+        tolerations,
+    })
 }
 
 /// The relay pod: runs as nobody, no privileges, nothing mounted.
@@ -159,33 +211,34 @@ impl Tunnel {
         pods.create(&PostParams::default(), &relay_pod(&name, image, to, node)?)
             .await
             .with_context(|| format!("creating relay pod {}/{name}", connection.namespace))?;
-        let tunnel_pods = pods.clone();
-        let ready = await_condition(pods.clone(), &name, |pod: Option<&Pod>| {
-            is_ready(pod) || has_failed(pod)
-        });
-        let started = tokio::time::timeout(START_TIMEOUT, ready).await;
-        let pod = match started {
-            Ok(Ok(pod)) => pod,
-            Ok(Err(error)) => {
-                delete(&pods, &name).await;
-                return Err(error).context("waiting for the relay pod");
-            }
-            Err(_) => {
-                delete(&pods, &name).await;
-                bail!("relay pod {name} was not ready within {START_TIMEOUT:?}");
+        if let Err(error) = wait_for(&pods, &name, is_ready).await {
+            delete(&pods, &name).await;
+            return Err(error);
+        }
+        Tunnel::attach(pods, name, RELAY_PORT).await
+    }
+
+    /// A local listener whose connections reach `port` of the running pod
+    /// `pod`; the pod is deleted when the tunnel closes.
+    pub async fn attach(pods: Api<Pod>, pod: String, port: u16) -> anyhow::Result<Tunnel> {
+        let listener = match TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                delete(&pods, &pod).await;
+                return Err(error.into());
             }
         };
-        if has_failed(pod.as_ref()) {
-            delete(&pods, &name).await;
-            bail!("relay pod {name} stopped before it was ready");
-        }
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let local = listener.local_addr()?;
-        tracing::debug!(pod = %name, %local, to, "tunnel open");
-        let accept = tokio::spawn(forward_connections(listener, pods.clone(), name.clone()));
+        tracing::debug!(%pod, %local, port, "tunnel open");
+        let accept = tokio::spawn(forward_connections(
+            listener,
+            pods.clone(),
+            pod.clone(),
+            port,
+        ));
         Ok(Tunnel {
-            pods: tunnel_pods,
-            pod: name,
+            pods,
+            pod,
             local,
             accept,
         })
@@ -196,48 +249,136 @@ impl Tunnel {
         self.local.to_string()
     }
 
-    /// Stops listening and deletes the relay pod.
+    /// Stops listening and deletes the pod.
     pub async fn close(self) {
         self.accept.abort();
         delete(&self.pods, &self.pod).await;
     }
 }
 
-async fn delete(pods: &Api<Pod>, name: &str) {
+/// Waits until `condition` holds for the pod, or fails when it stopped
+/// first or did not get there in [`START_TIMEOUT`].
+pub async fn wait_for(
+    pods: &Api<Pod>,
+    name: &str,
+    condition: fn(Option<&Pod>) -> bool,
+) -> anyhow::Result<Pod> {
+    let ready = await_condition(pods.clone(), name, move |pod: Option<&Pod>| {
+        condition(pod) || has_failed(pod)
+    });
+    let pod = match tokio::time::timeout(START_TIMEOUT, ready).await {
+        Ok(Ok(Some(pod))) => pod,
+        Ok(Ok(None)) => bail!("pod {name} was deleted before it started"),
+        Ok(Err(error)) => return Err(error).context("waiting for the pod"),
+        Err(_) => bail!("pod {name} did not start within {START_TIMEOUT:?}"),
+    };
+    if !condition(Some(&pod)) {
+        bail!(
+            "pod {name} stopped before it was ready{}",
+            termination_message(&pod)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(pod)
+}
+
+/// Whether the pod's first container runs.
+pub fn is_running(pod: Option<&Pod>) -> bool {
+    pod.and_then(|pod| pod.status.as_ref())
+        .and_then(|status| status.container_statuses.as_ref())
+        .and_then(|statuses| statuses.first())
+        .and_then(|status| status.state.as_ref())
+        .is_some_and(|state| state.running.is_some())
+}
+
+/// The first container's exit code and termination message, once it ended.
+pub fn terminated(pod: &Pod) -> Option<(i32, String)> {
+    let state = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?;
+    Some((state.exit_code, state.message.clone().unwrap_or_default()))
+}
+
+fn termination_message(pod: &Pod) -> Option<String> {
+    terminated(pod)
+        .map(|(code, message)| format!("exit code {code} {message}"))
+        .or_else(|| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|s| s.first())
+                .and_then(|s| s.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+        })
+}
+
+pub async fn delete(pods: &Api<Pod>, name: &str) {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
         ..DeleteParams::default()
     };
     if let Err(error) = pods.delete(name, &params).await {
-        eprintln!("warning: could not delete relay pod {name}: {error}");
+        eprintln!("warning: could not delete pod {name}: {error}");
     }
 }
 
+/// How long opening one port-forward stream may take.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
+/// A forwarded connection on which nothing moved either way for this long
+/// is cut: the registry client's own read timeout is shorter, so it sees
+/// the silence first and fails (or retries) instead of waiting forever.
+pub const IDLE: Duration = Duration::from_secs(90);
+
+/// One port-forward stream to `port` of `pod`, and the forwarder to join
+/// when done with it.
+pub async fn open_stream(
+    pods: &Api<Pod>,
+    pod: &str,
+    port: u16,
+) -> anyhow::Result<(
+    impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + use<>,
+    kube::api::Portforwarder,
+)> {
+    let mut forwarder = tokio::time::timeout(STREAM_TIMEOUT, pods.portforward(pod, &[port]))
+        .await
+        .with_context(|| format!("port-forward to {pod} did not open in {STREAM_TIMEOUT:?}"))?
+        .with_context(|| format!("port-forward to {pod}"))?;
+    let stream = forwarder
+        .take_stream(port)
+        .with_context(|| format!("port-forward to {pod} gave no stream"))?;
+    Ok((stream, forwarder))
+}
+
 /// One port-forward stream per local connection, for as long as the tunnel lives.
-async fn forward_connections(listener: TcpListener, pods: Api<Pod>, pod: String) {
+async fn forward_connections(listener: TcpListener, pods: Api<Pod>, pod: String, port: u16) {
     loop {
-        let Ok((mut local, _)) = listener.accept().await else {
+        let Ok((local, _)) = listener.accept().await else {
             continue;
         };
         let pods = pods.clone();
         let pod = pod.clone();
         tokio::spawn(async move {
-            let mut forwarder = match pods.portforward(&pod, &[RELAY_PORT]).await {
-                Ok(forwarder) => forwarder,
+            let (remote, forwarder) = match open_stream(&pods, &pod, port).await {
+                Ok(opened) => opened,
                 Err(error) => {
-                    tracing::warn!(%error, "port-forward failed");
+                    tracing::warn!(error = format!("{error:#}"), "port-forward failed");
                     return;
                 }
             };
-            let Some(mut remote) = forwarder.take_stream(RELAY_PORT) else {
-                return;
-            };
             let _ = local.set_nodelay(true);
-            if let Err(error) = tokio::io::copy_bidirectional(&mut local, &mut remote).await {
+            if let Err(error) = registry_transfer::splice::splice(local, remote, IDLE).await {
                 tracing::debug!(%error, "forwarded connection ended");
             }
-            drop(remote);
-            let _ = forwarder.join().await;
+            let _ = tokio::time::timeout(STREAM_TIMEOUT, forwarder.join()).await;
         });
     }
 }

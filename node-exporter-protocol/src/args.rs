@@ -23,6 +23,8 @@ pub const FLAG_IMAGE: &str = "--image";
 pub const FLAG_PLAIN_HTTP: &str = "--plain-http";
 pub const FLAG_SOCKET: &str = "--socket";
 pub const FLAG_DOCKER_CONFIG: &str = "--docker-config";
+pub const FLAG_LOOPBACK: &str = "--loopback";
+pub const FLAG_FROM_TUNNEL: &str = "--from-tunnel";
 
 /// `node-exporter export --image SRC[=DEST]... [--plain-http HOST]...
 /// [--socket PATH] [--docker-config PATH]`.
@@ -127,6 +129,10 @@ pub struct ImportArguments {
     pub from_peer: Option<String>,
     /// The mounted one-time token the peer expects.
     pub token_file: Option<String>,
+    /// `kubectl lifeboat import --to-nodes`: listen on the pod's loopback
+    /// at this port for the plugin's port-forward connections and pull
+    /// every image through them (the plugin serves the archive there).
+    pub from_tunnel: Option<u16>,
     pub plain_http: Vec<String>,
     pub ca_bundles: Vec<CaBundleArgument>,
     pub socket: Option<String>,
@@ -146,6 +152,9 @@ impl ImportArguments {
         if let Some(path) = &self.token_file {
             args.extend([FLAG_TOKEN_FILE.to_owned(), path.clone()]);
         }
+        if let Some(port) = self.from_tunnel {
+            args.extend([FLAG_FROM_TUNNEL.to_owned(), port.to_string()]);
+        }
         for registry in &self.plain_http {
             args.extend([FLAG_PLAIN_HTTP.to_owned(), registry.clone()]);
         }
@@ -160,16 +169,19 @@ impl ImportArguments {
     }
 }
 
-/// `node-exporter serve --image SRC... --listen PORT --token-file PATH
-/// [--serve-seconds N] [--socket PATH]`: serves the blobs of the named
-/// images (and nothing else) from this node's content store to one
-/// importing peer that presents the token, until it says it is done or
-/// the time is up.
+/// `node-exporter serve --image SRC... --listen PORT (--token-file PATH |
+/// --loopback) [--serve-seconds N] [--socket PATH]`: serves the blobs of
+/// the named images (and nothing else) from this node's content store to
+/// one importing peer that presents the token, until it says it is done or
+/// the time is up. With `--loopback` it listens on the pod's 127.0.0.1
+/// only, which nothing but a port-forward through the API server reaches
+/// (`kubectl lifeboat export --from-node`), and needs no token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServeArguments {
     pub images: Vec<ImageSource>,
     pub listen_port: u16,
-    pub token_file: String,
+    pub token_file: Option<String>,
+    pub loopback: bool,
     pub serve_seconds: Option<u64>,
     pub socket: Option<String>,
 }
@@ -182,7 +194,12 @@ impl ServeArguments {
             args.extend([FLAG_IMAGE.to_owned(), image.to_string()]);
         }
         args.extend([FLAG_LISTEN.to_owned(), self.listen_port.to_string()]);
-        args.extend([FLAG_TOKEN_FILE.to_owned(), self.token_file.clone()]);
+        if let Some(path) = &self.token_file {
+            args.extend([FLAG_TOKEN_FILE.to_owned(), path.clone()]);
+        }
+        if self.loopback {
+            args.push(FLAG_LOOPBACK.to_owned());
+        }
         if let Some(seconds) = self.serve_seconds {
             args.extend([FLAG_SERVE_SECONDS.to_owned(), seconds.to_string()]);
         }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use lifeboat_node_protocol::args::{
-    EXPORT, FLAG_CA_BUNDLE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER, FLAG_IMAGE, FLAG_LISTEN,
-    FLAG_PLAIN_HTTP, FLAG_RELAY_TO, FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT,
-    INVENTORY, RELAY, SERVE,
+    EXPORT, FLAG_CA_BUNDLE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER, FLAG_FROM_TUNNEL, FLAG_IMAGE,
+    FLAG_LISTEN, FLAG_LOOPBACK, FLAG_PLAIN_HTTP, FLAG_RELAY_TO, FLAG_SERVE_SECONDS, FLAG_SOCKET,
+    FLAG_TOKEN_FILE, IMPORT, INVENTORY, RELAY, SERVE,
 };
 use lifeboat_node_protocol::{CaBundleArgument, ExportImage, ImageArgumentError, ImportImage};
 
@@ -26,7 +26,8 @@ Usage:
   node-exporter export --image SRC[=DEST]... [options]
   node-exporter inventory [--image SRC]... [options]
   node-exporter import --image NAME[=FROM]... [--from-peer HOST:PORT --token-file PATH] [options]
-  node-exporter serve --image SRC... --listen PORT --token-file PATH [options]
+  node-exporter import --image NAME@DIGEST... --from-tunnel PORT [options]
+  node-exporter serve --image SRC... --listen PORT (--token-file PATH | --loopback) [options]
   node-exporter relay --listen PORT --to HOST:PORT [--serve-seconds N]
 
 Pushes images out of this node's containerd content store into a registry
@@ -54,6 +55,9 @@ Options:
                             [env NODE_EXPORTER_CA_BUNDLES, comma separated]
   --from-peer HOST:PORT     import: pull from a peer's serve instead of a registry
   --token-file PATH         import/serve: the one-time token the peer session uses
+  --from-tunnel PORT        import: pull from `kubectl lifeboat import --to-nodes`, whose
+                            port-forward connections arrive on 127.0.0.1:PORT
+  --loopback                serve: listen on 127.0.0.1 only (reached by port-forward), no token
   --listen PORT             serve, relay: the TCP port to listen on (all addresses)
   --serve-seconds N         serve: give up waiting for the peer after N s; relay: exit
                             after N s [default 300]
@@ -93,6 +97,10 @@ pub struct Options {
     pub ca_bundles: Vec<CaBundleArgument>,
     pub from_peer: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// import: the plugin's tunnel port on 127.0.0.1.
+    pub from_tunnel: Option<u16>,
+    /// serve: 127.0.0.1 only.
+    pub loopback: bool,
     pub listen_port: Option<u16>,
     pub serve_seconds: u64,
     /// relay: where connections go.
@@ -144,6 +152,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         ca_bundles: Vec::new(),
         from_peer: None,
         token_file: None,
+        from_tunnel: None,
+        loopback: false,
         listen_port: None,
         serve_seconds: DEFAULT_SERVE_SECONDS,
         relay_to: None,
@@ -189,6 +199,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             FLAG_CA_BUNDLE => ca_bundle_args.push(value()?),
             FLAG_FROM_PEER => options.from_peer = Some(value()?),
             FLAG_TOKEN_FILE => options.token_file = Some(value()?.into()),
+            FLAG_FROM_TUNNEL => options.from_tunnel = Some(parse_number(flag, &value()?)?),
+            FLAG_LOOPBACK => options.loopback = true,
             FLAG_LISTEN => options.listen_port = Some(parse_number(flag, &value()?)?),
             FLAG_SERVE_SECONDS => options.serve_seconds = parse_number(flag, &value()?)?,
             FLAG_RELAY_TO => options.relay_to = Some(value()?),
@@ -280,6 +292,15 @@ fn check_import(options: &Options) -> Result<(), Error> {
         .iter()
         .filter(|i| i.from.is_some())
         .count();
+    if options.from_tunnel.is_some() {
+        return if options.from_peer.is_some() || options.token_file.is_some() || with_from > 0 {
+            Err(usage(format!(
+                "{FLAG_FROM_TUNNEL} pulls every image through the tunnel: no =FROM, {FLAG_FROM_PEER} or {FLAG_TOKEN_FILE}"
+            )))
+        } else {
+            Ok(())
+        };
+    }
     match (&options.from_peer, &options.token_file) {
         (Some(_), Some(_)) if with_from == 0 => Ok(()),
         (Some(_), Some(_)) => Err(usage(format!(
@@ -299,9 +320,10 @@ fn check_serve(options: &Options) -> Result<(), Error> {
     if options.images.is_empty() {
         return Err(usage("serve needs at least one --image".into()));
     }
-    if options.listen_port.is_none() || options.token_file.is_none() {
+    // Off loopback, other pods reach the port: only the token keeps them out.
+    if options.listen_port.is_none() || (options.token_file.is_none() && !options.loopback) {
         return Err(usage(format!(
-            "serve needs {FLAG_LISTEN} and {FLAG_TOKEN_FILE}"
+            "serve needs {FLAG_LISTEN} and {FLAG_TOKEN_FILE} (or {FLAG_LOOPBACK})"
         )));
     }
     Ok(())
@@ -555,7 +577,8 @@ mod protocol_round_trip {
         let serve = ServeArguments {
             images: vec![ImageSource::parse(&format!("r.io/a@{digest}")).unwrap()],
             listen_port: 7070,
-            token_file: "/t/token".into(),
+            token_file: Some("/t/token".into()),
+            loopback: false,
             serve_seconds: Some(30),
             socket: None,
         };
@@ -564,6 +587,25 @@ mod protocol_round_trip {
             (parsed.mode, parsed.listen_port, parsed.serve_seconds),
             (Mode::Serve, Some(7070), 30)
         );
+        assert!(!parsed.loopback);
+        let loopback = options(
+            ServeArguments {
+                token_file: None,
+                loopback: true,
+                ..serve
+            }
+            .to_args(),
+        );
+        assert!(loopback.loopback && loopback.token_file.is_none());
+        let tunnel = options(
+            ImportArguments {
+                images: vec![ImportImage::parse(&format!("r.io/a:1@{digest}")).unwrap()],
+                from_tunnel: Some(7071),
+                ..ImportArguments::default()
+            }
+            .to_args(),
+        );
+        assert_eq!(tunnel.from_tunnel, Some(7071));
         let relay = lifeboat_node_protocol::RelayArguments {
             listen_port: 7071,
             to: "registry.air.svc:5000".into(),
@@ -609,6 +651,17 @@ mod protocol_round_trip {
             vec!["import", "--image", &pinned, "--from-peer", "h:1"],
             vec!["import", "--image", &from, "--ca-bundle", "no-path"],
             vec!["serve", "--image", &pinned],
+            vec!["serve", "--image", &pinned, "--listen", "1"],
+            vec!["import", "--image", &from, "--from-tunnel", "1"],
+            vec![
+                "import",
+                "--image",
+                &pinned,
+                "--from-tunnel",
+                "1",
+                "--from-peer",
+                "h:1",
+            ],
             vec![
                 "serve",
                 "--image",

@@ -48,8 +48,26 @@ pub const CRI_IMAGE_MANAGED: &str = "managed";
 /// the password).
 pub const PEER_USER: &str = "lifeboat";
 
-/// Imports every requested image; one result each.
+/// Imports every requested image; one result each. With `--from-tunnel`,
+/// the peer is the plugin, reached through the rendezvous.
 pub async fn run(containerd: &Containerd, options: &Options) -> Report {
+    let Some(port) = options.from_tunnel else {
+        return run_from(containerd, options).await;
+    };
+    let rendezvous = match crate::rendezvous::open(port).await {
+        Ok(rendezvous) => rendezvous,
+        Err(error) => return crate::report::run_failed(&error),
+    };
+    let through = Options {
+        from_peer: Some(rendezvous.peer.to_string()),
+        ..options.clone()
+    };
+    let report = run_from(containerd, &through).await;
+    drop(rendezvous);
+    report
+}
+
+async fn run_from(containerd: &Containerd, options: &Options) -> Report {
     let transfer = match engine(options) {
         Ok(transfer) => transfer,
         Err(error) => return crate::report::run_failed(&error),
@@ -176,9 +194,13 @@ async fn wait_for_peer(peer: &str, patience: std::time::Duration) -> Result<(), 
 /// opens this one session, and every blob is verified by digest here).
 fn engine(options: &Options) -> Result<Transfer, Error> {
     let mut settings = registry::settings(options)?;
+    if let Some(peer) = &options.from_peer {
+        settings = settings.allow_plain_http(peer);
+    }
+    // Through the tunnel there is no token: the rendezvous is on loopback.
     if let (Some(peer), Some(path)) = (&options.from_peer, &options.token_file) {
         let token = read_token(path)?;
-        settings = settings.allow_plain_http(peer).with_credentials(
+        settings = settings.with_credentials(
             peer,
             Credentials::Basic {
                 username: PEER_USER.to_owned(),

@@ -20,6 +20,7 @@ pub mod rebuild;
 pub mod reference;
 pub mod registry;
 pub mod relay;
+pub mod rendezvous;
 pub mod report;
 pub mod serve;
 pub mod socket;

@@ -50,8 +50,12 @@ pub async fn run(
     }
 }
 
-async fn relay_one(mut client: TcpStream, peer: SocketAddr, to: &str) {
-    let mut upstream = match TcpStream::connect(to).await {
+/// A relayed connection on which nothing moved for this long is cut (the
+/// plugin's engine gives up after 60 s of silence itself).
+const IDLE: Duration = Duration::from_secs(90);
+
+async fn relay_one(client: TcpStream, peer: SocketAddr, to: &str) {
+    let upstream = match TcpStream::connect(to).await {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::warn!(%peer, to, %error, "cannot connect");
@@ -61,7 +65,7 @@ async fn relay_one(mut client: TcpStream, peer: SocketAddr, to: &str) {
     // Small requests (HEADs, manifest PUTs) go out at once.
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    match registry_transfer::splice::splice(client, upstream, IDLE).await {
         Ok((sent, received)) => tracing::debug!(%peer, sent, received, "connection done"),
         Err(error) => tracing::debug!(%peer, %error, "connection ended"),
     }

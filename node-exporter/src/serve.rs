@@ -133,8 +133,12 @@ pub fn served_content(state: &ImageState) -> Result<HashMap<String, Served>, Err
 struct Session {
     containerd: Containerd,
     served: HashMap<String, Served>,
-    /// `Basic base64(user:token)`, compared in constant time.
-    authorization: Vec<u8>,
+    /// `repository:tag` of the images asked for by tag, and their root
+    /// digests: what a client that knows only the tag resolves.
+    tags: HashMap<String, String>,
+    /// `Basic base64(user:token)`, compared in constant time; `None` on
+    /// loopback, where only a port-forward through the API server reaches.
+    authorization: Option<Vec<u8>>,
     done: Notify,
     bytes: AtomicU64,
 }
@@ -162,31 +166,47 @@ async fn serve(
     options: &Options,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Report, Error> {
-    let token = read_token(
-        options
-            .token_file
-            .as_deref()
-            .unwrap_or(std::path::Path::new("")),
-    )?;
+    let authorization = match (&options.token_file, options.loopback) {
+        (None, true) => None,
+        (token_file, _) => {
+            let token = read_token(token_file.as_deref().unwrap_or(std::path::Path::new("")))?;
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{PEER_USER}:{token}"));
+            Some(format!("Basic {credentials}").into_bytes())
+        }
+    };
     let mut served = HashMap::new();
+    let mut tags = HashMap::new();
     let mut roots = Vec::new();
     for arg in &options.images {
         let located = image::locate(containerd, &arg.source).await?;
         let state = image::inspect(containerd, &located.descriptor).await?;
         served.extend(served_content(&state)?);
+        if let ImageSource::Reference(reference) = &arg.source
+            && let Some(tag) = &reference.tag
+        {
+            tags.insert(
+                format!("{}:{tag}", reference.repository),
+                located.descriptor.digest.to_string(),
+            );
+        }
         roots.push((arg.source.clone(), located.descriptor.digest));
     }
-    let credentials =
-        base64::engine::general_purpose::STANDARD.encode(format!("{PEER_USER}:{token}"));
     let session = Arc::new(Session {
         containerd: containerd.clone(),
         served,
-        authorization: format!("Basic {credentials}").into_bytes(),
+        tags,
+        authorization,
         done: Notify::new(),
         bytes: AtomicU64::new(0),
     });
     let port = options.listen_port.unwrap_or(0);
-    let address = SocketAddr::from(([0, 0, 0, 0], port));
+    let host = if options.loopback {
+        [127, 0, 0, 1]
+    } else {
+        [0, 0, 0, 0]
+    };
+    let address = SocketAddr::from((host, port));
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| Error::Io {
@@ -278,14 +298,17 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
 /// Compares the whole header in constant time: no early exit a timing
 /// attack could read the token from.
 fn authorized(session: &Session, request: &Request<Incoming>) -> bool {
+    let Some(expected) = &session.authorization else {
+        return true;
+    };
     let Some(given) = request.headers().get(header::AUTHORIZATION) else {
         return false;
     };
     let given = given.as_bytes();
-    given.len() == session.authorization.len()
+    given.len() == expected.len()
         && given
             .iter()
-            .zip(&session.authorization)
+            .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
 }
@@ -317,6 +340,12 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     }
 }
 
+/// The root digest of a session image asked for by `/v2/<repo>/manifests/<tag>`.
+pub fn tagged_root<'a>(tags: &'a HashMap<String, String>, path: &str) -> Option<&'a str> {
+    let (name, reference) = path.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
+    tags.get(&format!("{name}:{reference}")).map(String::as_str)
+}
+
 async fn handle(session: &Arc<Session>, request: &Request<Incoming>) -> Response<Body> {
     if !authorized(session, request) {
         let mut response = full(
@@ -335,7 +364,10 @@ async fn handle(session: &Arc<Session>, request: &Request<Incoming>) -> Response
             session.done.notify_one();
             return full(StatusCode::NO_CONTENT, "");
         }
-        Route::Manifest(digest) | Route::Blob(digest) => digest,
+        Route::Manifest(reference) => {
+            tagged_root(&session.tags, request.uri().path()).unwrap_or(reference)
+        }
+        Route::Blob(digest) => digest,
         Route::Other => {
             return full(
                 StatusCode::NOT_FOUND,
@@ -502,6 +534,18 @@ mod tests {
             served_content(&nothing),
             Err(Error::ImageNotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_tag_resolves_only_for_the_session_images_repository() {
+        let tags = HashMap::from([("demo/web:1.0".to_owned(), digest('f').to_string())]);
+        assert_eq!(
+            tagged_root(&tags, "/v2/demo/web/manifests/1.0"),
+            Some(digest('f').as_str())
+        );
+        assert_eq!(tagged_root(&tags, "/v2/demo/other/manifests/1.0"), None);
+        assert_eq!(tagged_root(&tags, "/v2/demo/web/manifests/2.0"), None);
+        assert_eq!(tagged_root(&tags, "/v2/demo/web/blobs/1.0"), None);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod referrers;
 mod registry_source;
 pub mod retry;
 pub mod source;
+pub mod splice;
 mod tls;
 mod upload;
 

@@ -107,6 +107,12 @@ restore_fails() {
   [[ "$rc" == 1 ]] && grep -q '^failed: ImageOutOfScope' <<<"$out" || { echo "exit $rc: $out"; return 1; }
 }
 check "restore of a digest nothing holds fails (exit code 1, ImageOutOfScope)" restore_fails
+restore_deployment() {
+  # The Deployment's pods report the digest they run: the restore pins it.
+  local out; out="$(lb restore deployment/app -n "$ns" --wait --timeout 60s)" || { echo "exit $?: $out"; return 1; }
+  grep -q "^restored $SOURCE_REGISTRY/$repo[:@][^ ]*$digest $digest -> " <<<"$out" || { echo "$out"; return 1; }
+}
+check "restore deployment/app --wait restores the digest its pod runs" restore_deployment
 
 # --- archives through the API server only ----------------------------------------------
 # A registry running as a pod (pod IPs are not routed to this machine), an OCI
@@ -158,12 +164,19 @@ with tarfile.open(sys.argv[1]) as t:
 with open(sys.argv[2], "r+b") as f:
     f.seek(layer.offset_data + layer.size // 2); b = f.read(1); f.seek(-1, 1); f.write(bytes([b[0] ^ 0xFF]))
 PY
-  local out rc=0; out="$(lb import "$air_dir/corrupt.tar" --to "$air/air/worker:corrupt" -n "$ns" $relay_on 2>&1)" || rc=$?
+  local out rc=0 started=$SECONDS
+  out="$(lb import "$air_dir/corrupt.tar" --to "$air/air/worker:corrupt" -n "$ns" $relay_on 2>&1)" || rc=$?
   [[ "$rc" != 0 ]] && grep -qi digest <<<"$out" || { echo "exit $rc: $out"; return 1; }
+  (( SECONDS - started <= 10 )) || { echo "took $((SECONDS - started)) s to refuse"; return 1; }
+  # Cut in the middle of a layer: refused as fast, before any pod is made.
+  head -c "$(( $(stat -c %s "$air_dir/worker.tar") / 2 ))" "$air_dir/worker.tar" >"$air_dir/truncated.tar"
+  rc=0; started=$SECONDS
+  out="$(timeout 60 "$KUBECTL" lifeboat import "$air_dir/truncated.tar" --to "$air/air/worker:cut" -n "$ns" $relay_on 2>&1)" || rc=$?
+  [[ "$rc" == 2 ]] && (( SECONDS - started <= 10 )) || { echo "truncated: exit $rc after $((SECONDS - started)) s: $out"; return 1; }
   ! lb export "$air/air/worker:corrupt" -o "$air_dir/none.tar" -n "$ns" $relay_on >/dev/null 2>&1 || { echo "the corrupt image was tagged"; return 1; }
   relays_gone || { echo "relay pod left behind after a failure"; return 1; }
 }
-check "an archive with a corrupted layer is refused (digest), nothing tagged, relay deleted" corrupt_import_fails
+check "a corrupted or truncated archive is refused within 10 s (digest), nothing tagged, relay deleted" corrupt_import_fails
 import_archive() {
   local out; out="$(lb import "$air_dir/worker.tar" --to "$air/air/worker" -n "$ns" $relay_on)" || { echo "$out"; return 1; }
   [[ "$out" == "$archive_digest" ]] || { echo "import printed '$out', the archive holds $archive_digest"; return 1; }
@@ -191,6 +204,56 @@ docker_archive() {
   skopeo copy -q "docker-archive:$air_dir/docker.tar" "oci:$air_dir/from-docker"
 }
 check "export --format docker-archive: skopeo reads it (layers = the config's diff IDs) and copies it whole" docker_archive
+# --- archives into and out of nodes' containerd, through the API server only -------------
+# An image no registry has ever held (a random layer of this run), under a
+# name no registry serves, imported into node 2's containerd; a pod with
+# imagePullPolicy IfNotPresent runs it there; exported back from the node.
+airgap_node="${NODE_NAMES[1]}"
+airgap="lifeboat.local/klb-airgap/app-$RANDOM:1"
+airgap_forget() {
+  ctr -a "$(node_containerd_socket "$airgap_node")" -n k8s.io images ls -q | grep -F "${airgap%:1}" |
+    xargs -r ctr -a "$(node_containerd_socket "$airgap_node")" -n k8s.io images rm >/dev/null 2>&1
+}
+on_exit airgap_forget
+node_pods_gone() { [[ -z "$(k -n lifeboat-system get pods -l app.kubernetes.io/name=lifeboat-node-access -o name)" ]]; }
+check "skopeo writes an OCI archive of an image no registry has" bash -c "
+  python3 '$REPO_ROOT/hack/images/oci-image.py' image --layout '$air_dir/airgap' --ref airgap --busybox \
+    --random-layer 524288:klb-airgap-\$RANDOM --entrypoint '$RUN_FOREVER' >/dev/null &&
+  skopeo copy -q 'oci:$air_dir/airgap:airgap' 'oci-archive:$air_dir/airgap.tar'"
+airgap_digest="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$air_dir/airgap.tar")"
+airgap_layers="$(skopeo inspect --format '{{.Layers}}' "oci-archive:$air_dir/airgap.tar")"
+import_to_node() {
+  local out started=$SECONDS
+  out="$(lb import "$air_dir/airgap.tar" --to "$airgap" --to-nodes "kubernetes.io/hostname=$airgap_node" --progress plain)" ||
+    { echo "$out"; return 1; }
+  [[ "$out" == "$airgap_digest" ]] || { echo "import printed '$out', the archive holds $airgap_digest"; return 1; }
+  local check; check="$(ctr -a "$(node_containerd_socket "$airgap_node")" -n k8s.io images check "name==$airgap")"
+  grep -q "complete" <<<"$check" && grep -qF "$airgap_digest" <<<"$check" || { echo "$check"; return 1; }
+  node_pods_gone || { echo "import pod left behind"; return 1; }
+  echo "import --to-nodes took $((SECONDS - started)) s"
+}
+check "import --to-nodes writes the archive into $airgap_node's containerd (digest-exact, complete), pod deleted" import_to_node
+pinned_deployment airgap-app "$airgap_node" "$airgap" IfNotPresent | k apply -n "$ns" -f - >/dev/null
+check "a pod with imagePullPolicy IfNotPresent runs it on $airgap_node with no registry" \
+  k -n "$ns" rollout status deploy/airgap-app --timeout=60s
+export_from_node() {
+  local file="$1" from="$2" out
+  out="$(lb export "$airgap" -o "$file" $from)" || { echo "$out"; return 1; }
+  [[ "$out" == "$airgap_digest" ]] || { echo "export printed '$out', want $airgap_digest"; return 1; }
+  [[ "$(skopeo inspect --format '{{.Digest}} {{.Layers}}' "oci-archive:$file")" == "$airgap_digest $airgap_layers" ]] ||
+    { echo "skopeo reads another digest or layers from $file"; return 1; }
+  node_pods_gone || { echo "serve pod left behind"; return 1; }
+}
+check "export --from-node $airgap_node: skopeo reads the same digest and layers" \
+  export_from_node "$air_dir/from-node.tar" "--from-node $airgap_node"
+check "export --from-node without a name finds the node holding it" \
+  eventually 30 export_from_node "$air_dir/from-any-node.tar" --from-node
+export_missing_from_node() {
+  local out rc=0; out="$(lb export "$airgap" -o "$air_dir/none.tar" --from-node "${NODE_NAMES[0]}" 2>&1)" || rc=$?
+  [[ "$rc" == 2 ]] && grep -q "cannot serve" <<<"$out" && [[ ! -e "$air_dir/none.tar" ]] || { echo "exit $rc: $out"; return 1; }
+  node_pods_gone || { echo "serve pod left behind"; return 1; }
+}
+check "export --from-node of a node that lacks the image fails (exit 2), no file, no pod left" export_missing_from_node
 unprivileged_import_refused() {
   # A service account with no rights at all, through its own kubeconfig.
   local kc="$air_dir/nobody.kubeconfig" out rc=0

@@ -122,6 +122,7 @@ mod tests {
                 &host_platform(),
                 Some("1.0"),
                 Some("r/x:1.0"),
+                &crate::progress::Progress::default(),
             )
             .await
             .unwrap();
@@ -186,9 +187,18 @@ mod tests {
             .0
             .clone();
         source.lie = Some(layer.clone());
-        let error = write_archive(&source, &path, Format::Oci, &host_platform(), None, None)
-            .await
-            .unwrap_err();
+        let progress = crate::progress::Progress::default();
+        let error = write_archive(
+            &source,
+            &path,
+            Format::Oci,
+            &host_platform(),
+            None,
+            None,
+            &progress,
+        )
+        .await
+        .unwrap_err();
         assert!(
             error
                 .to_string()

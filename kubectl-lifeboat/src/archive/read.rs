@@ -13,6 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use registry_transfer::{BlobStream, ContentSource, Descriptor, Digest, SourceErrorKind};
 use serde::Deserialize;
+
+use crate::progress::Progress;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 /// Largest manifest or index read whole (as the registries' own limit).
@@ -218,11 +220,24 @@ pub async fn verify_image(source: &ArchiveSource) -> anyhow::Result<u64> {
 pub struct ArchiveSource {
     archive: Arc<Archive>,
     root: Descriptor,
+    /// Counts the blob bytes read, when set.
+    progress: Option<Progress>,
 }
 
 impl ArchiveSource {
     pub fn new(archive: Arc<Archive>, root: Descriptor) -> ArchiveSource {
-        ArchiveSource { archive, root }
+        ArchiveSource {
+            archive,
+            root,
+            progress: None,
+        }
+    }
+
+    pub fn with_progress(self, progress: Progress) -> ArchiveSource {
+        ArchiveSource {
+            progress: Some(progress),
+            ..self
+        }
     }
 
     async fn stream(
@@ -237,16 +252,25 @@ impl ArchiveSource {
         file.seek(SeekFrom::Start(entry.offset.saturating_add(skip)))
             .await?;
         let remaining = entry.size - skip;
-        let stream =
-            futures::stream::try_unfold((file, remaining), |(mut file, remaining)| async move {
+        let progress = self.progress.clone();
+        let stream = futures::stream::try_unfold(
+            (file, remaining, progress),
+            |(mut file, remaining, progress)| async move {
                 if remaining == 0 {
                     return Ok(None);
                 }
                 let want = usize::try_from(remaining).unwrap_or(CHUNK).min(CHUNK);
                 let mut buffer = vec![0u8; want];
                 file.read_exact(&mut buffer).await?;
-                Ok(Some((Bytes::from(buffer), (file, remaining - want as u64))))
-            });
+                if let Some(progress) = &progress {
+                    progress.add(want as u64);
+                }
+                Ok(Some((
+                    Bytes::from(buffer),
+                    (file, remaining - want as u64, progress),
+                )))
+            },
+        );
         Ok(Box::pin(stream))
     }
 }

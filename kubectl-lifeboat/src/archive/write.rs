@@ -19,6 +19,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
 
 use super::read::{REF_NAME, blob_path};
+use crate::progress::Progress;
 
 const BLOCK: u64 = 512;
 
@@ -165,6 +166,7 @@ async fn blob<S: ContentSource, W: AsyncWrite + Unpin>(
     source: &S,
     out: &mut W,
     descriptor: &Descriptor,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
     header(out, &blob_path(&descriptor.digest), descriptor.size).await?;
     let mut stream = source
@@ -185,6 +187,7 @@ async fn blob<S: ContentSource, W: AsyncWrite + Unpin>(
         }
         hasher.update(&chunk);
         out.write_all(&chunk).await?;
+        progress.add(chunk.len() as u64);
     }
     if written != descriptor.size {
         bail!(
@@ -237,9 +240,11 @@ pub async fn write_archive<S: ContentSource>(
     platform: &Platform,
     ref_name: Option<&str>,
     repo_tag: Option<&str>,
+    progress: &Progress,
 ) -> anyhow::Result<Written> {
     let partial = PathBuf::from(format!("{}.partial", path.display()));
-    let result = write_to(source, &partial, format, platform, ref_name, repo_tag).await;
+    let names = Names { ref_name, repo_tag };
+    let result = write_to(source, &partial, format, platform, names, progress).await;
     match result {
         Ok(written) => {
             tokio::fs::rename(&partial, path)
@@ -254,15 +259,24 @@ pub async fn write_archive<S: ContentSource>(
     }
 }
 
+/// The names an archive gives its image: `index.json`'s ref name, and
+/// docker-archive's `RepoTags`.
+struct Names<'a> {
+    ref_name: Option<&'a str>,
+    repo_tag: Option<&'a str>,
+}
+
 async fn write_to<S: ContentSource>(
     source: &S,
     path: &Path,
     format: Format,
     platform: &Platform,
-    ref_name: Option<&str>,
-    repo_tag: Option<&str>,
+    names: Names<'_>,
+    progress: &Progress,
 ) -> anyhow::Result<Written> {
+    let Names { ref_name, repo_tag } = names;
     let plan = plan(source, format, platform).await?;
+    progress.set_total(plan.blobs.iter().map(|b| b.size).sum());
     let file = tokio::fs::File::create(path)
         .await
         .with_context(|| format!("creating {}", path.display()))?;
@@ -273,7 +287,7 @@ async fn write_to<S: ContentSource>(
     }
     let mut bytes: u64 = 0;
     for descriptor in &plan.blobs {
-        blob(source, &mut out, descriptor).await?;
+        blob(source, &mut out, descriptor, progress).await?;
         bytes = bytes.saturating_add(descriptor.size);
     }
     small_file(&mut out, "index.json", &index_json(&plan.root, ref_name)?).await?;

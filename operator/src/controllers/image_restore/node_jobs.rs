@@ -109,7 +109,8 @@ pub(crate) fn serve_arguments(images: Vec<ImageSource>, port: u16) -> ServeArgum
     ServeArguments {
         images,
         listen_port: port,
-        token_file: format!("{IMPORT_DIR}/{TOKEN_KEY}"),
+        token_file: Some(format!("{IMPORT_DIR}/{TOKEN_KEY}")),
+        loopback: false,
         serve_seconds: Some(SERVE_SECONDS),
         socket: Some(SOCKET_MOUNT.to_owned()),
     }
