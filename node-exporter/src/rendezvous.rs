@@ -120,5 +120,20 @@ mod tests {
         assert_eq!(&answer, b"HTTP/1.1 200 OK");
         // Only loopback: the tunnel port is not on any other address.
         assert!(rendezvous.peer.ip().is_loopback());
+        if let Some(ip) = non_loopback_address() {
+            assert!(
+                TcpStream::connect((ip, port)).await.is_err(),
+                "the tunnel port answers on {ip}"
+            );
+            assert!(TcpStream::connect((ip, rendezvous.peer.port())).await.is_err());
+        }
+    }
+
+    /// This machine's address on its default route (no packet is sent).
+    fn non_loopback_address() -> Option<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+        socket.connect(("10.255.255.255", 9)).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
     }
 }
