@@ -12,28 +12,29 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use registry_transfer::{
-    CopyDeadline, CopyRequest, ImageReference, Platform, RegistrySettings, RepositoryRef, Transfer,
-    TransferConfig,
+    CopyDeadline, CopyRequest, Credentials, DockerConfig, ImageReference, Platform,
+    RegistrySettings, RepositoryRef, Secret, Transfer, TransferConfig,
 };
 
 use crate::archive::read::{Archive, ArchiveSource, ArchivedImage, verify_image};
 use crate::archive::write;
-use crate::cli::{ClusterAccess, ExportArgs, ImportArgs};
+use crate::cli::{ClusterAccess, ExportArgs, ImportArgs, RegistryAccess};
 use crate::client::Connection;
 use crate::nodes;
 use crate::progress::{Progress, Reporter};
 use crate::tunnel::{self, Tunnel};
 
-/// The `HOST:PORT` a relay dials for a registry as the cluster names it.
-/// Only plain HTTP goes through the tunnel (the client here cannot check a
-/// certificate issued to the in-cluster name), so the default port is 80.
-pub fn dial_address(registry: &str) -> String {
+/// The `HOST:PORT` a relay dials for a registry as the cluster names it:
+/// without a port, 443 for TLS and 80 for plain HTTP.
+pub fn dial_address(registry: &str, tls: bool) -> String {
     let has_port = match registry.rsplit_once(':') {
         Some((host, port)) => !host.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()),
         None => false,
     };
     if has_port {
         registry.to_owned()
+    } else if tls {
+        format!("{registry}:443")
     } else {
         format!("{registry}:80")
     }
@@ -48,12 +49,87 @@ fn through(image: &ImageReference, local: &str) -> anyhow::Result<ImageReference
     })
 }
 
+/// How the engine talks to the registry behind the tunnel: TLS checked
+/// for the registry's own name (the connection goes to a local port),
+/// and the registry's credentials, keyed to the local address.
+#[derive(Default)]
+pub struct FarRegistry {
+    pub tls: bool,
+    pub ca: Option<Vec<u8>>,
+    pub server_name: String,
+    pub credentials: Credentials,
+}
+
+/// Host without port: what a certificate names.
+pub fn host_of(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    registry.rsplit_once(':').map_or(registry, |(host, _)| host)
+}
+
+/// The registry settings from the command line: CA file, server name,
+/// credentials from stdin or a Secret.
+pub async fn far_registry(
+    connection: &Connection,
+    access: &RegistryAccess,
+    registry: &str,
+) -> anyhow::Result<FarRegistry> {
+    let ca = match &access.ca_file {
+        Some(path) => Some(
+            tokio::fs::read(path)
+                .await
+                .with_context(|| format!("reading --ca-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let credentials = if let Some(username) = &access.username {
+        let mut password = String::new();
+        std::io::stdin()
+            .read_line(&mut password)
+            .context("reading the password from stdin")?;
+        Credentials::Basic {
+            username: username.clone(),
+            password: Secret::new(password.trim_end_matches(['\r', '\n']).to_owned()),
+        }
+    } else if let Some(name) = &access.registry_secret {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(connection.client.clone(), &connection.namespace);
+        let secret = secrets
+            .get(name)
+            .await
+            .with_context(|| format!("reading --registry-secret {name}"))?;
+        let json = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(".dockerconfigjson"))
+            .with_context(|| format!("secret {name} has no .dockerconfigjson"))?;
+        let config = DockerConfig::parse(&json.0).with_context(|| format!("secret {name}"))?;
+        let found = config.credentials_for(registry);
+        if matches!(found, Credentials::Anonymous) {
+            bail!("secret {name} has no credentials for {registry}");
+        }
+        found
+    } else {
+        Credentials::Anonymous
+    };
+    Ok(FarRegistry {
+        tls: access.tls || ca.is_some(),
+        ca,
+        server_name: access
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host_of(registry).to_owned()),
+        credentials,
+    })
+}
+
 /// The copy engine for the tunnel's local address. Every wait is bounded:
 /// 30 s of silence on a connection is a failure, and a copy as a whole
 /// gets 60 s plus a second per MiB of its image, so a broken tunnel or a
 /// registry that stopped answering mid-upload ends the command instead
 /// of retrying for minutes.
-fn transfer_for(local: &str) -> Transfer {
+fn transfer_for(local: &str, far: &FarRegistry) -> Transfer {
     let config = TransferConfig {
         read_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(30),
@@ -63,13 +139,23 @@ fn transfer_for(local: &str) -> Transfer {
         }),
         ..TransferConfig::default()
     };
-    Transfer::new(config, RegistrySettings::new().allow_plain_http(local))
+    let mut settings = RegistrySettings::new().with_credentials(local, far.credentials.clone());
+    if far.tls {
+        settings = settings.verify_tls_as(local, &far.server_name);
+        if let Some(ca) = &far.ca {
+            settings = settings.with_ca_bundle(local, ca.clone());
+        }
+    } else {
+        settings = settings.allow_plain_http(local);
+    }
+    Transfer::new(config, settings)
 }
 
 async fn open_tunnel(
     connection: &Connection,
     access: &ClusterAccess,
     registry: &str,
+    tls: bool,
 ) -> anyhow::Result<Tunnel> {
     let settings = tunnel::node_exporter_settings(
         connection,
@@ -80,7 +166,7 @@ async fn open_tunnel(
     Tunnel::open(
         connection,
         &settings.image,
-        &dial_address(registry),
+        &dial_address(registry, tls),
         access.relay_node.as_deref(),
     )
     .await
@@ -105,12 +191,13 @@ async fn export_tunnel(
     connection: &Connection,
     args: &ExportArgs,
     image: &ImageReference,
+    tls: bool,
 ) -> anyhow::Result<Tunnel> {
     let Some(node) = &args.from_node else {
-        return open_tunnel(connection, &args.access, &image.registry).await;
+        return open_tunnel(connection, &args.access, &image.registry, tls).await;
     };
     let node = if node.is_empty() {
-        nodes::node_holding(&connection.client, image).await?
+        nodes::node_holding(&connection.client, &connection.namespace, image).await?
     } else {
         node.clone()
     };
@@ -138,12 +225,18 @@ pub async fn export(connection: &Connection, args: &ExportArgs) -> anyhow::Resul
         .tag
         .as_ref()
         .map(|tag| format!("{}/{}:{tag}", image.registry, image.repository));
-    let tunnel = export_tunnel(connection, args, &image).await?;
+    let far = if args.from_node.is_some() {
+        // A node's serve: plain HTTP on the pod's loopback, no credentials.
+        FarRegistry::default()
+    } else {
+        far_registry(connection, &args.registry, &image.registry).await?
+    };
+    let tunnel = export_tunnel(connection, args, &image, far.tls).await?;
     let progress = Progress::default();
     let reporter = Reporter::start(args.progress, "exported", &progress);
-    let (image_ref, platform, progress_ref) = (&image, &platform, &progress);
+    let (image_ref, platform, progress_ref, far) = (&image, &platform, &progress, &far);
     let written = with_tunnel(tunnel, |local| async move {
-        let transfer = transfer_for(&local);
+        let transfer = transfer_for(&local, far);
         let source = transfer.registry_source(&through(image_ref, &local)?)?;
         write::write_archive(
             &source,
@@ -252,10 +345,12 @@ pub async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Resul
     }
     let source = source.with_progress(progress.clone());
     let repository = target.repository.clone();
-    let tunnel = open_tunnel(connection, &args.access, &target.registry).await?;
+    let far = far_registry(connection, &args.registry, &target.registry).await?;
+    let tunnel = open_tunnel(connection, &args.access, &target.registry, far.tls).await?;
     let reporter = Reporter::start(args.progress, "imported", &progress);
+    let far = &far;
     let report = with_tunnel(tunnel, |local| async move {
-        let transfer = transfer_for(&local);
+        let transfer = transfer_for(&local, far);
         let request = CopyRequest::new(RepositoryRef::new(local, repository)).with_tag(tag);
         Ok(transfer.copy(&source, &request).await?)
     })
@@ -349,11 +444,26 @@ mod tests {
     #[test]
     fn the_relay_dials_the_port_given_or_80() {
         assert_eq!(
-            dial_address("registry.air.svc:5000"),
+            dial_address("registry.air.svc:5000", false),
             "registry.air.svc:5000"
         );
-        assert_eq!(dial_address("registry.air.svc"), "registry.air.svc:80");
-        assert_eq!(dial_address("[fd00::1]:5000"), "[fd00::1]:5000");
+        assert_eq!(
+            dial_address("registry.air.svc", false),
+            "registry.air.svc:80"
+        );
+        assert_eq!(
+            dial_address("registry.air.svc", true),
+            "registry.air.svc:443"
+        );
+        assert_eq!(dial_address("[fd00::1]:5000", true), "[fd00::1]:5000");
+    }
+
+    #[test]
+    fn certificates_are_checked_for_the_registry_host() {
+        assert_eq!(host_of("registry.air.svc:5000"), "registry.air.svc");
+        assert_eq!(host_of("10.244.1.7:5000"), "10.244.1.7");
+        assert_eq!(host_of("registry.air.svc"), "registry.air.svc");
+        assert_eq!(host_of("[fd00::1]:5000"), "fd00::1");
     }
 
     #[test]

@@ -53,12 +53,12 @@ pub enum Command {
     Why(WhyArgs),
     /// Write an image from a registry only the cluster reaches, or from a node, into an archive file.
     #[command(
-        after_help = "Examples:\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar -n air\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar --format docker-archive\n  kubectl lifeboat export registry.example.com/shop/web:1.4 -o web.tar --from-node node-1\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--from-node, a node-exporter pod on the node in the operator's namespace), reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+        after_help = "Examples:\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar -n air\n  kubectl lifeboat export registry.air.svc:5000/shop/web:1.4 -o web.tar --format docker-archive\n  kubectl lifeboat export registry.example.com/shop/web:1.4 -o web.tar --from-node node-1\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--from-node, a node-exporter pod on the node in the operator's namespace), reached by\nport-forward, and deleted afterwards. For a TLS registry give --tls\n(or --ca-file); credentials with --username/--password-stdin or --registry-secret."
     )]
     Export(ExportArgs),
     /// Push an OCI archive into a registry only the cluster reaches, or into nodes' containerd.
     #[command(
-        after_help = "Examples:\n  skopeo copy docker://docker.io/library/nginx:1.27 oci-archive:nginx.tar\n  kubectl lifeboat import nginx.tar --to registry.air.svc:5000/library/nginx:1.27 -n air\n  kubectl lifeboat import nginx.tar --to docker.io/library/nginx:1.27 --to-nodes node-role=edge\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--to-nodes, a node-exporter pod per node in the operator's namespace), reached by\nport-forward, and deleted afterwards. The registry must speak plain HTTP inside the cluster."
+        after_help = "Examples:\n  skopeo copy docker://docker.io/library/nginx:1.27 oci-archive:nginx.tar\n  kubectl lifeboat import nginx.tar --to registry.air.svc:5000/library/nginx:1.27 -n air\n  kubectl lifeboat import nginx.tar --to docker.io/library/nginx:1.27 --to-nodes node-role=edge\n\nOnly the Kubernetes API is used: a short-lived relay pod in the namespace (or, with\n--to-nodes, a node-exporter pod per node in the operator's namespace), reached by\nport-forward, and deleted afterwards. For a TLS registry give --tls\n(or --ca-file); credentials with --username/--password-stdin or --registry-secret."
     )]
     Import(ImportArgs),
     /// Print a shell completion script (for the kubectl-lifeboat command).
@@ -88,6 +88,32 @@ pub struct ClusterAccess {
     pub relay_node: Option<String>,
 }
 
+/// How export and import talk to the registry at the far end of the tunnel.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryAccess {
+    /// Speak TLS to the registry (default: plain HTTP).
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificates the registry's certificate may chain to (besides
+    /// the system roots); implies --tls.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name the registry's certificate must carry (default: the
+    /// registry's host as given).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Basic-auth user for the registry; the password is read from stdin.
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin (with --username).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// A kubernetes.io/dockerconfigjson Secret in the namespace with the
+    /// registry's credentials.
+    #[arg(long, conflicts_with = "username")]
+    pub registry_secret: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The image as the cluster names it: REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
@@ -107,6 +133,8 @@ pub struct ExportArgs {
     /// Byte progress on stderr.
     #[arg(long, value_enum, default_value_t)]
     pub progress: crate::progress::ProgressMode,
+    #[command(flatten)]
+    pub registry: RegistryAccess,
     #[command(flatten)]
     pub access: ClusterAccess,
 }
@@ -130,6 +158,8 @@ pub struct ImportArgs {
     /// Byte progress on stderr.
     #[arg(long, value_enum, default_value_t)]
     pub progress: crate::progress::ProgressMode,
+    #[command(flatten)]
+    pub registry: RegistryAccess,
     #[command(flatten)]
     pub access: ClusterAccess,
 }

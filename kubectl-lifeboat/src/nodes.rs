@@ -99,22 +99,51 @@ fn pod_name(kind: &str) -> String {
     format!("lifeboat-{kind}-{suffix:08x}")
 }
 
-/// Creates the pod and waits until its container runs; deletes it on failure.
-async fn start(pods: &Api<Pod>, pod: &Pod) -> anyhow::Result<String> {
+/// Creates the pod and waits until its container runs; deletes it on
+/// failure, saying `what` could not be done.
+async fn start(pods: &Api<Pod>, pod: &Pod, what: &str) -> anyhow::Result<String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     pods.create(&PostParams::default(), pod)
         .await
         .with_context(|| format!("creating pod {name}"))?;
     if let Err(error) = tunnel::wait_for(pods, &name, tunnel::is_running).await {
         tunnel::delete(pods, &name).await;
-        return Err(error);
+        return Err(error.context(what.to_owned()));
     }
     Ok(name)
 }
 
-/// A node that reports holding `image` in its status (the kubelet lists
-/// the images' names there), for `export --from-node` without a name.
-pub async fn node_holding(client: &kube::Client, image: &ImageReference) -> anyhow::Result<String> {
+/// The node of a running pod in `namespace` that runs `image` (as its
+/// spec names it): the quickest answer, with no cluster-wide rights.
+async fn node_running(client: &kube::Client, namespace: &str, image: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = pods.list(&ListParams::default()).await.ok()?;
+    listed.items.into_iter().find_map(|pod| {
+        let runs = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|statuses| {
+                statuses.iter().any(|c| {
+                    c.image == image && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                })
+            });
+        runs.then(|| pod.spec.and_then(|spec| spec.node_name))
+            .flatten()
+    })
+}
+
+/// A node that holds `image`, for `export --from-node` without a name:
+/// one where a pod of the namespace runs it, else one whose status lists
+/// it (the kubelet reports the images' names there, with some delay).
+pub async fn node_holding(
+    client: &kube::Client,
+    namespace: &str,
+    image: &ImageReference,
+) -> anyhow::Result<String> {
+    if let Some(node) = node_running(client, namespace, &image.to_string()).await {
+        return Ok(node);
+    }
     let nodes: Api<Node> = Api::all(client.clone());
     let listed = nodes
         .list(&ListParams::default())
@@ -157,7 +186,13 @@ pub async fn serve_from_node(
     }
     .to_args();
     let name = pod_name("serve");
-    let name = start(&pods, &node_pod(&name, "serve", settings, node, args)?).await?;
+    let what = format!("node {node} cannot serve {image}");
+    let name = start(
+        &pods,
+        &node_pod(&name, "serve", settings, node, args)?,
+        &what,
+    )
+    .await?;
     let tunnel = Tunnel::attach(pods.clone(), name.clone(), NODE_PORT).await?;
     // serve reads the image from containerd before it listens; a missing
     // image ends the pod with the reason in its termination message.
@@ -296,7 +331,13 @@ async fn import_one(
     }
     .to_args();
     let pod_name = pod_name("import");
-    let pod_name = start(pods, &node_pod(&pod_name, "import", settings, node, args)?).await?;
+    let what = format!("cannot import into node {node}");
+    let pod_name = start(
+        pods,
+        &node_pod(&pod_name, "import", settings, node, args)?,
+        &what,
+    )
+    .await?;
     let serving =
         crate::reverse::serve_archive(pods.clone(), pod_name.clone(), NODE_PORT, archive, progress);
     let ended = await_condition(pods.clone(), &pod_name, |pod: Option<&Pod>| {

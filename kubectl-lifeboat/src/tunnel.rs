@@ -309,7 +309,12 @@ pub fn terminated(pod: &Pod) -> Option<(i32, String)> {
 
 fn termination_message(pod: &Pod) -> Option<String> {
     terminated(pod)
-        .map(|(code, message)| format!("exit code {code} {message}"))
+        .map(|(code, message)| {
+            format!(
+                "exit code {code}, {}",
+                crate::nodes::report_message(&message)
+            )
+        })
         .or_else(|| {
             pod.status
                 .as_ref()

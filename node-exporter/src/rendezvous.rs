@@ -125,7 +125,11 @@ mod tests {
                 TcpStream::connect((ip, port)).await.is_err(),
                 "the tunnel port answers on {ip}"
             );
-            assert!(TcpStream::connect((ip, rendezvous.peer.port())).await.is_err());
+            assert!(
+                TcpStream::connect((ip, rendezvous.peer.port()))
+                    .await
+                    .is_err()
+            );
         }
     }
 

@@ -43,6 +43,9 @@ pub struct RegistrySettings {
     /// Token services on another host that may receive a registry's
     /// credentials, by registry.
     trusted_realms: HashMap<String, Vec<url::Origin>>,
+    /// The name a registry's certificate is checked against when it is
+    /// reached at another address (a tunnel's local port), by registry.
+    tls_names: HashMap<String, String>,
 }
 
 impl fmt::Debug for RegistrySettings {
@@ -52,6 +55,7 @@ impl fmt::Debug for RegistrySettings {
             .field("plain_http", &self.plain_http)
             .field("ca_bundles", &self.ca_bundles.keys().collect::<Vec<_>>())
             .field("trusted_realms", &self.trusted_realms)
+            .field("tls_names", &self.tls_names)
             .finish()
     }
 }
@@ -106,6 +110,15 @@ impl RegistrySettings {
         self
     }
 
+    /// Checks `registry`'s certificate as if it were `server_name` (a DNS
+    /// name or an IP address): for a registry reached through a tunnel at
+    /// a local address, whose certificate names where it really is.
+    pub fn verify_tls_as(mut self, registry: &str, server_name: &str) -> RegistrySettings {
+        self.tls_names
+            .insert(normalize_registry(registry), server_name.to_owned());
+        self
+    }
+
     pub(crate) fn client_options(&self, registry: &str) -> ClientOptions {
         let key = normalize_registry(registry);
         let mut trusted_realms = self.trusted_realms.get(&key).cloned().unwrap_or_default();
@@ -120,6 +133,7 @@ impl RegistrySettings {
             ca_bundle: self.ca_bundles.get(&key).cloned(),
             credentials: self.docker_config.credentials_for(registry),
             trusted_realms,
+            tls_name: self.tls_names.get(&key).cloned(),
         }
     }
 }
@@ -135,6 +149,7 @@ pub(crate) struct ClientOptions {
     ca_bundle: Option<Vec<u8>>,
     credentials: Credentials,
     trusted_realms: Vec<url::Origin>,
+    tls_name: Option<String>,
 }
 
 /// Timeouts and retries shared by all clients.
@@ -265,7 +280,10 @@ impl RegistryClient {
                 env!("CARGO_PKG_VERSION")
             ));
         if !options.plain_http {
-            let config = tls::client_config(options.ca_bundle.as_deref())?;
+            let config = match &options.tls_name {
+                Some(name) => tls::client_config_verifying_as(options.ca_bundle.as_deref(), name)?,
+                None => tls::client_config(options.ca_bundle.as_deref())?,
+            };
             builder = builder.tls_backend_preconfigured(config);
         }
         let http = builder.build().map_err(|e| {

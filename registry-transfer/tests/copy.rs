@@ -757,6 +757,29 @@ async fn basic_auth_and_tls_with_test_ca() {
         );
     }
 
+    // Reached at an address (a tunnel's local port) and checked for the
+    // name given instead: the certificate names localhost, so that name
+    // passes and any other fails the handshake.
+    let checked_as = |name: &str| {
+        Transfer::new(
+            test_config(),
+            RegistrySettings::new()
+                .with_ca_bundle(&dst.host, ca.clone())
+                .with_docker_config(docker_config("s3cret-Pa55"))
+                .verify_tls_as(&dst.host, name),
+        )
+    };
+    let head = checked_as("localhost")
+        .manifest_digest(&target_image)
+        .await
+        .expect("the certificate names localhost");
+    assert_eq!(head.map(|d| d.to_string()), Some(image.digest.clone()));
+    let error = checked_as("registry.elsewhere.example")
+        .manifest_digest(&target_image)
+        .await
+        .expect_err("the certificate does not name it");
+    assert_eq!(error.reason(), "TlsError", "{error}");
+
     let wrong = Transfer::new(
         test_config(),
         RegistrySettings::new()
