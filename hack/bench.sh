@@ -16,6 +16,7 @@ benchmarks=(
   "cluster-memory|operator/bench/cluster-memory.sh 2000 300|operator memory with 2,000 pods and 300 images, and their first full backup ('Operator: backup'; needs the local cluster and the operator deployed)"
   "restore|hack/bench-restore.sh --deploy 2|deletion to restored and re-pulled, from the backup registry and from a node ('Restore'; needs the local cluster)"
   "admission|hack/bench-admission.sh --deploy 500|the admission webhook alone (p50/p99 per review, Warn mode) and what it adds to a pod create against a namespace it does not cover, release build ('Admission webhook'; needs the local cluster)"
+  "archives|hack/bench-archives.sh --deploy 1024|a 1 GiB archive into and out of a registry pod through the API server: kubectl lifeboat import/export (release) against kubectl port-forward + skopeo copy, and curl through port-forward as the floor ('kubectl lifeboat archives'; needs the local cluster)"
   "node-import|tests/e2e/node-import.sh --release|registry killed -> pod Running on a node that never had the image, imported from the backup and node to node, 3 MiB and 100 MiB, release build ('Import into a node'; needs the local cluster)"
 )
 # Figures the e2e suites measure on every run (their "measured:" lines):

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A 1 GiB image archive into and out of a registry that runs as a pod, through
+# the API server only, two ways in the same run:
+#   - kubectl lifeboat import/export (release build): a relay pod reached by
+#     port-forward, registry-transfer streaming from/to the archive file;
+#   - kubectl port-forward to the registry pod + skopeo copy (oci-archive:).
+# And this machine's floor for that path: curl of the 1 GiB blob through
+# kubectl port-forward. Each side gets a fresh registry pod (an emptyDir), so
+# no push finds the blobs already there. Prints a Markdown table: seconds,
+# MB/s and the client's peak RSS (for port-forward + skopeo, both processes).
+#
+#   hack/bench-archives.sh [--deploy] [size-MiB]   (default 1024)
+#
+# Needs the local cluster (hack/cluster/up.sh); --deploy builds and loads
+# Lifeboat's images and starts the operator first (the plugin reads the
+# node-exporter image from the operator's Deployment).
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
+
+deploy=false
+[[ "${1:-}" == "--deploy" ]] && { deploy=true; shift; }
+mib="${1:-1024}"
+ns="bench-archives-$RANDOM"
+node="${NODE_NAMES[0]}"
+work="$(mktemp -d /var/tmp/bench-archives.XXXXXX)"
+pf_pids=()
+on_exit 'kill "${pf_pids[@]}" 2>/dev/null; k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null; rm -rf "$work"'
+
+{
+  $deploy && deploy_operator
+  check "kubectl-lifeboat (release) builds" bash -c "cd '$REPO_ROOT' && cargo build --quiet --release -p kubectl-lifeboat"
+  check "the registry image is on the nodes" in_cluster_registry_image
+} >&2
+plugin="${CARGO_TARGET_DIR:-$LIFEBOAT_CACHE/cargo-target}/release/kubectl-lifeboat"
+k create namespace "$ns" >/dev/null
+
+registry_pod() {
+  cat <<YAML | k apply -n "$ns" -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $node}
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true, runAsUser: 65532}
+  containers:
+  - name: registry
+    image: $E2E_REGISTRY_IMAGE
+    imagePullPolicy: Never
+    readinessProbe: {tcpSocket: {port: 5000}, periodSeconds: 1}
+    volumeMounts: [{name: data, mountPath: /var/lib/registry}]
+  volumes: [{name: data, emptyDir: {}}]
+YAML
+  k -n "$ns" wait --for=condition=Ready "pod/$1" --timeout=60s >/dev/null
+}
+# port_forward POD: a kubectl port-forward to the pod's 5000 on a free local
+# port; sets $pf_port and $pf_pid.
+port_forward() {
+  pf_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  k -n "$ns" port-forward "pod/$1" "$pf_port:5000" >/dev/null 2>&1 &
+  pf_pid=$!; pf_pids+=("$pf_pid")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$pf_port/v2/" >/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# timed OUT CMD...: runs CMD under /usr/bin/time; OUT gets "seconds rss-KiB".
+timed() {
+  local out="$1"; shift
+  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null
+}
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
+
+{
+  check "a $mib MiB image (one random layer) is written as an OCI archive by skopeo" bash -c "
+    python3 '$REPO_ROOT/hack/images/oci-image.py' image --layout '$work/layout' --ref big --compression none \
+      --random-layer $((mib * 1024 * 1024)):bench-archives-\$RANDOM >/dev/null &&
+    skopeo copy -q 'oci:$work/layout:big' 'oci-archive:$work/big.tar:1'"
+  registry_pods() { registry_pod reg-skopeo && registry_pod reg-plugin; }
+  check "two registry pods (one per client) are ready on $node" registry_pods
+} >&2
+bytes="$(stat -c %s "$work/big.tar")"
+digest="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$work/big.tar")"
+layer="$(skopeo inspect --format '{{index .Layers 0}}' "oci-archive:$work/big.tar")"
+reg_plugin="$(k -n "$ns" get pod reg-plugin -o jsonpath='{.status.podIP}'):5000"
+
+row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
+echo "| $mib MiB archive, through the API server | seconds | MB/s | client peak RSS | digest kept |"
+echo "|---|---:|---:|---:|---|"
+
+# --- into the registry ---------------------------------------------------------------------
+port_forward reg-skopeo
+timed "$work/t" skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://127.0.0.1:$pf_port/bench/big:1"
+read -r secs rss <"$work/t"
+got="$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://127.0.0.1:$pf_port/bench/big:1")"
+row "import: kubectl port-forward + skopeo copy" "$secs" "$(mbps "$bytes" "$secs")" \
+  "skopeo $((rss / 1024)) MiB + port-forward $(( $(hwm "$pf_pid") / 1024 )) MiB" "$([[ "$got" == "$digest" ]] && echo yes || echo NO)"
+timed "$work/t" curl -sf -o /dev/null "http://127.0.0.1:$pf_port/v2/bench/big/blobs/$layer"
+read -r floor_secs _ <"$work/t"
+kill "$pf_pid"
+
+timed "$work/t" "$plugin" import "$work/big.tar" --to "$reg_plugin/bench/big:1" -n "$ns" --relay-node "$node" --progress none
+read -r secs rss <"$work/t"
+row "import: kubectl lifeboat (release)" "$secs" "$(mbps "$bytes" "$secs")" "$((rss / 1024)) MiB" "yes (printed and verified)"
+
+# --- out of the registry -------------------------------------------------------------------
+port_forward reg-skopeo
+timed "$work/t" skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$pf_port/bench/big:1" "oci-archive:$work/out-skopeo.tar"
+read -r secs rss <"$work/t"
+got="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$work/out-skopeo.tar")"
+row "export: kubectl port-forward + skopeo copy" "$secs" "$(mbps "$bytes" "$secs")" \
+  "skopeo $((rss / 1024)) MiB + port-forward $(( $(hwm "$pf_pid") / 1024 )) MiB" "$([[ "$got" == "$digest" ]] && echo yes || echo NO)"
+kill "$pf_pid"
+rm -f "$work/out-skopeo.tar"
+
+timed "$work/t" "$plugin" export "$reg_plugin/bench/big:1" -o "$work/out-plugin.tar" -n "$ns" --relay-node "$node" --progress none
+read -r secs rss <"$work/t"
+got="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$work/out-plugin.tar")"
+row "export: kubectl lifeboat (release)" "$secs" "$(mbps "$bytes" "$secs")" "$((rss / 1024)) MiB" "$([[ "$got" == "$digest" ]] && echo yes || echo NO)"
+row "floor: curl of the layer blob through kubectl port-forward" "$floor_secs" "$(mbps "$bytes" "$floor_secs")" "-" "-"
