@@ -19,6 +19,7 @@ ns="adm-e2e-$RANDOM"
 attacker="adm-attacker-$RANDOM"
 lost_repo="e2e/adm-lost-$RANDOM"
 ensure_repo="e2e/adm-ensure-$RANDOM"
+bare_repo="e2e/adm-bare-$RANDOM"
 nowhere_repo="e2e/adm-nowhere-$RANDOM"
 webhook=lifeboat-operator-admission
 timeout_seconds=10
@@ -134,6 +135,19 @@ eventually 20 ensure_pod
 ensure_backup="$(backup_digest "e2e/$ns/127.0.0.1-5001/$ensure_repo" 1)"
 check "ensure: the image is in the backup registry when the pod is created" \
   test "$ensure_backup" == "$(registry_digest "$ensure_repo" 1)"
+# A bare Pod is in no cache while its review waits (nothing owns it that a
+# policy could have seen first): the webhook hands it to the policy's discovery.
+check "a private copy of demo/web:1.0 for a bare Pod is pushed" source_copy demo/web:1.0 "$bare_repo:1"
+bare_started="$(date +%s%N)"
+bare_out="$(k -n "$ns" run bare-ensured --image "$SOURCE_REGISTRY/$bare_repo:1" --labels guard=ensure \
+  --restart=Never --overrides "{\"spec\": {\"nodeSelector\": {\"kubernetes.io/hostname\": \"${NODE_NAMES[0]}\"}}}" 2>&1)"
+bare_ms=$((($(date +%s%N) - bare_started) / 1000000))
+bare_backup="$(backup_digest "e2e/$ns/127.0.0.1-5001/$bare_repo" 1)"
+echo "  measured: a bare Pod of a new image, Ensure mode: created after $bare_ms ms"
+check "ensure: a bare Pod's new image is in the backup registry when the pod is created" \
+  test "$bare_backup" == "$(registry_digest "$bare_repo" 1)"
+check "... and the pod did not wait out the Ensure wait (8 s)" test "$bare_ms" -lt 8000
+grep -q 'pod/bare-ensured created' <<<"$bare_out" || echo "$bare_out"
 ensure_not_waited_out() {
   ! operator_metrics | grep -E '^lifeboat_admissions_total\{.*mode="Ensure".*verdict="waited"' | grep -vq ' 0$'
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt as _;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -50,7 +51,12 @@ pub(crate) async fn answer(context: &Context, body: &[u8]) -> Vec<u8> {
         count(context, None, "allowed", started);
         return serialize(response.into_review());
     };
-    let (verdict, waited) = judge(context, &admitted).await;
+    // A pod that may have to wait is handed to its policies' discovery
+    // (it is in no cache yet): its images are copied while it waits.
+    let pod = (admitted.kind == WorkloadKind::Pod)
+        .then(|| request.object.as_ref().and_then(as_pod))
+        .flatten();
+    let (verdict, waited) = judge(context, &admitted, pod).await;
     let mut response = response;
     if !verdict.warnings.is_empty() {
         response.warnings = Some(verdict.warnings.clone());
@@ -61,6 +67,12 @@ pub(crate) async fn answer(context: &Context, body: &[u8]) -> Vec<u8> {
     debug!(namespace = %admitted.namespace, kind = admitted.kind.as_str(), verdict = verdict.label(waited), "admission review");
     count(context, verdict.mode, verdict.label(waited), started);
     serialize(response.into_review())
+}
+
+fn as_pod(object: &DynamicObject) -> Option<Pod> {
+    serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .ok()
 }
 
 fn serialize(review: AdmissionReview<DynamicObject>) -> Vec<u8> {
@@ -84,7 +96,7 @@ fn count(context: &Context, mode: Option<AdmissionMode>, verdict: &'static str, 
 }
 
 /// The verdict, after the Ensure wait if one was needed (and whether it ran out).
-async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
+async fn judge(context: &Context, admitted: &Admitted, pod: Option<Pod>) -> (Verdict, bool) {
     let board = &context.admission;
     // Before the first look: a publish after it must wake the wait.
     let mut changes = board.subscribe();
@@ -106,6 +118,14 @@ async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
         .admission
         .as_ref()
         .map_or(Duration::from_secs(8), |c| c.ensure_wait);
+    if let Some(pod) = pod {
+        let waiting: Vec<ObjectRef<ImageBackupPolicy>> = covering
+            .iter()
+            .filter(|s| s.mode >= AdmissionMode::Ensure)
+            .map(|s| s.key.clone())
+            .collect();
+        board.hold_pending(pod, &waiting, wait, Instant::now());
+    }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -127,6 +147,7 @@ async fn judge(context: &Context, admitted: &Admitted) -> (Verdict, bool) {
 /// A policy that selects the object, and which of its images.
 struct Selecting {
     policy: String,
+    key: ObjectRef<ImageBackupPolicy>,
     uid: String,
     mode: AdmissionMode,
     /// Indexes into `admitted.images`.
@@ -201,6 +222,7 @@ fn policy_selects(
         .collect();
     (!images.is_empty()).then(|| Selecting {
         policy: format!("{policy_namespace}/{}", policy.name_any()),
+        key: ObjectRef::from_obj(policy),
         uid: policy.uid().unwrap_or_default(),
         mode: policy.spec.admission_mode(),
         images,

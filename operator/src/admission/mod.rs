@@ -20,9 +20,13 @@ pub mod review;
 mod server;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::Store;
+use futures::channel::mpsc;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt as _;
+use kube::runtime::reflector::{ObjectRef, Store};
 use lifeboat_api::ImageBackupPolicy;
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -49,15 +53,38 @@ pub struct Board {
     changed: watch::Sender<u64>,
     caches: OnceLock<Caches>,
     policies: OnceLock<Store<ImageBackupPolicy>>,
+    /// Pods an Ensure review holds back: they do not exist yet, so no
+    /// cache shows them, and without them the policy would never copy a
+    /// bare Pod's new image before the wait runs out.
+    pending: Mutex<Vec<PendingPod>>,
+    /// Wakes the policies that must discover a pending pod now; the
+    /// backup controller takes the receiving end once.
+    wake: mpsc::UnboundedSender<ObjectRef<ImageBackupPolicy>>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<ImageBackupPolicy>>>>,
 }
+
+/// A pod under review, held until `until`: its wait plus the time the
+/// created pod takes to reach the caches, so the image never drops out of
+/// discovery in between.
+struct PendingPod {
+    pod: Arc<Pod>,
+    until: Instant,
+}
+
+/// How long a pending pod outlives its review's wait.
+const PENDING_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for Board {
     fn default() -> Self {
+        let (wake, woken) = mpsc::unbounded();
         Board {
             published: RwLock::new(HashMap::new()),
             changed: watch::channel(0).0,
             caches: OnceLock::new(),
             policies: OnceLock::new(),
+            pending: Mutex::new(Vec::new()),
+            wake,
+            woken: Mutex::new(Some(woken)),
         }
     }
 }
@@ -105,6 +132,49 @@ impl Board {
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// Holds `pod` (trimmed as the caches trim) for discovery by `policies`
+    /// for `wait` plus a grace period, and wakes those policies.
+    pub(crate) fn hold_pending(
+        &self,
+        mut pod: Pod,
+        policies: &[ObjectRef<ImageBackupPolicy>],
+        wait: Duration,
+        now: Instant,
+    ) {
+        crate::controllers::backup_policy::caches::trim_pod(&mut pod);
+        let until = now + wait + PENDING_GRACE;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|held| held.until > now && !same_pod(&held.pod, &pod));
+            pending.push(PendingPod {
+                pod: Arc::new(pod),
+                until,
+            });
+        }
+        for policy in policies {
+            // Fails only once the controller is gone; nothing to wake then.
+            let _ = self.wake.unbounded_send(policy.clone());
+        }
+    }
+
+    /// The pods still held at `now` (expired ones are dropped).
+    pub(crate) fn pending_pods(&self, now: Instant) -> Vec<Arc<Pod>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|held| held.until > now);
+        pending.iter().map(|held| held.pod.clone()).collect()
+    }
+
+    /// The policies pending pods wake; `None` after the first call.
+    pub(crate) fn take_wakes(
+        &self,
+    ) -> Option<mpsc::UnboundedReceiver<ObjectRef<ImageBackupPolicy>>> {
+        self.woken.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn same_pod(a: &Pod, b: &Pod) -> bool {
+    a.namespace() == b.namespace() && a.name_any() == b.name_any()
 }
 
 /// The label the webhook's Service selects: only the leader serves (a
@@ -148,5 +218,55 @@ pub async fn run(context: Arc<Context>) {
             Ok(()) => error!("admission server stopped"),
             Err(e) => error!(error = %e, "admission server failed"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.to_owned());
+        pod.metadata.namespace = Some("team".to_owned());
+        pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(100))].into());
+        pod
+    }
+
+    #[test]
+    fn a_pending_pod_is_held_trimmed_until_its_wait_and_grace_end_and_its_policies_are_woken() {
+        let board = Board::default();
+        let mut woken = board.take_wakes().expect("first take");
+        assert!(board.take_wakes().is_none(), "the wakes are taken once");
+        let start = Instant::now();
+        let policy = ObjectRef::new("ensure").within("team");
+        board.hold_pending(
+            pod("p"),
+            std::slice::from_ref(&policy),
+            Duration::from_secs(8),
+            start,
+        );
+        assert_eq!(woken.try_recv().ok(), Some(policy));
+        let held = board.pending_pods(start + Duration::from_secs(37));
+        assert_eq!(held.len(), 1);
+        assert!(
+            held[0].metadata.annotations.is_none(),
+            "trimmed as the caches trim"
+        );
+        assert!(
+            board
+                .pending_pods(start + Duration::from_secs(38))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn holding_the_same_pod_again_replaces_it() {
+        let board = Board::default();
+        let start = Instant::now();
+        board.hold_pending(pod("p"), &[], Duration::from_secs(1), start);
+        board.hold_pending(pod("p"), &[], Duration::from_secs(1), start);
+        board.hold_pending(pod("q"), &[], Duration::from_secs(1), start);
+        assert_eq!(board.pending_pods(start).len(), 2);
     }
 }

@@ -27,6 +27,22 @@ pub struct ClusterSnapshot {
     pub cron_jobs: Vec<Arc<CronJob>>,
 }
 
+impl ClusterSnapshot {
+    /// Adds pods not created yet (held by an admission review), unless the
+    /// caches already hold one of the same name.
+    pub fn add_pending_pods(&mut self, pending: Vec<Arc<Pod>>) {
+        for pod in pending {
+            let known = self.pods.iter().any(|cached| {
+                cached.metadata.namespace == pod.metadata.namespace
+                    && cached.metadata.name == pod.metadata.name
+            });
+            if !known {
+                self.pods.push(pod);
+            }
+        }
+    }
+}
+
 /// A workload an image is used by: the top-level owner of a pod, or the
 /// pod itself when nothing owns it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

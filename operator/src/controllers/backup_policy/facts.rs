@@ -141,7 +141,15 @@ fn images(
     memory: &mut PolicyMemory,
     with_running: bool,
 ) -> Result<(Inventory, BTreeSet<String>), String> {
-    let snapshot = controller.caches.snapshot();
+    let mut snapshot = controller.caches.snapshot();
+    // Pods an Ensure review holds back (docs/admission.md): discovered as
+    // if they existed, so their images are copied while they wait.
+    snapshot.add_pending_pods(
+        controller
+            .context
+            .admission
+            .pending_pods(std::time::Instant::now()),
+    );
     // What earlier discoveries knew, for pods that cannot say now: this
     // process's memory, and the images the status reports missing (which
     // survive a restart of the operator).

@@ -167,9 +167,15 @@ pub(crate) async fn run(context: Arc<Context>) {
                 .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
                 .is_some()
         });
+    // Pods an Ensure review holds back wake the policies that wait on them.
+    let admission_wakes = controller.context.admission.take_wakes().map_or_else(
+        || futures::stream::empty().boxed(),
+        futures::StreamExt::boxed,
+    );
     Controller::for_stream(policies, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .reconcile_all_on(changes)
+        .reconcile_on(admission_wakes)
         // A policy whose queued copies have all ended looks at their results.
         .reconcile_on(woken.map(|owner: Owner| {
             ObjectRef::<ImageBackupPolicy>::new(&owner.name).within(&owner.namespace)
