@@ -18,20 +18,25 @@ use lifeboat_api::time::from_k8s_time;
 use crate::cli::{BackupArgs, EXIT_FAILED, EXIT_TIMEOUT};
 use crate::client::Connection;
 use crate::output;
+use crate::progress::human_bytes;
 
 /// Where a requested run is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunProgress {
     /// The operator has not handled the request yet.
     Waiting,
-    /// Running: images verified present everywhere, of those selected.
+    /// Running: images verified present everywhere, of those selected,
+    /// and bytes copied since the request (as far as the status says yet).
     Running {
         done: i32,
         total: i32,
+        bytes: i64,
     },
+    /// Done: the run's own byte count.
     Succeeded {
         done: i32,
         total: i32,
+        bytes: i64,
     },
     Failed {
         result: String,
@@ -46,13 +51,19 @@ pub fn request_value(now: DateTime<Utc>) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Where the run for `requested` is, from the policy's status.
-pub fn run_progress(status: &ImageBackupPolicyStatus, requested: &str) -> RunProgress {
+/// Where the run for `requested` is, from the policy's status;
+/// `bytes_before` is the policy's `summary.bytesCopied` when it was asked.
+pub fn run_progress(
+    status: &ImageBackupPolicyStatus,
+    requested: &str,
+    bytes_before: i64,
+) -> RunProgress {
     if status.last_handled_reconcile_at.as_deref() != Some(requested) {
         return RunProgress::Waiting;
     }
     let summary = status.summary.clone().unwrap_or_default();
     let (done, total) = (summary.protected, summary.selected);
+    let bytes = summary.bytes_copied.saturating_sub(bytes_before).max(0);
     let running = output::condition(&status.conditions, types::RECONCILING)
         .is_some_and(|c| c.status == "True" && c.reason == reasons::BACKUP_RUNNING);
     let requested_time = DateTime::parse_from_rfc3339(requested)
@@ -65,13 +76,17 @@ pub fn run_progress(status: &ImageBackupPolicyStatus, requested: &str) -> RunPro
         .filter(|run| requested_time.is_none_or(|at| from_k8s_time(&run.start_time) >= at));
     match run {
         Some(run) if !running && run.result != RunResult::Running => match run.result {
-            RunResult::Succeeded => RunProgress::Succeeded { done, total },
+            RunResult::Succeeded => RunProgress::Succeeded {
+                done,
+                total,
+                bytes: run.bytes_copied,
+            },
             other => RunProgress::Failed {
                 result: format!("{other:?}"),
                 message: run.message.clone().unwrap_or_default(),
             },
         },
-        _ => RunProgress::Running { done, total },
+        _ => RunProgress::Running { done, total, bytes },
     }
 }
 
@@ -79,10 +94,14 @@ pub fn run_progress(status: &ImageBackupPolicyStatus, requested: &str) -> RunPro
 pub fn progress_line(progress: &RunProgress) -> String {
     match progress {
         RunProgress::Waiting => "waiting for the operator to pick up the request".to_owned(),
-        RunProgress::Running { done, total } => format!("running: {done}/{total} images protected"),
-        RunProgress::Succeeded { done, total } => {
-            format!("succeeded: {done}/{total} images protected")
-        }
+        RunProgress::Running { done, total, bytes } => format!(
+            "running: {done}/{total} images protected, {} copied",
+            human_bytes(u64::try_from(*bytes).unwrap_or(0))
+        ),
+        RunProgress::Succeeded { done, total, bytes } => format!(
+            "succeeded: {done}/{total} images protected, {} copied",
+            human_bytes(u64::try_from(*bytes).unwrap_or(0))
+        ),
         RunProgress::Failed { result, message } => format!("{result}: {message}"),
     }
 }
@@ -91,6 +110,12 @@ pub async fn run(connection: &Connection, args: &BackupArgs) -> anyhow::Result<E
     let api: Api<ImageBackupPolicy> =
         Api::namespaced(connection.client.clone(), &connection.namespace);
     let requested = request_value(Utc::now());
+    let bytes_before = api
+        .get(&args.policy)
+        .await?
+        .status
+        .and_then(|s| s.summary)
+        .map_or(0, |s| s.bytes_copied);
     let patch =
         serde_json::json!({"metadata": {"annotations": {REQUESTED_AT_ANNOTATION: requested}}});
     api.patch(&args.policy, &PatchParams::default(), &Patch::Merge(&patch))
@@ -106,7 +131,7 @@ pub async fn run(connection: &Connection, args: &BackupArgs) -> anyhow::Result<E
     let mut last_line = String::new();
     loop {
         let policy = api.get(&args.policy).await?;
-        let progress = run_progress(&policy.status_or_default(), &requested);
+        let progress = run_progress(&policy.status_or_default(), &requested, bytes_before);
         let line = progress_line(&progress);
         if line != last_line {
             println!("{line}");
@@ -194,25 +219,37 @@ mod tests {
             false,
             vec![record(-60, RunResult::Succeeded)],
         );
-        assert_eq!(run_progress(&s, REQUESTED), RunProgress::Waiting);
+        assert_eq!(run_progress(&s, REQUESTED, 0), RunProgress::Waiting);
     }
 
     #[test]
     fn a_handled_request_runs_until_a_run_after_it_finishes() {
         let running = status(REQUESTED, true, vec![record(1, RunResult::Running)]);
         assert_eq!(
-            run_progress(&running, REQUESTED),
-            RunProgress::Running { done: 3, total: 5 }
+            run_progress(&running, REQUESTED, 0),
+            RunProgress::Running {
+                done: 3,
+                total: 5,
+                bytes: 0
+            }
         );
         let only_older = status(REQUESTED, false, vec![record(-60, RunResult::Succeeded)]);
         assert_eq!(
-            run_progress(&only_older, REQUESTED),
-            RunProgress::Running { done: 3, total: 5 }
+            run_progress(&only_older, REQUESTED, 0),
+            RunProgress::Running {
+                done: 3,
+                total: 5,
+                bytes: 0
+            }
         );
         let done = status(REQUESTED, false, vec![record(0, RunResult::Succeeded)]);
         assert_eq!(
-            run_progress(&done, REQUESTED),
-            RunProgress::Succeeded { done: 3, total: 5 }
+            run_progress(&done, REQUESTED, 0),
+            RunProgress::Succeeded {
+                done: 3,
+                total: 5,
+                bytes: 0
+            }
         );
     }
 
@@ -220,14 +257,37 @@ mod tests {
     fn a_failed_or_partial_run_is_a_failure_with_its_message() {
         for result in [RunResult::Failed, RunResult::PartiallyFailed] {
             let s = status(REQUESTED, false, vec![record(2, result)]);
-            let RunProgress::Failed { message, .. } = run_progress(&s, REQUESTED) else {
+            let RunProgress::Failed { message, .. } = run_progress(&s, REQUESTED, 0) else {
                 panic!("{result:?} is a failure");
             };
             assert_eq!(message, "2 images failed");
         }
         assert_eq!(
-            progress_line(&RunProgress::Running { done: 1, total: 4 }),
-            "running: 1/4 images protected"
+            progress_line(&RunProgress::Running {
+                done: 1,
+                total: 4,
+                bytes: 3 * 1024 * 1024 / 2
+            }),
+            "running: 1/4 images protected, 1.5 MiB copied"
         );
+    }
+
+    #[test]
+    fn bytes_are_this_runs_while_running_and_the_runs_own_at_the_end() {
+        let mut running = status(REQUESTED, true, vec![record(1, RunResult::Running)]);
+        if let Some(summary) = running.summary.as_mut() {
+            summary.bytes_copied = 5000;
+        }
+        assert!(matches!(
+            run_progress(&running, REQUESTED, 1000),
+            RunProgress::Running { bytes: 4000, .. }
+        ));
+        let mut finished = record(1, RunResult::Succeeded);
+        finished.bytes_copied = 4321;
+        let done = status(REQUESTED, false, vec![finished]);
+        assert!(matches!(
+            run_progress(&done, REQUESTED, 1000),
+            RunProgress::Succeeded { bytes: 4321, .. }
+        ));
     }
 }
