@@ -56,7 +56,7 @@ YAML
 # port; sets $pf_port and $pf_pid.
 port_forward() {
   pf_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  k -n "$ns" port-forward "pod/$1" "$pf_port:5000" >/dev/null 2>&1 &
+  "$KUBECTL" -n "$ns" port-forward "pod/$1" "$pf_port:5000" >/dev/null 2>&1 &
   pf_pid=$!; pf_pids+=("$pf_pid")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$pf_port/v2/" >/dev/null && return 0; sleep 0.1; done
   return 1
