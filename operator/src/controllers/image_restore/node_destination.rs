@@ -91,6 +91,29 @@ pub(crate) fn destination_nodes(
     Ok(chosen)
 }
 
+/// The entries for `chosen` destinations of an image that `existing` does
+/// not track yet (Pending); the existing ones, finished or not, stay.
+pub(crate) fn new_entries(
+    existing: &[NodeImport],
+    reference: &str,
+    chosen: &BTreeSet<String>,
+) -> Vec<NodeImport> {
+    chosen
+        .iter()
+        .filter(|node| {
+            !existing
+                .iter()
+                .any(|e| e.reference == reference && &e.node == *node)
+        })
+        .map(|node| NodeImport {
+            node: node.clone(),
+            reference: reference.to_owned(),
+            state: ImageRestoreState::Pending,
+            ..NodeImport::default()
+        })
+        .collect()
+}
+
 /// Where one (node, image) import takes its bytes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ImportSource {
@@ -506,6 +529,22 @@ mod tests {
             false,
             Some("PullFailed")
         ));
+    }
+
+    #[test]
+    fn destinations_found_later_are_added_and_the_ones_found_before_kept() {
+        let existing = [
+            entry("n1", ImageRestoreState::Restored, Some(digest('a'))),
+            entry("n2", ImageRestoreState::InProgress, None),
+        ];
+        let chosen = BTreeSet::from(["n2".to_owned(), "n3".to_owned()]);
+        let added = new_entries(&existing, "src.io/app:1", &chosen);
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].node, "n3");
+        assert_eq!(added[0].state, ImageRestoreState::Pending);
+        assert!(new_entries(&existing, "src.io/app:1", &BTreeSet::new()).is_empty());
+        // Another image on the same node is another entry.
+        assert_eq!(new_entries(&existing, "src.io/other:1", &chosen).len(), 2);
     }
 
     fn entry(node: &str, state: ImageRestoreState, digest: Option<String>) -> NodeImport {

@@ -28,7 +28,7 @@ use super::RestoreController;
 use super::candidates::inventory_batch;
 use super::facts::{Facts, JobState, job_state};
 use super::node_destination::{
-    ContainerPull, ImportSource, choose_import_source, destination_nodes,
+    ContainerPull, ImportSource, choose_import_source, destination_nodes, new_entries,
     retry_from_another_holder, roll_up, source_ref,
 };
 use super::node_evidence::{digest_of, knowledge, scan_nodes};
@@ -51,7 +51,17 @@ pub(super) async fn advance(
     candidates: &[(BackupCandidate, ImageBackupPolicy)],
     status: &mut ImageRestoreStatus,
 ) -> Result<bool, OperatorError> {
-    if status.nodes.is_empty() {
+    // Named nodes are fixed; a selector's nodes and the nodes of failing
+    // pods are looked at again each reconcile while the restore runs (a
+    // replica rescheduled elsewhere gets the image too).
+    let fixed = facts
+        .restore
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.nodes.as_ref())
+        .is_some_and(|n| n.names.is_some());
+    if status.nodes.is_empty() || !fixed {
         find_destinations(controller, facts, status).await?;
     }
     follow(controller, facts, status).await?;
@@ -134,7 +144,8 @@ async fn delete_stuck_pods(
 
 /// The (node, image) entries, from `destination.nodes`: the named nodes,
 /// the Ready nodes with the labels, or the nodes of this namespace's pods
-/// that fail to pull the image. An image with none fails.
+/// that fail to pull the image. An image with none at first fails; later
+/// looks add the new nodes and keep every entry found before.
 async fn find_destinations(
     controller: &RestoreController,
     facts: &Facts<'_>,
@@ -155,12 +166,11 @@ async fn find_destinations(
     } else {
         Vec::new()
     };
-    let mut entries = Vec::new();
-    for image in status
-        .images
-        .iter_mut()
-        .filter(|i| i.state == ImageRestoreState::Pending)
-    {
+    let mut entries = std::mem::take(&mut status.nodes);
+    for image in status.images.iter_mut().filter(|i| {
+        i.state == ImageRestoreState::Pending || i.state == ImageRestoreState::InProgress
+    }) {
+        let first = image.state == ImageRestoreState::Pending;
         let reference = match facts.reference(image) {
             Ok(reference) => reference,
             Err(message) => {
@@ -170,18 +180,22 @@ async fn find_destinations(
         };
         match destination_nodes(destination, &reference, &nodes, &pulls) {
             Ok(chosen) => {
-                for node in &chosen {
-                    entries.push(NodeImport {
-                        node: node.clone(),
-                        reference: image.reference.clone(),
-                        state: ImageRestoreState::Pending,
-                        ..NodeImport::default()
-                    });
+                let added = new_entries(&entries, &image.reference, &chosen);
+                if added.is_empty() && !first {
+                    continue;
                 }
+                entries.extend(added);
                 image.state = ImageRestoreState::InProgress;
-                let names: Vec<&str> = chosen.iter().map(String::as_str).collect();
+                let names: Vec<&str> = entries
+                    .iter()
+                    .filter(|n| n.reference == image.reference)
+                    .map(|n| n.node.as_str())
+                    .collect();
                 image.message = Some(format!("importing into {}", names.join(", ")));
             }
+            // Later, a destination that is gone changes nothing: the
+            // entries found before go on.
+            Err(_) if !first => {}
             Err(message) => fail(image, reasons::NO_DESTINATION_NODES, message),
         }
     }
