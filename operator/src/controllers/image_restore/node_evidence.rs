@@ -95,14 +95,15 @@ pub(crate) async fn scan_nodes(
 }
 
 /// Everything known about where `images` (image arguments) are: the
-/// nodes' own lists, fresh answers, this restore's history; and, for
-/// images none of that points at, the pods of the restore's namespace
-/// that run the digest and the nodes its policies recorded.
+/// nodes' own lists, fresh answers, this restore's history; and, when one
+/// of `needing_holders` has no candidate from those, the pods of the
+/// restore's namespace that run the digest and the nodes its policies
+/// recorded.
 pub(crate) async fn knowledge(
     controller: &RestoreController,
     facts: &Facts<'_>,
     status: &ImageRestoreStatus,
-    images: &[String],
+    (images, needing_holders): (&[String], &[String]),
     scan: &NodeScan,
 ) -> Result<Knowledge, OperatorError> {
     let mut knowledge = Knowledge {
@@ -149,7 +150,7 @@ pub(crate) async fn knowledge(
             knowledge.point(image, &entry.node, Evidence::History);
         }
     }
-    let unpointed = images.iter().any(|image| {
+    let unpointed = needing_holders.iter().any(|image| {
         super::candidates::ranked_candidates(image, &scan.uses, &knowledge).is_empty()
     });
     if unpointed && !by_digest.is_empty() {

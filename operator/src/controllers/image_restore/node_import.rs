@@ -472,7 +472,17 @@ async fn plan(
         BTreeMap::new()
     };
     let all: Vec<String> = arguments.values().cloned().collect();
-    let known = knowledge(controller, facts, status, &all, &scan).await?;
+    // Pods and policies are read only for images no backup gives.
+    let without_backup: Vec<String> = if from_nodes {
+        backups
+            .iter()
+            .filter(|(_, b)| b.is_err())
+            .filter_map(|(r, _)| arguments.get(r).cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let known = knowledge(controller, facts, status, (&all, &without_backup), &scan).await?;
     let status_images = status.images.clone();
     let mut asks: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in status

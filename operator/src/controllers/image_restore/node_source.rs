@@ -225,7 +225,7 @@ pub(super) async fn from_nodes(
     // nodes about the rest; answers already in (a finished inventory Job)
     // let the next pass go on at once.
     while !open.is_empty() {
-        let known = knowledge(controller, facts, status, &asked, &scan).await?;
+        let known = knowledge(controller, facts, status, (&asked, &asked), &scan).await?;
         let mut asks: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (index, argument) in std::mem::take(&mut open) {
             match next_step(&argument, &scan.uses, &known) {
