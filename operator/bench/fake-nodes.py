@@ -49,6 +49,7 @@ def session_from_kubeconfig(path):
         return file
 
     s = requests.Session()
+    s.trust_env = False  # REQUESTS_CA_BUNDLE would replace the cluster CA
     s.cert = (write("crt", user["client-certificate-data"]), write("key", user["client-key-data"]))
     s.verify = write("ca", cluster["certificate-authority-data"])
     adapter = requests.adapters.HTTPAdapter(pool_connections=WORKERS, pool_maxsize=WORKERS)
