@@ -133,8 +133,7 @@ pub(crate) enum ImportSource {
 }
 
 /// The source for an import into `destination`: none when the node holds
-/// the image already (a node-exporter answer, or its kubelet lists the
-/// digest); the backup when it holds the digest and answers (a registry
+/// the image already (a node-exporter answer); the backup when it holds the digest and answers (a registry
 /// serves bytes at its own speed and costs no second Job); else the best
 /// candidate node (`candidates`: the serve Job on it serves the image or
 /// reports that the node does not hold it), never the destination itself
@@ -154,12 +153,9 @@ pub(crate) fn choose_import_source(
         .get(destination)
         .and_then(|held| held.get(image))
         .is_some_and(|e| matches!(e, Exportable::Exact | Exportable::Platform));
-    let listed = knowledge
-        .pointers
-        .get(image)
-        .and_then(|nodes| nodes.get(destination))
-        == Some(&Evidence::Listed);
-    if answered_whole || listed {
+    // Only node-exporter's answer: the kubelet's list lags a removal by
+    // up to its status period, and "there already" writes nothing.
+    if answered_whole {
         return ImportSource::AlreadyThere;
     }
     if let Some((target, reference)) = backup {
@@ -457,10 +453,16 @@ mod tests {
             choose("n2", Some(&backup), &there),
             ImportSource::AlreadyThere
         );
-        // Its kubelet lists the digest: there already, no Job.
-        let mut listed = Knowledge::default();
+        // Its kubelet's list is no proof (it lags a removal): the image is
+        // imported from a holder all the same.
+        let mut listed = answered(&[("n4", Exportable::Exact)]);
         listed.point("img", "n2", Evidence::Listed);
-        assert_eq!(choose("n2", None, &listed), ImportSource::AlreadyThere);
+        assert_eq!(
+            choose("n2", None, &listed),
+            ImportSource::Peer {
+                holder: "n4".into()
+            }
+        );
     }
 
     #[test]
