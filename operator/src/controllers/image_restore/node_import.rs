@@ -643,11 +643,16 @@ pub(super) async fn ensure_jobs(
                     &secret,
                 );
                 create(&jobs, &serve).await?;
+                // One node, by a field selector: the operator may list
+                // nodes, not get them.
                 let address = if settings.host_network {
+                    let one = ListParams::default().fields(&format!("metadata.name={holder}"));
                     nodes
-                        .get_opt(holder)
+                        .list(&one)
                         .await?
-                        .and_then(|n| NodeFacts::from_node(&n).internal_ip)
+                        .items
+                        .first()
+                        .and_then(|n| NodeFacts::from_node(n).internal_ip)
                 } else {
                     serve_pod_ip(controller, serve_name).await?
                 };
