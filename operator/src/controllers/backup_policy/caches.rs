@@ -339,3 +339,44 @@ pub fn start(client: &Client, interval: Duration) -> (Caches, mpsc::Receiver<()>
     });
     (caches, rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_view_serves_every_reconcile_until_a_cache_changes() {
+        let caches = Caches::empty();
+        let first = caches.view();
+        assert!(Arc::ptr_eq(&first, &caches.view()));
+        let changed = Changed {
+            notify: Arc::new(Notify::new()),
+            count: Arc::clone(&caches.changes),
+        };
+        changed.poke();
+        let second = caches.view();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&second, &caches.view()));
+    }
+
+    #[test]
+    fn links_of_owner_chains_keep_only_their_owner() {
+        let mut meta = ObjectMeta {
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    kind: "Deployment".into(),
+                    name: "web".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..ObjectMeta::default()
+        };
+        assert!(owned_by(&meta, "Deployment"));
+        assert!(!owned_by(&meta, "CronJob"));
+        if let Some(owners) = &mut meta.owner_references {
+            owners[0].controller = None;
+        }
+        assert!(!owned_by(&meta, "Deployment"));
+    }
+}
