@@ -66,10 +66,10 @@ restart() {
   k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=300s >/dev/null
 }
 restart
-settle() { # waits until the operator's RSS stops moving by more than 1 MiB in 10 s
+settle() { # waits (at most 90 s) until the operator's RSS moves by less than 1 MiB in 10 s
   local before after
   after="$(rss_mib "$(operator_pid)")"
-  for _ in $(seq 1 18); do
+  for _ in $(seq 1 9); do
     before="$after"; sleep 10; after="$(rss_mib "$(operator_pid)")"
     awk -v a="$before" -v b="$after" 'BEGIN { exit !((b - a) < 1 && (a - b) < 1) }' && break
   done
