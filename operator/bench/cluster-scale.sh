@@ -4,17 +4,22 @@
 # run them, so owner chains are walked), spread over NAMESPACES namespaces,
 # each with a tenant ImageBackupPolicy backing its images up.
 #
-#   operator/bench/cluster-scale.sh [--deploy] [PODS=20000] [IMAGES=2000] [NAMESPACES=4] [REPLICAS=20]
+#   operator/bench/cluster-scale.sh [--deploy] [--compare BINARY] [PODS=20000] [IMAGES=2000] [NAMESPACES=4] [REPLICAS=20]
 #
 # --deploy: builds the release images (hack/images/lifeboat-images.sh
 # --release) and runs them; the next e2e suite puts its own build back.
+# --compare BINARY: another lifeboat-operator binary (a release build of
+# an earlier commit) measured the same way in the same run, on the same
+# pods: each measurement restarts the operator into one binary, then the
+# other.
 #
-# Prints (docs/benchmarks.md, "Operator at scale"): the operator's VmRSS
-# idle, with the first 10 % of the pods and with all of them (and the
-# slope per pod between the two), time until every policy is Ready after
-# the pods exist (their first full backup), then after a restart of the
-# operator: the CPU seconds and time until every policy has answered an
-# on-demand run, and VmRSS once settled; etcd's and kube-apiserver's RSS.
+# Prints (docs/benchmarks.md, "Operator at scale"), per binary: VmRSS idle,
+# with the first 10 % of the pods and with all of them (each after a restart
+# and a full run of every policy, settled) and the slope per pod between the
+# two; after the restart, the time from the process's start until every
+# policy answered an on-demand run and the CPU seconds it used until then.
+# Also the first full backup's time (this build) and etcd's and
+# kube-apiserver's RSS.
 #
 # How the pods are made without 20,000 kubectl calls or the ReplicaSet
 # controller creating them at its 20 requests/s: each Deployment's
@@ -26,8 +31,9 @@
 # scheduler (and a node selector matches no node): they stay Pending.
 source "$(dirname "${BASH_SOURCE[0]}")/../../tests/e2e/lib.sh"
 set -euo pipefail
-deploy=false
+deploy=false compare=""
 [[ "${1:-}" == "--deploy" ]] && { deploy=true; shift; }
+[[ "${1:-}" == "--compare" ]] && { compare="$2"; shift 2; }
 pods="${1:-20000}" images="${2:-2000}" namespaces="${3:-4}" replicas="${4:-20}"
 deployments=$((pods / replicas))
 ((deployments > 0 && pods % replicas == 0)) || die "PODS must be a multiple of REPLICAS"
@@ -47,7 +53,12 @@ cleanup() {
 }
 on_exit cleanup
 
-operator_pid() { pgrep -f '^/usr/local/bin/lifeboat-operator' | tail -1; }
+operator_pid() { pgrep -n -f '^/usr/local/bin/lifeboat-operator'; }
+# Seconds since the process started.
+process_age() {
+  awk -v hz="$(getconf CLK_TCK)" -v up="$(cut -d' ' -f1 /proc/uptime)" \
+    '{ printf "%.1f", up - $22 / hz }' "/proc/$1/stat"
+}
 rss_mib() { awk '/^VmRSS:/{printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # CPU seconds (user + system) a process has used.
 cpu_seconds() {
@@ -61,11 +72,35 @@ if $deploy; then
   k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd" >/dev/null
   k apply -f "$REPO_ROOT/config/operator" >/dev/null
 fi
-restart() {
+images_to_measure=(lifeboat.local/lifeboat-operator:dev)
+if [[ -n "$compare" ]]; then
+  [[ -x "$compare" ]] || die "$compare is not an executable"
+  # Packed and loaded as lifeboat-images.sh does, under another tag.
+  layout="$work/compare-layout"
+  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$layout" \
+    --ref lifeboat.local/lifeboat-operator:compare --compression none \
+    --binary "$compare:/usr/local/bin/lifeboat-operator" \
+    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
+    --entrypoint '["/usr/local/bin/lifeboat-operator"]' --user 65532:65532 >/dev/null
+  python3 "$REPO_ROOT/hack/images/oci-image.py" archive --layout "$layout" --out "$layout.tar"
+  for node in "${NODE_NAMES[@]}"; do
+    ctr -a "$(node_containerd_socket "$node")" -n k8s.io images import "$layout.tar" >/dev/null
+  done
+  images_to_measure=(lifeboat.local/lifeboat-operator:compare lifeboat.local/lifeboat-operator:dev)
+fi
+on_exit "k -n lifeboat-system set image deploy/lifeboat-operator operator=lifeboat.local/lifeboat-operator:dev"
+
+# run_operator IMAGE: the operator restarted into IMAGE, available.
+run_operator() {
+  k -n lifeboat-system set image deploy/lifeboat-operator "operator=$1" >/dev/null
   k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
   k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=300s >/dev/null
+  # The old process may linger a moment after the rollout.
+  local old
+  for old in $(pgrep -f '^/usr/local/bin/lifeboat-operator' | grep -vx "$(operator_pid)" || true); do
+    eventually 60 bash -c "! kill -0 $old 2>/dev/null" || true
+  done
 }
-restart
 settle() { # waits (at most 90 s) until the operator's RSS moves by less than 1 MiB in 10 s
   local before after
   after="$(rss_mib "$(operator_pid)")"
@@ -75,8 +110,11 @@ settle() { # waits (at most 90 s) until the operator's RSS moves by less than 1 
   done
   echo "$after"
 }
-idle="$(settle)"
-report "operator VmRSS idle (MiB)" "$idle"
+declare -A figures
+for image in "${images_to_measure[@]}"; do
+  run_operator "$image"
+  figures[$image,idle]="$(settle)"
+done
 
 # IMAGES tags of one small image: one manifest PUT each.
 accept='application/vnd.oci.image.manifest.v1+json'
@@ -210,6 +248,34 @@ policies_ready() {
     [[ "$(condition_of "$run-$n" ibp/bench Ready)" == "True "* ]] || return 1
   done
 }
+answered() { # STAMP: every policy answered the on-demand run STAMP and is Ready
+  local n
+  for ((n = 0; n < namespaces; n++)); do
+    [[ "$(k -n "$run-$n" get ibp bench -o jsonpath='{.status.lastHandledReconcileAt}')" == "$1" ]] || return 1
+  done
+  policies_ready
+}
+# measure WHAT: for each binary, a restart into it with an on-demand run
+# asked for first (so its first reconcile of each policy is a full one):
+# time from the process's start until every policy answered, CPU used until
+# then, VmRSS once settled.
+measure() {
+  local image stamp pid
+  for image in "${images_to_measure[@]}"; do
+    stamp="$1-$image-$(date +%s)"
+    for ((n = 0; n < namespaces; n++)); do
+      k -n "$run-$n" annotate ibp bench "lifeboat.dev/requestedAt=$stamp" --overwrite >/dev/null
+    done
+    run_operator "$image"
+    pid="$(operator_pid)"
+    eventually 900 answered "$stamp" || die "$image: the policies did not answer $stamp"
+    figures[$image,$1,answered]="$(process_age "$pid")"
+    figures[$image,$1,cpu]="$(cpu_seconds "$pid")"
+    figures[$image,$1,rss]="$(settle)"
+    log "$image with $1 pods: answered after ${figures[$image,$1,answered]} s, CPU ${figures[$image,$1,cpu]} s, VmRSS ${figures[$image,$1,rss]} MiB"
+  done
+}
+
 started=$(date +%s)
 for ((n = 0; n < namespaces; n++)); do
   k -n "$run-$n" apply -f - >/dev/null <<YAML
@@ -225,9 +291,8 @@ done
 create_wave first
 first_pods="$(pod_count)"
 eventually 900 policies_ready || die "the policies did not become Ready with $first_pods pods"
-report "policies Ready with $first_pods pods (s after creating them)" "$(($(date +%s) - started))"
-with_first="$(settle)"
-report "operator VmRSS with $first_pods pods (MiB)" "$with_first"
+first_backup=$(($(date +%s) - started))
+measure "$first_pods"
 
 started=$(date +%s)
 create_wave rest
@@ -235,40 +300,30 @@ all_pods="$(pod_count)"
 controller_denied="$(k get events -A --field-selector reason=FailedCreate --no-headers 2>/dev/null | grep -c "^$run-" || true)"
 log "$all_pods pods exist ($controller_denied FailedCreate events of the ReplicaSet controller, as intended)"
 eventually 1800 policies_ready || die "the policies did not become Ready with $all_pods pods"
-report "policies Ready with $all_pods pods (s after the second wave)" "$(($(date +%s) - started))"
+second_backup=$(($(date +%s) - started))
 for ((n = 0; n < namespaces; n++)); do
   k -n "$run-$n" get ibp bench -o jsonpath='{.metadata.namespace}: {.status.summary}{"\n"}'
 done
-with_all="$(settle)"
-report "operator VmRSS with $all_pods pods (MiB)" "$with_all"
-report "slope (KiB per pod, $first_pods -> $all_pods pods)" \
-  "$(awk -v a="$with_first" -v b="$with_all" -v p="$first_pods" -v q="$all_pods" 'BEGIN { printf "%.2f", (b - a) * 1024 / (q - p) }')"
+measure "$all_pods"
 
-# A restart: every policy answers an on-demand run asked for before the new
-# process starts (so its first reconcile is a full one).
-stamp="restart-$(date +%s)"
-for ((n = 0; n < namespaces; n++)); do
-  k -n "$run-$n" annotate ibp bench "lifeboat.dev/requestedAt=$stamp" --overwrite >/dev/null
-done
-old_pid="$(operator_pid)"
-k -n lifeboat-system delete pod "$(operator_pod)" --wait=false >/dev/null
-eventually 300 bash -c "pid=\$(pgrep -f '^/usr/local/bin/lifeboat-operator' | tail -1); [[ -n \$pid && \$pid != $old_pid ]]" ||
-  die "no new operator process"
-new_pid="$(operator_pid)"
-started=$(date +%s.%N)
-answered() {
-  local n
-  for ((n = 0; n < namespaces; n++)); do
-    [[ "$(k -n "$run-$n" get ibp bench -o jsonpath='{.status.lastHandledReconcileAt}')" == "$stamp" ]] || return 1
-  done
-  policies_ready
+echo
+echo "| what | ${images_to_measure[*]} |"
+report_row() { # LABEL KEY
+  local row="| $1 |" image
+  for image in "${images_to_measure[@]}"; do row+=" ${figures[$image,$2]} |"; done
+  echo "$row"
 }
-eventually 900 answered || die "the policies did not answer the on-demand run after the restart"
-report "after a restart: every policy answered a full run (s)" \
-  "$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
-report "after a restart: operator CPU until then (s)" "$(cpu_seconds "$new_pid")"
-restarted="$(settle)"
-report "after a restart: operator VmRSS settled, $all_pods pods (MiB)" "$restarted"
-report "after a restart: operator CPU once settled (s)" "$(cpu_seconds "$new_pid")"
-report "kube-apiserver VmRSS (MiB)" "$(component_rss '/kube-apiserver ')"
-report "etcd VmRSS (MiB)" "$(component_rss '/etcd ')"
+report_row "VmRSS idle (MiB)" idle
+for pods_now in "$first_pods" "$all_pods"; do
+  report_row "VmRSS with $pods_now pods, after a restart and a full run (MiB)" "$pods_now,rss"
+  report_row "restart -> every policy answered a full run, $pods_now pods (s)" "$pods_now,answered"
+  report_row "CPU until then (s)" "$pods_now,cpu"
+done
+row="| slope $first_pods -> $all_pods pods (KiB per pod) |"
+for image in "${images_to_measure[@]}"; do
+  row+=" $(awk -v a="${figures[$image,$first_pods,rss]}" -v b="${figures[$image,$all_pods,rss]}" -v p="$first_pods" -v q="$all_pods" 'BEGIN { printf "%.2f", (b - a) * 1024 / (q - p) }') |"
+done
+echo "$row"
+echo
+echo "first full backup (this build): policies Ready $first_backup s after the first wave was created, $second_backup s after the rest"
+echo "kube-apiserver VmRSS $(component_rss '/kube-apiserver ') MiB, etcd VmRSS $(component_rss '/etcd ') MiB"
