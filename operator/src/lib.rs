@@ -5,6 +5,7 @@
 //! - `registry_access`: credentials, CA bundles and engine settings for registries;
 //! - `leader`: Lease-based leader election (pure decision + thin IO loop);
 //! - `telemetry`, `http`: logs, metrics, `/metrics` `/healthz` `/readyz`;
+//! - `api_requests`: counts the operator's requests to the API server;
 //! - `otlp` (feature `otlp`): optional OTLP trace export;
 //! - `tenancy`: what a tenant namespace may restore and choose (pure rules);
 //! - `error`: the one error type, with condition/event/metric reasons.
@@ -15,6 +16,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod admission;
+pub mod api_requests;
 pub mod config;
 pub mod context;
 pub mod controllers;

@@ -57,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
         .with_layer(&WriteFenceLayer {
             leadership: leadership.clone(),
         })
+        .with_layer(&lifeboat_operator::api_requests::ApiRequestCountLayer {
+            counter: metrics.api_requests.clone(),
+        })
         .build();
     let elector = if config.leader_election {
         let elector_client = Client::try_from(kube_config).context("building the lease client")?;

@@ -101,6 +101,9 @@ pub struct Metrics {
     /// Admission reviews answered, by mode and verdict.
     pub admissions: Counter<u64>,
     pub admission_duration: Histogram<f64>,
+    /// Requests the operator sent to the Kubernetes API, by verb and
+    /// resource (`api_requests::ApiRequestCountLayer`).
+    pub api_requests: Counter<u64>,
 }
 
 impl Metrics {
@@ -187,6 +190,12 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
                 .with_description("Time to answer one admission review, by mode")
+                .build(),
+            api_requests: meter
+                .u64_counter("lifeboat_kube_api_requests")
+                .with_description(
+                    "Requests sent to the Kubernetes API server, by HTTP verb and resource (watches included, once each)",
+                )
                 .build(),
             _provider: provider,
         })

@@ -53,6 +53,13 @@ fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
     // The restore controller records these (object labels and the result).
     metrics.restores.add(1, &with(&restore, "result", "Failed"));
     metrics.restore_duration.record(12.0, &restore);
+    metrics.api_requests.add(
+        1,
+        &[
+            KeyValue::new("verb", "GET"),
+            KeyValue::new("resource", "nodes"),
+        ],
+    );
 
     let text = String::from_utf8(metrics.encode().unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|e| panic!("{e}"));

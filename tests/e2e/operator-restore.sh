@@ -225,11 +225,29 @@ lose_with_blobs() {
 }
 check "the node image is deleted from the source registry and garbage-collected" lose_with_blobs
 reconciles_before="$(restore_reconciles)"
+# Every Job created while the restore runs, as the API server announces them.
+timeout 150 "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" -n lifeboat-system get jobs --watch-only \
+  -o 'custom-columns=NAME:.metadata.name,NODE:.metadata.labels.lifeboat\.dev/node' --no-headers \
+  >"$work/from-node-jobs" 2>/dev/null &
+jobs_watch=$!
+sleep 0.5
 restore from-node "$(ref node)"
 check "restore from-node (no backup holds it) becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/from-node --timeout=120s
+kill "$jobs_watch" 2>/dev/null; wait "$jobs_watch" 2>/dev/null || true
+one_round_on_the_holder() {
+  # node2's kubelet lists the digest in status.images, or the namespace's
+  # pod on node2 runs it: either points at node2, so the export Job goes
+  # there at once, with no inventory Job on any node (one round of Jobs).
+  local seen; seen="$(awk '{print $1, $2}' "$work/from-node-jobs" | sort -u)"
+  grep -q '^lifeboat-inventory-' <<<"$seen" && { echo "inventory Jobs were created: $seen"; return 1; }
+  local mine; mine="$(grep '^lifeboat-restore-from-node-' <<<"$seen")"
+  [[ -n "$mine" ]] || { echo "no export Job seen: $seen"; return 1; }
+  ! grep -qv " $node2\$" <<<"$mine" || { echo "an export Job off $node2: $mine"; return 1; }
+}
+check "one round of Jobs: an export Job on $node2 only, no inventory Job" one_round_on_the_holder
 sleep 5 # re-entries after Ready count too
 from_node_reconciles=$(($(restore_reconciles) - reconciles_before))
-# Creation, the inventories' ends, the export Job's end (before: 8, woken
+# Creation, the export Job's end (before: 8, woken
 # by its own status writes, every Job change and a 2 s / 5 s poll).
 check "... in at most 6 reconciles ($from_node_reconciles): woken by finished Jobs, not by polls or its own writes" test "$from_node_reconciles" -le 6
 from_node_status() {

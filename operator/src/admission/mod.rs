@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt as _;
 use kube::runtime::reflector::{ObjectRef, Store};
 use lifeboat_api::ImageBackupPolicy;
 use tokio::sync::watch;
@@ -33,6 +32,8 @@ use tracing::{error, info};
 
 use crate::context::Context;
 use crate::controllers::backup_policy::caches::Caches;
+use crate::controllers::backup_policy::interner::Interner;
+use crate::controllers::backup_policy::pod_cache::CachedPod;
 use decide::ImageFacts;
 
 /// What one policy's last reconcile published.
@@ -67,7 +68,7 @@ pub struct Board {
 /// created pod takes to reach the caches, so the image never drops out of
 /// discovery in between.
 struct PendingPod {
-    pod: Arc<Pod>,
+    pod: Arc<CachedPod>,
     until: Instant,
 }
 
@@ -137,12 +138,15 @@ impl Board {
     /// for `wait` plus a grace period, and wakes those policies.
     pub(crate) fn hold_pending(
         &self,
-        mut pod: Pod,
+        pod: Pod,
         policies: &[ObjectRef<ImageBackupPolicy>],
         wait: Duration,
         now: Instant,
     ) {
-        crate::controllers::backup_policy::caches::trim_pod(&mut pod);
+        // Few and short-lived: their own interner is enough.
+        let Some(pod) = CachedPod::new(&pod, &Interner::default()) else {
+            return;
+        };
         let until = now + wait + PENDING_GRACE;
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,7 +163,7 @@ impl Board {
     }
 
     /// The pods still held at `now` (expired ones are dropped).
-    pub(crate) fn pending_pods(&self, now: Instant) -> Vec<Arc<Pod>> {
+    pub(crate) fn pending_pods(&self, now: Instant) -> Vec<Arc<CachedPod>> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|held| held.until > now);
         pending.iter().map(|held| held.pod.clone()).collect()
@@ -173,8 +177,8 @@ impl Board {
     }
 }
 
-fn same_pod(a: &Pod, b: &Pod) -> bool {
-    a.namespace() == b.namespace() && a.name_any() == b.name_any()
+fn same_pod(a: &CachedPod, b: &CachedPod) -> bool {
+    a.namespace == b.namespace && a.name == b.name
 }
 
 /// The label the webhook's Service selects: only the leader serves (a
@@ -249,10 +253,7 @@ mod tests {
         assert_eq!(woken.try_recv().ok(), Some(policy));
         let held = board.pending_pods(start + Duration::from_secs(37));
         assert_eq!(held.len(), 1);
-        assert!(
-            held[0].metadata.annotations.is_none(),
-            "trimmed as the caches trim"
-        );
+        assert_eq!(&*held[0].name, "p", "kept as the pod cache keeps pods");
         assert!(
             board
                 .pending_pods(start + Duration::from_secs(38))

@@ -7,18 +7,20 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{Selector, SelectorExt};
 use lifeboat_api::backup_policy::{WorkloadKind, WorkloadSelector};
 use lifeboat_api::patterns::ImageMatcher;
 use lifeboat_api::{Digest, ImageReference};
 
+pub use super::pod_cache::{CachedPod, ContainerImage};
+
 /// The cluster as the caches see it right now.
 #[derive(Default, Clone)]
 pub struct ClusterSnapshot {
     pub namespaces: Vec<Arc<Namespace>>,
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<CachedPod>>,
     pub deployments: Vec<Arc<Deployment>>,
     pub stateful_sets: Vec<Arc<StatefulSet>>,
     pub daemon_sets: Vec<Arc<DaemonSet>>,
@@ -30,12 +32,12 @@ pub struct ClusterSnapshot {
 impl ClusterSnapshot {
     /// Adds pods not created yet (held by an admission review), unless the
     /// caches already hold one of the same name.
-    pub fn add_pending_pods(&mut self, pending: Vec<Arc<Pod>>) {
+    pub fn add_pending_pods(&mut self, pending: Vec<Arc<CachedPod>>) {
         for pod in pending {
-            let known = self.pods.iter().any(|cached| {
-                cached.metadata.namespace == pod.metadata.namespace
-                    && cached.metadata.name == pod.metadata.name
-            });
+            let known = self
+                .pods
+                .iter()
+                .any(|cached| cached.namespace == pod.namespace && cached.name == pod.name);
             if !known {
                 self.pods.push(pod);
             }
@@ -168,21 +170,6 @@ fn tag_key(reference: &ImageReference) -> String {
     )
 }
 
-/// Every manifest digest any pod in the cluster runs or pins, whatever
-/// policy selects it (retention never deletes these).
-pub fn running_digests(snapshot: &ClusterSnapshot) -> BTreeSet<String> {
-    snapshot
-        .pods
-        .iter()
-        .flat_map(|pod| pod_container_images(pod))
-        .filter_map(|c| {
-            c.digest
-                .or_else(|| ImageReference::parse(&c.image).ok().and_then(|r| r.digest))
-        })
-        .map(|d| d.as_str().to_owned())
-        .collect()
-}
-
 /// Where a policy may look.
 #[derive(Clone, Debug)]
 pub struct Scope {
@@ -241,9 +228,12 @@ impl<'a> Filters<'a> {
         images: &'a ImageMatcher,
         snapshot: &ClusterSnapshot,
     ) -> Result<Self, SelectorError> {
+        // Only a namespace selector reads them.
+        let with_labels = scope.selector.namespace_selector.is_some();
         let namespace_labels = snapshot
             .namespaces
             .iter()
+            .filter(|_| with_labels)
             .filter_map(|ns| {
                 Some((
                     ns.metadata.name.clone()?,
@@ -364,75 +354,9 @@ impl<'a> Selection<'a> {
     }
 }
 
-/// The digest in a container status's `imageID`
-/// (`registry/repo@sha256:...`, possibly `docker-pullable://`-prefixed). A
-/// bare `sha256:...` is the image's config ID, not a manifest digest.
-pub fn digest_from_image_id(image_id: &str) -> Option<Digest> {
-    let (_, digest) = image_id.rsplit_once('@')?;
-    Digest::parse(digest).ok()
-}
-
 /// Whether a container waiting reason means the image cannot be pulled.
 pub fn is_pull_failure(reason: &str) -> bool {
     matches!(reason, "ErrImagePull" | "ImagePullBackOff")
-}
-
-/// One container's image in a pod: spec image, running digest, waiting reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerImage {
-    pub image: String,
-    pub digest: Option<Digest>,
-    pub waiting_reason: Option<String>,
-}
-
-/// Images of every container of a pod: regular, init and ephemeral.
-pub fn pod_container_images(pod: &Pod) -> Vec<ContainerImage> {
-    let Some(spec) = &pod.spec else {
-        return Vec::new();
-    };
-    let status = pod.status.as_ref();
-    let mut statuses: HashMap<&str, (&str, Option<&str>)> = HashMap::new();
-    if let Some(status) = status {
-        for list in [
-            &status.container_statuses,
-            &status.init_container_statuses,
-            &status.ephemeral_container_statuses,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for s in list {
-                let waiting = s
-                    .state
-                    .as_ref()
-                    .and_then(|st| st.waiting.as_ref())
-                    .and_then(|w| w.reason.as_deref());
-                statuses.insert(s.name.as_str(), (s.image_id.as_str(), waiting));
-            }
-        }
-    }
-    let mut names_and_images: Vec<(&str, &str)> = Vec::new();
-    for c in spec.init_containers.iter().flatten() {
-        names_and_images.push((&c.name, c.image.as_deref().unwrap_or_default()));
-    }
-    for c in &spec.containers {
-        names_and_images.push((&c.name, c.image.as_deref().unwrap_or_default()));
-    }
-    for c in spec.ephemeral_containers.iter().flatten() {
-        names_and_images.push((&c.name, c.image.as_deref().unwrap_or_default()));
-    }
-    names_and_images
-        .into_iter()
-        .filter(|(_, image)| !image.is_empty())
-        .map(|(name, image)| {
-            let (image_id, waiting) = statuses.get(name).copied().unwrap_or(("", None));
-            ContainerImage {
-                image: image.to_owned(),
-                digest: digest_from_image_id(image_id),
-                waiting_reason: waiting.map(str::to_owned),
-            }
-        })
-        .collect()
 }
 
 fn template_images(spec: Option<&PodSpec>) -> Vec<String> {
@@ -568,10 +492,10 @@ impl WorkloadIndex {
     }
 
     /// The top-level workload a pod belongs to.
-    fn owner_of(&self, pod: &Pod) -> Option<WorkloadId> {
-        let namespace = pod.metadata.namespace.clone()?;
-        let pod_name = pod.metadata.name.clone()?;
-        let (kind, name) = match controller_owner(&pod.metadata) {
+    fn owner_of(&self, pod: &CachedPod) -> WorkloadId {
+        let namespace = pod.namespace.to_string();
+        let controller = pod.controller.as_ref().map(|(k, n)| (&**k, &**n));
+        let (kind, name) = match controller {
             Some(("ReplicaSet", rs)) => {
                 match self
                     .replica_set_owner
@@ -588,13 +512,96 @@ impl WorkloadIndex {
             Some(("StatefulSet", name)) => (WorkloadKind::StatefulSet, name.to_owned()),
             Some(("DaemonSet", name)) => (WorkloadKind::DaemonSet, name.to_owned()),
             // Standalone pods, and pods of controllers Lifeboat does not know.
-            _ => (WorkloadKind::Pod, pod_name),
+            _ => (WorkloadKind::Pod, pod.name.to_string()),
         };
-        Some(WorkloadId {
+        WorkloadId {
             kind,
             namespace,
             name,
-        })
+        }
+    }
+}
+
+/// A container's image string and the digest its pod runs it at.
+type ImageAndDigest = (Arc<str>, Option<Arc<str>>);
+
+/// The cluster indexed for discovery: built once per change of the caches
+/// (`Caches::view`) and shared by every policy's reconcile, so that the
+/// owner chains of pods are walked and their images parsed once per change,
+/// not once per policy; a tenant policy reads only its namespace's pods.
+pub struct ClusterView {
+    snapshot: ClusterSnapshot,
+    index: WorkloadIndex,
+    /// Pods by namespace (by name within one), each with its top-level workload.
+    pods_by_namespace: BTreeMap<Arc<str>, Vec<(Arc<CachedPod>, WorkloadId)>>,
+    /// Each distinct (image, digest) the pods run, parsed once; `None`: unparsable.
+    references: HashMap<ImageAndDigest, Option<ImageReference>>,
+    /// Every manifest digest any pod in the cluster runs or pins, whatever
+    /// policy selects it (retention never deletes these).
+    running_digests: BTreeSet<String>,
+}
+
+impl ClusterView {
+    pub fn new(snapshot: ClusterSnapshot) -> ClusterView {
+        let index = WorkloadIndex::new(&snapshot);
+        let mut pods_by_namespace: BTreeMap<Arc<str>, Vec<(Arc<CachedPod>, WorkloadId)>> =
+            BTreeMap::new();
+        let mut references = HashMap::new();
+        let mut running_digests = BTreeSet::new();
+        for pod in &snapshot.pods {
+            for c in &pod.containers {
+                let reference = references
+                    .entry((Arc::clone(&c.image), c.digest.clone()))
+                    .or_insert_with(|| reference_with_digest(&c.image, c.digest().as_ref()));
+                let digest = match (&c.digest, reference) {
+                    (Some(running), _) => Some(running.to_string()),
+                    // No status digest: the reference's is pinned in the spec.
+                    (None, Some(reference)) => {
+                        reference.digest.as_ref().map(|d| d.as_str().to_owned())
+                    }
+                    (None, None) => None,
+                };
+                running_digests.extend(digest);
+            }
+            let workload = index.owner_of(pod);
+            pods_by_namespace
+                .entry(Arc::clone(&pod.namespace))
+                .or_default()
+                .push((Arc::clone(pod), workload));
+        }
+        for pods in pods_by_namespace.values_mut() {
+            pods.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        }
+        ClusterView {
+            snapshot,
+            index,
+            pods_by_namespace,
+            references,
+            running_digests,
+        }
+    }
+
+    pub fn running_digests(&self) -> &BTreeSet<String> {
+        &self.running_digests
+    }
+
+    /// The pods of the namespaces a policy looks at.
+    fn pods_in<'v>(
+        &'v self,
+        filters: &'v Filters<'_>,
+    ) -> impl Iterator<Item = &'v (Arc<CachedPod>, WorkloadId)> {
+        let namespaces: Box<dyn Iterator<Item = (&Arc<str>, &Vec<_>)>> =
+            match &filters.scope.only_namespace {
+                Some(own) => Box::new(
+                    self.pods_by_namespace
+                        .get_key_value(own.as_str())
+                        .into_iter(),
+                ),
+                None => Box::new(self.pods_by_namespace.iter()),
+            };
+        namespaces
+            .filter(|(namespace, _)| filters.namespace_selected(namespace))
+            .flat_map(|(_, pods)| pods.iter())
     }
 }
 
@@ -612,17 +619,16 @@ fn reference_with_digest(image: &str, digest: Option<&Digest>) -> Option<ImageRe
 /// over one inventory: the pods' containers, what they run (by digest
 /// first), then the templates no pod accounts for.
 pub fn discover(
-    snapshot: &ClusterSnapshot,
+    view: &ClusterView,
     scope: &Scope,
     images: &ImageMatcher,
     hints: &DigestHints,
 ) -> Result<Inventory, SelectorError> {
-    let filters = Filters::new(scope, images, snapshot)?;
-    let index = WorkloadIndex::new(snapshot);
+    let filters = Filters::new(scope, images, &view.snapshot)?;
     let mut inventory = Inventory::default();
-    let observed = observe(snapshot, &filters, &index, &mut inventory);
+    let observed = observe(view, &filters, &mut inventory);
     let running = record_running(observed, hints, &mut inventory);
-    add_templates(&index, &filters, &running, &mut inventory);
+    add_templates(&view.index, &filters, &running, &mut inventory);
     inventory.unparsable.sort();
     inventory.unparsable.dedup();
     Ok(inventory)
@@ -646,46 +652,44 @@ type Running = BTreeMap<(WorkloadId, String), BTreeSet<String>>;
 /// a pod still pulling (or failing to pull) an image another pod of the
 /// same workload runs adds no tag-only entry, its pull failure counts for
 /// the digest. Unparsable images go into the inventory.
-fn observe(
-    snapshot: &ClusterSnapshot,
-    filters: &Filters<'_>,
-    index: &WorkloadIndex,
-    inventory: &mut Inventory,
-) -> Vec<Observed> {
+fn observe(view: &ClusterView, filters: &Filters<'_>, inventory: &mut Inventory) -> Vec<Observed> {
     let mut observed: Vec<Observed> = Vec::new();
-    for pod in &snapshot.pods {
-        let Some(workload) = index.owner_of(pod) else {
-            continue;
+    for (pod, workload) in view.pods_in(filters) {
+        let own_labels;
+        let labels = match view.index.labels.get(workload) {
+            Some(labels) => Some(labels),
+            // Only a selector reads them: built for the pods it is asked about.
+            None if filters.workload_selector.is_some() => {
+                own_labels = pod.label_map();
+                Some(&own_labels)
+            }
+            None => None,
         };
-        if !filters.namespace_selected(&workload.namespace) {
-            continue;
-        }
-        let labels = index.labels.get(&workload).or(pod.metadata.labels.as_ref());
         if !filters.workload_selected(workload.kind, labels) {
             continue;
         }
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let secrets = pull_secrets(&workload.namespace, pod.spec.as_ref());
-        let pod_id = (
-            workload.namespace.clone(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
-        for container in pod_container_images(pod) {
-            let Some(reference) =
-                reference_with_digest(&container.image, container.digest.as_ref())
-            else {
+        let node = pod.node.as_deref().map(str::to_owned);
+        let secrets: BTreeSet<SecretId> = pod
+            .pull_secrets
+            .iter()
+            .map(|name| (workload.namespace.clone(), name.to_string()))
+            .collect();
+        let pod_id = (workload.namespace.clone(), pod.name.to_string());
+        for container in &pod.containers {
+            let key = (Arc::clone(&container.image), container.digest.clone());
+            let Some(Some(reference)) = view.references.get(&key) else {
                 inventory
                     .unparsable
-                    .push((container.image.clone(), workload.clone()));
+                    .push((container.image.to_string(), workload.clone()));
                 continue;
             };
-            if !filters.images.matches(&reference) {
+            if !filters.images.matches(reference) {
                 continue;
             }
             observed.push(Observed {
                 workload: workload.clone(),
-                container,
-                reference,
+                container: container.clone(),
+                reference: reference.clone(),
                 node: node.clone(),
                 secrets: secrets.clone(),
                 pod: pod_id.clone(),
@@ -710,7 +714,7 @@ fn record_running(
             .waiting_reason
             .as_deref()
             .is_some_and(is_pull_failure);
-        let pair = (o.workload.clone(), o.container.image.clone());
+        let pair = (o.workload.clone(), o.container.image.to_string());
         if o.reference.digest.is_none()
             && let Some(keys) = running.get(&pair)
         {
@@ -849,8 +853,30 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
     use lifeboat_api::backup_policy::ImagePatterns;
 
+    use k8s_openapi::api::core::v1::Pod;
+
     use super::*;
-    use crate::controllers::backup_policy::caches::trim_pod;
+    use crate::controllers::backup_policy::interner::Interner;
+    use crate::controllers::backup_policy::pod_cache::digest_from_image_id;
+
+    /// Discovery from a snapshot, through the view the caches would build.
+    fn discover(
+        snapshot: &ClusterSnapshot,
+        scope: &Scope,
+        images: &ImageMatcher,
+        hints: &DigestHints,
+    ) -> Result<Inventory, SelectorError> {
+        super::discover(&ClusterView::new(snapshot.clone()), scope, images, hints)
+    }
+
+    fn running_digests(snapshot: &ClusterSnapshot) -> BTreeSet<String> {
+        ClusterView::new(snapshot.clone()).running_digests().clone()
+    }
+
+    /// A pod as the pod cache holds it.
+    fn cached(pod: Pod) -> Arc<CachedPod> {
+        Arc::new(CachedPod::new(&pod, &Interner::default()).expect("a named pod"))
+    }
 
     const WEB_DIGEST: &str =
         "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -983,7 +1009,7 @@ mod tests {
                 },
                 ..Namespace::default()
             })],
-            pods: vec![Arc::new(web_pod("shop", "node-1"))],
+            pods: vec![cached(web_pod("shop", "node-1"))],
             deployments: vec![Arc::new(deployment(
                 "shop",
                 "web",
@@ -1195,7 +1221,7 @@ mod tests {
             status.container_statuses = Some(vec![status_waiting("web", "ImagePullBackOff")]);
             status.init_container_statuses = None;
         }
-        snap.pods.push(Arc::new(failing));
+        snap.pods.push(cached(failing));
         let inventory = discover(
             &snap,
             &admin_scope(WorkloadSelector::default()),
@@ -1222,7 +1248,7 @@ mod tests {
         if let Some(status) = &mut failing.status {
             status.container_statuses = Some(vec![status_waiting("web", "ImagePullBackOff")]);
         }
-        snap.pods = vec![Arc::new(failing)];
+        snap.pods = vec![cached(failing)];
         snap
     }
 
@@ -1366,7 +1392,7 @@ mod tests {
         if let Some(status) = &mut stray.status {
             status.container_statuses = None;
         }
-        snap.pods.push(Arc::new(stray));
+        snap.pods.push(cached(stray));
         let digests = running_digests(&snap);
         assert!(digests.contains(WEB_DIGEST));
         assert!(digests.contains(INIT_DIGEST));
@@ -1398,15 +1424,16 @@ mod tests {
     }
 
     #[test]
-    fn trimming_keeps_what_discovery_needs() {
+    fn the_lean_pod_discovers_what_the_full_pod_would() {
+        // Everything else in a pod (annotations, env, ...) is left out.
         let mut pod = web_pod("shop", "node-1");
         pod.metadata.annotations = Some([("big".to_string(), "x".repeat(10_000))].into());
         if let Some(spec) = &mut pod.spec {
             spec.containers[0].env = Some(vec![Default::default(); 50]);
         }
-        let before = discover(
+        let lean = discover(
             &ClusterSnapshot {
-                pods: vec![Arc::new(pod.clone())],
+                pods: vec![cached(pod)],
                 ..snapshot()
             },
             &admin_scope(WorkloadSelector::default()),
@@ -1414,19 +1441,57 @@ mod tests {
             &DigestHints::default(),
         )
         .unwrap();
-        trim_pod(&mut pod);
-        assert!(pod.metadata.annotations.is_none());
-        assert!(pod.spec.as_ref().unwrap().containers[0].env.is_none());
-        let after = discover(
-            &ClusterSnapshot {
-                pods: vec![Arc::new(pod)],
-                ..snapshot()
-            },
-            &admin_scope(WorkloadSelector::default()),
+        let web = &lean.images[&format!("registry.local/web@{WEB_DIGEST}")];
+        assert_eq!(web.nodes.iter().collect::<Vec<_>>(), vec!["node-1"]);
+        assert_eq!(
+            web.pull_secrets,
+            [("shop".to_owned(), "pull".to_owned())].into()
+        );
+        assert!(
+            lean.images
+                .contains_key(&format!("registry.local/init@{INIT_DIGEST}"))
+        );
+    }
+
+    #[test]
+    fn a_tenant_policy_reads_only_its_namespace_and_standalone_pods_by_their_labels() {
+        let mut snap = snapshot();
+        let mut standalone = web_pod("other", "node-2");
+        standalone.metadata.owner_references = None;
+        standalone.metadata.name = Some("debug".into());
+        standalone.metadata.labels = Some([("app".to_string(), "debug".to_string())].into());
+        snap.pods.push(cached(standalone));
+        let view = ClusterView::new(snap);
+        let tenant = Scope::for_policy("shop", "lifeboat-system", WorkloadSelector::default());
+        let shop = super::discover(
+            &view,
+            &tenant,
             &ImageMatcher::default(),
             &DigestHints::default(),
         )
         .unwrap();
-        assert_eq!(before, after);
+        assert!(shop.workloads.iter().all(|w| w.namespace == "shop"));
+        let by_label = |app: &str| WorkloadSelector {
+            workload_selector: Some(LabelSelector {
+                match_labels: Some([("app".to_string(), app.to_string())].into()),
+                ..LabelSelector::default()
+            }),
+            ..WorkloadSelector::default()
+        };
+        let debug = super::discover(
+            &view,
+            &admin_scope(by_label("debug")),
+            &ImageMatcher::default(),
+            &DigestHints::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            debug
+                .workloads
+                .iter()
+                .map(|w| (w.kind, w.name.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(WorkloadKind::Pod, "debug")]
+        );
     }
 }

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::BackupController;
 use super::decide;
-use super::discovery::{DigestHints, Inventory, Scope, discover, running_digests};
+use super::discovery::{ClusterView, DigestHints, Inventory, Scope, discover};
 use super::memory::PolicyMemory;
 use super::registry::{PolicySettings, policy_settings};
 use super::retention::Rules;
@@ -141,15 +141,20 @@ fn images(
     memory: &mut PolicyMemory,
     with_running: bool,
 ) -> Result<(Inventory, BTreeSet<String>), String> {
-    let mut snapshot = controller.caches.snapshot();
     // Pods an Ensure review holds back (docs/admission.md): discovered as
-    // if they existed, so their images are copied while they wait.
-    snapshot.add_pending_pods(
-        controller
-            .context
-            .admission
-            .pending_pods(std::time::Instant::now()),
-    );
+    // if they existed, so their images are copied while they wait. Rare:
+    // only then is a view built for this reconcile alone.
+    let pending = controller
+        .context
+        .admission
+        .pending_pods(std::time::Instant::now());
+    let view = if pending.is_empty() {
+        controller.caches.view()
+    } else {
+        let mut snapshot = controller.caches.snapshot();
+        snapshot.add_pending_pods(pending);
+        std::sync::Arc::new(ClusterView::new(snapshot))
+    };
     // What earlier discoveries knew, for pods that cannot say now: this
     // process's memory, and the images the status reports missing (which
     // survive a restart of the operator).
@@ -165,11 +170,11 @@ fn images(
         );
     }
     let running = if with_running {
-        running_digests(&snapshot)
+        view.running_digests().clone()
     } else {
         BTreeSet::new()
     };
-    let inventory = discover(&snapshot, scope, &valid.images, &hints).map_err(|e| e.0)?;
+    let inventory = discover(&view, scope, &valid.images, &hints).map_err(|e| e.0)?;
     memory.digests_seen = inventory.digests_seen.clone();
     Ok((inventory, running))
 }

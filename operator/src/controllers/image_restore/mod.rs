@@ -9,9 +9,11 @@
 //! conditions); `reconcile` does the IO.
 
 mod backup_source;
+pub(crate) mod candidates;
 mod facts;
 pub(crate) mod jobs;
 pub(crate) mod node_destination;
+mod node_evidence;
 mod node_import;
 pub(crate) mod node_jobs;
 mod node_secret;
@@ -24,7 +26,7 @@ pub(crate) mod status;
 mod stuck_pods;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,9 +59,10 @@ pub(crate) struct RestoreController {
     /// by a Job event right after a write must not act on the watch
     /// cache's older status (that would repeat Events and metrics).
     pub(crate) written: WrittenStatuses<lifeboat_api::ImageRestoreStatus>,
-    /// Node exports tried per (restore uid, image), to bound retries on
-    /// other holders.
-    pub(crate) attempts: Mutex<HashMap<(String, String), u32>>,
+    /// Nodes each restore (uid) tried for an image (its argument), or
+    /// that answered no to it: never asked again by that restore, and the
+    /// count bounds the candidates tried before widening.
+    pub(crate) tried: Mutex<HashMap<(String, String), BTreeSet<String>>>,
     /// The controller's cache of restores, to forget deleted ones.
     pub(crate) restores: std::sync::OnceLock<kube::runtime::reflector::Store<ImageRestore>>,
 }
@@ -83,7 +86,7 @@ impl RestoreController {
             context,
             inventory: Mutex::new(HashMap::new()),
             written: WrittenStatuses::default(),
-            attempts: Mutex::new(HashMap::new()),
+            tried: Mutex::new(HashMap::new()),
             restores: std::sync::OnceLock::new(),
         }
     }
@@ -114,7 +117,7 @@ impl RestoreController {
     /// Forgets a deleted restore.
     pub(crate) fn forget(&self, uid: &str) {
         self.written.forget(uid);
-        self.attempts
+        self.tried
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(u, _), _| u != uid);
@@ -128,20 +131,30 @@ impl RestoreController {
         let live: std::collections::HashSet<String> =
             store.state().iter().filter_map(|r| r.uid()).collect();
         self.written.retain_live(&live);
-        self.attempts
+        self.tried
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(uid, _), _| live.contains(uid));
     }
 
-    /// Counts one more failed node export of an image; returns the count.
-    pub(crate) fn failed_attempt(&self, uid: &str, image: &str) -> u32 {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = attempts
+    /// Records that a restore tried `node` for `image` (or that the node
+    /// said no).
+    pub(crate) fn record_try(&self, uid: &str, image: &str, node: &str) {
+        let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
+        tried
             .entry((uid.to_owned(), image.to_owned()))
-            .or_default();
-        *count += 1;
-        *count
+            .or_default()
+            .insert(node.to_owned());
+    }
+
+    /// The nodes a restore tried, per image.
+    pub(crate) fn tried(&self, uid: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
+        tried
+            .iter()
+            .filter(|((u, _), _)| u == uid)
+            .map(|((_, image), nodes)| (image.clone(), nodes.clone()))
+            .collect()
     }
 
     /// Records a node's answers.
@@ -224,12 +237,15 @@ pub(crate) async fn run(context: Arc<Context>) {
     );
     let restore_changes = restores.predicate_filter(restore_changed, Default::default());
     let _ = controller.restores.set(store.clone());
+    // Serve Jobs too: one that ends without serving (its node does not
+    // hold the image) sends its import to another holder at once.
     let selector = format!(
-        "{}={},{} in (export,inventory,{})",
+        "{}={},{} in (export,inventory,{},{})",
         jobs::LABEL_MANAGED_BY,
         jobs::MANAGED_BY,
         jobs::LABEL_COMPONENT,
-        node_jobs::IMPORT_COMPONENT
+        node_jobs::IMPORT_COMPONENT,
+        node_jobs::SERVE_COMPONENT
     );
     let job_changes = watcher(
         jobs,

@@ -12,7 +12,10 @@ use lifeboat_api::restore::{
     RestoredImage,
 };
 
-use super::planning::{Exportable, NodeFacts};
+use lifeboat_node_protocol::reasons as node_reasons;
+
+use super::candidates::{Evidence, Knowledge, NextStep, next_step};
+use super::planning::{Exportable, NodeFacts, NodeUse};
 use super::status::fail;
 
 /// The kubelet's reasons for a container whose image cannot be pulled.
@@ -88,6 +91,29 @@ pub(crate) fn destination_nodes(
     Ok(chosen)
 }
 
+/// The entries for `chosen` destinations of an image that `existing` does
+/// not track yet (Pending); the existing ones, finished or not, stay.
+pub(crate) fn new_entries(
+    existing: &[NodeImport],
+    reference: &str,
+    chosen: &BTreeSet<String>,
+) -> Vec<NodeImport> {
+    chosen
+        .iter()
+        .filter(|node| {
+            !existing
+                .iter()
+                .any(|e| e.reference == reference && &e.node == *node)
+        })
+        .map(|node| NodeImport {
+            node: node.clone(),
+            reference: reference.to_owned(),
+            state: ImageRestoreState::Pending,
+            ..NodeImport::default()
+        })
+        .collect()
+}
+
 /// Where one (node, image) import takes its bytes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ImportSource {
@@ -100,26 +126,36 @@ pub(crate) enum ImportSource {
     Peer { holder: String },
     /// The destination holds it already.
     AlreadyThere,
+    /// Nothing points at a holder yet: these nodes are being asked.
+    Asking(Vec<String>),
     /// Neither: why.
     NotFound(String),
 }
 
-/// The source for an import into `destination`: the backup when it holds
-/// the digest and answers (a registry serves bytes at its own speed and
-/// costs no second Job), else a node that holds the whole image as the
-/// destination needs it (every blob, or the index with this platform's
-/// manifest: node to node stays digest-exact either way), preferring
-/// complete holders, then by name. Rebuildable content is not offered: a
+/// The source for an import into `destination`: none when the node holds
+/// the image already (a node-exporter answer); the backup when it holds the digest and answers (a registry
+/// serves bytes at its own speed and costs no second Job); else the best
+/// candidate node (`candidates`: the serve Job on it serves the image or
+/// reports that the node does not hold it), never the destination itself
+/// and never one that answered it holds only a rebuildable image (a
 /// node-to-node import never records a rebuilt image under the original
-/// digest. `holders` are the usable nodes' answers.
+/// digest); with no candidate, the nodes to ask (`Asking`).
 pub(crate) fn choose_import_source(
     destination: &str,
+    image: &str,
     backup: Option<&(String, ImageReference)>,
-    holders: &BTreeMap<String, Exportable>,
+    uses: &BTreeMap<String, NodeUse>,
+    knowledge: &Knowledge,
     backup_why: &str,
 ) -> ImportSource {
-    let usable = |e: &Exportable| matches!(e, Exportable::Exact | Exportable::Platform);
-    if holders.get(destination).is_some_and(usable) {
+    let answered_whole = knowledge
+        .answers
+        .get(destination)
+        .and_then(|held| held.get(image))
+        .is_some_and(|e| matches!(e, Exportable::Exact | Exportable::Platform));
+    // Only node-exporter's answer: the kubelet's list lags a removal by
+    // up to its status period, and "there already" writes nothing.
+    if answered_whole {
         return ImportSource::AlreadyThere;
     }
     if let Some((target, reference)) = backup {
@@ -128,26 +164,48 @@ pub(crate) fn choose_import_source(
             reference: reference.clone(),
         };
     }
-    let best = holders
-        .iter()
-        .filter(|(node, e)| node.as_str() != destination && usable(e))
-        .min_by_key(|(node, e)| (**e, node.as_str()));
-    match best {
-        Some((holder, _)) => ImportSource::Peer {
-            holder: holder.clone(),
-        },
-        None => {
-            let asked: Vec<&str> = holders.keys().map(String::as_str).collect();
-            ImportSource::NotFound(format!(
-                "{backup_why}; no node holds it whole (asked: {})",
-                if asked.is_empty() {
-                    "none".to_owned()
-                } else {
-                    asked.join(", ")
-                }
-            ))
-        }
+    let mut knowledge = knowledge.clone();
+    knowledge
+        .tried
+        .entry(image.to_owned())
+        .or_default()
+        .insert(destination.to_owned());
+    loop {
+        match next_step(image, uses, &knowledge) {
+            NextStep::Try {
+                node,
+                evidence: Evidence::Rebuild,
+            } => knowledge
+                .tried
+                .entry(image.to_owned())
+                .or_default()
+                .insert(node),
+            NextStep::Try { node, .. } => return ImportSource::Peer { holder: node },
+            NextStep::Ask(nodes) => return ImportSource::Asking(nodes),
+            NextStep::NotFound(why) => {
+                return ImportSource::NotFound(format!("{backup_why}; {why}"));
+            }
+        };
     }
+}
+
+/// Whether a failed import is worth another holder: it came from a peer
+/// (node to node), and the failure is the peer's: it did not hold the
+/// image whole, could not be reached or stopped serving (`PullFailed`), or
+/// served content of another digest (a rebuilt image). An import from a
+/// backup, or a failure of the destination's own containerd, would fail
+/// the same from any holder.
+pub(crate) fn retry_from_another_holder(
+    source: Option<&ImageSourceRef>,
+    from_peer: bool,
+    reason: Option<&str>,
+) -> bool {
+    let peer = from_peer && source.is_some_and(|s| s.kind == RestoreSourceKind::NodeCache);
+    peer && reason.is_some_and(|r| {
+        r == node_reasons::PULL_FAILED
+            || r == node_reasons::DIGEST_MISMATCH
+            || node_reasons::is_not_on_node(r)
+    })
 }
 
 /// The source recorded in status for a decided import.
@@ -165,7 +223,7 @@ pub(crate) fn source_ref(source: &ImportSource, destination: &str) -> Option<Ima
             kind: RestoreSourceKind::NodeCache,
             name: destination.to_owned(),
         }),
-        ImportSource::NotFound(_) => None,
+        ImportSource::NotFound(_) | ImportSource::Asking(_) => None,
     }
 }
 
@@ -326,45 +384,169 @@ mod tests {
         );
     }
 
+    fn answered(entries: &[(&str, Exportable)]) -> Knowledge {
+        let mut knowledge = Knowledge::default();
+        for (node, e) in entries {
+            knowledge
+                .answers
+                .entry((*node).to_owned())
+                .or_default()
+                .insert("img".to_owned(), *e);
+        }
+        knowledge
+    }
+
+    fn usable(names: &[&str]) -> BTreeMap<String, NodeUse> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), NodeUse::Preferred))
+            .collect()
+    }
+
     #[test]
     fn the_backup_comes_first_then_a_whole_holder_never_a_rebuild() {
         let backup = (
             "offsite".to_owned(),
             reference(&format!("b.io/m/app@{}", digest('a'))),
         );
-        let holders: BTreeMap<String, Exportable> = [
-            ("n1".to_owned(), Exportable::Rebuild),
-            ("n3".to_owned(), Exportable::Platform),
-            ("n4".to_owned(), Exportable::Exact),
-        ]
-        .into();
+        let nodes = usable(&["n1", "n2", "n3", "n4"]);
+        let holders = answered(&[
+            ("n1", Exportable::Rebuild),
+            ("n2", Exportable::None),
+            ("n3", Exportable::Platform),
+            ("n4", Exportable::Exact),
+        ]);
+        let choose =
+            |destination: &str, backup: Option<&(String, ImageReference)>, k: &Knowledge| {
+                choose_import_source(
+                    destination,
+                    "img",
+                    backup,
+                    &nodes,
+                    k,
+                    "not in backup target offsite",
+                )
+            };
         assert!(matches!(
-            choose_import_source("n2", Some(&backup), &holders, ""),
+            choose("n2", Some(&backup), &holders),
             ImportSource::Backup { target, .. } if target == "offsite"
         ));
         assert_eq!(
-            choose_import_source("n2", None, &holders, ""),
+            choose("n2", None, &holders),
             ImportSource::Peer {
                 holder: "n4".into()
             },
             "every blob before one platform"
         );
-        let only_rebuild: BTreeMap<String, Exportable> = [
-            ("n1".to_owned(), Exportable::Rebuild),
-            ("n2".to_owned(), Exportable::None),
-        ]
-        .into();
-        let ImportSource::NotFound(why) =
-            choose_import_source("n2", None, &only_rebuild, "not in backup target offsite")
-        else {
+        let only_rebuild = answered(&[
+            ("n1", Exportable::Rebuild),
+            ("n2", Exportable::None),
+            ("n3", Exportable::None),
+            ("n4", Exportable::None),
+        ]);
+        let ImportSource::NotFound(why) = choose("n2", None, &only_rebuild) else {
             panic!("a rebuild is no source")
         };
         assert!(why.contains("offsite") && why.contains("n1, n2"), "{why}");
-        let there: BTreeMap<String, Exportable> = [("n2".to_owned(), Exportable::Platform)].into();
+        let there = answered(&[("n2", Exportable::Platform)]);
         assert_eq!(
-            choose_import_source("n2", Some(&backup), &there, ""),
+            choose("n2", Some(&backup), &there),
             ImportSource::AlreadyThere
         );
+        // Its kubelet's list is no proof (it lags a removal): the image is
+        // imported from a holder all the same.
+        let mut listed = answered(&[("n4", Exportable::Exact)]);
+        listed.point("img", "n2", Evidence::Listed);
+        assert_eq!(
+            choose("n2", None, &listed),
+            ImportSource::Peer {
+                holder: "n4".into()
+            }
+        );
+    }
+
+    #[test]
+    fn node_to_node_a_listed_holder_is_served_from_directly_and_nothing_known_asks_a_batch() {
+        let mut nodes = usable(&[]);
+        for i in 0..100 {
+            nodes.insert(format!("n{i:03}"), NodeUse::Preferred);
+        }
+        let mut k = Knowledge::default();
+        k.point("img", "n077", Evidence::Listed);
+        assert_eq!(
+            choose_import_source("n001", "img", None, &nodes, &k, "no backup"),
+            ImportSource::Peer {
+                holder: "n077".into()
+            }
+        );
+        // It failed to serve (tried): with nothing else known, a batch is asked.
+        k.tried
+            .entry("img".into())
+            .or_default()
+            .insert("n077".into());
+        let ImportSource::Asking(batch) =
+            choose_import_source("n001", "img", None, &nodes, &k, "no backup")
+        else {
+            panic!("nothing else is known")
+        };
+        assert_eq!(batch.len(), super::super::candidates::WIDEN_BATCH);
+        assert!(!batch.contains(&"n001".to_owned()), "never the destination");
+        assert!(!batch.contains(&"n077".to_owned()));
+    }
+
+    #[test]
+    fn only_a_peer_failing_to_give_the_image_sends_an_import_to_another_holder() {
+        let peer = ImageSourceRef {
+            kind: RestoreSourceKind::NodeCache,
+            name: "n1".into(),
+        };
+        let backup = ImageSourceRef {
+            kind: RestoreSourceKind::BackupRegistry,
+            name: "offsite".into(),
+        };
+        for reason in [
+            "PullFailed",
+            "DigestMismatch",
+            "ImageNotOnNode",
+            "ContentMissing",
+        ] {
+            assert!(
+                retry_from_another_holder(Some(&peer), true, Some(reason)),
+                "{reason}"
+            );
+            assert!(
+                !retry_from_another_holder(Some(&backup), false, Some(reason)),
+                "from a backup: {reason}"
+            );
+        }
+        assert!(!retry_from_another_holder(
+            Some(&peer),
+            true,
+            Some("ContainerdError")
+        ));
+        assert!(!retry_from_another_holder(Some(&peer), true, None));
+        // The destination held it already: no peer, nothing to retry.
+        assert!(!retry_from_another_holder(
+            Some(&peer),
+            false,
+            Some("PullFailed")
+        ));
+    }
+
+    #[test]
+    fn destinations_found_later_are_added_and_the_ones_found_before_kept() {
+        let existing = [
+            entry("n1", ImageRestoreState::Restored, Some(digest('a'))),
+            entry("n2", ImageRestoreState::InProgress, None),
+        ];
+        let chosen = BTreeSet::from(["n2".to_owned(), "n3".to_owned()]);
+        let added = new_entries(&existing, "src.io/app:1", &chosen);
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].node, "n3");
+        assert_eq!(added[0].state, ImageRestoreState::Pending);
+        assert!(new_entries(&existing, "src.io/app:1", &BTreeSet::new()).is_empty());
+        // Another image on the same node is another entry.
+        assert_eq!(new_entries(&existing, "src.io/other:1", &chosen).len(), 2);
     }
 
     fn entry(node: &str, state: ImageRestoreState, digest: Option<String>) -> NodeImport {

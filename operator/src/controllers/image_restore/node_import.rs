@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use lifeboat_api::conditions::reasons;
@@ -19,20 +19,24 @@ use lifeboat_api::restore::{
     ImageRestoreState, MAX_STATUS_NODE_IMPORTS, NodeImport, RestoreSourceKind, RestoredImage,
 };
 use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestoreStatus};
+use lifeboat_node_protocol::reasons::is_not_on_node;
 use lifeboat_node_protocol::{ImageSource, ImportImage};
 use registry_transfer::Transfer;
 use tracing::info;
 
 use super::RestoreController;
+use super::candidates::inventory_batch;
 use super::facts::{Facts, JobState, job_state};
 use super::node_destination::{
-    ContainerPull, ImportSource, choose_import_source, destination_nodes, roll_up, source_ref,
+    ContainerPull, ImportSource, choose_import_source, destination_nodes, new_entries,
+    retry_from_another_holder, roll_up, source_ref,
 };
+use super::node_evidence::{digest_of, knowledge, scan_nodes};
 use super::node_jobs::{
     ImportFrom, NodeJobMeta, import_arguments, import_job, serve_arguments, serve_job, serve_port,
 };
-use super::node_source::{INVENTORY_TTL, inventory, node_uses};
-use super::planning::{BackupCandidate, NodeUse, backup_references, image_argument};
+use super::node_source::{inventory, node_uses};
+use super::planning::{BackupCandidate, NodeFacts, backup_references, image_argument};
 use super::status::{add_bytes, fail};
 use super::stuck_pods::stuck_pods;
 use crate::controllers::object_names;
@@ -47,7 +51,17 @@ pub(super) async fn advance(
     candidates: &[(BackupCandidate, ImageBackupPolicy)],
     status: &mut ImageRestoreStatus,
 ) -> Result<bool, OperatorError> {
-    if status.nodes.is_empty() {
+    // Named nodes are fixed; a selector's nodes and the nodes of failing
+    // pods are looked at again each reconcile while the restore runs (a
+    // replica rescheduled elsewhere gets the image too).
+    let fixed = facts
+        .restore
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.nodes.as_ref())
+        .is_some_and(|n| n.names.is_some());
+    if status.nodes.is_empty() || !fixed {
         find_destinations(controller, facts, status).await?;
     }
     follow(controller, facts, status).await?;
@@ -130,7 +144,8 @@ async fn delete_stuck_pods(
 
 /// The (node, image) entries, from `destination.nodes`: the named nodes,
 /// the Ready nodes with the labels, or the nodes of this namespace's pods
-/// that fail to pull the image. An image with none fails.
+/// that fail to pull the image. An image with none at first fails; later
+/// looks add the new nodes and keep every entry found before.
 async fn find_destinations(
     controller: &RestoreController,
     facts: &Facts<'_>,
@@ -151,12 +166,11 @@ async fn find_destinations(
     } else {
         Vec::new()
     };
-    let mut entries = Vec::new();
-    for image in status
-        .images
-        .iter_mut()
-        .filter(|i| i.state == ImageRestoreState::Pending)
-    {
+    let mut entries = std::mem::take(&mut status.nodes);
+    for image in status.images.iter_mut().filter(|i| {
+        i.state == ImageRestoreState::Pending || i.state == ImageRestoreState::InProgress
+    }) {
+        let first = image.state == ImageRestoreState::Pending;
         let reference = match facts.reference(image) {
             Ok(reference) => reference,
             Err(message) => {
@@ -166,18 +180,22 @@ async fn find_destinations(
         };
         match destination_nodes(destination, &reference, &nodes, &pulls) {
             Ok(chosen) => {
-                for node in &chosen {
-                    entries.push(NodeImport {
-                        node: node.clone(),
-                        reference: image.reference.clone(),
-                        state: ImageRestoreState::Pending,
-                        ..NodeImport::default()
-                    });
+                let added = new_entries(&entries, &image.reference, &chosen);
+                if added.is_empty() && !first {
+                    continue;
                 }
+                entries.extend(added);
                 image.state = ImageRestoreState::InProgress;
-                let names: Vec<&str> = chosen.iter().map(String::as_str).collect();
+                let names: Vec<&str> = entries
+                    .iter()
+                    .filter(|n| n.reference == image.reference)
+                    .map(|n| n.node.as_str())
+                    .collect();
                 image.message = Some(format!("importing into {}", names.join(", ")));
             }
+            // Later, a destination that is gone changes nothing: the
+            // entries found before go on.
+            Err(_) if !first => {}
             Err(message) => fail(image, reasons::NO_DESTINATION_NODES, message),
         }
     }
@@ -244,8 +262,13 @@ async fn follow(
     let images = status.images.clone();
     let mut bytes = 0u64;
     for name in names {
-        let JobState::Finished(job) = job_state(controller, &name).await? else {
-            continue;
+        let job = match job_state(controller, &name).await? {
+            JobState::Finished(job) => job,
+            JobState::Running => {
+                serve_gave_up(controller, &name, &mut status.nodes).await?;
+                continue;
+            }
+            JobState::Missing => continue,
         };
         for entry in status
             .nodes
@@ -266,6 +289,15 @@ async fn follow(
                     entry.bytes = Some(i64::try_from(result.bytes).unwrap_or(i64::MAX));
                     entry.message = result.target.clone().map(|t| format!("recorded as {t}"));
                     bytes = bytes.saturating_add(result.bytes);
+                }
+                Some(result)
+                    if retry_from_another_holder(
+                        entry.source.as_ref(),
+                        entry.serve_job_name.is_some(),
+                        result.reason.as_deref(),
+                    ) =>
+                {
+                    another_holder(entry, result.reason.as_deref());
                 }
                 Some(result) => {
                     entry.state = ImageRestoreState::Failed;
@@ -293,6 +325,69 @@ async fn follow(
     }
     add_bytes(status, bytes);
     Ok(())
+}
+
+/// Node to node, while the import still waits for its peer: a serve Job
+/// that ended because its node does not hold the image (it never listens)
+/// sends its entries back to Pending for another holder at once, and the
+/// waiting import Job is deleted (it would wait out its patience).
+async fn serve_gave_up(
+    controller: &RestoreController,
+    import_job: &str,
+    nodes: &mut [NodeImport],
+) -> Result<(), OperatorError> {
+    let serves: BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| n.job_name.as_deref() == Some(import_job))
+        .filter(|n| n.state == ImageRestoreState::InProgress)
+        .filter_map(|n| n.serve_job_name.clone())
+        .collect();
+    for serve in serves {
+        let JobState::Finished(finished) = job_state(controller, &serve).await? else {
+            continue;
+        };
+        let reason = finished.report.as_ref().and_then(|r| {
+            r.error
+                .as_ref()
+                .map(|e| e.reason.clone())
+                .or_else(|| r.results.iter().find_map(|i| i.reason.clone()))
+        });
+        if finished.succeeded || !reason.as_deref().is_some_and(is_not_on_node) {
+            continue;
+        }
+        for entry in nodes
+            .iter_mut()
+            .filter(|n| n.serve_job_name.as_deref() == Some(serve.as_str()))
+        {
+            another_holder(entry, reason.as_deref());
+        }
+        let jobs: Api<Job> = Api::namespaced(
+            controller.context.client.clone(),
+            &controller.context.config.namespace,
+        );
+        if let Some(job) = jobs.get_opt(import_job).await? {
+            super::objects::delete_job(&jobs, &job).await;
+        }
+    }
+    Ok(())
+}
+
+/// An import whose peer could not give the image goes back to Pending;
+/// the holder stays in the restore's tried nodes, so another is chosen.
+fn another_holder(entry: &mut NodeImport, reason: Option<&str>) {
+    let holder = entry
+        .source
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    entry.state = ImageRestoreState::Pending;
+    entry.job_name = None;
+    entry.serve_job_name = None;
+    entry.source = None;
+    entry.message = Some(format!(
+        "node {holder} could not give it ({}); choosing another holder",
+        reason.unwrap_or("Failed")
+    ));
 }
 
 /// A backup target that holds the image's digest and answers, or why none.
@@ -362,34 +457,34 @@ async fn plan(
         );
         arguments.insert(reference.clone(), image_argument(&name));
     }
-    // Nodes are asked only about images no backup can give.
+    // Nodes are looked for only for images no backup can give.
     let from_nodes = facts
         .restore
         .spec
         .effective_source()
         .kinds()
         .contains(&RestoreSourceKind::NodeCache);
-    let asked: Vec<String> = backups
-        .iter()
-        .filter(|(_, b)| b.is_err())
-        .filter_map(|(r, _)| arguments.get(r).cloned())
-        .collect();
-    let mut uses = BTreeMap::new();
-    if from_nodes && !asked.is_empty() {
-        uses = node_uses(controller, facts).await?.1;
-        let known = controller.known_holdings(INVENTORY_TTL);
-        let mut waiting = false;
-        for (node, images) in super::planning::inventory_needed(&asked, &uses, &known) {
-            if !inventory(controller, facts, &node, &images).await? {
-                waiting = true;
-            }
-        }
-        if waiting {
-            return Ok(true);
-        }
-    }
-    let known = controller.known_holdings(INVENTORY_TTL);
+    let digests: BTreeSet<&str> = arguments.values().filter_map(|a| digest_of(a)).collect();
+    let scan = scan_nodes(controller, facts, &digests).await?;
+    let uses = if from_nodes {
+        scan.uses.clone()
+    } else {
+        BTreeMap::new()
+    };
+    let all: Vec<String> = arguments.values().cloned().collect();
+    // Pods and policies are read only for images no backup gives.
+    let without_backup: Vec<String> = if from_nodes {
+        backups
+            .iter()
+            .filter(|(_, b)| b.is_err())
+            .filter_map(|(r, _)| arguments.get(r).cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let known = knowledge(controller, facts, status, (&all, &without_backup), &scan).await?;
     let status_images = status.images.clone();
+    let mut asks: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in status
         .nodes
         .iter_mut()
@@ -403,23 +498,36 @@ async fn plan(
             entry.reason = Some(reasons::INVALID_IMAGE_REFERENCE.to_owned());
             continue;
         };
-        let holders: BTreeMap<String, _> = uses
-            .iter()
-            .filter(|(_, u)| !matches!(u, NodeUse::Excluded(_)))
-            .filter_map(|(node, _)| {
-                let held = known.get(node)?.get(argument)?;
-                Some((node.clone(), *held))
-            })
-            .collect();
         let why = backup.as_ref().err().cloned().unwrap_or_default();
-        let source = choose_import_source(&entry.node, backup.as_ref().ok(), &holders, &why);
+        let source = choose_import_source(
+            &entry.node,
+            argument,
+            backup.as_ref().ok(),
+            &uses,
+            &known,
+            &why,
+        );
+        if let ImportSource::Asking(nodes) = &source {
+            asks.insert(argument.clone(), nodes.clone());
+            continue;
+        }
+        if let ImportSource::Peer { holder } = &source {
+            controller.record_try(&facts.uid, argument, holder);
+        }
         let requested = status_images
             .iter()
             .find(|i| i.reference == entry.reference)
             .and_then(|i| i.requested_digest.clone());
         assign(facts, entry, &source, requested);
     }
-    Ok(false)
+    let mut waiting = false;
+    for (node, images) in inventory_batch(&asks) {
+        if !inventory(controller, facts, &node, &images).await? {
+            waiting = true;
+        }
+    }
+    // Answers read just now place their entries at the next look.
+    Ok(waiting || !asks.is_empty())
 }
 
 /// Records a decided source on its entry, with the Jobs that carry it out.
@@ -457,6 +565,7 @@ fn assign(
             entry.bytes = Some(0);
             entry.message = Some("the node holds it already".to_owned());
         }
+        ImportSource::Asking(_) => {}
         ImportSource::NotFound(why) => {
             entry.state = ImageRestoreState::Failed;
             entry.reason = Some(reasons::IMAGE_NOT_FOUND.to_owned());
@@ -520,7 +629,7 @@ pub(super) async fn ensure_jobs(
         owner: facts.owner(namespace),
     };
     let settings = &controller.settings;
-    let (nodes, _) = node_uses(controller, facts).await?;
+    let nodes: Api<Node> = Api::all(controller.context.client.clone());
     let mut waiting = false;
     for (name, plan) in missing {
         let from = match &plan.peer {
@@ -534,11 +643,16 @@ pub(super) async fn ensure_jobs(
                     &secret,
                 );
                 create(&jobs, &serve).await?;
+                // One node, by a field selector: the operator may list
+                // nodes, not get them.
                 let address = if settings.host_network {
+                    let one = ListParams::default().fields(&format!("metadata.name={holder}"));
                     nodes
-                        .iter()
-                        .find(|n| &n.name == holder)
-                        .and_then(|n| n.internal_ip.clone())
+                        .list(&one)
+                        .await?
+                        .items
+                        .first()
+                        .and_then(|n| NodeFacts::from_node(n).internal_ip)
                 } else {
                     serve_pod_ip(controller, serve_name).await?
                 };

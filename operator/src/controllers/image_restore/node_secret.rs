@@ -33,7 +33,8 @@ pub(super) async fn ensure(
     let client = &controller.context.client;
     let config = &controller.context.config;
     let tenant_secrets: Api<Secret> = Api::namespaced(client.clone(), &facts.namespace);
-    let mut docker_config = None;
+    let mut docker_configs = Vec::new();
+    let mut read_secrets = BTreeSet::new();
     let mut ca_registries = Vec::new();
     let mut ca_bundles = Vec::new();
     let mut plain_http = Vec::new();
@@ -50,17 +51,19 @@ pub(super) async fn ensure(
         else {
             continue;
         };
-        // One credentials file: the first target's (a restore reads from
-        // the targets of one policy, which share a registry as a rule).
-        if docker_config.is_none()
-            && let Some(secret_ref) = &target.secret_ref
+        // Every target's credentials, merged into one file below.
+        if let Some(secret_ref) = &target.secret_ref
+            && !read_secrets.contains(&secret_ref.name)
             && let Some(secret) =
                 get_secret(&tenant_secrets, &facts.namespace, &secret_ref.name).await?
         {
-            docker_config = secret
-                .data
-                .and_then(|mut d| d.remove(".dockerconfigjson"))
-                .map(|b| b.0);
+            read_secrets.insert(secret_ref.name.clone());
+            docker_configs.extend(
+                secret
+                    .data
+                    .and_then(|mut d| d.remove(".dockerconfigjson"))
+                    .map(|b| b.0),
+            );
         }
         let host = candidate.registry.host.clone();
         if let Some(bundle) = &target.ca_bundle
@@ -80,6 +83,7 @@ pub(super) async fn ensure(
             plain_http.push(host);
         }
     }
+    let docker_config = merge_docker_configs(&docker_configs);
     let from = ImportFrom::Registry {
         ca_registries,
         docker_config: docker_config.is_some(),
@@ -128,4 +132,54 @@ fn existing_token(secret: Option<&Secret>) -> Option<String> {
     String::from_utf8(bytes.0.clone())
         .ok()
         .filter(|t| !t.is_empty())
+}
+
+/// One `.dockerconfigjson` holding the `auths` of all of `configs` (the
+/// import Job reads one file): each registry's entry from the first config
+/// that names it. `None` when none holds any.
+pub(crate) fn merge_docker_configs(configs: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if let [only] = configs {
+        return Some(only.clone());
+    }
+    let mut auths = serde_json::Map::new();
+    for config in configs {
+        let Ok(serde_json::Value::Object(mut parsed)) = serde_json::from_slice(config) else {
+            continue;
+        };
+        if let Some(serde_json::Value::Object(entries)) = parsed.remove("auths") {
+            for (registry, entry) in entries {
+                auths.entry(registry).or_insert(entry);
+            }
+        }
+    }
+    if auths.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&serde_json::json!({ "auths": auths })).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_targets_credentials_are_merged_first_one_wins_per_registry() {
+        let a =
+            br#"{"auths": {"backup-a.io": {"auth": "YTph"}, "shared.io": {"auth": "Zmlyc3Q="}}}"#;
+        let b =
+            br#"{"auths": {"backup-b.io": {"auth": "Yjpi"}, "shared.io": {"auth": "c2Vjb25k"}}}"#;
+        let merged = merge_docker_configs(&[a.to_vec(), b.to_vec(), b"not json".to_vec()]).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&merged).unwrap();
+        let auths = parsed["auths"].as_object().unwrap();
+        assert_eq!(auths.len(), 3);
+        assert_eq!(auths["backup-a.io"]["auth"], "YTph");
+        assert_eq!(auths["backup-b.io"]["auth"], "Yjpi");
+        assert_eq!(auths["shared.io"]["auth"], "Zmlyc3Q=");
+        assert_eq!(
+            merge_docker_configs(&[a.to_vec()]).unwrap(),
+            a.to_vec(),
+            "one is kept as is"
+        );
+        assert_eq!(merge_docker_configs(&[]), None);
+    }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use lifeboat_api::ImageRestoreStatus;
 use lifeboat_api::conditions::reasons;
 use lifeboat_api::restore::{ImageRestoreState, ImageSourceRef, RestoreSourceKind, RestoredImage};
@@ -21,28 +21,26 @@ use tracing::{debug, info, warn};
 
 use super::RestoreController;
 use super::backup_source::referrers_from_backup;
+use super::candidates::{NextStep, inventory_batch, next_step};
 use super::facts::{Facts, FinishedJob, JobState, job_finished, job_state, termination_message};
 use super::jobs::{self, inventory_holdings, inventory_job};
+use super::node_evidence::{digest_of, knowledge, scan_nodes};
 use super::objects::delete_job;
 use super::planning::{
-    self, BackupCandidate, Exportable, Holdings, NodeChoice, NodeFacts, NodeUse, choose_nodes,
-    classify_node, image_argument, inventory_needed,
+    self, BackupCandidate, Exportable, Holdings, NodeFacts, NodeUse, image_argument,
 };
 use super::status::fail;
 use super::verify::verify_into;
 use crate::controllers::object_names;
 use crate::error::OperatorError;
-use crate::tenancy;
 
 /// How long a node's answer about an image is trusted.
 pub(crate) const INVENTORY_TTL: Duration = Duration::from_secs(60);
-/// Node exports of one image before it is given up.
-const MAX_NODE_ATTEMPTS: u32 = 3;
 
 /// Reads the export Jobs the status names and moves their images on:
 /// verified at the destination (Restored, then given the referrers a
 /// backup target holds for it), back to Pending for another
-/// holder when the node lost the image (at most `MAX_NODE_ATTEMPTS`), or
+/// holder when the node lost the image (`candidates` bounds how many), or
 /// Failed with the report's reason. Returns the Jobs that exist, so only
 /// the others are created. A Job that vanished is left out: it is
 /// created again under the same name.
@@ -120,10 +118,7 @@ async fn settle_image(
             verify_into(facts, transfer, image, &digest, whole).await;
             return result.bytes;
         }
-        Some(result)
-            if planning::node_lost_image(result.reason.as_deref())
-                && controller.failed_attempt(&facts.uid, &image.reference) < MAX_NODE_ATTEMPTS =>
-        {
+        Some(result) if planning::node_lost_image(result.reason.as_deref()) => {
             another_holder(controller, facts, image, result.reason.as_deref());
         }
         Some(result) => {
@@ -190,17 +185,26 @@ fn another_holder(
     ));
 }
 
-/// Node exports: ask the usable nodes which images they hold (inventory
-/// Jobs, answers cached), choose one node per image, and mark the images
-/// InProgress under their node's export Job. `None` while inventories run;
-/// otherwise the images no node holds, with why.
+/// What a node round decided for the pending images.
+pub(super) struct NodeRound {
+    /// Images no usable node holds, with why.
+    pub(super) not_found: Vec<(usize, String)>,
+    /// Whether some images wait for inventory answers (they stay Pending).
+    pub(super) waiting: bool,
+}
+
+/// Node exports, one round of Jobs: each image goes to its best candidate
+/// (`candidates`: a node whose `status.images` lists it, a fresh answer, a
+/// pod running it), whose export Job exports it or reports that the node
+/// does not hold it; only images nothing points at wait for a bounded
+/// batch of inventory Jobs. Marks the images it places InProgress under
+/// their node's export Job.
 pub(super) async fn from_nodes(
     controller: &RestoreController,
     facts: &Facts<'_>,
     status: &mut ImageRestoreStatus,
     indices: &[usize],
-) -> Result<Option<Vec<(usize, String)>>, OperatorError> {
-    let (_, uses) = node_uses(controller, facts).await?;
+) -> Result<NodeRound, OperatorError> {
     let arguments: BTreeMap<usize, String> = indices
         .iter()
         .filter_map(|i| {
@@ -211,30 +215,39 @@ pub(super) async fn from_nodes(
         })
         .collect();
     let asked: Vec<String> = arguments.values().cloned().collect();
-    let known = controller.known_holdings(INVENTORY_TTL);
-    let needed = inventory_needed(&asked, &uses, &known);
-    let mut waiting = false;
-    for (node, images) in &needed {
-        if !inventory(controller, facts, node, images).await? {
-            waiting = true;
-        }
-    }
-    if waiting {
-        return Ok(None);
-    }
-    let known = controller.known_holdings(INVENTORY_TTL);
-    let choices = choose_nodes(&asked, &uses, &known);
-
+    let digests: BTreeSet<&str> = asked.iter().filter_map(|a| digest_of(a)).collect();
+    let scan = scan_nodes(controller, facts, &digests).await?;
     let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut not_found = Vec::new();
-    for (index, argument) in &arguments {
-        match choices.get(argument) {
-            Some(NodeChoice::Node { node, exportable }) => {
-                debug!(image = %argument, %node, ?exportable, "export planned");
-                by_node.entry(node.clone()).or_default().push(*index);
+    let mut open = arguments.clone();
+    let mut waiting = false;
+    // Each pass places what the evidence allows and asks one batch of
+    // nodes about the rest; answers already in (a finished inventory Job)
+    // let the next pass go on at once.
+    while !open.is_empty() {
+        let known = knowledge(controller, facts, status, (&asked, &asked), &scan).await?;
+        let mut asks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (index, argument) in std::mem::take(&mut open) {
+            match next_step(&argument, &scan.uses, &known) {
+                NextStep::Try { node, evidence } => {
+                    debug!(image = %argument, %node, ?evidence, "export planned");
+                    controller.record_try(&facts.uid, &argument, &node);
+                    by_node.entry(node).or_default().push(index);
+                }
+                NextStep::Ask(nodes) => {
+                    asks.insert(argument.clone(), nodes);
+                    open.insert(index, argument);
+                }
+                NextStep::NotFound(message) => not_found.push((index, message)),
             }
-            Some(NodeChoice::NotFound(message)) => not_found.push((*index, message.clone())),
-            None => not_found.push((*index, "no node was asked".to_owned())),
+        }
+        for (node, images) in inventory_batch(&asks) {
+            if !inventory(controller, facts, &node, &images).await? {
+                waiting = true;
+            }
+        }
+        if waiting {
+            break;
         }
     }
     for (node, indices) in by_node {
@@ -255,7 +268,7 @@ pub(super) async fn from_nodes(
             image.message = Some(format!("exporting from node {node} (Job {job_name})"));
         }
     }
-    Ok(Some(not_found))
+    Ok(NodeRound { not_found, waiting })
 }
 
 /// The cluster's nodes, and whether each may be used for this restore's
@@ -265,32 +278,8 @@ pub(super) async fn node_uses(
     controller: &RestoreController,
     facts: &Facts<'_>,
 ) -> Result<(Vec<NodeFacts>, BTreeMap<String, NodeUse>), OperatorError> {
-    let nodes: Api<Node> = Api::all(controller.context.client.clone());
-    let source = facts.restore.spec.effective_source();
-    let node_cache = source.node_cache.unwrap_or_default();
-    let selector = node_cache.node_selector.unwrap_or_default();
-    let mut tolerations = controller.settings.tolerations.clone();
-    tolerations.extend(node_cache.tolerations.unwrap_or_default());
-    let allow_control_plane = controller.context.config.allow_control_plane_nodes;
-    let all: Vec<NodeFacts> = nodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(NodeFacts::from_node)
-        .collect();
-    let uses = all
-        .iter()
-        .map(|n| {
-            let usable = if !allow_control_plane && tenancy::is_control_plane(&n.labels) {
-                NodeUse::Excluded("a control-plane node (the admin allows none)".to_owned())
-            } else {
-                classify_node(n, &selector, &tolerations)
-            };
-            (n.name.clone(), usable)
-        })
-        .collect();
-    Ok((all, uses))
+    let scan = scan_nodes(controller, facts, &BTreeSet::new()).await?;
+    Ok((scan.nodes, scan.uses))
 }
 
 /// Runs (or reads) an inventory Job for one node; returns whether the

@@ -124,90 +124,6 @@ pub(crate) use lifeboat_node_protocol::Exportable;
 /// What each node holds, keyed by the image argument asked about.
 pub(crate) type Holdings = BTreeMap<String, BTreeMap<String, Exportable>>;
 
-/// Where one image will be exported from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum NodeChoice {
-    Node {
-        node: String,
-        exportable: Exportable,
-    },
-    /// No usable node holds it; the message says which were asked.
-    NotFound(String),
-}
-
-/// Chooses a node per image: the best exportability first (every blob over
-/// one platform over a rebuild), then the node with the least work assigned
-/// so far (spreading exports), then by name (deterministic). Cordoned nodes
-/// only when no preferred node holds the image.
-pub(crate) fn choose_nodes(
-    images: &[String],
-    nodes: &BTreeMap<String, NodeUse>,
-    holdings: &Holdings,
-) -> BTreeMap<String, NodeChoice> {
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut choices = BTreeMap::new();
-    let mut sorted: Vec<&String> = images.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    for image in sorted {
-        let candidates = |wanted: &NodeUse| -> Vec<(Exportable, &str)> {
-            nodes
-                .iter()
-                .filter(|(_, use_)| *use_ == wanted)
-                .filter_map(|(node, _)| {
-                    let exportable = holdings.get(node)?.get(image).copied()?;
-                    (exportable != Exportable::None).then_some((exportable, node.as_str()))
-                })
-                .collect()
-        };
-        let mut found = candidates(&NodeUse::Preferred);
-        if found.is_empty() {
-            found = candidates(&NodeUse::LastResort);
-        }
-        let best = found.into_iter().min_by_key(|(exportable, node)| {
-            (*exportable, load.get(node).copied().unwrap_or(0), *node)
-        });
-        let choice = match best {
-            Some((exportable, node)) => {
-                *load.entry(node).or_default() += 1;
-                NodeChoice::Node {
-                    node: node.to_owned(),
-                    exportable,
-                }
-            }
-            None => {
-                let asked: Vec<&str> = nodes
-                    .iter()
-                    .filter(|(_, u)| !matches!(u, NodeUse::Excluded(_)))
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                let excluded: Vec<String> = nodes
-                    .iter()
-                    .filter_map(|(n, u)| match u {
-                        NodeUse::Excluded(why) => Some(format!("{n} ({why})")),
-                        _ => None,
-                    })
-                    .collect();
-                let mut message = format!("no node holds {image} (asked: {})", list(&asked));
-                if !excluded.is_empty() {
-                    message.push_str(&format!("; not usable: {}", excluded.join(", ")));
-                }
-                NodeChoice::NotFound(message)
-            }
-        };
-        choices.insert(image.clone(), choice);
-    }
-    choices
-}
-
-fn list(items: &[&str]) -> String {
-    if items.is_empty() {
-        "none".to_owned()
-    } else {
-        items.join(", ")
-    }
-}
-
 /// Whether an export failure means the node does not (completely) hold the
 /// image, so another holder is worth trying (node-exporter's reasons).
 pub(crate) fn node_lost_image(reason: Option<&str>) -> bool {
@@ -221,33 +137,6 @@ pub(crate) fn node_lost_image(reason: Option<&str>) -> bool {
                 | node_reasons::LAYER_UNRECOVERABLE
         )
     )
-}
-
-/// Nodes that must still be asked about some of `images` (no fresh answer
-/// in `known`), with the images to ask each about.
-pub(crate) fn inventory_needed(
-    images: &[String],
-    nodes: &BTreeMap<String, NodeUse>,
-    known: &Holdings,
-) -> BTreeMap<String, Vec<String>> {
-    let mut needed = BTreeMap::new();
-    for (node, use_) in nodes {
-        if matches!(use_, NodeUse::Excluded(_)) {
-            continue;
-        }
-        let held = known.get(node);
-        let mut ask: Vec<String> = images
-            .iter()
-            .filter(|i| held.is_none_or(|h| !h.contains_key(*i)))
-            .cloned()
-            .collect();
-        ask.sort();
-        ask.dedup();
-        if !ask.is_empty() {
-            needed.insert(node.clone(), ask);
-        }
-    }
-    needed
 }
 
 /// The argument node-exporter is given for an image: the pinned form when
@@ -421,108 +310,12 @@ mod tests {
         assert_eq!(classify_node(&soft, &none, &[]), NodeUse::Preferred);
     }
 
-    fn uses(entries: &[(&str, NodeUse)]) -> BTreeMap<String, NodeUse> {
-        entries
-            .iter()
-            .map(|(n, u)| (n.to_string(), u.clone()))
-            .collect()
-    }
-
-    fn holdings(entries: &[(&str, &str, Exportable)]) -> Holdings {
-        let mut h = Holdings::new();
-        for (node, image, e) in entries {
-            h.entry(node.to_string())
-                .or_default()
-                .insert(image.to_string(), *e);
-        }
-        h
-    }
-
-    #[test]
-    fn the_node_holding_the_image_is_chosen_not_another() {
-        let nodes = uses(&[("n1", NodeUse::Preferred), ("n2", NodeUse::Preferred)]);
-        let held = holdings(&[
-            ("n1", "img", Exportable::None),
-            ("n2", "img", Exportable::Exact),
-        ]);
-        let choices = choose_nodes(&["img".into()], &nodes, &held);
-        assert_eq!(
-            choices["img"],
-            NodeChoice::Node {
-                node: "n2".into(),
-                exportable: Exportable::Exact
-            }
-        );
-    }
-
-    #[test]
-    fn exact_copies_win_and_work_is_spread() {
-        let nodes = uses(&[("n1", NodeUse::Preferred), ("n2", NodeUse::Preferred)]);
-        let held = holdings(&[
-            ("n1", "a", Exportable::Rebuild),
-            ("n2", "a", Exportable::Exact),
-            ("n1", "b", Exportable::Exact),
-            ("n2", "b", Exportable::Exact),
-            ("n1", "c", Exportable::Exact),
-            ("n2", "c", Exportable::Exact),
-        ]);
-        let choices = choose_nodes(&["a".into(), "b".into(), "c".into()], &nodes, &held);
-        let node_of = |i: &str| match &choices[i] {
-            NodeChoice::Node { node, .. } => node.clone(),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(node_of("a"), "n2");
-        // b goes to the node with less work (n1), c then ties and goes to n1 by name.
-        assert_eq!(node_of("b"), "n1");
-        assert_eq!(node_of("c"), "n1");
-    }
-
-    #[test]
-    fn cordoned_nodes_only_as_last_holder_and_not_found_says_where_it_looked() {
-        let nodes = uses(&[
-            ("n1", NodeUse::Preferred),
-            ("n2", NodeUse::LastResort),
-            ("n3", NodeUse::Excluded("NotReady".into())),
-        ]);
-        let held = holdings(&[
-            ("n1", "a", Exportable::Exact),
-            ("n2", "a", Exportable::Exact),
-            ("n2", "b", Exportable::Exact),
-            ("n3", "c", Exportable::Exact),
-        ]);
-        let choices = choose_nodes(&["a".into(), "b".into(), "c".into()], &nodes, &held);
-        assert!(matches!(&choices["a"], NodeChoice::Node { node, .. } if node == "n1"));
-        assert!(matches!(&choices["b"], NodeChoice::Node { node, .. } if node == "n2"));
-        let NodeChoice::NotFound(message) = &choices["c"] else {
-            panic!("c is only on a NotReady node");
-        };
-        assert!(message.contains("asked: n1, n2"), "{message}");
-        assert!(message.contains("n3 (NotReady)"), "{message}");
-    }
-
     #[test]
     fn only_missing_content_sends_an_image_to_another_node() {
         assert!(node_lost_image(Some("ImageNotOnNode")));
         assert!(node_lost_image(Some("LayerUnrecoverable")));
         assert!(!node_lost_image(Some("PushFailed")));
         assert!(!node_lost_image(None));
-    }
-
-    #[test]
-    fn only_unknown_images_are_asked_about() {
-        let nodes = uses(&[
-            ("n1", NodeUse::Preferred),
-            ("n2", NodeUse::Excluded("NotReady".into())),
-        ]);
-        let known = holdings(&[("n1", "a", Exportable::Exact)]);
-        let needed = inventory_needed(&["a".into(), "b".into()], &nodes, &known);
-        assert_eq!(needed.len(), 1);
-        assert_eq!(needed["n1"], vec!["b".to_owned()]);
-        let all_known = holdings(&[
-            ("n1", "a", Exportable::Exact),
-            ("n1", "b", Exportable::None),
-        ]);
-        assert!(inventory_needed(&["a".into(), "b".into()], &nodes, &all_known).is_empty());
     }
 
     #[test]

@@ -408,7 +408,7 @@ async fn finished(
 
 /// Plans and starts what can be started, source by source in the
 /// restore's order; returns whether node inventories are still being
-/// collected (look again soon).
+/// collected for some images (they stay Pending: look again soon).
 async fn plan_pending(
     controller: &RestoreController,
     facts: &Facts<'_>,
@@ -443,6 +443,7 @@ async fn plan_pending(
     }
     let only: Vec<BackupCandidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
     let mut bytes = 0u64;
+    let mut waiting = false;
     for kind in facts.restore.spec.effective_source().kinds() {
         if unresolved.is_empty() {
             break;
@@ -462,20 +463,14 @@ async fn plan_pending(
                 unresolved = still;
             }
             RestoreSourceKind::NodeCache => {
-                match node_source::from_nodes(controller, facts, status, &unresolved).await? {
-                    None => {
-                        status::add_bytes(status, bytes);
-                        return Ok(true);
-                    }
-                    Some(not_found) => {
-                        let mut still = Vec::new();
-                        for (index, message) in not_found {
-                            why.entry(index).or_default().push(message);
-                            still.push(index);
-                        }
-                        unresolved = still;
-                    }
+                let round = node_source::from_nodes(controller, facts, status, &unresolved).await?;
+                waiting |= round.waiting;
+                let mut still = Vec::new();
+                for (index, message) in round.not_found {
+                    why.entry(index).or_default().push(message);
+                    still.push(index);
                 }
+                unresolved = still;
             }
         }
     }
@@ -489,7 +484,7 @@ async fn plan_pending(
         );
     }
     status::add_bytes(status, bytes);
-    Ok(false)
+    Ok(waiting)
 }
 
 #[cfg(test)]

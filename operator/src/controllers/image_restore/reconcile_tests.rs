@@ -24,6 +24,7 @@ const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const JOBS: &str = "/apis/batch/v1/namespaces/lifeboat-system/jobs";
 const PODS: &str = "/api/v1/namespaces/lifeboat-system/pods";
 const NODES: &str = "/api/v1/nodes";
+const POLICIES: &str = "/apis/lifeboat.dev/v1alpha1/namespaces/lifeboat-system/imagebackuppolicies";
 const STATUS: &str =
     "/apis/lifeboat.dev/v1alpha1/namespaces/lifeboat-system/imagerestores/r/status";
 
@@ -131,6 +132,10 @@ fn ready_nodes(names: &[&str]) -> Value {
     json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items})
 }
 
+fn empty_list(kind: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": []})
+}
+
 fn created_job() -> Value {
     json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "created"}})
 }
@@ -146,10 +151,10 @@ fn pinned_node(job: &Value) -> &str {
 
 /// An export that fails because the node no longer holds the image is
 /// tried on the next holder (the status names the new Job before it is
-/// created); the third such failure marks the image Failed with the
-/// node's reason, and the restore ends with its Events.
+/// created); when the last node that could hold it fails too, the image
+/// fails as found nowhere, and the restore ends with its Events.
 #[tokio::test]
-async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails_the_image() {
+async fn an_export_whose_node_lost_the_image_moves_to_the_next_holder_until_none_is_left() {
     let (a, b, c) = (job_on("node-a"), job_on("node-b"), job_on("node-c"));
     let restore = exporting("node-a", &a);
     let restore_json = serde_json::to_value(&*restore).unwrap();
@@ -178,9 +183,24 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
     // 2. node-b's failed too: node-c.
     let mut script: Vec<_> = moved_on(&a).into_iter().chain(moved_on(&b)).collect();
     script.extend([
-        // 3. node-c's failed: the image fails, the restore ends.
+        // 3. node-c's failed: no node is left that could hold it (nothing
+        // points elsewhere: the namespace's pods and policies are read),
+        // the image fails, the restore ends.
         expect(Method::GET, &format!("{JOBS}/{c}"), 200, failed_job(&c)),
         expect(Method::GET, PODS, 200, not_on_node_pods()),
+        expect(
+            Method::GET,
+            NODES,
+            200,
+            ready_nodes(&["node-a", "node-b", "node-c"]),
+        ),
+        expect(Method::GET, PODS, 200, empty_list("PodList")),
+        expect(
+            Method::GET,
+            POLICIES,
+            200,
+            empty_list("ImageBackupPolicyList"),
+        ),
     ]);
     script.extend(restore_ends(restore_json));
     let (client, server) = scripted(script);
@@ -225,18 +245,18 @@ async fn an_export_that_failed_twice_is_tried_again_then_the_third_failure_fails
         assert_eq!(created["metadata"]["name"], job.as_str());
         assert_eq!(pinned_node(created), node);
     }
-    let last = &received[12].body["status"];
+    let last = &received[15].body["status"];
     let entry = &last["images"][0];
     assert_eq!(entry["state"], "Failed");
-    assert_eq!(entry["reason"], "NodeExportFailed");
+    assert_eq!(entry["reason"], "ImageNotFound");
     let message = entry["message"].as_str().unwrap();
     assert!(
-        message.contains("node-c") && message.contains("ImageNotOnNode"),
+        message.contains("no node holds") && message.contains("node-a, node-b, node-c"),
         "{message}"
     );
     assert!(last["completionTime"].is_string());
-    assert_eq!(received[13].body["reason"], "ImageRestoreFailed");
-    assert_eq!(received[14].body["reason"], "RestoreFailed");
+    assert_eq!(received[16].body["reason"], "ImageRestoreFailed");
+    assert_eq!(received[17].body["reason"], "RestoreFailed");
 }
 
 /// An export Job someone deleted is created again under its name, on its
