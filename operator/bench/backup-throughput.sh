@@ -15,6 +15,8 @@
 # 3 own 8 MiB layers, 20 images. The release operator is built and loaded
 # (--debug: the debug one, as the e2e suites run it); the e2e lock is held
 # throughout, and the debug operator is put back at the end.
+# BENCH_OPERATOR_ENV="NAME=VALUE ..." sets operator settings for the run
+# (e.g. LIFEBOAT_COPIES_PER_ROUTE), put back afterwards by config/operator.
 source "$(dirname "${BASH_SOURCE[0]}")/../../tests/e2e/lib.sh"
 set -euo pipefail
 profile=release
@@ -31,6 +33,7 @@ work="$(mktemp -d)"
 cleanup() {
   k delete namespace "$ns" --wait=false --ignore-not-found >/dev/null 2>&1
   rm -rf "$work"
+  [[ -n "${BENCH_OPERATOR_ENV:-}" ]] && k apply -f "$REPO_ROOT/config/operator" >/dev/null 2>&1
   if [[ "$profile" == release ]]; then
     "$REPO_ROOT/hack/images/lifeboat-images.sh" >/dev/null 2>&1 && restart_operator >/dev/null 2>&1
   fi
@@ -46,7 +49,13 @@ flags=()
 "$REPO_ROOT/hack/images/lifeboat-images.sh" "${flags[@]}"
 k apply --server-side --force-conflicts -f "$REPO_ROOT/config/crd" >/dev/null
 k apply -f "$REPO_ROOT/config/operator" >/dev/null
+if [[ -n "${BENCH_OPERATOR_ENV:-}" ]]; then
+  read -ra settings <<<"$BENCH_OPERATOR_ENV"
+  k -n lifeboat-system set env deploy/lifeboat-operator "${settings[@]}" >/dev/null
+fi
 restart_operator
+echo "operator settings: $(k -n lifeboat-system get deploy lifeboat-operator -o json |
+  jq -c '[.spec.template.spec.containers[0].env[] | select(.name | test("COPIES|CONCURRENT")) | "\(.name)=\(.value)"]')"
 
 push() {
   python3 "$REPO_ROOT/operator/bench/push-images.py" "$SOURCE_REGISTRY" "$1" "$images" "${layout[@]}" >"$2"

@@ -189,7 +189,11 @@ mod tests {
         for _ in 0..50 {
             route.record(Ended::Neither);
         }
-        assert_eq!(route.limit(), 16, "not found or denied says nothing of load");
+        assert_eq!(
+            route.limit(),
+            16,
+            "not found or denied says nothing of load"
+        );
         // Copies now take 10 times as long: the recent average passes twice
         // the long-run one within a few copies, and the route narrows.
         for _ in 0..5 {

@@ -117,7 +117,10 @@ pub(crate) fn blocked(slot: Slot<'_>, load: &Load, caps: &Caps) -> Option<Blocke
     let share = caps.per_namespace.max(1);
     // Past its share, a namespace may use slots nobody else could claim:
     // it leaves `share` of them free.
-    let free_after = caps.total.max(1).saturating_sub(load.total.saturating_add(1));
+    let free_after = caps
+        .total
+        .max(1)
+        .saturating_sub(load.total.saturating_add(1));
     if namespace >= share && free_after < share {
         return Some(Blocked::Namespace {
             namespace: slot.namespace.to_owned(),
