@@ -14,9 +14,9 @@
 # their route; those end with CopyDeadlineExceeded (deadline set to 20 s here),
 # the policy shows copies waiting while they do; the operator stays up and
 # its resident memory grows by a bounded amount (figures printed). The route's
-# ceiling is set to 4 here (LIFEBOAT_COPIES_PER_ROUTE, 16 by default): copies
-# that trickle never end, so the route's learned limit has nothing to learn
-# from before all of them start, and with 4 the fifth waits, as shown.
+# ceiling is pinned to 4 here (LIFEBOAT_COPIES_PER_ROUTE, whatever the
+# default): copies that trickle never end, so the route's learned limit has
+# nothing to learn from before all of them start, and with 4 the fifth waits.
 #
 # LIFEBOAT_E2E_RELEASE=1 runs the release build of the operator (as deployed)
 # for the memory figures in docs/benchmarks.md.
