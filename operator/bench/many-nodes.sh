@@ -20,9 +20,9 @@ release=false
 nodes="${1:-5000}"
 fake="$REPO_ROOT/operator/bench/fake-nodes.py"
 ns=lifeboat-system
-name="many-nodes-$RANDOM"
+restore="many-nodes-$RANDOM"
 work="$(mktemp -d)"
-on_exit 'k -n lifeboat-system delete imagerestore "$name" --ignore-not-found --wait=false >/dev/null 2>&1; python3 "$fake" delete; rm -rf "$work"'
+on_exit 'k -n lifeboat-system delete imagerestore "$restore" --ignore-not-found --wait=false >/dev/null 2>&1; python3 "$fake" delete; rm -rf "$work"'
 
 if $deploy && $release; then
   check "Lifeboat images (release) build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh" --release
@@ -57,13 +57,13 @@ echo "fake nodes Ready: $(ready_fakes)/$nodes; real nodes: $(k get nodes -l '!li
 rss_before="$(operator_status_kib VmRSS)"
 api_requests >"$work/requests-before"
 python3 "$fake" renew
-k -n "$ns" get jobs --watch-only -o name >"$work/jobs" 2>/dev/null &
+timeout 300 "$KUBECTL" -n "$ns" get jobs --watch-only -o name >"$work/jobs" 2>/dev/null &
 watch_pid=$!
 t0="$(date +%s.%N)"
 k apply -f - >/dev/null <<YAML
 apiVersion: lifeboat.dev/v1alpha1
 kind: ImageRestore
-metadata: {name: $name, namespace: $ns}
+metadata: {name: $restore, namespace: $ns}
 spec:
   images: ["$image"]
   source:
@@ -71,7 +71,7 @@ spec:
     nodeCache:
       tolerations: [{key: lifeboat.dev/fake-node, operator: Exists, effect: NoSchedule}]
 YAML
-placed() { [[ -n "$(k -n "$ns" get imagerestore "$name" -o jsonpath='{.status.images[0].jobName}')" ]]; }
+placed() { [[ -n "$(k -n "$ns" get imagerestore "$restore" -o jsonpath='{.status.images[0].jobName}')" ]]; }
 check "the restore places its image on a node" eventually 120 placed
 t1="$(date +%s.%N)"
 # Anything more it would start comes within its next looks.
@@ -80,7 +80,7 @@ kill "$watch_pid" 2>/dev/null; wait "$watch_pid" 2>/dev/null || true
 api_requests >"$work/requests-after"
 rss_after="$(operator_status_kib VmRSS)"
 hwm="$(operator_status_kib VmHWM)"
-chosen="$(k -n "$ns" get imagerestore "$name" -o jsonpath='{.status.images[0].source.name}')"
+chosen="$(k -n "$ns" get imagerestore "$restore" -o jsonpath='{.status.images[0].source.name}')"
 jobs_created="$(sort -u "$work/jobs" | grep -c . || true)"
 inventories="$(sort -u "$work/jobs" | grep -c 'lifeboat-inventory-' || true)"
 

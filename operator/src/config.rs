@@ -24,7 +24,8 @@ pub struct OperatorConfig {
     /// Image copies running at once over all policies.
     pub max_concurrent_copies: usize,
     /// Image copies running at once per route (source registry -> target
-    /// registry) and per namespace (see `copy_queue`).
+    /// registry): the ceiling of the route's learned limit; and each
+    /// namespace's guaranteed share (see `copy_queue`).
     pub copies_per_route: usize,
     pub copies_per_namespace: usize,
     /// Every copy's overall deadline: this base plus the image's size at

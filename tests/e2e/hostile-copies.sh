@@ -13,7 +13,10 @@
 # trickle at all (both measured and printed) while the trickling copies hold
 # their route; those end with CopyDeadlineExceeded (deadline set to 20 s here),
 # the policy shows copies waiting while they do; the operator stays up and
-# its resident memory grows by a bounded amount (figures printed).
+# its resident memory grows by a bounded amount (figures printed). The route's
+# ceiling is pinned to 4 here (LIFEBOAT_COPIES_PER_ROUTE, whatever the
+# default): copies that trickle never end, so the route's learned limit has
+# nothing to learn from before all of them start, and with 4 the fifth waits.
 #
 # LIFEBOAT_E2E_RELEASE=1 runs the release build of the operator (as deployed)
 # for the memory figures in docs/benchmarks.md.
@@ -35,14 +38,15 @@ env_before() {
   k -n lifeboat-system get deploy lifeboat-operator \
     -o jsonpath="{.spec.template.spec.containers[0].env[?(@.name==\"$1\")].value}"
 }
-plain_before="" deadline_before="" release=false sampler=""
+plain_before="" deadline_before="" per_route_before="" release=false sampler=""
 cleanup() {
   [[ -n "$sampler" ]] && kill "$sampler" 2>/dev/null
   k delete namespace "$fair_ns" "$slow_ns" "$attack_ns" --wait=false --ignore-not-found >/dev/null 2>&1
   $release && "$REPO_ROOT/hack/images/lifeboat-images.sh" >/dev/null 2>&1
   if [[ -n "$deadline_before" ]]; then
     k -n lifeboat-system set env deploy/lifeboat-operator "LIFEBOAT_PLAIN_HTTP_REGISTRIES=$plain_before" \
-      "LIFEBOAT_COPY_DEADLINE_BASE_SECONDS=$deadline_before" >/dev/null 2>&1
+      "LIFEBOAT_COPY_DEADLINE_BASE_SECONDS=$deadline_before" \
+      "LIFEBOAT_COPIES_PER_ROUTE=$per_route_before" >/dev/null 2>&1
     k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s >/dev/null 2>&1
   fi
 }
@@ -55,9 +59,10 @@ if [[ "${LIFEBOAT_E2E_RELEASE:-}" == 1 ]]; then
 fi
 plain_before="$(env_before LIFEBOAT_PLAIN_HTTP_REGISTRIES)"
 deadline_before="$(env_before LIFEBOAT_COPY_DEADLINE_BASE_SECONDS)"
+per_route_before="$(env_before LIFEBOAT_COPIES_PER_ROUTE)"
 k -n lifeboat-system set env deploy/lifeboat-operator \
   "LIFEBOAT_PLAIN_HTTP_REGISTRIES=${plain_before:+$plain_before,}$hostile" \
-  "LIFEBOAT_COPY_DEADLINE_BASE_SECONDS=$deadline_base" >/dev/null
+  "LIFEBOAT_COPY_DEADLINE_BASE_SECONDS=$deadline_base" "LIFEBOAT_COPIES_PER_ROUTE=4" >/dev/null
 restart_operator
 
 pod="$(operator_pod)"

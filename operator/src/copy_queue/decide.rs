@@ -10,15 +10,39 @@
 //! reading from that source (and the other way round for a slow source
 //! and a shared backup registry). The engine's own per-registry request
 //! limit keeps each registry from being flooded.
+//!
+//! A route's limit is learned (`super::adaptive`): it starts at
+//! `per_route` and narrows when its registries push back. A namespace's
+//! share, `per_namespace`, is guaranteed rather than a ceiling: a
+//! namespace past it may still start copies while at least `per_namespace`
+//! slots stay free for the others, so one policy's first backup of a
+//! thousand images uses the idle slots, and another namespace's new image
+//! still finds a slot at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// How many copies may run at once: in all, per route, per namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Caps {
     pub(crate) total: usize,
+    /// A route's ceiling, and its limit until it has learned another.
     pub(crate) per_route: usize,
+    /// Each namespace's guaranteed share (see the module documentation).
     pub(crate) per_namespace: usize,
+    /// Learned limits of routes (at most `per_route`); a route not listed
+    /// may run `per_route`.
+    pub(crate) route_limits: BTreeMap<String, usize>,
+}
+
+impl Caps {
+    /// Copies `route` may run now.
+    pub(crate) fn route_limit(&self, route: &str) -> usize {
+        self.route_limits
+            .get(route)
+            .copied()
+            .unwrap_or(self.per_route)
+            .clamp(1, self.per_route.max(1))
+    }
 }
 
 /// What the decision knows of one copy, queued or running.
@@ -83,14 +107,21 @@ pub(crate) fn blocked(slot: Slot<'_>, load: &Load, caps: &Caps) -> Option<Blocke
         });
     }
     let route = load.route(slot.route);
-    if route >= caps.per_route.max(1) {
+    if route >= caps.route_limit(slot.route) {
         return Some(Blocked::Route {
             route: slot.route.to_owned(),
             running: route,
         });
     }
     let namespace = load.namespace(slot.namespace);
-    if namespace >= caps.per_namespace.max(1) {
+    let share = caps.per_namespace.max(1);
+    // Past its share, a namespace may use slots nobody else could claim:
+    // it leaves `share` of them free.
+    let free_after = caps
+        .total
+        .max(1)
+        .saturating_sub(load.total.saturating_add(1));
+    if namespace >= share && free_after < share {
         return Some(Blocked::Namespace {
             namespace: slot.namespace.to_owned(),
             running: namespace,
@@ -149,10 +180,10 @@ pub(crate) fn waiting_message(
         Some(Blocked::Route { route, running }) => format!(
             "queued behind {} copies on {route} (at most {} at once per route)",
             running.saturating_add(ahead_on_route),
-            caps.per_route
+            caps.route_limit(slot.route)
         ),
         Some(Blocked::Namespace { namespace, running }) => format!(
-            "queued behind {running} copies of namespace {namespace} (at most {} at once per namespace)",
+            "queued behind {running} copies of namespace {namespace} ({} at once per namespace while others wait)",
             caps.per_namespace
         ),
         Some(Blocked::AllSlots { running }) => format!(
@@ -171,6 +202,7 @@ mod tests {
         total: 8,
         per_route: 4,
         per_namespace: 4,
+        route_limits: BTreeMap::new(),
     };
 
     fn slot<'a>(namespace: &'a str, route: &'a str) -> Slot<'a> {
@@ -237,6 +269,7 @@ mod tests {
             total: 0,
             per_route: 0,
             per_namespace: 0,
+            route_limits: BTreeMap::new(),
         };
         assert_eq!(next_to_start(&queued, &Load::default(), &zero), Some(0));
     }
@@ -252,9 +285,50 @@ mod tests {
         let busy = Load::of(vec![slot("n", HEALTHY); 4]);
         assert_eq!(
             waiting_message(&[slot("n", "q -> r")], 0, &busy, &CAPS),
-            "queued behind 4 copies of namespace n (at most 4 at once per namespace)"
+            "queued behind 4 copies of namespace n (4 at once per namespace while others wait)"
         );
         assert_eq!(waiting_message(&queued, 2, &load, &CAPS), "starting");
         assert_eq!(waiting_message(&queued, 9, &load, &CAPS), "");
+    }
+
+    #[test]
+    fn a_namespace_alone_uses_the_idle_slots_but_leaves_a_share_free() {
+        let caps = Caps {
+            total: 16,
+            per_route: 32,
+            per_namespace: 4,
+            route_limits: BTreeMap::new(),
+        };
+        let queued = vec![slot("big", HEALTHY); 1000];
+        let started = starts(&queued, &Load::default(), &caps);
+        assert_eq!(started.len(), 12, "16 slots, 4 kept free for others");
+        // Another namespace's copy then starts at once, up to its share.
+        let load = Load::of(vec![slot("big", HEALTHY); 12]);
+        let mut queued = vec![slot("big", HEALTHY); 100];
+        queued.extend(vec![slot("small", HEALTHY); 5]);
+        let started = starts(&queued, &load, &caps);
+        assert_eq!(started, vec![100, 101, 102, 103], "{started:?}");
+    }
+
+    #[test]
+    fn a_learned_route_limit_holds_below_the_ceiling() {
+        let mut caps = Caps {
+            total: 64,
+            per_route: 16,
+            per_namespace: 4,
+            route_limits: BTreeMap::new(),
+        };
+        caps.route_limits.insert(SLOW.to_owned(), 2);
+        let queued = vec![slot("a", SLOW); 10];
+        assert_eq!(starts(&queued, &Load::default(), &caps).len(), 2);
+        assert_eq!(
+            waiting_message(&queued, 0, &Load::of(vec![slot("a", SLOW); 2]), &caps),
+            format!("queued behind 2 copies on {SLOW} (at most 2 at once per route)")
+        );
+        let queued = vec![slot("a", HEALTHY); 40];
+        assert_eq!(starts(&queued, &Load::default(), &caps).len(), 16);
+        // A learned limit above the ceiling (the ceiling lowered since) is capped.
+        caps.route_limits.insert(HEALTHY.to_owned(), 99);
+        assert_eq!(caps.route_limit(HEALTHY), 16);
     }
 }

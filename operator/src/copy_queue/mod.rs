@@ -9,8 +9,11 @@
 //! (`registry_transfer::CopyDeadline`, set from the operator's config).
 //!
 //! The decisions (which copy starts next, why one waits) are pure, in
-//! [`decide`]; this module only keeps the state and runs the copies.
+//! [`decide`], and so is how many copies a route may run ([`adaptive`]:
+//! learned from how its copies end); this module only keeps the state and
+//! runs the copies.
 
+pub(crate) mod adaptive;
 pub(crate) mod decide;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -22,6 +25,8 @@ use futures::future::BoxFuture;
 use opentelemetry::KeyValue;
 use tokio::sync::Notify;
 
+pub(crate) use adaptive::Verdict;
+use adaptive::{Ended, RouteLimit};
 pub(crate) use decide::Caps;
 use decide::{Load, Slot};
 
@@ -79,12 +84,16 @@ struct State<O> {
     finished: HashMap<String, Vec<Finished<O>>>,
     /// Routes whose depth was published, to publish their return to 0.
     routes_seen: BTreeSet<String>,
+    /// Each route's learned limit (created at its first ended copy).
+    limits: HashMap<String, RouteLimit>,
 }
 
 /// See the module documentation.
 pub(crate) struct CopyQueue<O> {
     state: Mutex<State<O>>,
     caps: Caps,
+    /// How an ended copy counts for its route's limit.
+    classify: fn(&O) -> Verdict,
     changed: Notify,
     wake: mpsc::UnboundedSender<Owner>,
     metrics: Metrics,
@@ -99,6 +108,7 @@ impl<O: Send + 'static> CopyQueue<O> {
     /// have ended. Nothing runs until [`CopyQueue::run`] is spawned.
     pub(crate) fn new(
         caps: Caps,
+        classify: fn(&O) -> Verdict,
         metrics: Metrics,
     ) -> (Arc<CopyQueue<O>>, mpsc::UnboundedReceiver<Owner>) {
         let (wake, woken) = mpsc::unbounded();
@@ -108,13 +118,26 @@ impl<O: Send + 'static> CopyQueue<O> {
                 running: Vec::new(),
                 finished: HashMap::new(),
                 routes_seen: BTreeSet::new(),
+                limits: HashMap::new(),
             }),
             caps,
+            classify,
             changed: Notify::new(),
             wake,
             metrics,
         };
         (Arc::new(queue), woken)
+    }
+
+    /// The caps with each route's learned limit.
+    fn caps_now(&self, state: &State<O>) -> Caps {
+        let mut caps = self.caps.clone();
+        caps.route_limits = state
+            .limits
+            .iter()
+            .map(|(route, limit)| (route.clone(), limit.limit()))
+            .collect();
+        caps
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<O>> {
@@ -182,7 +205,7 @@ impl<O: Send + 'static> CopyQueue<O> {
             .map(|(i, _)| i)
             .collect();
         let first = *mine.first()?;
-        let why = decide::waiting_message(&slots, first, &load, &self.caps);
+        let why = decide::waiting_message(&slots, first, &load, &self.caps_now(&state));
         Some(format!("{} copies waiting: {why}", mine.len()))
     }
 
@@ -220,7 +243,7 @@ impl<O: Send + 'static> CopyQueue<O> {
                 namespace: &r.owner.namespace,
                 route: &r.route,
             }));
-            decide::starts(&slots, &load, &self.caps)
+            decide::starts(&slots, &load, &self.caps_now(&state))
         };
         if starting.is_empty() {
             return;
@@ -274,6 +297,24 @@ impl<O: Send + 'static> CopyQueue<O> {
     fn finish(&self, owner: Owner, finished: Finished<O>) {
         let last_of_owner = {
             let mut state = self.lock();
+            let ended = Ended::of((self.classify)(&finished.output), finished.ran);
+            let route = state
+                .running
+                .iter()
+                .find(|r| r.owner.uid == owner.uid && r.key == finished.key)
+                .map(|r| r.route.clone());
+            if let Some(route) = route {
+                let ceiling = self.caps.per_route;
+                let limit = state
+                    .limits
+                    .entry(route.clone())
+                    .or_insert_with(|| RouteLimit::new(ceiling));
+                let before = limit.limit();
+                limit.record(ended);
+                if limit.limit() < before {
+                    tracing::info!(%route, limit = limit.limit(), before, outcome = ?ended, "copy route narrowed");
+                }
+            }
             state
                 .running
                 .retain(|r| !(r.owner.uid == owner.uid && r.key == finished.key));
@@ -377,8 +418,9 @@ mod tests {
             total: 3,
             per_route: 2,
             per_namespace: 2,
+            route_limits: Default::default(),
         };
-        let (queue, mut woken) = CopyQueue::new(caps, metrics);
+        let (queue, mut woken) = CopyQueue::new(caps, |_| Verdict::Copied, metrics);
         tokio::spawn(queue.clone().run());
         for i in 0..3 {
             let never: BoxFuture<'static, &str> = Box::pin(futures::future::pending());
@@ -424,7 +466,9 @@ mod tests {
                 total: 1,
                 per_route: 1,
                 per_namespace: 1,
+                route_limits: Default::default(),
             },
+            |_| Verdict::Copied,
             Metrics::new().unwrap(),
         );
         tokio::spawn(queue.clone().run());

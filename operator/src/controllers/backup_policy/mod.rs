@@ -74,7 +74,11 @@ impl BackupController {
             .unwrap_or_else(|e| panic!("default configuration: {e}"));
         let metrics = crate::telemetry::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
         let context = Arc::new(Context::new(client.clone(), config, metrics));
-        let (copies, _woken) = CopyQueue::new(caps(&context.config), context.metrics.clone());
+        let (copies, _woken) = CopyQueue::new(
+            caps(&context.config),
+            registry::verdict,
+            context.metrics.clone(),
+        );
         BackupController {
             recorder: Recorder::new(client, context.reporter.clone()),
             copies,
@@ -124,6 +128,7 @@ fn caps(config: &crate::config::OperatorConfig) -> Caps {
         total: config.max_concurrent_copies,
         per_route: config.copies_per_route,
         per_namespace: config.copies_per_namespace,
+        route_limits: Default::default(),
     }
 }
 
@@ -136,7 +141,11 @@ pub(crate) async fn run(context: Arc<Context>) {
     let (caches, changes) = caches::start(&client, TRIGGER_INTERVAL);
     caches.wait_until_ready().await;
     info!("backup policy caches are ready");
-    let (copies, woken) = CopyQueue::new(caps(&context.config), context.metrics.clone());
+    let (copies, woken) = CopyQueue::new(
+        caps(&context.config),
+        registry::verdict,
+        context.metrics.clone(),
+    );
     tokio::spawn(copies.clone().run());
     let controller = Arc::new(BackupController {
         recorder: Recorder::new(client.clone(), context.reporter.clone()),

@@ -192,6 +192,29 @@ pub async fn copy_task(
     })
 }
 
+/// How a copy's result counts for its route's learned limit
+/// (`copy_queue::adaptive`): the registry pushing back (it kept answering
+/// 429 or 5xx after the engine's retries, went away, was too slow, or the
+/// copy ran past its deadline) narrows the route; other failures say
+/// nothing about load.
+pub fn verdict(result: &CopyResult) -> crate::copy_queue::Verdict {
+    use crate::copy_queue::Verdict;
+    match result {
+        Ok(_) => Verdict::Copied,
+        Err(
+            TransferError::RateLimited { .. }
+            | TransferError::RegistryUnavailable { .. }
+            | TransferError::Interrupted { .. }
+            | TransferError::TooSlow { .. }
+            | TransferError::CopyDeadlineExceeded { .. }
+            | TransferError::SourceUnavailable {
+                transient: true, ..
+            },
+        ) => Verdict::PushedBack,
+        Err(_) => Verdict::Neither,
+    }
+}
+
 /// Longest `status.plan.wouldCopy` entry (the CRD's bound).
 const MAX_PLAN_ENTRY_CHARS: usize = 1300;
 
