@@ -262,10 +262,18 @@ refuses_strangers() {
   local pause; pause="$(holder_ctr images ls | awk -v n="$PAUSE_IMAGE" '$1==n {print $3}')"
   [[ -n "$pause" ]] || { echo "no pause image digest"; return 1; }
   [[ "$(status_of -u "lifeboat:$token" "$serve_url/v2/$small/manifests/$pause")" == 404 ]] || { echo "pause served"; return 1; }
-  [[ "$(status_of -u "lifeboat:$token" "$serve_url/v2/$small/manifests/1")" == 404 ]] || { echo "a tag served"; return 1; }
+  # Tags: only the session image's own (what `kubectl lifeboat export
+  # --from-node` asks by), and only to its digest; any other is unknown.
+  [[ "$(status_of -u "lifeboat:$token" "$serve_url/v2/$small/manifests/other-tag")" == 404 ]] || { echo "another tag served"; return 1; }
+  local pause_repo="${PAUSE_IMAGE#*/}"
+  [[ "$(status_of -u "lifeboat:$token" "$serve_url/v2/${pause_repo%:*}/manifests/${PAUSE_IMAGE##*:}")" == 404 ]] ||
+    { echo "the pause image's tag served"; return 1; }
+  local own; own="$(curl -s -o /dev/null -D - -u "lifeboat:$token" "$serve_url/v2/$small/manifests/1" | tr -d '\r' |
+    awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')"
+  [[ "$own" == "$small_digest" ]] || { echo "the session's own tag resolves to '$own'"; return 1; }
   [[ "$(status_of -u "lifeboat:$token" -X PUT "$serve_url/v2/$small/manifests/$small_digest")" == 404 ]] || { echo "PUT accepted"; return 1; }
 }
-check "the session refuses a missing or wrong token, other content, tags and writes" refuses_strangers
+check "the session refuses a missing or wrong token, other content, other tags and writes" refuses_strangers
 stops_on_sigterm() {
   local watch_file; watch_file="$(mktemp)"
   # kubectl itself in the background (not the k function, whose subshell
