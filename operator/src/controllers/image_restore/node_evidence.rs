@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use kube::Api;
 use kube::api::ListParams;
 use lifeboat_api::restore::ImageRestoreState;
@@ -171,21 +171,9 @@ async fn running(
 ) -> Result<BTreeSet<(String, String)>, OperatorError> {
     let client = controller.context.client.clone();
     let mut found = BTreeSet::new();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    for pod in pods.list(&ListParams::default()).await?.items {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            continue;
-        };
-        let statuses = pod.status.iter().flat_map(|s| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .chain(s.init_container_statuses.iter().flatten())
-        });
-        for container in statuses {
-            if let Some(digest) = digest_of(&container.image_id) {
-                found.insert((digest.to_owned(), node.clone()));
-            }
+    for (node, container) in bound_container_statuses(client.clone(), namespace).await? {
+        if let Some(digest) = digest_of(&container.image_id) {
+            found.insert((digest.to_owned(), node));
         }
     }
     let policies: Api<ImageBackupPolicy> = Api::namespaced(client, namespace);
@@ -208,6 +196,26 @@ async fn running(
                 found.insert((digest.clone(), node.clone()));
             }
         }
+    }
+    Ok(found)
+}
+
+/// Every container status (init containers' too) of the namespace's pods
+/// that are bound to a node, with that node: what the running digests and
+/// (`node_import`) the failing pulls are read from.
+pub(super) async fn bound_container_statuses(
+    client: kube::Client,
+    namespace: &str,
+) -> Result<Vec<(String, ContainerStatus)>, OperatorError> {
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let mut found = Vec::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let (Some(node), Some(status)) = (pod.spec.and_then(|s| s.node_name), pod.status) else {
+            continue;
+        };
+        let containers = status.container_statuses.into_iter().flatten();
+        let init = status.init_container_statuses.into_iter().flatten();
+        found.extend(containers.chain(init).map(|c| (node.clone(), c)));
     }
     Ok(found)
 }

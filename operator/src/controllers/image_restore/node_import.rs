@@ -31,7 +31,7 @@ use super::node_destination::{
     ContainerPull, ImportSource, choose_import_source, destination_nodes, new_entries,
     retry_from_another_holder, roll_up, source_ref,
 };
-use super::node_evidence::{digest_of, knowledge, scan_nodes};
+use super::node_evidence::{bound_container_statuses, digest_of, knowledge, scan_nodes};
 use super::node_jobs::{
     ImportFrom, NodeJobMeta, import_arguments, import_job, serve_arguments, serve_job, serve_port,
 };
@@ -209,31 +209,18 @@ async fn failing_pulls(
     controller: &RestoreController,
     namespace: &str,
 ) -> Result<Vec<ContainerPull>, OperatorError> {
-    let pods: Api<Pod> = Api::namespaced(controller.context.client.clone(), namespace);
-    let mut pulls = Vec::new();
-    for pod in pods.list(&ListParams::default()).await?.items {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            continue;
-        };
-        let statuses = pod.status.iter().flat_map(|s| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .chain(s.init_container_statuses.iter().flatten())
-        });
-        for container in statuses {
-            pulls.push(ContainerPull {
-                node: node.clone(),
-                image: container.image.clone(),
-                waiting_reason: container
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .and_then(|w| w.reason.clone()),
-            });
-        }
-    }
-    Ok(pulls)
+    let statuses = bound_container_statuses(controller.context.client.clone(), namespace).await?;
+    Ok(statuses
+        .into_iter()
+        .map(|(node, container)| ContainerPull {
+            node,
+            waiting_reason: container
+                .state
+                .and_then(|s| s.waiting)
+                .and_then(|w| w.reason),
+            image: container.image,
+        })
+        .collect())
 }
 
 /// The name an image is imported under (the reference pods use, pinned
