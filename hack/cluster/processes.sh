@@ -22,6 +22,17 @@ start() {
   echo $! >"$CLUSTER_PIDS/$name.pid"
 }
 
+# restart_component NAME: stops a component started by `start` (its whole
+# process group), so that the next `start` runs it again.
+restart_component() {
+  local pidfile="$CLUSTER_PIDS/$1.pid" pid
+  pid="$(cat "$pidfile" 2>/dev/null)" || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
 # wait_for WHAT SECONDS COMMAND... : polls until COMMAND succeeds.
 wait_for() {
   local what="$1" timeout="$2"; shift 2

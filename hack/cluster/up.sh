@@ -164,9 +164,14 @@ start_node_relays() {
 }
 
 start_node_containerd() {
-  local node="$1" dir sock
+  local node="$1" dir sock discard=false
   dir="$(node_dir "$node")"
   sock="$(node_containerd_socket "$node")"
+  # The second node discards compressed layers once they are unpacked, as
+  # many managed clusters do (GKE, EKS's and AKS's defaults in some
+  # versions): node exports from it go through the rebuild path, and a
+  # node-to-node import refuses it as a source (docs/restore.md).
+  [[ "$node" == "${NODE_NAMES[1]}" ]] && discard=true
   mkdir -p "$dir/containerd" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/certs.d/$SOURCE_REGISTRY" "$dir/certs.d/$BACKUP_REGISTRY"
   cat >"$dir/certs.d/$SOURCE_REGISTRY/hosts.toml" <<TOML
 server = "http://$SOURCE_REGISTRY"
@@ -221,7 +226,7 @@ state = "$dir/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
-    discard_unpacked_layers = false
+    discard_unpacked_layers = $discard
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -235,7 +240,16 @@ state = "$dir/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "$dir/certs.d"
 TOML
+  # A running containerd started from another configuration (an older
+  # checkout) is restarted with this one; containers keep running (their
+  # shims outlive it) and the kubelet reconnects.
+  local config_hash; config_hash="$(sha256sum <"$dir/containerd.toml")"
+  if is_running "containerd-$node" && [[ "$(cat "$dir/containerd.toml.running" 2>/dev/null)" != "$config_hash" ]]; then
+    log "containerd on $node runs an older configuration: restarting it"
+    restart_component "containerd-$node"
+  fi
   start "containerd-$node" nsenter "--net=/run/netns/$(node_netns "$node")" containerd --config "$dir/containerd.toml"
+  echo "$config_hash" >"$dir/containerd.toml.running"
   wait_for "containerd on $node" 30 ctr -a "$sock" version
   if ! ctr -a "$sock" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
     ctr -a "$sock" -n k8s.io images import --no-unpack "$pause_archive" >/dev/null

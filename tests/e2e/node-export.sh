@@ -13,7 +13,8 @@ tag="0.9"
 holder="${NODE_NAMES[0]}"
 other="${NODE_NAMES[1]}"
 echo "node-exporter on the cluster (namespace $ns)"
-check "Lifeboat images build and load into the nodes" "$REPO_ROOT/hack/images/lifeboat-images.sh"
+# The operator too: the last case asks it for a node-to-node import.
+deploy_operator
 k create namespace "$ns" >/dev/null
 cleanup() { k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true; }
 on_exit cleanup
@@ -40,8 +41,9 @@ lose_image() {
 check "the image is deleted from the source registry and its blobs collected" lose_image
 
 # run_export NAME NODE : runs node-exporter as a Job on NODE; prints nothing, leaves the Job.
+# IMAGE_ARG (environment) replaces the --image argument (SRC[=DEST]).
 run_export() {
-  local name="$1" node="$2"
+  local name="$1" node="$2" image_arg="${IMAGE_ARG:-$SOURCE_REGISTRY/$repo:$tag@$digest}"
   k apply -n "$ns" -f - >/dev/null <<YAML
 apiVersion: batch/v1
 kind: Job
@@ -63,7 +65,7 @@ spec:
       - name: export
         image: lifeboat.local/node-exporter:dev
         imagePullPolicy: Never
-        args: [export, --image, "$SOURCE_REGISTRY/$repo:$tag@$digest", --plain-http, "$SOURCE_REGISTRY",
+        args: [export, --image, "$image_arg", --plain-http, "$SOURCE_REGISTRY",
                --socket, /run/containerd/containerd.sock]
         securityContext:
           runAsUser: 0
@@ -101,6 +103,76 @@ check "skopeo pulls every blob back, digests verified" verify_blobs
 
 pinned_pod repull "$other" "$SOURCE_REGISTRY/$repo@$digest" | k apply -n "$ns" -f - >/dev/null
 check "a pod on $other pulls the restored image" k -n "$ns" wait --for=condition=Ready pod/repull --timeout=90s
+
+# --- a node that discarded its compressed layers ---------------------------------------
+# $other's containerd runs with discard_unpacked_layers = true (hack/cluster/up.sh),
+# as many managed clusters' do: an image pulled there is unpacked and its
+# compressed layers go. An export from $other rebuilds them from the snapshots:
+# the same files under a new digest, reported next to the original, pushed
+# under a name of its own, and a pod bound to the new digest runs it. (An image
+# of its own: one another suite imported into $other would keep its layers.)
+work="$(mktemp -d)"
+on_exit "rm -rf '$work'"
+discard_repo="e2e/discard-$RANDOM"
+make_discard_image() {
+  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$discard_repo:1" --busybox \
+    --random-layer "262144:$discard_repo-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null &&
+    skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$discard_repo:1" "docker://$SOURCE_REGISTRY/$discard_repo:1"
+}
+check "an image of its own is pushed" make_discard_image
+discard_digest="$(registry_digest "$discard_repo" 1)"
+pinned_pod discarding "$other" "$SOURCE_REGISTRY/$discard_repo:1" | k apply -n "$ns" -f - >/dev/null
+check "a pod on $other runs it" k -n "$ns" wait --for=condition=Ready pod/discarding --timeout=90s
+layers="$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$SOURCE_REGISTRY/v2/$discard_repo/manifests/$discard_digest" | jq -r '.layers[].digest')"
+layers_discarded() {
+  local held; held="$(ctr -a "$(node_containerd_socket "$other")" -n k8s.io content ls -q)"
+  [[ -n "$layers" ]] || { echo "no layers read"; return 1; }
+  for layer in $layers; do grep -qx "$layer" <<<"$held" && { echo "$other still holds $layer"; return 1; }; done
+  return 0
+}
+check "$other discarded the image's compressed layers after unpacking" eventually 20 layers_discarded
+rebuilt_repo="$discard_repo-rebuilt"
+IMAGE_ARG="$SOURCE_REGISTRY/$discard_repo:1@$discard_digest=$SOURCE_REGISTRY/$rebuilt_repo:1" run_export export-rebuilt "$other"
+check "the export Job on $other succeeds" k -n "$ns" wait --for=condition=Complete job/export-rebuilt --timeout=120s
+rebuilt_digest="$(termination_message export-rebuilt | jq -r 'first(.. | objects | select(.status? == "Rebuilt")) | .digest // empty')"
+rebuilt_reported() {
+  local message; message="$(termination_message export-rebuilt)"
+  jq -e --arg d "$discard_digest" 'first(.. | objects | select(.status? == "Rebuilt")) |
+    .originalDigest == $d and (.digest | startswith("sha256:")) and .digest != $d and .rebuiltLayers >= 1' <<<"$message" >/dev/null ||
+    { echo "termination message: $message"; return 1; }
+}
+check "it reports Rebuilt with the node's original digest and the new one (never the original claimed)" rebuilt_reported
+check "the registry serves the rebuilt image under its new digest" test "$(registry_digest "$rebuilt_repo" 1)" == "$rebuilt_digest"
+pinned_pod rebuilt-runs "$holder" "$SOURCE_REGISTRY/$rebuilt_repo@$rebuilt_digest" | k apply -n "$ns" -f - >/dev/null
+check "a pod bound to the rebuilt digest runs on $holder" k -n "$ns" wait --for=condition=Ready pod/rebuilt-runs --timeout=90s
+
+# Node to node, no rebuild is passed off as the original: with the image gone
+# from its source and no backup, an import of the original digest into
+# $holder finds only $other's discarded layers, and is refused, saying so
+# (a pod bound to that digest needs the backup; docs/restore.md).
+check "the image is deleted from the source registry" \
+  curl -sf -X DELETE "http://$SOURCE_REGISTRY/v2/$discard_repo/manifests/$discard_digest"
+refuse="refuse-rebuild-${discard_repo##*-}"
+on_exit "k -n lifeboat-system delete imagerestore '$refuse' --ignore-not-found --wait=false"
+k -n lifeboat-system apply -f - >/dev/null <<YAML
+apiVersion: lifeboat.dev/v1alpha1
+kind: ImageRestore
+metadata: {name: $refuse}
+spec:
+  images: ["$SOURCE_REGISTRY/$discard_repo:1@$discard_digest"]
+  destination: {nodes: {names: [$holder]}}
+YAML
+refused_saying_why() {
+  local status; status="$(k -n lifeboat-system get imagerestore "$refuse" -o json | jq -c .status)"
+  jq -e '.conditions[] | select(.type == "Ready") | .status == "False"' <<<"$status" >/dev/null || return 1
+  grep -q "$other hold(s) it with its compressed layers discarded" <<<"$status" || { echo "$status"; return 1; }
+}
+check "an import into $holder of the original digest is refused, naming $other's discarded layers" eventually 90 refused_saying_why
+original_not_on_holder() {
+  ! ctr -a "$(node_containerd_socket "$holder")" -n k8s.io images ls -q | grep -q "@$discard_digest\$"
+}
+check "... and nothing on $holder claims the original digest" original_not_on_holder
 
 exits_image_not_here() {
   # A digest no node has ever held.

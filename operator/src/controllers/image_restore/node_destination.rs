@@ -448,6 +448,10 @@ mod tests {
             panic!("a rebuild is no source")
         };
         assert!(why.contains("offsite") && why.contains("n1, n2"), "{why}");
+        assert!(
+            why.contains("n1 hold(s) it with its compressed layers discarded"),
+            "the message names the node that has it only rebuildable: {why}"
+        );
         let there = answered(&[("n2", Exportable::Platform)]);
         assert_eq!(
             choose("n2", Some(&backup), &there),
