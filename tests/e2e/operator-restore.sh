@@ -250,12 +250,18 @@ from_node_reconciles=$(($(restore_reconciles) - reconciles_before))
 # Creation, the export Job's end (before: 8, woken
 # by its own status writes, every Job change and a 2 s / 5 s poll).
 check "... in at most 6 reconciles ($from_node_reconciles): woken by finished Jobs, not by polls or its own writes" test "$from_node_reconciles" -le 6
+# $node2 discards compressed layers once unpacked (hack/cluster/up.sh), as
+# managed clusters' nodes often do: what it holds comes back rebuilt, under a
+# new digest, and the status says so (docs/restore.md).
 from_node_status() {
-  local got
-  got="$(image_field from-node 'state') $(image_field from-node 'source.kind')/$(image_field from-node 'source.name') $(image_field from-node 'restoredDigest') $(image_field from-node 'digestPreserved')"
-  [[ "$got" == "Restored NodeCache/$node2 ${digest[node]} true" ]] || { echo "status: $got (want the image from $node2, not $node1)"; return 1; }
+  local got restored
+  got="$(image_field from-node 'state') $(image_field from-node 'source.kind')/$(image_field from-node 'source.name') $(image_field from-node 'requestedDigest') $(image_field from-node 'digestPreserved')"
+  [[ "$got" == "Restored NodeCache/$node2 ${digest[node]} false" ]] || { echo "status: $got (want the image from $node2, not $node1, rebuilt)"; return 1; }
+  restored="$(image_field from-node 'restoredDigest')"
+  [[ "$restored" == sha256:* && "$restored" != "${digest[node]}" ]] || { echo "restoredDigest '$restored'"; return 1; }
+  [[ "$(registry_digest "$base/node" 1)" == "$restored" ]] || { echo "the tag is not the rebuilt image"; return 1; }
 }
-check "it was exported from $node2, which holds it (not $node1), digest preserved" from_node_status
+check "it was exported from $node2, which holds it (not $node1): rebuilt, both digests reported, the tag serves it" from_node_status
 job="$(image_field from-node jobName)"
 job_is_hardened() {
   local j; j="$(k -n lifeboat-system get job "$job" -o json)" || { echo "no Job $job"; return 1; }
@@ -271,7 +277,7 @@ job_is_hardened() {
     (.metadata.name | length) <= 63' <<<"$j" >/dev/null || { echo "$j" | jq '.metadata, .spec'; return 1; }
 }
 check "the export Job ($job) is pinned by node affinity, hardened, bounded, and carries none of the CR's labels" job_is_hardened
-check "a pod on $node1 (which never had it) pulls the restored image" pod_pulls repull "$node1" "$(ref node)"
+check "a pod on $node1 (which never had it) pulls the rebuilt image by its tag" pod_pulls repull "$node1" "$SOURCE_REGISTRY/$base/node:1"
 
 # --- 3. on no node ------------------------------------------------------------------------
 # In the operator's namespace: a team's namespace may not even ask for a
