@@ -148,7 +148,10 @@ setup_node_network() {
   ip link set "$host_if" up
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
-  ip -n "$ns" addr show dev lo | grep -q "$KUBERNETES_SERVICE_IP/32" ||
+  # Read whole before matching: with pipefail, `grep -q` closing the pipe
+  # early makes `ip` die of SIGPIPE and a present address look absent.
+  local lo_addresses; lo_addresses="$(ip -n "$ns" addr show dev lo)"
+  grep -q "$KUBERNETES_SERVICE_IP/32" <<<"$lo_addresses" ||
     ip -n "$ns" addr add "$KUBERNETES_SERVICE_IP/32" dev lo
   ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
 }
@@ -164,14 +167,18 @@ start_node_relays() {
 }
 
 start_node_containerd() {
-  local node="$1" dir sock discard=false
+  local node="$1" dir sock discard=false gc_deletions=0
   dir="$(node_dir "$node")"
   sock="$(node_containerd_socket "$node")"
   # The second node discards compressed layers once they are unpacked, as
   # many managed clusters do (GKE, EKS's and AKS's defaults in some
   # versions): node exports from it go through the rebuild path, and a
   # node-to-node import refuses it as a source (docs/restore.md).
-  [[ "$node" == "${NODE_NAMES[1]}" ]] && discard=true
+  # Discarded layers go at containerd's next garbage collection; a busy
+  # node runs one every few seconds, this quiet one might not for hours,
+  # so here a collection follows every deletion (the end of a pull's lease
+  # included).
+  [[ "$node" == "${NODE_NAMES[1]}" ]] && discard=true gc_deletions=1
   mkdir -p "$dir/containerd" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/certs.d/$SOURCE_REGISTRY" "$dir/certs.d/$BACKUP_REGISTRY"
   cat >"$dir/certs.d/$SOURCE_REGISTRY/hosts.toml" <<TOML
 server = "http://$SOURCE_REGISTRY"
@@ -215,6 +222,8 @@ state = "$dir/containerd/state"
   address = "$sock.ttrpc"
 [metrics]
   address = ""
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = $gc_deletions
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"

@@ -183,10 +183,35 @@ pub(crate) fn choose_import_source(
             NextStep::Try { node, .. } => return ImportSource::Peer { holder: node },
             NextStep::Ask(nodes) => return ImportSource::Asking(nodes),
             NextStep::NotFound(why) => {
-                return ImportSource::NotFound(format!("{backup_why}; {why}"));
+                let mut why = format!("{backup_why}; {why}");
+                if let Some(note) = rebuild_note(image, &knowledge) {
+                    why.push_str(&note);
+                }
+                return ImportSource::NotFound(why);
             }
         };
     }
+}
+
+/// Why an image some nodes do hold is still not found: they hold it only
+/// rebuildable (compressed layers discarded after unpacking, so an export
+/// would carry another digest) and a node-to-node import never records
+/// that under the original digest. The user then knows a restore from
+/// those nodes into a registry (a new digest) is what remains.
+fn rebuild_note(image: &str, knowledge: &Knowledge) -> Option<String> {
+    let rebuildable: Vec<&str> = knowledge
+        .answers
+        .iter()
+        .filter(|(_, held)| held.get(image) == Some(&Exportable::Rebuild))
+        .map(|(node, _)| node.as_str())
+        .collect();
+    (!rebuildable.is_empty()).then(|| {
+        format!(
+            "; {} hold(s) it with its compressed layers discarded: only a rebuild under \
+             another digest is possible from there (a restore into a registry)",
+            rebuildable.join(", ")
+        )
+    })
 }
 
 /// Whether a failed import is worth another holder: it came from a peer

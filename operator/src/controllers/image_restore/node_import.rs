@@ -19,8 +19,8 @@ use lifeboat_api::restore::{
     ImageRestoreState, MAX_STATUS_NODE_IMPORTS, NodeImport, RestoreSourceKind, RestoredImage,
 };
 use lifeboat_api::{ImageBackupPolicy, ImageReference, ImageRestoreStatus};
-use lifeboat_node_protocol::reasons::is_not_on_node;
-use lifeboat_node_protocol::{ImageSource, ImportImage};
+use lifeboat_node_protocol::reasons::{self as node_reasons, is_not_on_node};
+use lifeboat_node_protocol::{Exportable, ImageSource, ImportImage};
 use registry_transfer::Transfer;
 use tracing::info;
 
@@ -252,7 +252,7 @@ async fn follow(
         let job = match job_state(controller, &name).await? {
             JobState::Finished(job) => job,
             JobState::Running => {
-                serve_gave_up(controller, &name, &mut status.nodes).await?;
+                serve_gave_up(controller, facts, &name, &images, &mut status.nodes).await?;
                 continue;
             }
             JobState::Missing => continue,
@@ -284,7 +284,7 @@ async fn follow(
                         result.reason.as_deref(),
                     ) =>
                 {
-                    another_holder(entry, result.reason.as_deref());
+                    another_holder(controller, facts, &images, entry, result.reason.as_deref());
                 }
                 Some(result) => {
                     entry.state = ImageRestoreState::Failed;
@@ -320,7 +320,9 @@ async fn follow(
 /// waiting import Job is deleted (it would wait out its patience).
 async fn serve_gave_up(
     controller: &RestoreController,
+    facts: &Facts<'_>,
     import_job: &str,
+    images: &[RestoredImage],
     nodes: &mut [NodeImport],
 ) -> Result<(), OperatorError> {
     let serves: BTreeSet<String> = nodes
@@ -346,7 +348,7 @@ async fn serve_gave_up(
             .iter_mut()
             .filter(|n| n.serve_job_name.as_deref() == Some(serve.as_str()))
         {
-            another_holder(entry, reason.as_deref());
+            another_holder(controller, facts, images, entry, reason.as_deref());
         }
         let jobs: Api<Job> = Api::namespaced(
             controller.context.client.clone(),
@@ -361,12 +363,33 @@ async fn serve_gave_up(
 
 /// An import whose peer could not give the image goes back to Pending;
 /// the holder stays in the restore's tried nodes, so another is chosen.
-fn another_holder(entry: &mut NodeImport, reason: Option<&str>) {
+/// When the peer holds it only with its compressed layers discarded, that
+/// is remembered as the node's answer (`Exportable::Rebuild`): no import
+/// takes it from there, and a "not found" says why.
+fn another_holder(
+    controller: &RestoreController,
+    facts: &Facts<'_>,
+    images: &[RestoredImage],
+    entry: &mut NodeImport,
+    reason: Option<&str>,
+) {
     let holder = entry
         .source
         .as_ref()
         .map(|s| s.name.clone())
         .unwrap_or_default();
+    let only_rebuildable = reason.is_some_and(|r| {
+        r == node_reasons::LAYER_UNRECOVERABLE || r == node_reasons::REBUILD_DENIED
+    });
+    if only_rebuildable
+        && !holder.is_empty()
+        && let Some(name) = import_name(facts, images, &entry.reference)
+    {
+        controller.remember(
+            &holder,
+            BTreeMap::from([(image_argument(&name), Exportable::Rebuild)]),
+        );
+    }
     entry.state = ImageRestoreState::Pending;
     entry.job_name = None;
     entry.serve_job_name = None;
