@@ -19,6 +19,9 @@ export GGCR_VERSION="${GGCR_VERSION:-v0.22.1}"
 # cargo-machete: the unused-dependency check (hack/build-cargo-machete.sh).
 export CARGO_MACHETE_VERSION="${CARGO_MACHETE_VERSION:-0.9.2}"
 export CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.1}"
+# cert-manager, for the admission webhook's cert-manager path
+# (hack/build-cert-manager.sh says why this version).
+export CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.11.5}"
 
 # Built binaries live outside the repository, keyed by version, so a fresh
 # clone (and CI on the same machine) reuses them.

@@ -31,6 +31,8 @@ hack/build-kubernetes.sh
 hack/build-helm.sh
 # cosign, oras and a registry with the referrers API (registry-transfer/tests/referrers.rs, tests/e2e/referrers.sh).
 hack/build-registry-tools.sh
+# cert-manager's controller, webhook and cainjector (tests/e2e/admission-cert-manager.sh).
+hack/build-cert-manager.sh
 
 # Static checks first, cheapest first: a stale generated file or an unused
 # dependency fails in seconds, not after the builds and the e2e suites.

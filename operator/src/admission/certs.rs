@@ -47,6 +47,11 @@ const NOT_AFTER: &str = "lifeboat.dev/not-after";
 const NAMES: &str = "lifeboat.dev/names";
 /// How often the selector is compared with the policies.
 const SELECTOR_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the Secret cert-manager writes is read (one GET; the key is
+/// loaded only when the Secret changed). A renewal is served within this;
+/// meanwhile the old certificate is still valid and its CA, which the
+/// `caBundle` holds, is the same.
+const CERT_MANAGER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The certificate served now; swapped in place on renewal.
 #[derive(Debug, Default)]
@@ -306,11 +311,18 @@ pub async fn keep_current(
     current: Arc<CurrentCertificate>,
 ) {
     let mut issued: Option<Issued> = None;
+    let mut cert_manager_loaded: Option<String> = None;
     let mut written = Written::default();
     let mut cert_check = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= cert_check {
-            let next = match refresh_certificate(&context, &config, &current, &mut issued).await {
+            let refreshed = if config.cert_manager {
+                load_cert_manager_secret(&context, &config, &current, &mut cert_manager_loaded)
+                    .await
+            } else {
+                refresh_certificate(&context, &config, &current, &mut issued).await
+            };
+            let next = match refreshed {
                 Ok(next) => next,
                 Err(e) => {
                     warn!(error = %e, "admission certificate");
@@ -327,6 +339,42 @@ pub async fn keep_current(
     }
 }
 
+/// Serves the certificate cert-manager keeps in the Secret, loading it again
+/// when the Secret changed (`loaded`: the resourceVersion served). Returns
+/// when to look again.
+async fn load_cert_manager_secret(
+    context: &Context,
+    config: &AdmissionConfig,
+    current: &CurrentCertificate,
+    loaded: &mut Option<String>,
+) -> Result<Duration, OperatorError> {
+    let namespace = &context.config.namespace;
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
+    let stored = secrets.get_opt(&config.secret).await?;
+    let (Some(secret), Some(cert), Some(key)) = (
+        stored.as_ref(),
+        stored.as_ref().and_then(|s| secret_text(s, "tls.crt")),
+        stored.as_ref().and_then(|s| secret_text(s, "tls.key")),
+    ) else {
+        return Err(OperatorError::Admission(format!(
+            "cert-manager has not written Secret {namespace}/{} yet",
+            config.secret
+        )));
+    };
+    let version = secret.resource_version();
+    if version.is_some() && *loaded == version {
+        return Ok(CERT_MANAGER_INTERVAL);
+    }
+    current.set(certified_key(&cert, &key)?);
+    info!(
+        secret = %config.secret,
+        resource_version = version.as_deref().unwrap_or(""),
+        "admission certificate loaded from cert-manager's Secret"
+    );
+    *loaded = version;
+    Ok(CERT_MANAGER_INTERVAL)
+}
+
 /// Serves the Secret's certificate, issuing a new one first when there is
 /// none or it is due. Returns when to look again.
 async fn refresh_certificate(
@@ -338,19 +386,6 @@ async fn refresh_certificate(
     let namespace = &context.config.namespace;
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
     let stored = secrets.get_opt(&config.secret).await?;
-    if config.cert_manager {
-        let (Some(cert), Some(key)) = (
-            stored.as_ref().and_then(|s| secret_text(s, "tls.crt")),
-            stored.as_ref().and_then(|s| secret_text(s, "tls.key")),
-        ) else {
-            return Err(OperatorError::Admission(format!(
-                "cert-manager has not written Secret {namespace}/{} yet",
-                config.secret
-            )));
-        };
-        current.set(certified_key(&cert, &key)?);
-        return Ok(Duration::from_secs(60));
-    }
     let now = Utc::now();
     let names = service_names(&config.service, namespace, config.url_host.as_deref());
     let kept = stored.as_ref().and_then(from_secret);
