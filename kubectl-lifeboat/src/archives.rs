@@ -16,7 +16,7 @@ use registry_transfer::{
     RegistrySettings, RepositoryRef, Secret, Transfer, TransferConfig,
 };
 
-use crate::archive::read::{Archive, ArchiveSource, ArchivedImage, verify_image};
+use crate::archive::read::{Archive, ArchiveSource, ArchivedImage, check_image};
 use crate::archive::write;
 use crate::cli::{ClusterAccess, ExportArgs, ImportArgs, RegistryAccess};
 use crate::client::Connection;
@@ -157,19 +157,36 @@ async fn open_tunnel(
     registry: &str,
     tls: bool,
 ) -> anyhow::Result<Tunnel> {
+    let address = dial_address(registry, tls);
+    let namespace = &connection.namespace;
+    if !access.relay {
+        let pods: Api<Pod> = Api::namespaced(connection.client.clone(), namespace);
+        if let Some(tunnel) = Tunnel::direct(&pods, &address).await {
+            eprintln!(
+                "reaching {address} by port-forward to its pod {namespace}/{}",
+                tunnel.pod()
+            );
+            return Ok(tunnel);
+        }
+    }
     let settings = tunnel::node_exporter_settings(
         connection,
         access.node_exporter_image.as_deref(),
         &access.operator_namespace,
     )
     .await?;
-    Tunnel::open(
+    let tunnel = Tunnel::open(
         connection,
         &settings.image,
-        &dial_address(registry, tls),
+        &address,
         access.relay_node.as_deref(),
     )
-    .await
+    .await?;
+    eprintln!(
+        "reaching {address} through relay pod {namespace}/{}",
+        tunnel.pod()
+    );
+    Ok(tunnel)
 }
 
 /// Runs `work` with a tunnel and deletes its pod afterwards, whatever happened.
@@ -319,11 +336,13 @@ pub async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Resul
     let archive = tokio::task::spawn_blocking(move || Archive::open(&path))
         .await?
         .with_context(|| format!("reading {}", args.file.display()))?;
+    tracing::info!(file = %args.file.display(), "archive indexed");
     let archive = Arc::new(archive);
     let chosen = choose_image(archive.images()?, args.name.as_deref())?;
     let tag = target_tag(&args.to, &target, chosen.ref_name.as_deref());
     let source = ArchiveSource::new(archive.clone(), chosen.descriptor.clone());
-    let total = verify_image(&source).await?;
+    let total = check_image(&source).await?;
+    tracing::info!(bytes = total, "archive checked");
     let progress = Progress::default();
     progress.set_total(total);
     if let Some(selector) = &args.to_nodes {
@@ -352,9 +371,12 @@ pub async fn import(connection: &Connection, args: &ImportArgs) -> anyhow::Resul
     let report = with_tunnel(tunnel, |local| async move {
         let transfer = transfer_for(&local, far);
         let request = CopyRequest::new(RepositoryRef::new(local, repository)).with_tag(tag);
-        Ok(transfer.copy(&source, &request).await?)
+        let report = transfer.copy(&source, &request).await?;
+        tracing::info!(digest = %report.digest, bytes = report.bytes_copied, "copy done");
+        Ok(report)
     })
     .await?;
+    tracing::info!("relay pod deleted");
     reporter.finish();
     eprintln!(
         "imported {} into {}/{}:{}: {} blobs copied ({} bytes), {} already there, every digest verified",

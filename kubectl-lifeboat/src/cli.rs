@@ -86,6 +86,10 @@ pub struct ClusterAccess {
     /// Run the relay pod on this node (where pods cannot reach other nodes' pods).
     #[arg(long)]
     pub relay_node: Option<String>,
+    /// Always go through a relay pod, even when the registry is a pod of the
+    /// namespace, which is otherwise port-forwarded to directly.
+    #[arg(long)]
+    pub relay: bool,
 }
 
 /// How export and import talk to the registry at the far end of the tunnel.

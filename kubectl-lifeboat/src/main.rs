@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod nodes;
 mod output;
+mod portforward;
 mod progress;
 mod restore;
 mod reverse;
@@ -27,6 +28,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    init_log();
     match run(args).await {
         Ok(code) => code,
         Err(error) => {
@@ -34,6 +36,22 @@ async fn main() -> ExitCode {
             ExitCode::from(cli::EXIT_ERROR)
         }
     }
+}
+
+/// The environment variable that turns on the plugin's log (an
+/// `EnvFilter`, e.g. `info` for the phases of an import with their times
+/// since start); off by default, so stderr stays the command's own output.
+const LOG_ENV: &str = "KUBECTL_LIFEBOAT_LOG";
+
+fn init_log() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV) else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {

@@ -12,13 +12,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, Toleration};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use lifeboat_node_protocol::RelayArguments;
+use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::client::Connection;
+use crate::portforward;
 
 /// The port the relay listens on inside its pod.
 const RELAY_PORT: u16 = 7070;
@@ -31,10 +33,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub const OPERATOR_DEPLOYMENT: &str = "lifeboat-operator";
 pub const NODE_EXPORTER_IMAGE_ENV: &str = "LIFEBOAT_NODE_EXPORTER_IMAGE";
 
-/// A relay pod and the local port that reaches through it.
+/// A pod (a relay, a node pod, or the registry's own) and the local port
+/// that reaches through it.
 pub struct Tunnel {
     pods: Api<Pod>,
     pod: String,
+    /// Started for this tunnel, so deleted with it (not the registry's pod).
+    owned: bool,
     pub local: SocketAddr,
     accept: JoinHandle<()>,
 }
@@ -211,23 +216,58 @@ impl Tunnel {
         pods.create(&PostParams::default(), &relay_pod(&name, image, to, node)?)
             .await
             .with_context(|| format!("creating relay pod {}/{name}", connection.namespace))?;
+        tracing::info!(pod = %name, "relay pod created");
         if let Err(error) = wait_for(&pods, &name, is_ready).await {
             delete(&pods, &name).await;
             return Err(error);
         }
+        tracing::info!(pod = %name, "relay pod ready");
         Tunnel::attach(pods, name, RELAY_PORT).await
     }
 
     /// A local listener whose connections reach `port` of the running pod
     /// `pod`; the pod is deleted when the tunnel closes.
     pub async fn attach(pods: Api<Pod>, pod: String, port: u16) -> anyhow::Result<Tunnel> {
-        let listener = match TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(listener) => listener,
+        match Tunnel::listen(pods.clone(), pod.clone(), port, true).await {
+            Ok(tunnel) => Ok(tunnel),
             Err(error) => {
                 delete(&pods, &pod).await;
-                return Err(error.into());
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// Port-forwards straight to the registry's own pod when `address`
+    /// (`IP:PORT`, as the relay would dial it) is the IP of a running pod
+    /// in the namespace and something answers on that port through it:
+    /// no relay pod to start and no extra hop for every byte. `None` (use
+    /// a relay) otherwise, e.g. when the user may not list pods or the
+    /// server listens on the pod's IP only (port-forward reaches the pod's
+    /// loopback).
+    pub async fn direct(pods: &Api<Pod>, address: &str) -> Option<Tunnel> {
+        let address: SocketAddr = address.parse().ok()?;
+        let ip = address.ip().to_string();
+        let listed = pods
+            .list(&ListParams::default().fields(&format!("status.podIP={ip}")))
+            .await
+            .map_err(|error| tracing::debug!(%error, "cannot list pods; a relay it is"))
+            .ok()?;
+        let pod = pod_with_ip(&listed.items, &ip)?;
+        let tunnel = Tunnel::listen(pods.clone(), pod.clone(), address.port(), false)
+            .await
+            .ok()?;
+        if something_answers(tunnel.local).await {
+            tracing::info!(%pod, port = address.port(), "registry pod reached directly");
+            Some(tunnel)
+        } else {
+            tracing::info!(%pod, port = address.port(), "registry pod does not answer on its loopback; a relay it is");
+            tunnel.close().await;
+            None
+        }
+    }
+
+    async fn listen(pods: Api<Pod>, pod: String, port: u16, owned: bool) -> anyhow::Result<Tunnel> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let local = listener.local_addr()?;
         tracing::debug!(%pod, %local, port, "tunnel open");
         let accept = tokio::spawn(forward_connections(
@@ -239,9 +279,15 @@ impl Tunnel {
         Ok(Tunnel {
             pods,
             pod,
+            owned,
             local,
             accept,
         })
+    }
+
+    /// The pod the tunnel reaches.
+    pub fn pod(&self) -> &str {
+        &self.pod
     }
 
     /// The `HOST:PORT` that reaches the relayed address.
@@ -249,12 +295,52 @@ impl Tunnel {
         self.local.to_string()
     }
 
-    /// Stops listening and deletes the pod.
+    /// Stops listening and deletes the pod if the tunnel started it.
     pub async fn close(self) {
         self.accept.abort();
-        delete(&self.pods, &self.pod).await;
+        if self.owned {
+            delete(&self.pods, &self.pod).await;
+        }
     }
 }
+
+/// The running pod (not being deleted) whose IP is `ip`; host-network pods
+/// share their node's IP but also its loopback, so any of them will do.
+pub fn pod_with_ip(pods: &[Pod], ip: &str) -> Option<String> {
+    pods.iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.status.as_ref().is_some_and(|status| {
+                status.phase.as_deref() == Some("Running") && status.pod_ip.as_deref() == Some(ip)
+            })
+        })
+        .filter_map(|pod| pod.metadata.name.clone())
+        .min()
+}
+
+/// Whether anything answers through the tunnel: a plain `GET /v2/` and at
+/// least one byte back (a TLS server answers it with an HTTP 400). The
+/// port-forward itself ends at once when nothing listens on the port.
+async fn something_answers(local: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(local).await.ok()?;
+        stream
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: lifeboat\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut byte = [0u8; 1];
+        Some(stream.read(&mut byte).await.ok()? > 0)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// How long the probe of a registry pod may take before a relay is used.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until `condition` holds for the pod, or fails when it stopped
 /// first or did not get there in [`START_TIMEOUT`].
@@ -343,24 +429,17 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 /// the silence first and fails (or retries) instead of waiting forever.
 pub const IDLE: Duration = Duration::from_secs(90);
 
-/// One port-forward stream to `port` of `pod`, and the forwarder to join
-/// when done with it.
+/// One port-forward stream to `port` of `pod`, and the task that moves its
+/// bytes (it ends with the stream).
 pub async fn open_stream(
     pods: &Api<Pod>,
     pod: &str,
     port: u16,
-) -> anyhow::Result<(
-    impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + use<>,
-    kube::api::Portforwarder,
-)> {
-    let mut forwarder = tokio::time::timeout(STREAM_TIMEOUT, pods.portforward(pod, &[port]))
+) -> anyhow::Result<(DuplexStream, JoinHandle<anyhow::Result<()>>)> {
+    tokio::time::timeout(STREAM_TIMEOUT, portforward::open(pods, pod, port))
         .await
         .with_context(|| format!("port-forward to {pod} did not open in {STREAM_TIMEOUT:?}"))?
-        .with_context(|| format!("port-forward to {pod}"))?;
-    let stream = forwarder
-        .take_stream(port)
-        .with_context(|| format!("port-forward to {pod} gave no stream"))?;
-    Ok((stream, forwarder))
+        .with_context(|| format!("port-forward to {pod}"))
 }
 
 /// One port-forward stream per local connection, for as long as the tunnel lives.
@@ -379,11 +458,45 @@ async fn forward_connections(listener: TcpListener, pods: Api<Pod>, pod: String,
                     return;
                 }
             };
+            tracing::debug!(%pod, "port-forward stream open");
             let _ = local.set_nodelay(true);
             if let Err(error) = registry_transfer::splice::splice(local, remote, IDLE).await {
                 tracing::debug!(%error, "forwarded connection ended");
             }
-            let _ = tokio::time::timeout(STREAM_TIMEOUT, forwarder.join()).await;
+            let _ = tokio::time::timeout(STREAM_TIMEOUT, forwarder).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, phase: &str, deleting: bool) -> Pod {
+        let mut metadata = serde_json::json!({"name": name});
+        if deleting {
+            metadata["deletionTimestamp"] = "2026-12-05T06:00:00Z".into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": metadata,
+            "status": {"phase": phase, "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_registry_pod_is_the_running_one_with_that_ip() {
+        let pods = [
+            pod("old", "10.244.1.7", "Running", true),
+            pod("done", "10.244.1.7", "Succeeded", false),
+            pod("other", "10.244.1.8", "Running", false),
+            pod("registry", "10.244.1.7", "Running", false),
+        ];
+        assert_eq!(
+            pod_with_ip(&pods, "10.244.1.7").as_deref(),
+            Some("registry")
+        );
+        assert_eq!(pod_with_ip(&pods, "10.244.1.9"), None);
+        assert_eq!(pod_with_ip(&pods[..3], "10.244.1.7"), None);
     }
 }

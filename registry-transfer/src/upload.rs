@@ -389,6 +389,7 @@ where
                 Ok((next, fed)) => {
                     session.moved_to(next);
                     offset += fed.sent;
+                    tracing::debug!(digest = %descriptor.digest, offset, "upload chunk sent");
                     bytes_sent += fed.sent;
                     if let Some(pump) = &pump {
                         hasher = pump.hasher.clone();
@@ -427,6 +428,7 @@ where
             {
                 Ok(()) => {
                     session.committed();
+                    tracing::debug!(digest = %descriptor.digest, bytes_sent, "upload committed");
                     return Ok(bytes_sent);
                 }
                 Err(error) => Some((error, false)),

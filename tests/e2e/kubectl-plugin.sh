@@ -178,11 +178,15 @@ PY
 }
 check "a corrupted or truncated archive is refused within 10 s (digest), nothing tagged, relay deleted" corrupt_import_fails
 import_archive() {
-  local out; out="$(lb import "$air_dir/worker.tar" --to "$air/air/worker" -n "$ns" $relay_on)" || { echo "$out"; return 1; }
+  local out; out="$(lb import "$air_dir/worker.tar" --to "$air/air/worker" -n "$ns" $relay_on 2>"$air_dir/import.err")" ||
+    { echo "$out"; cat "$air_dir/import.err"; return 1; }
   [[ "$out" == "$archive_digest" ]] || { echo "import printed '$out', the archive holds $archive_digest"; return 1; }
+  # The registry is a pod of the namespace: port-forward straight to it, no relay.
+  grep -q "by port-forward to its pod $ns/air-registry" "$air_dir/import.err" || { cat "$air_dir/import.err"; return 1; }
   relays_gone || { echo "relay pod left behind"; return 1; }
+  k -n "$ns" get pod air-registry -o name >/dev/null || { echo "the registry pod was deleted"; return 1; }
 }
-check "import pushes the archive into the in-cluster registry (tag from the archive), relay pod deleted" import_archive
+check "import pushes the archive into the in-cluster registry pod by port-forward to it (tag from the archive), no relay" import_archive
 pinned_deployment air-app "${NODE_NAMES[0]}" "$air/air/worker:0.9" | k apply -n "$ns" -f - >/dev/null
 check "a Deployment runs the imported image, pulled from the in-cluster registry" \
   k -n "$ns" rollout status deploy/air-app --timeout=60s
@@ -244,19 +248,22 @@ YAML
 }
 check "a TLS registry pod with basic auth runs (certificate for registry.air.internal, private CA)" tls_registry
 air_tls="$(k -n "$ns" get pod air-tls-registry -o jsonpath='{.status.podIP}'):5000"
-tls_args=(--ca-file "$air_dir/tls/ca.crt" --tls-server-name registry.air.internal -n "$ns" $relay_on)
+# --relay: through a relay pod although the registry is a pod of the namespace.
+tls_args=(--ca-file "$air_dir/tls/ca.crt" --tls-server-name registry.air.internal -n "$ns" $relay_on --relay)
 tls_round_trip() {
   local out
-  out="$(echo 's3cret-air' | lb import "$air_dir/worker.tar" --to "$air_tls/air/worker:tls" --username air --password-stdin "${tls_args[@]}")" ||
-    { echo "import: $out"; return 1; }
+  out="$(echo 's3cret-air' | lb import "$air_dir/worker.tar" --to "$air_tls/air/worker:tls" --username air --password-stdin "${tls_args[@]}" 2>"$air_dir/tls.err")" ||
+    { echo "import: $out"; cat "$air_dir/tls.err"; return 1; }
   [[ "$out" == "$archive_digest" ]] || { echo "import printed '$out', want $archive_digest"; return 1; }
+  grep -q "through relay pod $ns/lifeboat-relay-" "$air_dir/tls.err" || { cat "$air_dir/tls.err"; return 1; }
+  relays_gone || { echo "relay pod left behind"; return 1; }
   k -n "$ns" create secret docker-registry air-creds --docker-server="$air_tls" --docker-username=air --docker-password='s3cret-air' >/dev/null || return 1
   out="$(lb export "$air_tls/air/worker:tls" -o "$air_dir/tls.tar" --registry-secret air-creds "${tls_args[@]}")" ||
     { echo "export: $out"; return 1; }
   [[ "$out" == "$archive_digest" && "$(skopeo inspect --format '{{.Digest}}' "oci-archive:$air_dir/tls.tar")" == "$archive_digest" ]] ||
     { echo "export printed '$out', want $archive_digest"; return 1; }
 }
-check "import (password from stdin) and export (docker config Secret) through the tunnel over verified TLS, same digest" tls_round_trip
+check "import (password from stdin) and export (docker config Secret) through a relay pod (--relay) over verified TLS, same digest" tls_round_trip
 tls_refusals() {
   local out rc=0
   out="$(lb export "$air_tls/air/worker:tls" -o "$air_dir/x.tar" --registry-secret air-creds --tls -n "$ns" $relay_on 2>&1)" && rc=0 || rc=$?

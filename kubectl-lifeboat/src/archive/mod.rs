@@ -217,7 +217,7 @@ mod tests {
 mod verify_tests {
     use std::sync::Arc;
 
-    use super::read::{Archive, ArchiveSource, verify_image};
+    use super::read::{Archive, ArchiveSource, check_image};
 
     /// A tar with an OCI layout whose one layer is `layer`, while its
     /// manifest names the digest of `named`.
@@ -271,27 +271,69 @@ mod verify_tests {
         path
     }
 
-    async fn verify(layer: &[u8], named: &[u8]) -> anyhow::Result<u64> {
-        let dir =
-            std::env::temp_dir().join(format!("klb-verify-{}-{}", std::process::id(), layer.len()));
+    /// `check_image` of an archive whose last `cut` bytes are gone.
+    async fn check(layer: &[u8], named: &[u8], cut: u64) -> anyhow::Result<u64> {
+        let dir = std::env::temp_dir().join(format!(
+            "klb-check-{}-{}-{cut}",
+            std::process::id(),
+            layer.len()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
-        let archive = Arc::new(Archive::open(&archive(&dir, layer, named)).unwrap());
+        let path = archive(&dir, layer, named);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(file.metadata().unwrap().len() - cut).unwrap();
+        let archive = Arc::new(Archive::open(&path).unwrap());
         let root = archive.images().unwrap().remove(0).descriptor;
-        let result = verify_image(&ArchiveSource::new(archive, root)).await;
+        let result = check_image(&ArchiveSource::new(archive, root)).await;
         std::fs::remove_dir_all(&dir).unwrap();
         result
     }
 
     #[tokio::test]
-    async fn a_whole_archive_passes_a_damaged_one_is_refused() {
+    async fn a_whole_archive_passes_a_short_or_truncated_one_is_refused() {
         let layer = vec![7u8; 300_000];
-        assert_eq!(verify(&layer, &layer).await.unwrap(), 300_002);
-        let mut flipped = layer.clone();
-        flipped[150_000] ^= 0xff;
-        let error = verify(&flipped, &layer).await.unwrap_err();
+        assert_eq!(check(&layer, &layer, 0).await.unwrap(), 300_002);
+        // The manifest names 300,000 bytes; the archive holds fewer.
+        let error = check(&layer[..299_000], &layer, 0).await.unwrap_err();
         assert!(
             error.to_string().contains("the archive is damaged"),
             "{error:#}"
         );
+        // The tar ends inside the layer (its padding and end blocks gone too).
+        let error = check(&layer, &layer, 3000).await.unwrap_err();
+        assert!(error.to_string().contains("past the end"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_is_left_to_the_copy_which_hashes_every_blob() {
+        // Sizes all right: the check passes, and the bytes the copy reads
+        // (and hashes before it commits anything) are not the named ones.
+        use futures::StreamExt as _;
+        use registry_transfer::ContentSource as _;
+        let layer = vec![7u8; 300_000];
+        let mut flipped = layer.clone();
+        flipped[150_000] ^= 0xff;
+        assert_eq!(check(&flipped, &layer, 0).await.unwrap(), 300_002);
+        let dir = std::env::temp_dir().join(format!("klb-flipped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let archive = Arc::new(Archive::open(&archive(&dir, &flipped, &layer)).unwrap());
+        let root = archive.images().unwrap().remove(0).descriptor;
+        let source = ArchiveSource::new(archive, root);
+        let descriptor = registry_transfer::Descriptor {
+            media_type: String::new(),
+            digest: registry_transfer::manifest::sha256_digest(&layer),
+            size: layer.len() as u64,
+        };
+        let mut read = Vec::new();
+        let mut stream = source.open_blob(&descriptor).await.unwrap();
+        while let Some(chunk) = stream.next().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(read, flipped);
+        assert_ne!(
+            registry_transfer::manifest::sha256_digest(&read),
+            descriptor.digest
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
