@@ -88,19 +88,25 @@ if [[ -n "$compare" ]]; then
   done
   images_to_measure=(lifeboat.local/lifeboat-operator:compare lifeboat.local/lifeboat-operator:dev)
 fi
-on_exit "k -n lifeboat-system set image deploy/lifeboat-operator operator=lifeboat.local/lifeboat-operator:dev"
+on_exit "k -n lifeboat-system set image deploy/lifeboat-operator operator=lifeboat.local/lifeboat-operator:dev; k -n lifeboat-system scale deploy/lifeboat-operator --replicas=1"
 
-# run_operator IMAGE: the operator restarted into IMAGE, available.
-run_operator() {
-  k -n lifeboat-system set image deploy/lifeboat-operator "operator=$1" >/dev/null
-  k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
-  k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=300s >/dev/null
-  # The old process may linger a moment after the rollout.
-  local old
-  for old in $(pgrep -f '^/usr/local/bin/lifeboat-operator' | grep -vx "$(operator_pid)" || true); do
-    eventually 60 bash -c "! kill -0 $old 2>/dev/null" || true
-  done
+# stop_operator: no operator process left and no leader Lease, so the next
+# process leads at once (a restart's lease wait, up to 15 s, is not the
+# operator's work and is not counted).
+stop_operator() {
+  k -n lifeboat-system scale deploy/lifeboat-operator --replicas=0 >/dev/null
+  eventually 120 bash -c "! pgrep -f '^/usr/local/bin/lifeboat-operator' >/dev/null" ||
+    die "the operator process did not exit"
+  k -n lifeboat-system delete lease lifeboat-operator --ignore-not-found >/dev/null
 }
+# start_operator IMAGE: the operator running IMAGE, available.
+start_operator() {
+  k -n lifeboat-system set image deploy/lifeboat-operator "operator=$1" >/dev/null
+  k -n lifeboat-system scale deploy/lifeboat-operator --replicas=1 >/dev/null
+  k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=300s >/dev/null
+}
+# run_operator IMAGE: the operator restarted into IMAGE, available.
+run_operator() { stop_operator; start_operator "$1"; }
 settle() { # waits (at most 90 s) until the operator's RSS moves by less than 1 MiB in 10 s
   local before after
   after="$(rss_mib "$(operator_pid)")"
@@ -256,17 +262,19 @@ answered() { # STAMP: every policy answered the on-demand run STAMP and is Ready
   policies_ready
 }
 # measure WHAT: for each binary, a restart into it with an on-demand run
-# asked for first (so its first reconcile of each policy is a full one):
+# asked for while it is stopped (so its first reconcile of each policy is a full one):
 # time from the process's start until every policy answered, CPU used until
 # then, VmRSS once settled.
 measure() {
   local image stamp pid
   for image in "${images_to_measure[@]}"; do
     stamp="$1-$image-$(date +%s)"
+    # Asked while no operator runs: the one stopped cannot answer it first.
+    stop_operator
     for ((n = 0; n < namespaces; n++)); do
       k -n "$run-$n" annotate ibp bench "lifeboat.dev/requestedAt=$stamp" --overwrite >/dev/null
     done
-    run_operator "$image"
+    start_operator "$image"
     pid="$(operator_pid)"
     eventually 900 answered "$stamp" || die "$image: the policies did not answer $stamp"
     figures[$image,$1,answered]="$(process_age "$pid")"
