@@ -79,7 +79,7 @@ mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
       --random-layer $((mib * 1024 * 1024)):bench-archives-\$RANDOM >/dev/null &&
     skopeo copy -q 'oci:$work/layout:big' 'oci-archive:$work/big.tar:1'"
   registry_pods() { registry_pod reg-skopeo && registry_pod reg-plugin && registry_pod reg-relay; }
-  check "two registry pods (one per client) are ready on $node" registry_pods
+  check "three registry pods (one per client) are ready on $node" registry_pods
 } >&2
 bytes="$(stat -c %s "$work/big.tar")"
 digest="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$work/big.tar")"
@@ -156,7 +156,7 @@ kill "$pf_pid"
 rm -f "$work/out-skopeo.tar"
 
 l="$(load)"
-timed "$work/t" "$plugin" export "$reg_plugin/bench/big:1" -o "$work/out-plugin.tar" -n "$ns" --relay-node "$node" --progress none
+timed "$work/t" "$plugin" export "$reg_plugin/bench/big:1" -o "$work/out-plugin.tar" -n "$ns" --relay-node "$node" --progress none 2>"$work/log"
 read -r secs rss <"$work/t"
 got="$(skopeo inspect --format '{{.Digest}}' "oci-archive:$work/out-plugin.tar")"
 row "export: kubectl lifeboat (release), port-forward to the registry pod" "$secs" "$(mbps "$bytes" "$secs")" "$((rss / 1024)) MiB" "$([[ "$got" == "$digest" ]] && echo yes || echo NO)" "$l"
