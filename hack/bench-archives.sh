@@ -103,9 +103,9 @@ upload_floor() {
 }
 # plugin_phases LOG: the seconds since start of the import's phases.
 plugin_phases() {
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | awk '
+  awk '
     /archive checked/ {c=$1} /relay pod ready|registry pod reached directly/ {t=$1} /copy done/ {d=$1}
-    END {printf "archive checked %.1f s, tunnel ready %.1f s, copy done %.1f s", c, t, d}'
+    END {printf "archive checked %.1f s, tunnel ready %.1f s, copy done %.1f s", c, t, d}' "$1"
 }
 echo "| $mib MiB archive, through the API server | seconds | MB/s | client peak RSS | digest kept | load |"
 echo "|---|---:|---:|---:|---|---:|"

@@ -50,6 +50,8 @@ fn init_log() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(tracing_subscriber::fmt::time::uptime())
+        // Plain text in files and CI logs, as the progress lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
