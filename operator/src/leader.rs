@@ -258,7 +258,7 @@ impl Leadership {
     }
 
     /// Stops leading, at once.
-    fn revoke(&self) {
+    pub fn revoke(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let LeadershipState::Until(deadline, _) = &mut *state {
             *deadline = None;
@@ -456,6 +456,41 @@ impl LeaderElector {
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+/// The lease as this replica gives it up on a clean shutdown: no holder and
+/// a one-second duration, so a successor takes it at its next round instead
+/// of waiting out the whole lease (client-go's `ReleaseOnCancel`). Acquire
+/// time and transitions stay: the term count goes on. `None` when the
+/// lease is not ours (another replica took it; nothing to give up).
+pub fn released(lease: &Lease, identity: &str) -> Option<Lease> {
+    if LeaseRecord::of(lease).holder.as_deref() != Some(identity) {
+        return None;
+    }
+    let mut released = lease.clone();
+    let spec = released.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    Some(released)
+}
+
+/// Gives the lease up if this replica still holds it; the write carries the
+/// version read, so a replica that took it meanwhile keeps it (409). Called
+/// after the controllers stopped and leadership was revoked: no write of
+/// this replica can follow.
+pub async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
+    let Some(lease) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let Some(released) = released(&lease, identity) else {
+        return Ok(false);
+    };
+    match api.replace(name, &PostParams::default(), &released).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error),
     }
 }
 
@@ -660,6 +695,45 @@ mod tests {
             decide(&seen, "a", t0 + secs(100_000), LEASE),
             LeaseDecision::Follow { .. }
         ));
+    }
+
+    fn lease_held_by(holder: Option<&str>) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("lifeboat-operator".into()),
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: Some(15),
+                lease_transitions: Some(3),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_released_lease_has_no_holder_and_is_taken_at_once_by_the_next_candidate() {
+        let Some(lease) = released(&lease_held_by(Some("me")), "me") else {
+            panic!("our own lease is released")
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        assert_eq!(spec.holder_identity, None);
+        assert_eq!(spec.lease_duration_seconds, Some(1));
+        assert_eq!(spec.lease_transitions, Some(3), "the term count goes on");
+        assert_eq!(lease.metadata.resource_version.as_deref(), Some("42"));
+        let seen = observe(None, LeaseRecord::of(&lease), Instant::now());
+        assert_eq!(
+            decide(&seen, "successor", Instant::now(), secs(15)),
+            LeaseDecision::Acquire
+        );
+    }
+
+    #[test]
+    fn another_replicas_lease_or_nobodys_is_never_released() {
+        assert_eq!(released(&lease_held_by(Some("other")), "me"), None);
+        assert_eq!(released(&lease_held_by(None), "me"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use lifeboat_operator::context::Context;
 use lifeboat_operator::http::{self, HealthState};
 use lifeboat_operator::leader::{ElectionTiming, LeaderElector, Leadership, WriteFenceLayer};
 use lifeboat_operator::telemetry::{self, Metrics};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         let elector_client = Client::try_from(kube_config).context("building the lease client")?;
         let leases: Api<Lease> = Api::namespaced(elector_client, &config.namespace);
         let elector = LeaderElector::new(
-            leases,
+            leases.clone(),
             "lifeboat-operator",
             &config.identity,
             ElectionTiming::DEFAULT,
@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         health.set_ready(true);
         let task = tokio::spawn(elector.run(leadership.clone()));
         leadership.acquired().await;
-        Some(task)
+        Some((task, leases, config.identity.clone()))
     } else {
         None
     };
@@ -98,6 +98,19 @@ async fn main() -> anyhow::Result<()> {
             // as a fresh candidate with no controller state left over.
             error!("lost leadership: exiting");
             std::process::exit(1);
+        }
+    }
+    // A clean stop (SIGTERM: a rollout, a drain): give the lease up so the
+    // next replica leads at its next round, not after the whole lease.
+    if let Some((task, leases, identity)) = elector {
+        task.abort();
+        leadership.revoke();
+        let release = lifeboat_operator::leader::release(&leases, "lifeboat-operator", &identity);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), release).await {
+            Ok(Ok(true)) => info!("leader lease released"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => warn!(%error, "could not release the leader lease"),
+            Err(_) => warn!("releasing the leader lease timed out"),
         }
     }
     Ok(())

@@ -250,5 +250,27 @@ invalid_counted() {
 check "metrics: the undecodable object is counted (reason invalid_object)" eventually 30 invalid_counted
 check "the operator pods did not crash on it" test -z "$(k -n "$sys" logs -l app.kubernetes.io/component=operator --tail=-1 | grep -i 'panicked')"
 
+# --- 4. a graceful stop (a rollout, a drain) gives the lease up ------------------------
+# SIGTERM, what the kubelet sends: the leader stops its controllers and
+# releases the lease, so the standby leads at its next round (2 s retry)
+# instead of after the 15 s lease.
+standby_takes_over_a_released_lease() {
+  local leader standby pid t0
+  leader="$(lease_field holderIdentity)"; pid="$(pid_of "$leader")" || { echo "no process for $leader"; return 1; }
+  standby="$(operator_pods | grep -vx "$leader" | head -1)"
+  [[ -n "$standby" ]] || { echo "no standby replica"; return 1; }
+  t0=$SECONDS
+  kill -TERM "$pid"
+  until [[ "$(lease_field holderIdentity)" == "$standby" ]]; do
+    ((SECONDS - t0 < 10)) || { echo "the standby did not lead within 10 s (lease: $(lease_field holderIdentity))"; return 1; }
+    sleep 0.2
+  done
+  echo "  measured: graceful stop -> the standby ($standby) holds the lease: $((SECONDS - t0)) s (lease 15 s)"
+  k -n "$sys" logs "$leader" --previous 2>/dev/null | grep -q "leader lease released" ||
+    { echo "the old leader did not log the release"; return 1; }
+}
+check "a leader stopped with SIGTERM releases the lease: the standby leads within 10 s, not after the 15 s lease" \
+  standby_takes_over_a_released_lease
+
 echo "operator-resilience: $((SECONDS - started)) s"
 summary "operator-resilience"
