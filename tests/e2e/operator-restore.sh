@@ -308,15 +308,24 @@ ns="$tenant_ns"
 
 # --- 4. an export pod killed midway -----------------------------------------------------
 check "the killed image is deleted from the source registry" lose killed
-restore killed "$(ref killed)" "source: {type: NodeCache}"
 kill_first_pod() {
-  # A watch sees the Job's first pod the moment it is created; it is killed
-  # outright (node-exporter is PID 1 and would ignore SIGTERM).
-  local uid pod; uid="$(field killed '{.metadata.uid}')"
-  pod="$(timeout 120 "$KUBECTL" -n lifeboat-system get pods -l "lifeboat.dev/restore-uid=$uid" --watch -o name | head -1)"
+  # The watch runs before the restore exists, so it sees the Job's first pod
+  # the moment it is created (a watch started after the restore lost the race
+  # to an 8 MiB export under load: the pod had finished before the kill). It
+  # is killed outright (node-exporter is PID 1 and would ignore SIGTERM).
+  local seen="$work/killed-watch" pod="" watcher
+  timeout 120 "$KUBECTL" -n lifeboat-system get pods -l "lifeboat.dev/restore-namespace=$ns" --watch -o name >"$seen" 2>/dev/null &
+  watcher=$!
+  sleep 1.5
+  restore killed "$(ref killed)" "source: {type: NodeCache}"
+  for _ in $(seq 1 600); do
+    pod="$(grep -m1 '^pod/lifeboat-restore-killed-' "$seen")" && break
+    sleep 0.1
+  done
+  [[ -n "$pod" ]] && k -n lifeboat-system delete "$pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
+  kill "$watcher" 2>/dev/null
   [[ -n "$pod" ]] || { echo "no export pod appeared"; return 1; }
   echo "${pod#pod/}" >"$work/killed-pod"
-  k -n lifeboat-system delete "$pod" --grace-period=0 --force --wait=false >/dev/null 2>&1
 }
 check "the first export pod is killed as soon as it exists" kill_first_pod
 check "restore killed still becomes Ready" k -n "$ns" wait --for=condition=Ready imagerestore/killed --timeout=180s
