@@ -68,6 +68,19 @@ MANIFEST_ACCEPT='Accept: application/vnd.oci.image.index.v1+json, application/vn
 # Prints the Docker-Content-Digest header of a HEAD response on stdin.
 content_digest() { tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'; }
 
+# push_busybox_image REPO:TAG BYTES: a busybox image with one random layer of
+# its own (BYTES, so no other image shares it) that runs forever, pushed to
+# the source registry.
+push_busybox_image() {
+  local layout rc=0
+  layout="$(mktemp -d)"
+  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$layout" --ref "$1" --busybox \
+    --random-layer "$2:$1-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null &&
+    skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$1" "docker://$SOURCE_REGISTRY/$1" || rc=$?
+  rm -rf "$layout"
+  return "$rc"
+}
+
 # registry_digest REPO REFERENCE: the digest the source registry serves for
 # it (what a pod must report), "" when absent.
 registry_digest() {

@@ -111,15 +111,8 @@ check "a pod on $other pulls the restored image" k -n "$ns" wait --for=condition
 # the same files under a new digest, reported next to the original, pushed
 # under a name of its own, and a pod bound to the new digest runs it. (An image
 # of its own: one another suite imported into $other would keep its layers.)
-work="$(mktemp -d)"
-on_exit "rm -rf '$work'"
 discard_repo="e2e/discard-$RANDOM"
-make_discard_image() {
-  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$discard_repo:1" --busybox \
-    --random-layer "262144:$discard_repo-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null &&
-    skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$discard_repo:1" "docker://$SOURCE_REGISTRY/$discard_repo:1"
-}
-check "an image of its own is pushed" make_discard_image
+check "an image of its own is pushed" push_busybox_image "$discard_repo:1" 262144
 discard_digest="$(registry_digest "$discard_repo" 1)"
 pinned_pod discarding "$other" "$SOURCE_REGISTRY/$discard_repo:1" | k apply -n "$ns" -f - >/dev/null
 check "a pod on $other runs it" k -n "$ns" wait --for=condition=Ready pod/discarding --timeout=90s

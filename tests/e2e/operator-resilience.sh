@@ -161,13 +161,7 @@ check "no two replicas wrote in the same term; the old leader wrote nothing afte
 cat "$work/old-writes" "$work/new-writes" 2>/dev/null | awk '{print $2}' | sort | uniq -c | sed 's/^/  writes per term: /'
 
 # --- 2. the leader killed in the middle of a node restore ------------------------------
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
-push_image() {
-  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$base/kill:1" --busybox \
-    --random-layer "8388608:$base-kill-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null &&
-  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/kill:1" "docker://$SOURCE_REGISTRY/$base/kill:1"
-}
-check "a single-use image is pushed" push_image
+check "a single-use image is pushed" push_busybox_image "$base/kill:1" 8388608
 digest="$(registry_digest "$base/kill" 1)"
 k apply -n "$ns" -f - >/dev/null <<YAML
 apiVersion: apps/v1

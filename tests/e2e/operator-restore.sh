@@ -33,11 +33,7 @@ deploy_operator
 
 # --- images only this run uses ----------------------------------------------------------
 # make_image NAME BYTES: a busybox image with one random layer of its own.
-make_image() {
-  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$base/$1:1" --busybox \
-    --random-layer "$2:$base-$1-$RANDOM$RANDOM" --entrypoint "$RUN_FOREVER" >/dev/null &&
-  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/$1:1" "docker://$SOURCE_REGISTRY/$base/$1:1"
-}
+make_image() { push_busybox_image "$base/$1:1" "$2"; }
 names=(backup node killed restart auto)
 build_images() {
   local spec

@@ -43,12 +43,7 @@ k -n lifeboat-system rollout restart deploy/lifeboat-operator >/dev/null
 check "the operator becomes available" k -n lifeboat-system rollout status deploy/lifeboat-operator --timeout=120s
 
 # --- two teams, two private images ------------------------------------------------------
-run_forever='["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
-make_image() { # make_image NAME: a busybox image with a random layer of its own
-  python3 "$REPO_ROOT/hack/images/oci-image.py" image --layout "$work/layout" --ref "$base/$1:1" --busybox \
-    --random-layer "262144:$base-$1-$RANDOM$RANDOM" --entrypoint "$run_forever" >/dev/null &&
-  skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:$base/$1:1" "docker://$SOURCE_REGISTRY/$base/$1:1"
-}
+make_image() { push_busybox_image "$base/$1:1" 262144; } # make_image NAME: a random layer of its own
 push_both() { make_image private-app && make_image own-app; }
 check "the victim's and the attacker's images are pushed" push_both
 victim_digest="$(registry_digest "$base/private-app" 1)"
