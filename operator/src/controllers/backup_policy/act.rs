@@ -430,8 +430,11 @@ async fn dry_run_plan(
             would_copy.push(registry::describe_copy(task, &referrers));
             continue;
         }
-        let held = task.destination.digest.is_some()
-            && matches!(holds(transfer, &task.destination).await, Ok(true));
+        // As a copy would leave it (its tags), not merely there by digest:
+        // a manifest copied by tag before its digest was known has no
+        // Lifeboat tag yet, and marking it verified here would mean the
+        // run after the dry run never writes one.
+        let held = matches!(registry::holds_as_copied(transfer, task).await, Ok(true));
         if held {
             memory.verified_at(&task.target_name, &task.image_key, digest_of(task), now);
         } else {

@@ -283,6 +283,43 @@ async fn holds_within(
     }
 }
 
+/// Where a finished [`copy_task`] leaves its image for Lifeboat: the
+/// target repository under Lifeboat's deterministic tag for the task's
+/// digest. `None` for a by-tag task (no digest to name it by). Pure.
+pub fn lifeboat_tagged(task: &CopyTask) -> Option<lifeboat_api::ImageReference> {
+    let digest = task.source.digest.as_ref()?;
+    Some(lifeboat_api::ImageReference {
+        registry: task.destination.registry.clone(),
+        repository: task.destination.repository.clone(),
+        tag: Some(deterministic_tag(digest)),
+        digest: None,
+    })
+}
+
+/// Whether a target holds a task's image the way [`copy_task`] leaves it:
+/// Lifeboat's tag ([`lifeboat_tagged`]) at the task's digest. The manifest
+/// being there by digest is not enough: a copy by tag (made before the
+/// pods said which digest they run) or by hand leaves it without that tag,
+/// and retention and restores find backups by it. (The source's tag is
+/// not asked: two digests in use under one tag cannot both hold it.)
+/// `false` for a by-tag task; an error when the registry could not say
+/// (as [`holds`]).
+pub async fn holds_as_copied(
+    transfer: &registry_transfer::Transfer,
+    task: &CopyTask,
+) -> Result<bool, TransferError> {
+    let Some(tagged) = lifeboat_tagged(task) else {
+        return Ok(false);
+    };
+    let answer = tokio::time::timeout(HOLDS_TIMEOUT, transfer.manifest_digest(&tagged))
+        .await
+        .map_err(|_| TransferError::RegistryUnavailable {
+            registry: tagged.registry.clone(),
+            detail: format!("no answer within {} ms", HOLDS_TIMEOUT.as_millis()),
+        })??;
+    Ok(answer.is_some() && answer.as_ref() == task.source.digest.as_ref())
+}
+
 /// Groups items by registry so checks can be rate-limited per registry.
 pub fn by_registry<T>(items: Vec<(String, T)>) -> BTreeMap<String, Vec<T>> {
     let mut groups: BTreeMap<String, Vec<T>> = BTreeMap::new();
@@ -414,6 +451,145 @@ mod tests {
             .unwrap();
         assert!(!format!("{:?}", none.settings).contains("gitlab"));
         assert!(server.finish().await.is_empty(), "no API request");
+    }
+
+    fn pinned_task(reference: &str) -> CopyTask {
+        let source = lifeboat_api::ImageReference::parse(reference).unwrap();
+        let mut destination = source.clone();
+        destination.registry = "backup.local".into();
+        destination.repository = format!("mirror/{}", source.repository);
+        CopyTask {
+            image_key: "k".into(),
+            source,
+            destination,
+            target_name: "backup".into(),
+            platforms: vec![],
+            referrers: registry_transfer::ReferrersPolicy::All,
+        }
+    }
+
+    #[test]
+    fn a_copy_leaves_its_image_under_lifeboat_s_tag() {
+        let hex = "b".repeat(64);
+        let shown =
+            |reference: &str| lifeboat_tagged(&pinned_task(reference)).map(|r| r.to_string());
+        let want = Some(format!("backup.local/mirror/web:lifeboat-sha256-{hex}"));
+        assert_eq!(shown(&format!("reg.local/web:1@sha256:{hex}")), want);
+        assert_eq!(shown(&format!("reg.local/web@sha256:{hex}")), want);
+        assert_eq!(shown("reg.local/web:1"), None);
+    }
+
+    /// A registry answering manifest HEADs from `tags` (reference -> digest)
+    /// and 404 for anything else.
+    async fn manifest_heads(tags: Vec<(String, String)>) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                let tags = tags.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match connection.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+                        buffer.drain(..end + 4);
+                        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        let found = tags.iter().find(|(reference, _)| {
+                            path.ends_with(&format!("/manifests/{reference}"))
+                        });
+                        let answer = match found {
+                            Some((_, digest)) => format!(
+                                "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {digest}\r\n\
+                                 Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                                 Content-Length: 100\r\n\r\n"
+                            ),
+                            None => {
+                                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+                            }
+                        };
+                        if connection.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, server)
+    }
+
+    /// The dry run's "already there" is the copy's result (its tags), not
+    /// the manifest by digest: one copied by tag before its digest was
+    /// known has no Lifeboat tag, and must still be copied.
+    #[tokio::test]
+    async fn held_by_digest_alone_is_not_held_as_copied() {
+        crypto_provider();
+        let hex = "c".repeat(64);
+        let digest = format!("sha256:{hex}");
+        let task_at = |registry: &str| {
+            let mut task = pinned_task(&format!("reg.local/web:1@{digest}"));
+            task.destination.registry = registry.to_owned();
+            task
+        };
+        let by_tag_only = vec![
+            ("1".to_owned(), digest.clone()),
+            (digest.clone(), digest.clone()),
+        ];
+        let (registry, server) = manifest_heads(by_tag_only).await;
+        let transfer = Transfer::new(
+            TransferConfig::default(),
+            RegistrySettings::new().allow_plain_http(&registry),
+        );
+        let task = task_at(&registry);
+        assert!(
+            holds(&transfer, &task.destination).await.unwrap(),
+            "there by digest"
+        );
+        assert!(!holds_as_copied(&transfer, &task).await.unwrap());
+        server.abort();
+
+        let copied = vec![
+            ("1".to_owned(), digest.clone()),
+            (format!("lifeboat-sha256-{hex}"), digest.clone()),
+        ];
+        let (registry, server) = manifest_heads(copied).await;
+        let transfer = Transfer::new(
+            TransferConfig::default(),
+            RegistrySettings::new().allow_plain_http(&registry),
+        );
+        assert!(
+            holds_as_copied(&transfer, &task_at(&registry))
+                .await
+                .unwrap()
+        );
+        server.abort();
+
+        // Lifeboat's tag at another digest (pushed by hand): not this copy.
+        let elsewhere = vec![
+            ("1".to_owned(), digest.clone()),
+            (
+                format!("lifeboat-sha256-{hex}"),
+                format!("sha256:{}", "d".repeat(64)),
+            ),
+        ];
+        let (registry, server) = manifest_heads(elsewhere).await;
+        let transfer = Transfer::new(
+            TransferConfig::default(),
+            RegistrySettings::new().allow_plain_http(&registry),
+        );
+        assert!(
+            !holds_as_copied(&transfer, &task_at(&registry))
+                .await
+                .unwrap()
+        );
+        server.abort();
     }
 
     #[tokio::test]
