@@ -159,6 +159,10 @@ pub struct CopyRequest {
     /// Which signatures, SBOMs and attestations come along (default:
     /// none, the image alone).
     pub referrers: ReferrersPolicy,
+    /// More tags pointed at the copy once it is there, moved from wherever
+    /// they pointed (a source's own tag beside a deterministic one): one
+    /// manifest PUT each, where a second copy would read the source again.
+    pub moved_tags: Vec<String>,
 }
 
 impl CopyRequest {
@@ -169,7 +173,15 @@ impl CopyRequest {
             platforms: Vec::new(),
             allow_tag_move: false,
             referrers: ReferrersPolicy::None,
+            moved_tags: Vec::new(),
         }
+    }
+
+    /// Also points `tag` at the copy, moving it if it points elsewhere
+    /// (see [`CopyRequest::moved_tags`]).
+    pub fn also_tagging(mut self, tag: impl Into<String>) -> CopyRequest {
+        self.moved_tags.push(tag.into());
+        self
     }
 
     pub fn with_referrers(mut self, referrers: ReferrersPolicy) -> CopyRequest {
@@ -665,8 +677,11 @@ impl Transfer {
         request: &CopyRequest,
         tally: &Tally,
     ) -> Result<(CopyReport, Option<ManifestContent>), TransferError> {
-        if let Some(tag) = &request.tag
-            && !is_valid_tag(tag)
+        if let Some(tag) = request
+            .tag
+            .iter()
+            .chain(&request.moved_tags)
+            .find(|t| !is_valid_tag(t))
         {
             return Err(TransferError::InvalidReference(format!(
                 "invalid tag {tag:?}"
@@ -729,7 +744,17 @@ impl Transfer {
             };
             match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
                 TagDecision::UpToDate => {
-                    let report = report(tag, known.clone(), known.clone(), false, true, tally);
+                    let moved = self
+                        .point_moved_tags(
+                            source,
+                            &target,
+                            repository,
+                            &request.moved_tags,
+                            known,
+                            None,
+                        )
+                        .await?;
+                    let report = report(tag, known.clone(), known.clone(), false, !moved, tally);
                     return Ok((report, None));
                 }
                 TagDecision::Conflict(existing) => {
@@ -779,7 +804,17 @@ impl Transfer {
         };
         match tag_decision(existing.as_ref(), &digest, request.allow_tag_move) {
             TagDecision::UpToDate => {
-                let report = report(tag, source_digest, digest, changed, true, tally);
+                let moved = self
+                    .point_moved_tags(
+                        source,
+                        &target,
+                        repository,
+                        &request.moved_tags,
+                        &digest,
+                        Some((&bytes, &media_type)),
+                    )
+                    .await?;
+                let report = report(tag, source_digest, digest, changed, !moved, tally);
                 return Ok((report, Some(content)));
             }
             TagDecision::Conflict(existing) => {
@@ -804,8 +839,54 @@ impl Transfer {
         self.push_manifest(&target, repository, &tag, &bytes, &media_type, &digest)
             .await?;
         bump(&tally.manifests_copied);
+        // Just pushed: no tag can be asked about more cheaply than set.
+        for moved in &request.moved_tags {
+            self.push_manifest(&target, repository, moved, &bytes, &media_type, &digest)
+                .await?;
+        }
         let report = report(tag, source_digest, digest, changed, false, tally);
         Ok((report, Some(content)))
+    }
+
+    /// Points `tags` at `digest` in a target that already holds it: one
+    /// HEAD each, and a PUT of the manifest for each that points
+    /// elsewhere or nowhere (its bytes as read, else read from the source,
+    /// verified, only then). Whether any tag was written.
+    async fn point_moved_tags<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &RegistryClient,
+        repository: &str,
+        tags: &[String],
+        digest: &Digest,
+        manifest: Option<(&Bytes, &str)>,
+    ) -> Result<bool, TransferError> {
+        let mut read: Option<(Bytes, String)> = None;
+        let mut wrote = false;
+        for tag in tags {
+            if self
+                .target_manifest(target, repository, tag)
+                .await?
+                .as_ref()
+                == Some(digest)
+            {
+                continue;
+            }
+            let (bytes, media_type) = match (manifest, &read) {
+                (Some((bytes, media_type)), _) => (bytes.clone(), media_type.to_owned()),
+                (None, Some((bytes, media_type))) => (bytes.clone(), media_type.clone()),
+                (None, None) => {
+                    let (bytes, reported) = self.source_manifest(source, digest).await?;
+                    let media_type = effective_media_type(&bytes, &reported);
+                    read = Some((bytes.clone(), media_type.clone()));
+                    (bytes, media_type)
+                }
+            };
+            self.push_manifest(target, repository, tag, &bytes, &media_type, digest)
+                .await?;
+            wrote = true;
+        }
+        Ok(wrote)
     }
 
     /// Copies what a manifest references. `manifest` is its parsed

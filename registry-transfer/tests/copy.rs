@@ -450,6 +450,62 @@ async fn moved_tag_is_refused_unless_allowed() {
     dst_http.assert_holds("app", "stable", &new).await;
 }
 
+/// A copy by digest under the deterministic tag that also points the
+/// source's tag at it: both tags set in one copy (one extra PUT), the tag
+/// moved back where it pointed elsewhere, and a warm copy that finds both
+/// in place asks two HEADs and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tag_is_set_and_moved_with_the_copy() {
+    let src = TestRegistry::start_plain();
+    let dst = TestRegistry::start_plain();
+    let (src_http, dst_http) = (RegistryHttp::new(&src), RegistryHttp::new(&dst));
+    let image = docker_image(&[Blob::random_layer(10_000)]);
+    let other = docker_image(&[Blob::random_layer(10_000)]);
+    src_http.push("app", "1.0", &image).await;
+    let transfer = engine(test_config(), &[&src.host, &dst.host]);
+    let source = image_ref(&src.host, &format!("app@{}", image.digest));
+    let digest_tag = format!(
+        "lifeboat-sha256-{}",
+        image.digest.trim_start_matches("sha256:")
+    );
+    let request = CopyRequest::new(repo(&dst.host, "app"))
+        .with_tag(digest_tag.clone())
+        .also_tagging("1.0");
+
+    let cold = transfer
+        .copy_image(&source, &request)
+        .await
+        .expect("cold copy");
+    assert!(!cold.up_to_date);
+    assert_eq!(cold.tag, digest_tag);
+    dst_http.assert_holds("app", &digest_tag, &image).await;
+    dst_http.assert_holds("app", "1.0", &image).await;
+
+    let warm = transfer
+        .copy_image(&source, &request)
+        .await
+        .expect("warm copy");
+    assert!(warm.up_to_date, "both tags in place: nothing written");
+    assert_eq!(warm.requests, 2, "one HEAD per tag");
+
+    // Someone pointed the tag at another image: the copy moves it back
+    // (reading the manifest from the source) and says it wrote.
+    dst_http.push("app", "1.0", &other).await;
+    let moved = transfer
+        .copy_image(&source, &request)
+        .await
+        .expect("tag moved back");
+    assert!(!moved.up_to_date);
+    dst_http.assert_holds("app", "1.0", &image).await;
+    dst_http.assert_holds("app", &digest_tag, &image).await;
+
+    let invalid = transfer
+        .copy_image(&source, &request.clone().also_tagging("not a tag"))
+        .await
+        .expect_err("invalid second tag");
+    assert_eq!(invalid.reason(), "InvalidReference");
+}
+
 /// Nothing of `image` beyond what is listed in `allowed` may be in `dst`.
 async fn assert_nothing_committed(
     dst: &TestRegistry,

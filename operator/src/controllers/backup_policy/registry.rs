@@ -118,7 +118,9 @@ pub type CopyResult = Result<CopyOutcome, TransferError>;
 
 /// Copies one image into one target: digest-exact under Lifeboat's
 /// deterministic tag (never conflicts, never left untagged for a garbage
-/// collector), then the source's tag moved onto it so people find it.
+/// collector) with the source's tag moved onto it so people find it, in
+/// one copy (the tag is one more manifest PUT). An image known by tag
+/// alone is copied under that tag.
 pub async fn copy_task(
     transfer: &registry_transfer::Transfer,
     task: &CopyTask,
@@ -132,63 +134,34 @@ pub async fn copy_task(
         task.destination.registry.clone(),
         task.destination.repository.clone(),
     );
-    let mut bytes = 0;
-    let mut up_to_date = true;
-    let mut referrers = 0;
-    let count = |report: &CopyReport| u32::try_from(report.referrers.len()).unwrap_or(u32::MAX);
-    let digest = match task.source.pinned() {
-        Some(pinned) => {
-            let source = pinned;
-            let digest_tag = source
+    let request = CopyRequest::new(target)
+        .with_platforms(platforms)
+        .with_referrers(task.referrers.clone());
+    let (source, request) = match (task.source.pinned(), &task.source.tag) {
+        (Some(pinned), tag) => {
+            let digest_tag = pinned
                 .digest
                 .as_ref()
                 .map(deterministic_tag)
                 .unwrap_or_default();
-            let request = CopyRequest::new(target.clone())
-                .with_platforms(platforms.clone())
-                .with_tag(digest_tag)
-                .with_referrers(task.referrers.clone());
-            let report: CopyReport = transfer.copy_image(&source, &request).await?;
-            bytes += report.bytes_copied;
-            up_to_date &= report.up_to_date;
-            referrers = count(&report);
-            report.digest.to_string()
+            let mut request = request.with_tag(digest_tag);
+            if let Some(tag) = tag {
+                request = request.also_tagging(tag.clone());
+            }
+            (pinned, request)
         }
-        None => String::new(),
+        (None, Some(tag)) => (
+            task.source.clone(),
+            request.with_tag(tag.clone()).allowing_tag_move(true),
+        ),
+        (None, None) => (task.source.clone(), request),
     };
-    if let Some(tag) = &task.source.tag {
-        // With a digest this only moves the tag (everything is there); by
-        // tag alone it is the copy.
-        let source = &task.source;
-        // The referrers came with the copy by digest; by tag alone this
-        // is the copy, and they come now.
-        let with_referrers = if digest.is_empty() {
-            task.referrers.clone()
-        } else {
-            registry_transfer::ReferrersPolicy::None
-        };
-        let request = CopyRequest::new(target)
-            .with_platforms(platforms)
-            .with_tag(tag.clone())
-            .allowing_tag_move(true)
-            .with_referrers(with_referrers);
-        let report = transfer.copy_image(source, &request).await?;
-        bytes += report.bytes_copied;
-        up_to_date &= report.up_to_date;
-        if digest.is_empty() {
-            return Ok(CopyOutcome {
-                digest: report.digest.to_string(),
-                bytes,
-                up_to_date,
-                referrers: count(&report),
-            });
-        }
-    }
+    let report: CopyReport = transfer.copy_image(&source, &request).await?;
     Ok(CopyOutcome {
-        digest,
-        bytes,
-        up_to_date,
-        referrers,
+        digest: report.digest.to_string(),
+        bytes: report.bytes_copied,
+        up_to_date: report.up_to_date,
+        referrers: u32::try_from(report.referrers.len()).unwrap_or(u32::MAX),
     })
 }
 
