@@ -198,10 +198,10 @@ impl OperatorConfig {
         let source_check_interval =
             std::time::Duration::from_secs(number("LIFEBOAT_SOURCE_CHECK_INTERVAL_SECONDS", 300)?);
         let max_concurrent_copies =
-            usize::try_from(number("LIFEBOAT_MAX_CONCURRENT_COPIES", 8)?).unwrap_or(8);
+            usize::try_from(number("LIFEBOAT_MAX_CONCURRENT_COPIES", 64)?).unwrap_or(64);
         let plain_http_registries = list("LIFEBOAT_PLAIN_HTTP_REGISTRIES");
         let copies_per_route =
-            usize::try_from(number("LIFEBOAT_COPIES_PER_ROUTE", 4)?).unwrap_or(4);
+            usize::try_from(number("LIFEBOAT_COPIES_PER_ROUTE", 16)?).unwrap_or(16);
         let copies_per_namespace =
             usize::try_from(number("LIFEBOAT_COPIES_PER_NAMESPACE", 4)?).unwrap_or(4);
         let copy_deadline = registry_transfer::CopyDeadline {
@@ -409,7 +409,7 @@ mod tests {
             ["127.0.0.1:5001", "localhost:5000"]
         );
         assert_eq!(c.max_concurrent_copies, 2);
-        assert_eq!((c.copies_per_route, c.copies_per_namespace), (4, 4));
+        assert_eq!((c.copies_per_route, c.copies_per_namespace), (16, 4));
         assert_eq!(c.copy_deadline.base.as_secs(), 60);
         assert_eq!(c.copy_deadline.min_bytes_per_second, 1024 * 1024);
         assert!(c.trusted_token_realms.is_empty());
