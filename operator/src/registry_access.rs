@@ -83,14 +83,15 @@ pub async fn get_secret(
         .map_err(|e| read_error("Secret", namespace, name, e))
 }
 
-/// The engine settings of every operator copy: 16 requests in flight, 8
-/// per registry (measured in docs/benchmarks.md).
+/// The engine settings of every operator copy: the engine's own (64
+/// requests in flight, 32 per registry, as `transfer-copy` runs). How
+/// hard a registry is pushed is the copy queue's to decide (copies per
+/// route, learned from how the registry answers); a narrower engine under
+/// it only serialized requests the queue had let start (8 per registry
+/// held 16 copies of small images to about half the CLI's rate:
+/// docs/benchmarks.md, "Operator: backup throughput").
 pub fn transfer_config() -> TransferConfig {
-    TransferConfig {
-        max_concurrent_requests: 16,
-        max_concurrent_per_registry: 8,
-        ..TransferConfig::default()
-    }
+    TransferConfig::default()
 }
 
 /// [`transfer_config`] with every copy's overall deadline (base plus

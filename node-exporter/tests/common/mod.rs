@@ -197,6 +197,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .args(args))
     }
 
+    /// CPU seconds containerd has used so far (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()), 11)
+    }
+
     pub fn pull(&self, reference: &str) {
         self.ctr(&["images", "pull", "--plain-http", reference]);
     }
@@ -269,6 +274,13 @@ impl Registry {
             }
             http(&addr, "GET", "/v2/", &[], None).is_ok_and(|r| r.status == 200)
         });
+    }
+
+    /// CPU seconds this registry process has used so far (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        self.child.as_ref().map_or(0.0, |child| {
+            process_cpu_seconds(&format!("/proc/{}/stat", child.id()), 11)
+        })
     }
 
     pub fn stop(&mut self) {
@@ -833,4 +845,28 @@ pub fn random_image(scratch: &Scratch, layers: usize, layer_mib: u64) -> TestIma
         })
         .collect();
     image(blobs, node_architecture(), false)
+}
+
+/// CPU seconds from a `/proc/<pid>/stat` file: the two tick counters at
+/// `first` and `first + 1` after the command name (11: the process's own
+/// utime and stime; 13: its waited-for children's), at USER_HZ = 100.
+pub fn process_cpu_seconds(stat_path: &str, first: usize) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(first) + ticks(first + 1)) as f64 / 100.0
+}
+
+/// CPU seconds of this process's waited-for children so far (a child run
+/// with `Command::output` counts once it has been waited for).
+pub fn children_cpu_seconds() -> f64 {
+    process_cpu_seconds("/proc/self/stat", 13)
 }
