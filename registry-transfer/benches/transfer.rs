@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p registry-transfer --bench transfer            # full corpora
 //! cargo bench -p registry-transfer --bench transfer -- --quick # small corpora
+//! RT_BENCH_PERF=DIR ...   the cold copies under `perf record` (profiles)
 //! cargo bench -p registry-transfer --bench transfer -- --write # update docs/benchmarks.md
 //! ```
 //!
@@ -318,7 +319,24 @@ fn ours(
     by_digest: bool,
 ) -> Run {
     measure(source, target, || {
-        let mut command = Command::new(binary);
+        // RT_BENCH_PERF=<dir>: the cold copies run under `perf record`
+        // (call graphs, one file per corpus and round) to see where the
+        // copier's CPU goes; their figures then include perf's overhead.
+        let mut command = match std::env::var("RT_BENCH_PERF") {
+            Ok(dir) if !by_digest => {
+                let slug: String = corpus
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                let output = format!("{dir}/{slug}-{}.data", rand::random::<u32>());
+                let mut perf = Command::new("perf");
+                perf.args(["record", "--quiet", "-F", "2000", "-g", "-o", &output, "--"]);
+                perf.arg(binary);
+                perf
+            }
+            _ => Command::new(binary),
+        };
         command.args(["--plain-http", &source.host, "--plain-http", &target.host]);
         for image in &corpus.images {
             let from = if by_digest {
