@@ -64,12 +64,13 @@ pub(crate) async fn act(
 ) -> Result<Acted, OperatorError> {
     let transfer = &facts.transfer;
     take_back_copies(controller, policy, memory);
+    let checked_by_copy = decide::checked_by_their_copy(plan, memory);
     check_sources(
         transfer,
         &facts.inventory,
         memory,
-        plan.now,
-        plan.check_interval,
+        (plan.now, plan.check_interval),
+        &checked_by_copy,
     )
     .await;
     find_holders_of_lost_images(transfer, &plan.tasks, memory, plan.now).await;
@@ -249,6 +250,25 @@ fn take_back_copies(
         };
         let key = (task.target_name.clone(), task.image_key.clone());
         let tally = &mut run.tally;
+        // A copy that read the source by digest answered its source check
+        // (see decide::checked_by_their_copy): written, so it read it; a
+        // 404 for that digest is the registry saying the image is gone.
+        let pinned = task.source.digest.is_some();
+        match &output {
+            Ok(outcome) if pinned && !outcome.up_to_date => {
+                let state = SourceState::after(memory.source.get(&task.image_key), Ok(true), now);
+                memory.source.insert(task.image_key.clone(), state);
+            }
+            Err(TransferError::SourceNotFound { .. }) if pinned => {
+                warn!(image = %task.source, "image is gone from its source registry");
+                let state = SourceState::after(memory.source.get(&task.image_key), Ok(false), now);
+                memory.source.insert(task.image_key.clone(), state);
+                // Lost, not a failed copy: reported missing like a loss the
+                // source check finds, and not retried while it stays gone.
+                continue;
+            }
+            _ => {}
+        }
         match output {
             Ok(outcome) => {
                 metrics.copy_duration.record(ran.as_secs_f64(), &labels);
@@ -319,10 +339,10 @@ async fn check_sources(
     transfer: &Transfer,
     inventory: &super::discovery::Inventory,
     memory: &mut PolicyMemory,
-    now: DateTime<Utc>,
-    interval: TimeDelta,
+    (now, interval): (DateTime<Utc>, TimeDelta),
+    checked_by_copy: &std::collections::BTreeSet<String>,
 ) {
-    let due = source_checks_due(inventory, memory, now, interval);
+    let due = source_checks_due(inventory, memory, now, interval, checked_by_copy);
     if due.is_empty() {
         return;
     }
