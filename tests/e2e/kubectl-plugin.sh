@@ -62,7 +62,10 @@ status_table() {
   grep -Eq "^$ns +images +1 +1 +0 +0 " <<<"$got" || { echo "$got"; return 1; }
   ! grep -q $'\x1b' <<<"$got" || { echo "color escapes off a terminal"; return 1; }
 }
-check "status table: the policy's counts, no color off a terminal" status_table
+# Eventually too: protected can also drop back to 0 for a moment (the
+# by-tag copy's entry does not count for the digest the pod then reports
+# until that copy ends; see the stop note of 2026-12-05).
+check "status table: the policy's counts, no color off a terminal" eventually 30 status_table
 check "status -o yaml parses" bash -c "'$KUBECTL' lifeboat status -n $ns -o yaml | grep -q '^policies:'"
 
 # --- backup --wait -------------------------------------------------------------------
