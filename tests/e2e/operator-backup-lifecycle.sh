@@ -169,9 +169,12 @@ left_tags() {
   ! grep -q "lifeboat-sha256-${ret_digest[v3]#sha256:}" <<<"$tags" || { echo "v3's tag left: $tags"; return 1; }
 }
 check "the backup's Lifeboat tags are exactly those of the kept digests" left_tags
+# In some record, not necessarily the newest: when ret-v1 was first copied by
+# tag (its pod not yet running), the copy by its digest (Lifeboat's tag, no
+# bytes) can be a run of its own after the deletions.
 recorded() {
-  local deleted; deleted="$(policy keep '{.status.history[0].deleted}')"
-  [[ "$deleted" == 2 ]] || { echo "history[0].deleted '$deleted': $(policy keep '{.status.history[0]}')"; return 1; }
+  local deleted; deleted="$(policy keep '{.status.history[*].deleted}')"
+  grep -qw 2 <<<"$deleted" || { echo "history deleted counts '$deleted': $(policy keep '{.status.history}')"; return 1; }
   grep -qw RetentionDeleted <<<"$(event_reasons "$ns" keep)" || { echo "events: $(event_reasons "$ns" keep)"; return 1; }
 }
 check "the deletions are in the history and a RetentionDeleted event" eventually 30 recorded
