@@ -254,6 +254,35 @@ idle_backed_up() {
   [[ -n "$want" && "$got" == "$want" ]] || { echo "backup demo/web:1.1 is '$got', source '$want'"; return 1; }
 }
 check "scaled-to-zero Deployment: demo/web:1.1 is in the backup by tag, same digest" eventually 30 idle_backed_up
+idle_digest="$(registry_digest demo/web 1.1)"
+idle_lifeboat_tag() {
+  local got; got="$(backup_digest "$(backup_repo demo/web)" "lifeboat-sha256-${idle_digest#sha256:}")"
+  [[ -n "$idle_digest" && "$got" == "$idle_digest" ]] ||
+    { echo "lifeboat-sha256-${idle_digest#sha256:} gives '$got', want '$idle_digest'"; return 1; }
+}
+check "... and under Lifeboat's tag for the digest its tag pointed at" eventually 30 idle_lifeboat_tag
+# Once a pod runs it, the image is known by that digest: the by-tag copy
+# already holds it, so the policy stays Ready and protected throughout. A
+# watch sees every status the operator writes, so a moment of NoBackupYet
+# between two writes cannot slip past.
+protected_before="$(k -n "$ns" get ibp everything -o jsonpath='{.status.summary.protected}')"
+statuses="$(mktemp)"; on_exit "rm -f '$statuses'"
+"$KUBECTL" -n "$ns" get ibp everything --watch \
+  -o jsonpath='{.status.summary.protected} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}{"\n"}' \
+  >"$statuses" 2>/dev/null &
+status_watch=$!
+k -n "$ns" scale deploy/idle --replicas=1 >/dev/null
+idle_runs_digest() { [[ "$(pod_digest app=idle containerStatuses idle)" == "$idle_digest" ]]; }
+check "the scaled-up pod runs demo/web:1.1 at $idle_digest" eventually 90 idle_runs_digest
+sleep 15
+kill "$status_watch" 2>/dev/null || true; wait "$status_watch" 2>/dev/null || true
+stayed_protected() {
+  local writes; writes="$(wc -l <"$statuses")"
+  [[ "$writes" -ge 1 ]] || { echo "the watch saw no status"; return 1; }
+  ! grep -v -x "$protected_before True [A-Za-z]*" "$statuses" ||
+    { echo "(statuses written: $writes; protected before: $protected_before)"; return 1; }
+}
+check "its by-tag copy keeps the image protected once a pod runs it (every status written: Ready, $protected_before protected)" stayed_protected
 deterministic_tag() {
   local got; got="$(backup_digest "$(backup_repo demo/web)" "lifeboat-sha256-${web_digest#sha256:}")"
   [[ "$got" == "$web_digest" ]] || { echo "deterministic tag gives '$got'"; return 1; }

@@ -280,6 +280,19 @@ fn take_back_copies(
                     tally.copied += 1;
                 }
                 memory.failures.remove(&key);
+                // A by-tag copy holds the digest the tag pointed at: it
+                // counts for the key the pods report once they run it,
+                // else the image reads unprotected (the policy NoBackupYet)
+                // until a second copy of the same bytes.
+                if let Some(resolved) = &outcome.resolved {
+                    memory.verified_with_referrers(
+                        &task.target_name,
+                        &super::discovery::image_key(resolved),
+                        outcome.digest.clone(),
+                        now,
+                        outcome.referrers,
+                    );
+                }
                 memory.verified_with_referrers(
                     &task.target_name,
                     &task.image_key,

@@ -3,7 +3,7 @@
 //! the truth, and a restarted operator relearns all of it without copying
 //! bytes again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -201,7 +201,21 @@ impl PolicyMemory {
             );
         }
         let selected = |key: &String| inventory.images.contains_key(key);
-        self.verified.retain(|(_, key), _| selected(key));
+        // A by-tag copy is also recorded under the digest its tag pointed
+        // at (`act::take_back_copies`), the key its pods will report: that
+        // digest key is kept while a selected record holds the same digest
+        // in the same target.
+        let held_for_selected: BTreeSet<(String, String)> = self
+            .verified
+            .iter()
+            .filter(|((_, key), _)| selected(key))
+            .map(|((target, _), held)| (target.clone(), held.digest.clone()))
+            .collect();
+        self.verified.retain(|(target, key), held| {
+            selected(key)
+                || (key.contains('@')
+                    && held_for_selected.contains(&(target.clone(), held.digest.clone())))
+        });
         self.failures.retain(|(_, key), _| selected(key));
         self.source.retain(|key, _| selected(key));
     }
@@ -238,7 +252,20 @@ impl PolicyMemory {
 
     /// Referrers held in the targets with the images, all targets counted.
     pub(crate) fn referrers_held(&self) -> i32 {
-        let total: u64 = self.verified.values().map(|v| u64::from(v.referrers)).sum();
+        // One image under two keys (a by-tag copy, see `take_in`) holds
+        // its referrers once.
+        let held: BTreeMap<(&str, &str, &str), u32> = self
+            .verified
+            .iter()
+            .map(|((target, key), v)| {
+                let repository = repository_of(key);
+                (
+                    (target.as_str(), repository, v.digest.as_str()),
+                    v.referrers,
+                )
+            })
+            .collect();
+        let total: u64 = held.values().map(|&r| u64::from(r)).sum();
         i32::try_from(total).unwrap_or(i32::MAX)
     }
 
@@ -264,6 +291,18 @@ impl PolicyMemory {
         self.source
             .get(key)
             .is_some_and(|s| s.missing_since.is_some())
+    }
+}
+
+/// The `registry/repository` of an image key (`discovery::image_key`:
+/// `name@digest` or `name:tag`).
+fn repository_of(key: &str) -> &str {
+    if let Some((name, _)) = key.split_once('@') {
+        return name;
+    }
+    match key.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => name,
+        _ => key,
     }
 }
 
@@ -422,5 +461,75 @@ mod tests {
         let failure = &memory.failures[&("offsite".to_owned(), kept_key)];
         assert_eq!(failure.reason, "InvalidRepositoryTemplate");
         assert_eq!(failure.at, at(5));
+    }
+
+    #[test]
+    fn a_by_tag_copy_counts_for_its_digest_while_the_tag_is_selected() {
+        let by_tag = ImageReference::parse("reg.local/web:1").unwrap();
+        let by_digest = by_tag.with_digest(
+            lifeboat_api::Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+        );
+        let (tag_key, digest_key) = (image_key(&by_tag), image_key(&by_digest));
+        let selecting = |reference: &ImageReference| {
+            let mut inventory = Inventory::default();
+            inventory.images.insert(
+                image_key(reference),
+                ImageUse {
+                    reference: reference.clone(),
+                    workloads: Default::default(),
+                    nodes: Default::default(),
+                    pull_failures: Default::default(),
+                    pull_secrets: Default::default(),
+                },
+            );
+            inventory
+        };
+        let plan = Plan {
+            now: at(5),
+            generation: 1,
+            target_names: vec!["backup".into()],
+            tasks: vec![],
+            mapping_errors: vec![],
+            run: RunDecision::default(),
+            continuous: true,
+            suspended: false,
+            dry_run: false,
+            check_interval: TimeDelta::seconds(300),
+        };
+        let mut memory = PolicyMemory::default();
+        // What take_back_copies records for a by-tag copy: both keys, the
+        // target's digest in each.
+        memory.verified_with_referrers("backup", &tag_key, "sha256:t".into(), at(0), 2);
+        memory.verified_with_referrers("backup", &digest_key, "sha256:t".into(), at(0), 2);
+        // Another image's record under a key no longer selected goes.
+        memory.verified_at("backup", "reg.local/old@sha256:o", "sha256:o".into(), at(0));
+        assert_eq!(
+            memory.referrers_held(),
+            2,
+            "one image's referrers count once"
+        );
+        assert_eq!(repository_of(&tag_key), "reg.local/web");
+        assert_eq!(repository_of(&digest_key), "reg.local/web");
+        assert_eq!(repository_of("127.0.0.1:5001/web:1"), "127.0.0.1:5001/web");
+
+        memory.take_in(&plan, &selecting(&by_tag));
+        assert_eq!(memory.holders(&digest_key), vec!["backup".to_owned()]);
+        assert!(memory.holders("reg.local/old@sha256:o").is_empty());
+
+        // The pod runs it: only the digest is selected, and already held.
+        memory.take_in(&plan, &selecting(&by_digest));
+        assert_eq!(memory.holders(&digest_key), vec!["backup".to_owned()]);
+        assert!(
+            memory.holders(&tag_key).is_empty(),
+            "the tag's record is forgotten"
+        );
+
+        // A record under a digest key whose tag record is gone is forgotten
+        // once nothing selected holds the same digest.
+        let mut memory = PolicyMemory::default();
+        memory.verified_at("backup", &digest_key, "sha256:t".into(), at(0));
+        memory.verified_at("backup", &tag_key, "sha256:other".into(), at(0));
+        memory.take_in(&plan, &selecting(&by_tag));
+        assert!(memory.holders(&digest_key).is_empty());
     }
 }

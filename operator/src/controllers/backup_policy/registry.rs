@@ -111,6 +111,10 @@ pub struct CopyOutcome {
     /// Referrers (signatures, SBOMs, attestations) the target holds with
     /// the image, as the policy chose them.
     pub referrers: u32,
+    /// For a task known by tag alone: the source image pinned to the
+    /// digest its tag pointed at when it was copied (`None` for a task
+    /// pinned to a digest).
+    pub resolved: Option<lifeboat_api::ImageReference>,
 }
 
 /// What one queued copy ends with.
@@ -120,7 +124,9 @@ pub type CopyResult = Result<CopyOutcome, TransferError>;
 /// deterministic tag (never conflicts, never left untagged for a garbage
 /// collector) with the source's tag moved onto it so people find it, in
 /// one copy (the tag is one more manifest PUT). An image known by tag
-/// alone is copied under that tag.
+/// alone (its pods have not said which digest they run yet) is resolved
+/// first (one HEAD) and copied the same way: its backup gets Lifeboat's
+/// tag too, and counts for the digest its pods report once they run.
 pub async fn copy_task(
     transfer: &registry_transfer::Transfer,
     task: &CopyTask,
@@ -134,34 +140,49 @@ pub async fn copy_task(
         task.destination.registry.clone(),
         task.destination.repository.clone(),
     );
-    let request = CopyRequest::new(target)
-        .with_platforms(platforms)
-        .with_referrers(task.referrers.clone());
-    let (source, request) = match (task.source.pinned(), &task.source.tag) {
-        (Some(pinned), tag) => {
-            let digest_tag = pinned
-                .digest
-                .as_ref()
-                .map(deterministic_tag)
-                .unwrap_or_default();
-            let mut request = request.with_tag(digest_tag);
-            if let Some(tag) = tag {
-                request = request.also_tagging(tag.clone());
-            }
-            (pinned, request)
+    let (source, resolved) = match task.source.digest {
+        Some(_) => (task.source.clone(), None),
+        None => {
+            let digest = transfer
+                .manifest_digest(&task.source)
+                .await?
+                .ok_or_else(|| TransferError::SourceNotFound {
+                    what: task.source.to_string(),
+                })?;
+            let resolved = task.source.with_digest(digest);
+            (resolved.clone(), Some(resolved))
         }
-        (None, Some(tag)) => (
-            task.source.clone(),
-            request.with_tag(tag.clone()).allowing_tag_move(true),
-        ),
-        (None, None) => (task.source.clone(), request),
     };
-    let report: CopyReport = transfer.copy_image(&source, &request).await?;
+    let Some(pinned) = source.pinned() else {
+        return Err(TransferError::InvalidReference(format!(
+            "{source} has no digest after resolving its tag"
+        )));
+    };
+    let lifeboat_tag = pinned
+        .digest
+        .as_ref()
+        .map(deterministic_tag)
+        .unwrap_or_default();
+    let mut request = CopyRequest::new(target)
+        .with_platforms(platforms)
+        .with_referrers(task.referrers.clone())
+        .with_tag(lifeboat_tag);
+    // A reference without tag or digest means `latest`: the backup keeps
+    // that name, as a pull of it would.
+    match (&task.source.tag, &resolved) {
+        (Some(tag), _) => request = request.also_tagging(tag.clone()),
+        (None, Some(_)) => {
+            request = request.also_tagging(lifeboat_api::reference::DEFAULT_TAG.to_owned())
+        }
+        (None, None) => {}
+    }
+    let report: CopyReport = transfer.copy_image(&pinned, &request).await?;
     Ok(CopyOutcome {
         digest: report.digest.to_string(),
         bytes: report.bytes_copied,
         up_to_date: report.up_to_date,
         referrers: u32::try_from(report.referrers.len()).unwrap_or(u32::MAX),
+        resolved,
     })
 }
 
