@@ -22,6 +22,7 @@ pub const FLAG_SERVE_SECONDS: &str = "--serve-seconds";
 pub const FLAG_IMAGE: &str = "--image";
 pub const FLAG_PLAIN_HTTP: &str = "--plain-http";
 pub const FLAG_SOCKET: &str = "--socket";
+pub const FLAG_CONTENT_STORE: &str = "--content-store";
 pub const FLAG_DOCKER_CONFIG: &str = "--docker-config";
 pub const FLAG_LOOPBACK: &str = "--loopback";
 pub const FLAG_FROM_TUNNEL: &str = "--from-tunnel";

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use lifeboat_node_protocol::args::{
-    EXPORT, FLAG_CA_BUNDLE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER, FLAG_FROM_TUNNEL, FLAG_IMAGE,
-    FLAG_LISTEN, FLAG_LOOPBACK, FLAG_PLAIN_HTTP, FLAG_RELAY_TO, FLAG_SERVE_SECONDS, FLAG_SOCKET,
-    FLAG_TOKEN_FILE, IMPORT, INVENTORY, RELAY, SERVE,
+    EXPORT, FLAG_CA_BUNDLE, FLAG_CONTENT_STORE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER,
+    FLAG_FROM_TUNNEL, FLAG_IMAGE, FLAG_LISTEN, FLAG_LOOPBACK, FLAG_PLAIN_HTTP, FLAG_RELAY_TO,
+    FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT, INVENTORY, RELAY, SERVE,
 };
 use lifeboat_node_protocol::{CaBundleArgument, ExportImage, ImageArgumentError, ImportImage};
 
@@ -69,6 +69,9 @@ Options:
   --socket PATH             containerd socket [env CONTAINERD_ADDRESS]
                             (default: first found of containerd, k3s/RKE2, k0s, microk8s paths)
   --host-root PATH          where the host's / is mounted, for socket detection [default /]
+  --content-store PATH      containerd's content store directory, mounted read-only: blobs
+                            are read from its files, not through containerd's API
+                            [env NODE_EXPORTER_CONTENT_STORE]
   --namespace NS            containerd namespace [default k8s.io]
   --termination-log PATH    where to write the JSON result [default /dev/termination-log]
   -h, --help                this text
@@ -114,6 +117,8 @@ pub struct Options {
     pub snapshotter: Option<String>,
     pub socket: Option<PathBuf>,
     pub host_root: PathBuf,
+    /// containerd's content store directory, if mounted.
+    pub content_store: Option<PathBuf>,
     pub namespace: String,
     pub termination_log: PathBuf,
 }
@@ -167,6 +172,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         socket: env_nonempty("CONTAINERD_ADDRESS").map(PathBuf::from),
         host_root: env_nonempty("NODE_EXPORTER_HOST_ROOT")
             .map_or_else(|| PathBuf::from("/"), PathBuf::from),
+        content_store: env_nonempty("NODE_EXPORTER_CONTENT_STORE").map(PathBuf::from),
         namespace: crate::containerd::K8S_NAMESPACE.to_owned(),
         termination_log: env_nonempty("NODE_EXPORTER_TERMINATION_LOG")
             .map_or_else(|| PathBuf::from(DEFAULT_TERMINATION_LOG), PathBuf::from),
@@ -210,6 +216,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--snapshotter" => options.snapshotter = Some(value()?),
             FLAG_SOCKET => options.socket = Some(value()?.into()),
             "--host-root" => options.host_root = value()?.into(),
+            FLAG_CONTENT_STORE => options.content_store = Some(value()?.into()),
             "--namespace" => options.namespace = value()?,
             "--termination-log" => options.termination_log = value()?.into(),
             "-h" | "--help" => return Ok(Command::Help),

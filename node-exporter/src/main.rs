@@ -194,7 +194,9 @@ async fn connect(options: &Options) -> Result<Containerd, Error> {
         socket::is_unix_socket,
     )?;
     tracing::info!(socket = %path.display(), namespace = %options.namespace, "connecting to containerd");
-    Containerd::connect(&path, &options.namespace).await
+    Ok(Containerd::connect(&path, &options.namespace)
+        .await?
+        .with_content_store(options.content_store.clone()))
 }
 
 fn write_termination_message(path: &std::path::Path, message: &str) {

@@ -87,36 +87,60 @@ fn one_gib_image_node_exporter_vs_export_and_skopeo() {
     // others (each into its own empty registry).
     let sha256_mib_s = sha256_rate();
     eprintln!("sha256: {sha256_mib_s:.0} MiB/s");
-    let mut node_exporter_runs = Vec::new();
-    let mut floor_line = String::new();
-    for parallel in ["3", "1", "2", "4"] {
-        let scratch_p = Scratch::new(&format!("bench-ne-{parallel}"));
-        let target = if parallel == "3" {
+    let mut node_exporter_runs: Vec<(String, Duration, u64)> = Vec::new();
+    let content_store = containerd
+        .dir
+        .join("root/io.containerd.content.v1.content")
+        .display()
+        .to_string();
+    // The default (blobs read from the mounted content store) and the same
+    // through containerd's Content.Read, three times each (medians are the
+    // figures; each round has its own floor), other widths once.
+    let mut floor_rounds: Vec<(bool, f64, String)> = Vec::new();
+    let runs = [
+        ("3", true),
+        ("3", false),
+        ("1", true),
+        ("3", true),
+        ("3", false),
+        ("2", true),
+        ("3", true),
+        ("3", false),
+        ("4", true),
+    ];
+    for (round, (parallel, from_files)) in runs.into_iter().enumerate() {
+        let scratch_p = Scratch::new(&format!("bench-ne-{round}-{parallel}"));
+        let target = if round == 0 {
             None
         } else {
             Some(Registry::start(&scratch_p))
         };
         let target = target.as_ref().unwrap_or(&target_ne);
+        // Each run starts with no dirty pages of an earlier one (the pull,
+        // the previous push) being written back under it.
+        settle_disk();
         let destination = format!("{reference}={}/{REPO}:v1", target.addr);
         let cpu_before = (
             target.cpu_seconds(),
             containerd.cpu_seconds(),
             children_cpu_seconds(),
         );
-        let run = node_exporter(
-            &scratch,
-            &[
-                "export",
-                "--socket",
-                &containerd.socket.display().to_string(),
-                "--plain-http",
-                &target.addr,
-                "--parallel",
-                parallel,
-                "--image",
-                &destination,
-            ],
-        );
+        let socket = containerd.socket.display().to_string();
+        let mut args = vec![
+            "export",
+            "--socket",
+            &socket,
+            "--plain-http",
+            &target.addr,
+            "--parallel",
+            parallel,
+            "--image",
+            &destination,
+        ];
+        if from_files {
+            args.extend(["--content-store", &content_store]);
+        }
+        let run = node_exporter(&scratch, &args);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let registry_cpu = target.cpu_seconds() - cpu_before.0;
         let containerd_cpu = containerd.cpu_seconds() - cpu_before.1;
@@ -131,23 +155,63 @@ fn one_gib_image_node_exporter_vs_export_and_skopeo() {
             let sha_pass = total as f64 / (1u64 << 20) as f64 / sha256_mib_s;
             let floor = (registry_cpu + containerd_cpu + sha_pass) / 2.0;
             let wall = run.elapsed.as_secs_f64();
-            floor_line = format!(
-                "| {wall:.2} | {floor:.2} | **{:.2}** | {registry_cpu:.2} | {containerd_cpu:.2} | {sha_pass:.2} | {exporter_cpu:.2} | {:.2} |",
+            let path = if from_files {
+                "content files"
+            } else {
+                "Content.Read"
+            };
+            floor_rounds.push((
+                from_files,
                 floor / wall,
-                exporter_cpu / gib,
-            );
+                format!(
+                    "| {path} | {wall:.2} | {floor:.2} | **{:.2}** | {registry_cpu:.2} | {containerd_cpu:.2} | {sha_pass:.2} | {exporter_cpu:.2} | {:.2} |",
+                    floor / wall,
+                    exporter_cpu / gib,
+                ),
+            ));
         }
         let peak_kib = run.peak_rss_kib.expect("peak RSS in the log");
+        let label = if from_files {
+            format!("--parallel {parallel}")
+        } else {
+            format!("--parallel {parallel}, through Content.Read")
+        };
         eprintln!(
-            "node-exporter --parallel {parallel}: {:.2?}, peak RSS {peak_kib} KiB",
+            "node-exporter {label}: {:.2?}, peak RSS {peak_kib} KiB",
             run.elapsed
         );
-        node_exporter_runs.push((parallel, run.elapsed, peak_kib));
+        node_exporter_runs.push((label, run.elapsed, peak_kib));
     }
-    let (_, node_exporter_time, peak_kib) = node_exporter_runs[0];
+    let median_of = |label: &str| {
+        let mut rounds: Vec<_> = node_exporter_runs
+            .iter()
+            .filter(|(l, _, _)| l == label)
+            .map(|(_, elapsed, peak)| (*elapsed, *peak))
+            .collect();
+        rounds.sort();
+        rounds[rounds.len() / 2]
+    };
+    let (node_exporter_time, peak_kib) = median_of("--parallel 3");
+    let (grpc_time, _) = median_of("--parallel 3, through Content.Read");
+    let median_ratio = |from_files: bool| {
+        let mut ratios: Vec<f64> = floor_rounds
+            .iter()
+            .filter(|(f, _, _)| *f == from_files)
+            .map(|(_, ratio, _)| *ratio)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
+    };
+    let (files_ratio, grpc_ratio) = (median_ratio(true), median_ratio(false));
+    let floor_lines: Vec<&str> = floor_rounds
+        .iter()
+        .map(|(_, _, line)| line.as_str())
+        .collect();
+    let floor_line = floor_lines.join("\n");
 
     // 2. ctr export + skopeo copy oci-archive:.
     let tarball = scratch.join("export.tar");
+    settle_disk();
     let export_time = timed("ctr export + skopeo copy oci-archive", || {
         containerd.ctr(&["images", "export", tarball.to_str().unwrap(), &reference]);
         run_skopeo(
@@ -160,6 +224,7 @@ fn one_gib_image_node_exporter_vs_export_and_skopeo() {
 
     // 3. skopeo copy from an OCI layout of hard links into the content store.
     let layout = scratch.join("layout");
+    settle_disk();
     let layout_time = timed("skopeo copy from hard-linked OCI layout", || {
         let blobs_dir = layout.join("blobs/sha256");
         std::fs::create_dir_all(&blobs_dir).unwrap();
@@ -202,34 +267,38 @@ fn one_gib_image_node_exporter_vs_export_and_skopeo() {
     });
     assert_complete(&target_layout, &image, "v1");
 
-    for (parallel, elapsed, peak) in &node_exporter_runs {
+    for (label, elapsed, peak) in &node_exporter_runs {
         eprintln!(
-            "| node-exporter --parallel {parallel} | {:.1} s | peak RSS {:.1} MiB |",
+            "| node-exporter {label} | {:.1} s | peak RSS {:.1} MiB |",
             elapsed.as_secs_f64(),
             *peak as f64 / 1024.0
         );
     }
     let vs_export = export_time.as_secs_f64() / node_exporter_time.as_secs_f64();
     let vs_layout = layout_time.as_secs_f64() / node_exporter_time.as_secs_f64();
+    let vs_grpc = grpc_time.as_secs_f64() / node_exporter_time.as_secs_f64();
     eprintln!(
-        "\n| method | time | vs node-exporter |\n|---|---|---|\n\
-         | node-exporter (default --parallel 3) | {:.1} s (peak RSS {:.1} MiB) | 1.0x |\n\
+        "\n| method | time (median of 3 for node-exporter) | vs node-exporter |\n|---|---|---|\n\
+         | node-exporter (default --parallel 3, content store mounted) | {:.1} s (peak RSS {:.1} MiB) | 1.0x |\n\
+         | node-exporter --parallel 3 through Content.Read | {:.1} s | {vs_grpc:.1}x slower |\n\
          | ctr export + skopeo copy oci-archive | {:.1} s | {vs_export:.1}x slower |\n\
          | skopeo copy from hard-linked OCI layout | {:.1} s | {vs_layout:.1}x slower |\n",
         node_exporter_time.as_secs_f64(),
         peak_kib as f64 / 1024.0,
+        grpc_time.as_secs_f64(),
         export_time.as_secs_f64(),
         layout_time.as_secs_f64(),
     );
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     eprintln!(
-        "Against the floor (node-exporter --parallel 3, this run):\n\n\
-         | wall s | floor s | floor / wall | registry CPU s | containerd CPU s | one sha256 pass s | node-exporter CPU s | node-exporter CPU s per GiB |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n{floor_line}\n"
+        "Against the floor (node-exporter --parallel 3, each round of this run; median {files_ratio:.2} reading content files ({}), {grpc_ratio:.2} through Content.Read; goal >= 0.9):\n\n\
+         | read from | wall s | floor s | floor / wall | registry CPU s | containerd CPU s | one sha256 pass s | node-exporter CPU s | node-exporter CPU s per GiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n{floor_line}\n",
+        verdict(files_ratio >= 0.9),
     );
     // Memory is a hard limit. Speed depends on the machine (on two shared
     // cores the registry's own hashing dominates), so the issue's targets
     // are reported, and only a regression below plain parity fails.
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     eprintln!(
         "targets: >= 6x vs export+push: {}; >= 1.5x vs in-place skopeo: {}; < 64 MiB: {}",
         verdict(vs_export >= 6.0),
@@ -262,6 +331,12 @@ fn sha256_rate() -> f64 {
             256.0 / started.elapsed().as_secs_f64()
         })
         .fold(0.0, f64::max)
+}
+
+/// Writes back every dirty page and waits for it, so a run does not pay
+/// for the disk writes of the one before.
+fn settle_disk() {
+    run(&mut Command::new("sync"));
 }
 
 fn run_skopeo(from: &str, to: &str) {

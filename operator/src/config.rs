@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use crate::error::OperatorError;
 use crate::telemetry::LogFormat;
 
+/// containerd's content store (the `io.containerd.content.v1.content`
+/// plugin under its default root).
+pub const DEFAULT_CONTENT_STORE: &str = "/var/lib/containerd/io.containerd.content.v1.content";
+
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
     /// The namespace the operator runs in: policies here may select any
@@ -39,6 +43,11 @@ pub struct OperatorConfig {
     /// The containerd socket on the nodes; `{node}` stands for the node's
     /// name (a development cluster with one containerd per node).
     pub containerd_socket: String,
+    /// containerd's content store directory on the nodes (`{node}`: the
+    /// node's name), mounted read-only into node-exporter pods so blobs are
+    /// read from their files; `None` (set empty) streams them through
+    /// containerd's API instead.
+    pub containerd_content_store: Option<String>,
     /// Tolerations of the export Jobs (JSON list in the environment).
     pub node_exporter_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// Whether export Jobs use the node's network.
@@ -224,6 +233,16 @@ impl OperatorConfig {
         let containerd_socket = get("LIFEBOAT_CONTAINERD_SOCKET")
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| "/run/containerd/containerd.sock".to_owned());
+        let containerd_content_store = match get("LIFEBOAT_CONTAINERD_CONTENT_STORE") {
+            None => Some(DEFAULT_CONTENT_STORE.to_owned()),
+            Some(path) if path.trim().is_empty() => None,
+            Some(path) if path.starts_with('/') => Some(path),
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_CONTAINERD_CONTENT_STORE must be an absolute path or empty, not {other:?}"
+                )));
+            }
+        };
         let node_exporter_tolerations = match get("LIFEBOAT_NODE_EXPORTER_TOLERATIONS") {
             None => Vec::new(),
             Some(text) if text.trim().is_empty() || text.trim() == "null" => Vec::new(),
@@ -269,6 +288,7 @@ impl OperatorConfig {
             allow_control_plane_nodes,
             node_exporter_pull_policy,
             containerd_socket,
+            containerd_content_store,
             node_exporter_tolerations,
             node_exporter_host_network,
             image_pull_secrets,
@@ -471,6 +491,17 @@ mod tests {
     fn export_job_settings_from_the_environment() {
         let c = config(&[]).unwrap();
         assert_eq!(c.containerd_socket, "/run/containerd/containerd.sock");
+        assert_eq!(
+            c.containerd_content_store.as_deref(),
+            Some("/var/lib/containerd/io.containerd.content.v1.content")
+        );
+        assert_eq!(
+            config(&[("LIFEBOAT_CONTAINERD_CONTENT_STORE", "")])
+                .unwrap()
+                .containerd_content_store,
+            None
+        );
+        assert!(config(&[("LIFEBOAT_CONTAINERD_CONTENT_STORE", "relative/dir")]).is_err());
         assert!(c.node_exporter_tolerations.is_empty());
         assert!(!c.node_exporter_host_network);
         let c = config(&[

@@ -273,6 +273,20 @@ job_is_hardened() {
     (.metadata.name | length) <= 63' <<<"$j" >/dev/null || { echo "$j" | jq '.metadata, .spec'; return 1; }
 }
 check "the export Job ($job) is pinned by node affinity, hardened, bounded, and carries none of the CR's labels" job_is_hardened
+# The content store is mounted read-only and blobs come from its files, not
+# through containerd's API (docs/node-exporter.md).
+read_content_files() {
+  local j logs
+  j="$(k -n lifeboat-system get job "$job" -o json)" || { echo "no Job $job"; return 1; }
+  jq -e '.spec.template.spec as $pod |
+    ($pod.volumes[] | select(.name == "containerd-content") | .hostPath.type == "Directory") and
+    ($pod.containers[0].volumeMounts[] | select(.name == "containerd-content") | .readOnly == true)' <<<"$j" >/dev/null ||
+    { echo "no read-only content store mount:"; jq '.spec.template.spec.volumes' <<<"$j"; return 1; }
+  logs="$(k -n lifeboat-system logs "job/$job" 2>&1)"
+  grep -q "content store file" <<<"$logs" ||
+    { echo "the export read no blob from a content file:"; tail -n 20 <<<"$logs"; return 1; }
+}
+check "... mounts the node's content store read-only and reads blobs from its files" read_content_files
 check "a pod on $node1 (which never had it) pulls the rebuilt image by its tag" pod_pulls repull "$node1" "$SOURCE_REGISTRY/$base/node:1"
 
 # --- 3. on no node ------------------------------------------------------------------------

@@ -685,7 +685,20 @@ impl Run {
 pub fn node_exporter(scratch: &Scratch, args: &[&str]) -> Run {
     let termination = scratch.join(&format!("termination-{:08x}", rand::random::<u32>()));
     let start = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_node-exporter"))
+    // NE_BENCH_PERF=<dir>: each run under `perf record` (call graphs, one
+    // file per run) to see where node-exporter's CPU goes; its figures then
+    // include perf's overhead.
+    let mut command = match std::env::var("NE_BENCH_PERF") {
+        Ok(dir) => {
+            let output = format!("{dir}/node-exporter-{:08x}.data", rand::random::<u32>());
+            let mut perf = Command::new("perf");
+            perf.args(["record", "--quiet", "-F", "2000", "-g", "-o", &output, "--"]);
+            perf.arg(env!("CARGO_BIN_EXE_node-exporter"));
+            perf
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_node-exporter")),
+    };
+    let output = command
         .args(args)
         .arg("--termination-log")
         .arg(&termination)

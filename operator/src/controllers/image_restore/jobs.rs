@@ -9,10 +9,10 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    Affinity, Capabilities, Container, EnvVar, HostPathVolumeSource, KeyToPath, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -31,6 +31,10 @@ pub(crate) const MANAGED_BY: &str = "lifeboat-operator";
 
 /// Where the containerd socket is mounted inside export pods.
 pub(crate) const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
+/// Where containerd's content store is mounted (read-only), when it is.
+pub(crate) const CONTENT_STORE_MOUNT: &str = "/var/lib/lifeboat/containerd-content";
+/// The environment variable node-exporter takes the content store from.
+const CONTENT_STORE_ENV: &str = "NODE_EXPORTER_CONTENT_STORE";
 /// Where the registry credentials are mounted.
 pub(crate) const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
 pub(crate) const DOCKER_CONFIG_FILE: &str = "config.json";
@@ -44,6 +48,10 @@ pub(crate) struct JobSettings {
     pub pull_policy: String,
     /// The socket's path on the node; `{node}` stands for the node's name.
     pub socket_template: String,
+    /// containerd's content store directory on the node (`{node}` as
+    /// above), mounted read-only when set: node-exporter reads blobs from
+    /// its files instead of through containerd (docs/node-exporter.md).
+    pub content_store_template: Option<String>,
     pub tolerations: Vec<Toleration>,
     pub host_network: bool,
     pub image_pull_secrets: Vec<String>,
@@ -219,13 +227,14 @@ fn docker_config_mount(secret: &str) -> SecretMount<'_> {
     }
 }
 
-pub(super) fn pod(
+/// What a node-exporter pod mounts: the node's containerd socket, its
+/// content store read-only (when configured; named to node-exporter by
+/// `env`) and `secrets`.
+fn node_mounts(
     settings: &JobSettings,
     node: &str,
-    args: Vec<String>,
     secrets: &[SecretMount<'_>],
-    extra_tolerations: &[Toleration],
-) -> PodSpec {
+) -> (Vec<VolumeMount>, Vec<Volume>, Vec<EnvVar>) {
     let mut mounts = vec![VolumeMount {
         name: "containerd".to_owned(),
         mount_path: SOCKET_MOUNT.to_owned(),
@@ -239,6 +248,28 @@ pub(super) fn pod(
         }),
         ..Volume::default()
     }];
+    let mut env = Vec::new();
+    if let Some(template) = &settings.content_store_template {
+        mounts.push(VolumeMount {
+            name: "containerd-content".to_owned(),
+            mount_path: CONTENT_STORE_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "containerd-content".to_owned(),
+            host_path: Some(HostPathVolumeSource {
+                path: template.replace("{node}", node),
+                type_: Some("Directory".to_owned()),
+            }),
+            ..Volume::default()
+        });
+        env.push(EnvVar {
+            name: CONTENT_STORE_ENV.to_owned(),
+            value: Some(CONTENT_STORE_MOUNT.to_owned()),
+            ..EnvVar::default()
+        });
+    }
     for mount in secrets {
         mounts.push(VolumeMount {
             name: mount.volume.to_owned(),
@@ -266,6 +297,17 @@ pub(super) fn pod(
             ..Volume::default()
         });
     }
+    (mounts, volumes, env)
+}
+
+pub(super) fn pod(
+    settings: &JobSettings,
+    node: &str,
+    args: Vec<String>,
+    secrets: &[SecretMount<'_>],
+    extra_tolerations: &[Toleration],
+) -> PodSpec {
+    let (mounts, volumes, env) = node_mounts(settings, node, secrets);
     let mut tolerations = settings.tolerations.clone();
     for t in extra_tolerations {
         if !tolerations.contains(t) {
@@ -301,6 +343,7 @@ pub(super) fn pod(
             image: Some(settings.image.clone()),
             image_pull_policy: Some(settings.pull_policy.clone()),
             args: Some(args),
+            env: (!env.is_empty()).then_some(env),
             security_context: Some(hardened()),
             resources: Some(exporter_resources()),
             volume_mounts: Some(mounts),
@@ -543,6 +586,7 @@ mod tests {
             image: "lifeboat.local/node-exporter:dev".into(),
             pull_policy: "Never".into(),
             socket_template: "/var/lib/lifeboat-cluster/nodes/{node}/containerd.sock".into(),
+            content_store_template: Some("/nodes/{node}/content".into()),
             tolerations: vec![Toleration {
                 operator: Some("Exists".into()),
                 ..Toleration::default()
@@ -599,8 +643,21 @@ mod tests {
             "/var/lib/lifeboat-cluster/nodes/node-1/containerd.sock"
         );
         assert_eq!(volume["type"], "Socket");
-        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "creds");
+        // containerd's content store of that node, read-only, named to
+        // node-exporter by its environment.
+        let content = &pod["volumes"][1]["hostPath"];
+        assert_eq!(content["path"], "/nodes/node-1/content");
+        assert_eq!(content["type"], "Directory");
+        assert_eq!(pod["volumes"][2]["secret"]["secretName"], "creds");
         let container = &pod["containers"][0];
+        let content_mount = &container["volumeMounts"][1];
+        assert_eq!(content_mount["name"], pod["volumes"][1]["name"]);
+        assert_eq!(content_mount["mountPath"], CONTENT_STORE_MOUNT);
+        assert_eq!(content_mount["readOnly"], true);
+        assert_eq!(
+            container["env"],
+            serde_json::json!([{"name": "NODE_EXPORTER_CONTENT_STORE", "value": CONTENT_STORE_MOUNT}])
+        );
         let security = &container["securityContext"];
         assert_eq!(security["readOnlyRootFilesystem"], true);
         assert_eq!(security["allowPrivilegeEscalation"], false);
@@ -660,7 +717,10 @@ mod tests {
                 .as_ref()
                 .is_some_and(|r| r.limits.is_some())
         );
-        assert_eq!(pod.volumes.unwrap().len(), 1);
+        // The socket and the read-only content store: no credentials.
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert!(volumes.iter().all(|v| v.secret.is_none()));
         assert_eq!(
             pod.containers[0].args.clone().unwrap()[..3],
             [

@@ -75,6 +75,7 @@ impl RestoreController {
             image: config.node_exporter_image.clone(),
             pull_policy: config.node_exporter_pull_policy.clone(),
             socket_template: config.containerd_socket.clone(),
+            content_store_template: config.containerd_content_store.clone(),
             tolerations: config.node_exporter_tolerations.clone(),
             host_network: config.node_exporter_host_network,
             image_pull_secrets: config.image_pull_secrets.clone(),

@@ -232,6 +232,7 @@ mod tests {
             image: "lifeboat.local/node-exporter:dev".into(),
             pull_policy: "Never".into(),
             socket_template: "/nodes/{node}/containerd.sock".into(),
+            content_store_template: None,
             tolerations: vec![],
             host_network: true,
             image_pull_secrets: vec![],
