@@ -190,11 +190,13 @@ job_pod_hardened() {
       .securityContext.capabilities.drop == ["ALL"] and
       .resources.requests.cpu == "100m" and .resources.requests.memory == "64Mi" and
       .resources.limits.cpu == "1" and .resources.limits.memory == "256Mi") and
-    ([.spec.volumes[] | select(.hostPath)] | length == 1 and .[0].hostPath.type == "Socket")' <<<"$pod" >/dev/null ||
+    ([.spec.volumes[] | select(.hostPath) | .hostPath.type] | sort == ["Directory", "Socket"]) and
+    ([.spec.volumes[] | select(.hostPath.type == "Directory") | .name] as $dirs |
+      [.spec.containers[0].volumeMounts[] | select(.name as $n | $dirs | index($n)) | .readOnly] == [true])' <<<"$pod" >/dev/null ||
     { jq '.spec | {securityContext, automountServiceAccountToken, containers: [.containers[] | {securityContext, resources}], volumes}' <<<"$pod"; return 1; }
   jq '{apiVersion: "v1", kind: "Pod", metadata: {name: "pss-probe", labels: {}}, spec: .spec | del(.nodeName)}' <<<"$pod" >"$work/probe.json"
 }
-check "the export Job's pod: seccomp RuntimeDefault, requests and limits, no token, read-only root, no capabilities" job_pod_hardened
+check "the export Job's pod: seccomp RuntimeDefault, requests and limits, no token, read-only root, no capabilities, host paths only the socket and the content store (read-only)" job_pod_hardened
 restricted_only_for_the_socket() {
   # Server-side dry run in a namespace that warns at `restricted`: the API
   # server lists every check the pod fails.
@@ -206,7 +208,7 @@ restricted_only_for_the_socket() {
   [[ "$warnings" == *"hostPath"* ]] || return 1
   ! grep -Eiq 'seccompProfile|allowPrivilegeEscalation|unrestricted capabilities|privileged \(' <<<"$warnings"
 }
-check "Pod Security restricted: the export pod fails only what reading containerd needs (hostPath socket, root), not seccomp, escalation or capabilities" \
+check "Pod Security restricted: the export pod fails only what reading containerd needs (hostPath socket and content store, root), not seccomp, escalation or capabilities" \
   restricted_only_for_the_socket
 
 summary tenancy
