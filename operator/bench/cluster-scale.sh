@@ -275,7 +275,15 @@ measure() {
       k -n "$run-$n" annotate ibp bench "lifeboat.dev/requestedAt=$stamp" --overwrite >/dev/null
     done
     start_operator "$image"
-    pid="$(operator_pid)"
+    # The rollout can report the pod available before its process shows
+    # up here (seen on 2026-12-05: an empty pid ended the run).
+    pid=""
+    for _ in $(seq 1 120); do
+      pid="$(operator_pid || true)"
+      [[ -n "$pid" ]] && break
+      sleep 0.5
+    done
+    [[ -n "$pid" ]] || die "$image: no operator process after its rollout"
     eventually 900 answered "$stamp" || die "$image: the policies did not answer $stamp"
     figures[$image,$1,answered]="$(process_age "$pid")"
     figures[$image,$1,cpu]="$(cpu_seconds "$pid")"
