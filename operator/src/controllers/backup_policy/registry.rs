@@ -124,9 +124,9 @@ pub type CopyResult = Result<CopyOutcome, TransferError>;
 /// deterministic tag (never conflicts, never left untagged for a garbage
 /// collector) with the source's tag moved onto it so people find it, in
 /// one copy (the tag is one more manifest PUT). An image known by tag
-/// alone (its pods have not said which digest they run yet) is resolved
-/// first (one HEAD) and copied the same way: its backup gets Lifeboat's
-/// tag too, and counts for the digest its pods report once they run.
+/// alone (its pods have not said which digest they run yet) is copied the
+/// same way, the engine resolving its tag: its backup gets Lifeboat's tag
+/// too, and counts for the digest its pods report once they run.
 pub async fn copy_task(
     transfer: &registry_transfer::Transfer,
     task: &CopyTask,
@@ -140,43 +140,51 @@ pub async fn copy_task(
         task.destination.registry.clone(),
         task.destination.repository.clone(),
     );
-    let (source, resolved) = match task.source.digest {
-        Some(_) => (task.source.clone(), None),
-        None => {
-            let digest = transfer
-                .manifest_digest(&task.source)
-                .await?
-                .ok_or_else(|| TransferError::SourceNotFound {
-                    what: task.source.to_string(),
-                })?;
-            let resolved = task.source.with_digest(digest);
-            (resolved.clone(), Some(resolved))
-        }
-    };
-    let Some(pinned) = source.pinned() else {
-        return Err(TransferError::InvalidReference(format!(
-            "{source} has no digest after resolving its tag"
-        )));
-    };
-    let lifeboat_tag = pinned
-        .digest
-        .as_ref()
-        .map(deterministic_tag)
-        .unwrap_or_default();
-    let mut request = CopyRequest::new(target)
+    let request = CopyRequest::new(target)
         .with_platforms(platforms)
-        .with_referrers(task.referrers.clone())
-        .with_tag(lifeboat_tag);
-    // A reference without tag or digest means `latest`: the backup keeps
-    // that name, as a pull of it would.
-    match (&task.source.tag, &resolved) {
-        (Some(tag), _) => request = request.also_tagging(tag.clone()),
-        (None, Some(_)) => {
-            request = request.also_tagging(lifeboat_api::reference::DEFAULT_TAG.to_owned())
+        .with_referrers(task.referrers.clone());
+    // Known by tag alone: the engine resolves the tag inside the copy (its
+    // deadline and typed errors apply, and a registry that answers by tag
+    // but not by digest is still read as it answers). A reference without
+    // tag or digest means `latest`.
+    let by_tag = task.source.digest.is_none();
+    let source_tag = match (&task.source.tag, by_tag) {
+        (Some(tag), _) => Some(tag.clone()),
+        (None, true) => Some(lifeboat_api::reference::DEFAULT_TAG.to_owned()),
+        (None, false) => None,
+    };
+    let report: CopyReport = match (task.source.pinned(), source_tag) {
+        (Some(pinned), tag) => {
+            let lifeboat_tag = pinned
+                .digest
+                .as_ref()
+                .map(deterministic_tag)
+                .unwrap_or_default();
+            let mut request = request.with_tag(lifeboat_tag);
+            if let Some(tag) = tag {
+                request = request.also_tagging(tag);
+            }
+            transfer.copy_image(&pinned, &request).await?
         }
-        (None, None) => {}
-    }
-    let report: CopyReport = transfer.copy_image(&pinned, &request).await?;
+        // Dropping platforms gives the copy a digest of its own: kept under
+        // the source's tag alone, as before.
+        (None, Some(tag)) if !task.platforms.is_empty() => {
+            let request = request.with_tag(tag).allowing_tag_move(true);
+            transfer.copy_image(&task.source, &request).await?
+        }
+        // No tag in the request: the engine names the copy with Lifeboat's
+        // tag for the digest it resolved, and moves the source's tag there.
+        (None, tag) => {
+            let request = match tag {
+                Some(tag) => request.also_tagging(tag),
+                None => request,
+            };
+            let source = transfer.registry_source(&task.source)?;
+            transfer.copy(&source, &request).await?
+        }
+    };
+    let resolved = (by_tag && task.platforms.is_empty())
+        .then(|| task.source.with_digest(report.source_digest.clone()));
     Ok(CopyOutcome {
         digest: report.digest.to_string(),
         bytes: report.bytes_copied,
