@@ -49,27 +49,13 @@ pub struct Containerd {
 
 impl Containerd {
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Containerd, Error> {
-        let path = socket.to_path_buf();
-        // containerd streams content in 1 MiB messages; HTTP/2's default
-        // 64 KiB windows make it stop every 64 KiB for a WINDOW_UPDATE (a
-        // wake-up on both sides). A window of a few messages lets a blob
-        // stream through; memory stays bounded by it per stream.
-        let channel = tonic::transport::Endpoint::from_static("http://containerd.invalid")
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .map_err(|source| Error::Connect {
-                path: socket.to_path_buf(),
-                source,
-            })?;
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| Error::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                })?;
         Ok(Containerd {
             channel,
             namespace: namespace.to_owned(),
@@ -589,26 +575,16 @@ where
 /// at a few hundred KiB instead of several MiB. The copy costs ~0.1 s/GiB.
 pub const STREAM_PIECE_BYTES: usize = 128 * 1024;
 
-/// HTTP/2 flow-control window per containerd stream: two of its 1 MiB
-/// messages in flight.
-const STREAM_WINDOW_BYTES: u32 = 2 << 20;
-/// ... and for the connection, shared by the parallel blob streams.
-const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
-
-/// The file of a blob in a content store directory, if `digest` is
-/// well-formed (lowercase algorithm and hex only: nothing that could name
-/// another path).
+/// The file of a blob in a content store directory, if `digest` is a
+/// valid digest (a known algorithm and its lowercase hex: nothing that
+/// could name another path).
 fn content_file(dir: &Path, digest: &str) -> Option<PathBuf> {
-    let (algorithm, hex) = digest.split_once(':')?;
-    let well_formed = !algorithm.is_empty()
-        && algorithm
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !hex.is_empty()
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    well_formed.then(|| dir.join("blobs").join(algorithm).join(hex))
+    let digest = Digest::parse(digest).ok()?;
+    Some(
+        dir.join("blobs")
+            .join(digest.algorithm())
+            .join(digest.encoded()),
+    )
 }
 
 /// Pieces read from a content file on a blocking thread, a few ahead of

@@ -143,47 +143,43 @@ pub async fn copy_task(
     let request = CopyRequest::new(target)
         .with_platforms(platforms)
         .with_referrers(task.referrers.clone());
-    // Known by tag alone: the engine resolves the tag inside the copy (its
-    // deadline and typed errors apply, and a registry that answers by tag
-    // but not by digest is still read as it answers). A reference without
-    // tag or digest means `latest`.
-    let by_tag = task.source.digest.is_none();
-    let source_tag = match (&task.source.tag, by_tag) {
-        (Some(tag), _) => Some(tag.clone()),
-        (None, true) => Some(lifeboat_api::reference::DEFAULT_TAG.to_owned()),
-        (None, false) => None,
-    };
-    let report: CopyReport = match (task.source.pinned(), source_tag) {
-        (Some(pinned), tag) => {
+    let report: CopyReport = match task.source.pinned() {
+        Some(pinned) => {
             let lifeboat_tag = pinned
                 .digest
                 .as_ref()
                 .map(deterministic_tag)
                 .unwrap_or_default();
             let mut request = request.with_tag(lifeboat_tag);
-            if let Some(tag) = tag {
-                request = request.also_tagging(tag);
+            if let Some(tag) = &task.source.tag {
+                request = request.also_tagging(tag.clone());
             }
             transfer.copy_image(&pinned, &request).await?
         }
-        // Dropping platforms gives the copy a digest of its own: kept under
-        // the source's tag alone, as before.
-        (None, Some(tag)) if !task.platforms.is_empty() => {
-            let request = request.with_tag(tag).allowing_tag_move(true);
-            transfer.copy_image(&task.source, &request).await?
-        }
-        // No tag in the request: the engine names the copy with Lifeboat's
-        // tag for the digest it resolved, and moves the source's tag there.
-        (None, tag) => {
-            let request = match tag {
-                Some(tag) => request.also_tagging(tag),
-                None => request,
-            };
-            let source = transfer.registry_source(&task.source)?;
-            transfer.copy(&source, &request).await?
+        // Known by tag alone (none at all means `latest`).
+        None => {
+            let tag = task
+                .source
+                .tag
+                .clone()
+                .unwrap_or_else(|| lifeboat_api::reference::DEFAULT_TAG.to_owned());
+            if task.platforms.is_empty() {
+                // No tag in the request: the engine resolves the tag inside
+                // the copy (its deadline and typed errors apply, and a
+                // registry that answers by tag but not by digest is read as
+                // it answers), names the copy with Lifeboat's tag for that
+                // digest and moves the source's tag there.
+                let source = transfer.registry_source(&task.source)?;
+                transfer.copy(&source, &request.also_tagging(tag)).await?
+            } else {
+                // Dropping platforms gives the copy a digest of its own:
+                // kept under the source's tag alone.
+                let request = request.with_tag(tag).allowing_tag_move(true);
+                transfer.copy_image(&task.source, &request).await?
+            }
         }
     };
-    let resolved = (by_tag && task.platforms.is_empty())
+    let resolved = (task.source.digest.is_none() && task.platforms.is_empty())
         .then(|| task.source.with_digest(report.source_digest.clone()));
     Ok(CopyOutcome {
         digest: report.digest.to_string(),

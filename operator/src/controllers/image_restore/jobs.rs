@@ -60,8 +60,20 @@ pub(crate) struct JobSettings {
 
 impl JobSettings {
     pub fn socket_path(&self, node: &str) -> String {
-        self.socket_template.replace("{node}", node)
+        on_node(&self.socket_template, node)
     }
+
+    /// The content store's path on `node`, when one is mounted.
+    pub fn content_store_path(&self, node: &str) -> Option<String> {
+        self.content_store_template
+            .as_deref()
+            .map(|template| on_node(template, node))
+    }
+}
+
+/// A path template with `{node}` standing for the node's name.
+fn on_node(template: &str, node: &str) -> String {
+    template.replace("{node}", node)
 }
 
 /// One export Job: which restore, which node, what to push where.
@@ -249,7 +261,7 @@ fn node_mounts(
         ..Volume::default()
     }];
     let mut env = Vec::new();
-    if let Some(template) = &settings.content_store_template {
+    if let Some(path) = settings.content_store_path(node) {
         mounts.push(VolumeMount {
             name: "containerd-content".to_owned(),
             mount_path: CONTENT_STORE_MOUNT.to_owned(),
@@ -259,7 +271,7 @@ fn node_mounts(
         volumes.push(Volume {
             name: "containerd-content".to_owned(),
             host_path: Some(HostPathVolumeSource {
-                path: template.replace("{node}", node),
+                path,
                 type_: Some("Directory".to_owned()),
             }),
             ..Volume::default()
