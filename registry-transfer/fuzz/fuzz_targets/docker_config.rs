@@ -16,8 +16,15 @@ fuzz_target!(|bytes: &[u8]| {
         // Only values that cannot be words of the message itself are
         // checked (long, no whitespace, letters and digits mixed): the
         // fuzzer also feeds the message's own text back as input.
-        for value in text.split('"').skip(1).step_by(2) {
-            let secret_like = value.len() >= 12
+        // Object keys are registry names, which the message names on
+        // purpose: only strings not followed by ':' are values.
+        let pieces: Vec<&str> = text.split('"').collect();
+        for (i, value) in pieces.iter().enumerate().skip(1).step_by(2) {
+            let is_key = pieces
+                .get(i + 1)
+                .is_some_and(|after| after.trim_start().starts_with(':'));
+            let secret_like = !is_key
+                && value.len() >= 12
                 && !value.chars().any(char::is_whitespace)
                 && value.chars().any(|c| c.is_ascii_digit())
                 && value.chars().any(|c| c.is_ascii_alphabetic());
