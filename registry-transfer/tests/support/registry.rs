@@ -12,6 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Where [`TempDir`]s are made: the system's temporary directory unless a
+/// benchmark chose another place with [`set_temp_base`].
+static TEMP_BASE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Puts every later [`TempDir`] (and so every test registry's storage) under
+/// `base`. Only the first call counts.
+pub fn set_temp_base(base: PathBuf) {
+    let _ = TEMP_BASE.set(base);
+}
+
 /// A directory removed on drop.
 pub struct TempDir {
     path: PathBuf,
@@ -29,7 +39,11 @@ impl TempDir {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0)
         );
-        let path = std::env::temp_dir().join(unique);
+        let path = TEMP_BASE
+            .get()
+            .cloned()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(unique);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir { path }
     }
