@@ -64,7 +64,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!(
+        Scratch::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// A scratch directory under `base` instead of the temporary directory.
+    pub fn new_in(base: &Path, name: &str) -> Scratch {
+        let path = base.join(format!(
             "lifeboat-ne-{name}-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
