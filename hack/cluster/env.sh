@@ -36,6 +36,8 @@ node_netns() { echo "lb-node-$(node_index "$1")"; }
 node_pod_cidr() { echo "10.244.$(node_index "$1").0/24"; }
 node_dir() { echo "$CLUSTER_DIR/nodes/$1"; }
 node_containerd_socket() { echo "$(node_dir "$1")/containerd.sock"; }
+# containerd's content store (hack/values-local.yaml names the same place).
+node_content_store() { echo "$(node_dir "$1")/containerd/root/io.containerd.content.v1.content"; }
 # The `kubernetes` Service's ClusterIP. There is no kube-proxy: each node's
 # relay listens on this address too, so in-cluster clients work unchanged.
 export KUBERNETES_SERVICE_IP="10.96.0.1"

@@ -27,6 +27,15 @@ pub const FLAG_DOCKER_CONFIG: &str = "--docker-config";
 pub const FLAG_LOOPBACK: &str = "--loopback";
 pub const FLAG_FROM_TUNNEL: &str = "--from-tunnel";
 
+/// The environment variable node-exporter takes containerd's content store
+/// directory from (the same as [`FLAG_CONTENT_STORE`]).
+pub const ENV_CONTENT_STORE: &str = "NODE_EXPORTER_CONTENT_STORE";
+/// Where node pods mount containerd's content store, read-only.
+pub const CONTENT_STORE_MOUNT: &str = "/var/lib/lifeboat/containerd-content";
+/// containerd's content store on a node: the `io.containerd.content.v1.content`
+/// plugin under containerd's default root.
+pub const DEFAULT_CONTENT_STORE: &str = "/var/lib/containerd/io.containerd.content.v1.content";
+
 /// `node-exporter export --image SRC[=DEST]... [--plain-http HOST]...
 /// [--socket PATH] [--docker-config PATH]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use lifeboat_node_protocol::args::{
-    EXPORT, FLAG_CA_BUNDLE, FLAG_CONTENT_STORE, FLAG_DOCKER_CONFIG, FLAG_FROM_PEER,
-    FLAG_FROM_TUNNEL, FLAG_IMAGE, FLAG_LISTEN, FLAG_LOOPBACK, FLAG_PLAIN_HTTP, FLAG_RELAY_TO,
-    FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT, INVENTORY, RELAY, SERVE,
+    ENV_CONTENT_STORE, EXPORT, FLAG_CA_BUNDLE, FLAG_CONTENT_STORE, FLAG_DOCKER_CONFIG,
+    FLAG_FROM_PEER, FLAG_FROM_TUNNEL, FLAG_IMAGE, FLAG_LISTEN, FLAG_LOOPBACK, FLAG_PLAIN_HTTP,
+    FLAG_RELAY_TO, FLAG_SERVE_SECONDS, FLAG_SOCKET, FLAG_TOKEN_FILE, IMPORT, INVENTORY, RELAY,
+    SERVE,
 };
 use lifeboat_node_protocol::{CaBundleArgument, ExportImage, ImageArgumentError, ImportImage};
 
@@ -172,7 +173,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         socket: env_nonempty("CONTAINERD_ADDRESS").map(PathBuf::from),
         host_root: env_nonempty("NODE_EXPORTER_HOST_ROOT")
             .map_or_else(|| PathBuf::from("/"), PathBuf::from),
-        content_store: env_nonempty("NODE_EXPORTER_CONTENT_STORE").map(PathBuf::from),
+        content_store: env_nonempty(ENV_CONTENT_STORE).map(PathBuf::from),
         namespace: crate::containerd::K8S_NAMESPACE.to_owned(),
         termination_log: env_nonempty("NODE_EXPORTER_TERMINATION_LOG")
             .map_or_else(|| PathBuf::from(DEFAULT_TERMINATION_LOG), PathBuf::from),

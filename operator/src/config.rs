@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use crate::error::OperatorError;
 use crate::telemetry::LogFormat;
 
-/// containerd's content store (the `io.containerd.content.v1.content`
-/// plugin under its default root).
-pub const DEFAULT_CONTENT_STORE: &str = "/var/lib/containerd/io.containerd.content.v1.content";
+pub use lifeboat_node_protocol::DEFAULT_CONTENT_STORE;
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {

@@ -323,8 +323,36 @@ export_from_node() {
     { echo "skopeo reads another digest or layers from $file"; return 1; }
   node_pods_gone || { echo "serve pod left behind"; return 1; }
 }
+# Records the serve pod of the next export: its spec, and its log (followed
+# from when its container runs until the pod goes).
+watch_serve_pod() {
+  local pod=""
+  for _ in $(seq 1 300); do
+    pod="$(k -n lifeboat-system get pods -o name \
+      -l app.kubernetes.io/name=lifeboat-node-access,app.kubernetes.io/component=serve 2>/dev/null | head -1)"
+    [[ -n "$pod" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$pod" ]] || return 0
+  k -n lifeboat-system get "$pod" -o json >"$air_dir/serve-pod.json" 2>/dev/null
+  for _ in $(seq 1 300); do
+    k -n lifeboat-system logs -f "$pod" >"$air_dir/serve.log" 2>/dev/null && [[ -s "$air_dir/serve.log" ]] && break
+    sleep 0.1
+  done
+}
+watch_serve_pod &
+serve_watcher=$!
 check "export --from-node $airgap_node: skopeo reads the same digest and layers" \
   export_from_node "$air_dir/from-node.tar" "--from-node $airgap_node"
+wait "$serve_watcher" || true
+serve_reads_content_files() {
+  local store; store="$(jq -r '.spec.volumes[] | select(.name == "containerd-content") | .hostPath.path' "$air_dir/serve-pod.json" 2>/dev/null)"
+  [[ "$store" == "$(node_content_store "$airgap_node")" ]] || { echo "content store volume '$store'"; return 1; }
+  [[ "$(jq -r '.spec.containers[0].volumeMounts[] | select(.name == "containerd-content") | .readOnly' "$air_dir/serve-pod.json")" == true ]] ||
+    { echo "the content store is not mounted read-only"; return 1; }
+  grep -q "content store file" "$air_dir/serve.log" || { echo "serve log:"; cat "$air_dir/serve.log"; return 1; }
+}
+check "the serve pod mounted $airgap_node's content store read-only and read the blobs from its files" serve_reads_content_files
 check "export --from-node without a name finds the node whose pod runs it" \
   export_from_node "$air_dir/from-any-node.tar" "--from-node -n $ns"
 export_missing_from_node() {

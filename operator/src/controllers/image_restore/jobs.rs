@@ -31,10 +31,8 @@ pub(crate) const MANAGED_BY: &str = "lifeboat-operator";
 
 /// Where the containerd socket is mounted inside export pods.
 pub(crate) const SOCKET_MOUNT: &str = "/run/containerd/containerd.sock";
-/// Where containerd's content store is mounted (read-only), when it is.
-pub(crate) const CONTENT_STORE_MOUNT: &str = "/var/lib/lifeboat/containerd-content";
-/// The environment variable node-exporter takes the content store from.
-const CONTENT_STORE_ENV: &str = "NODE_EXPORTER_CONTENT_STORE";
+pub(crate) use lifeboat_node_protocol::CONTENT_STORE_MOUNT;
+use lifeboat_node_protocol::ENV_CONTENT_STORE as CONTENT_STORE_ENV;
 /// Where the registry credentials are mounted.
 pub(crate) const DOCKER_CONFIG_DIR: &str = "/var/run/lifeboat/registry";
 pub(crate) const DOCKER_CONFIG_FILE: &str = "config.json";
