@@ -426,22 +426,7 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::next_link;
     use crate::manifest::{ChildManifest, Platform};
-
-    #[test]
-    fn next_links_are_followed_only_for_rel_next() {
-        assert_eq!(
-            next_link(r#"</v2/a/tags/list?last=x&n=2>; rel="next""#).as_deref(),
-            Some("/v2/a/tags/list?last=x&n=2")
-        );
-        assert_eq!(
-            next_link(r#"</prev>; rel="prev", </v2/a/tags/list?last=y>; rel=next"#).as_deref(),
-            Some("/v2/a/tags/list?last=y")
-        );
-        assert_eq!(next_link(r#"</v2/a/tags/list>; rel="prev""#), None);
-        assert_eq!(next_link("garbage"), None);
-    }
 
     #[test]
     fn created_comes_from_the_config_when_it_says() {
