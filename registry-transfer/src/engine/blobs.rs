@@ -155,18 +155,13 @@ impl Transfer {
             .await;
         let mut session = None;
         if let Some(from) = &mount_from {
-            match target
-                .upload_start(repository, Some((digest, from)))
-                .await?
-            {
-                UploadStart::Mounted => {
+            match mount(target, repository, digest, from).await? {
+                None => {
                     remember();
                     bump(&tally.blobs_mounted);
                     return Ok(());
                 }
-                UploadStart::Session(url) => {
-                    session = Some(SessionGuard::new(target.clone(), repository, url));
-                }
+                Some(opened) => session = Some(opened),
             }
         }
         if session.is_none() && mount_from.is_none() && target.mounts_work() {
@@ -175,23 +170,17 @@ impl Transfer {
             // we need anyway. One request instead of HEAD then POST. Only
             // once this registry has shown that it mounts: elsewhere a 202
             // would hide a blob that is in fact there.
-            match target
-                .upload_start(repository, Some((digest, repository)))
-                .await?
-            {
-                UploadStart::Mounted => {
+            return match mount(target, repository, digest, repository).await? {
+                None => {
                     remember();
                     bump(&tally.blobs_skipped);
-                    return Ok(());
+                    Ok(())
                 }
-                UploadStart::Session(url) => {
-                    let session = SessionGuard::new(target.clone(), repository, url);
-                    return self
-                        .upload(source, target, repository, descriptor, Some(session), tally)
-                        .await
-                        .map(|()| remember());
-                }
-            }
+                Some(session) => self
+                    .upload(source, target, repository, descriptor, Some(session), tally)
+                    .await
+                    .map(|()| remember()),
+            };
         }
         let scopes = [push_scope(repository)];
         if target.blob_exists(repository, digest, &scopes).await? {
@@ -239,4 +228,23 @@ impl Transfer {
         tally.bytes_copied.fetch_add(sent, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Asks `target` to mount `digest` from `from` into `repository`: `None`
+/// once mounted, else the upload session the registry opened instead.
+async fn mount(
+    target: &Arc<RegistryClient>,
+    repository: &str,
+    digest: &Digest,
+    from: &str,
+) -> Result<Option<SessionGuard>, TransferError> {
+    Ok(
+        match target
+            .upload_start(repository, Some((digest, from)))
+            .await?
+        {
+            UploadStart::Mounted => None,
+            UploadStart::Session(url) => Some(SessionGuard::new(target.clone(), repository, url)),
+        },
+    )
 }

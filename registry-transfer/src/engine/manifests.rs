@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// The manifest at the top of a copy, as it will be pushed.
+struct TopManifest {
+    bytes: Bytes,
+    media_type: String,
+    digest: Digest,
+    content: ManifestContent,
+    changed: bool,
+}
+
 impl Transfer {
     /// Copies the image alone. Returns its report and the content pushed
     /// at the top (`None` when the target was up to date without reading
@@ -71,98 +80,56 @@ impl Transfer {
         }
         let mut checked: Option<(String, Option<Digest>)> = None;
         if let (Some(known), false) = (&source_digest, filtering) {
-            let tag = request
-                .tag
-                .clone()
-                .unwrap_or_else(|| deterministic_tag(known));
-            let existing = match early.take() {
-                Some((early_tag, existing)) if early_tag == tag => existing,
-                _ => self.target_manifest(&target, repository, &tag).await?,
-            };
-            match tag_decision(existing.as_ref(), known, request.allow_tag_move) {
-                TagDecision::UpToDate => {
-                    let moved = self
-                        .point_moved_tags(
-                            source,
-                            &target,
-                            repository,
-                            &request.moved_tags,
-                            known,
-                            None,
-                        )
-                        .await?;
-                    let report = report(tag, known.clone(), known.clone(), false, !moved, tally);
-                    return Ok((report, None));
-                }
-                TagDecision::Conflict(existing) => {
-                    return Err(TransferError::TagConflict {
-                        repository: request.target.to_string(),
-                        tag,
-                        existing: existing.to_string(),
-                        wanted: known.clone(),
-                    });
-                }
-                TagDecision::Push => checked = Some((tag, existing)),
+            let (tag, existing) = self
+                .target_tag(&target, request, known, early.take())
+                .await?;
+            let settled = self
+                .settle_tag(
+                    source,
+                    &target,
+                    request,
+                    &tag,
+                    existing.as_ref(),
+                    known,
+                    None,
+                )
+                .await?;
+            if let Some(moved) = settled {
+                let report = report(tag, known.clone(), known.clone(), false, !moved, tally);
+                return Ok((report, None));
             }
+            checked = Some((tag, existing));
         }
 
         let source_digest = match source_digest {
             Some(digest) => digest,
             None => self.resolve_source(source).await?,
         };
-        let (bytes, reported_type) = self.source_manifest(source, &source_digest).await?;
-        let media_type = effective_media_type(&bytes, &reported_type);
-        let content = manifest::parse(&bytes, &media_type, &source_digest)?;
-        let (bytes, digest, content, changed) = match (&content, filtering) {
-            (ManifestContent::Index { children }, true) => {
-                match filter_index(&bytes, &source_digest, children, &request.platforms)? {
-                    Some((new_bytes, kept)) => {
-                        let new_digest = sha256_digest(&new_bytes);
-                        (
-                            new_bytes,
-                            new_digest,
-                            ManifestContent::Index { children: kept },
-                            true,
-                        )
-                    }
-                    None => (bytes, source_digest.clone(), content, false),
-                }
-            }
-            _ => (bytes, source_digest.clone(), content, false),
-        };
+        let TopManifest {
+            bytes,
+            media_type,
+            digest,
+            content,
+            changed,
+        } = self
+            .top_manifest(source, &source_digest, &request.platforms)
+            .await?;
 
-        let tag = request
-            .tag
-            .clone()
-            .unwrap_or_else(|| deterministic_tag(&digest));
-        let existing = match checked {
-            Some((checked_tag, existing)) if checked_tag == tag => existing,
-            _ => self.target_manifest(&target, repository, &tag).await?,
-        };
-        match tag_decision(existing.as_ref(), &digest, request.allow_tag_move) {
-            TagDecision::UpToDate => {
-                let moved = self
-                    .point_moved_tags(
-                        source,
-                        &target,
-                        repository,
-                        &request.moved_tags,
-                        &digest,
-                        Some((&bytes, &media_type)),
-                    )
-                    .await?;
-                let report = report(tag, source_digest, digest, changed, !moved, tally);
-                return Ok((report, Some(content)));
-            }
-            TagDecision::Conflict(existing) => {
-                return Err(TransferError::TagConflict {
-                    repository: request.target.to_string(),
-                    tag,
-                    existing: existing.to_string(),
-                    wanted: digest,
-                });
-            }
-            TagDecision::Push => {}
+        let (tag, existing) = self.target_tag(&target, request, &digest, checked).await?;
+        let settled = self
+            .settle_tag(
+                source,
+                &target,
+                request,
+                &tag,
+                existing.as_ref(),
+                &digest,
+                Some((&bytes, &media_type)),
+            )
+            .await?;
+        if let Some(moved) = settled {
+            let report = report(tag, source_digest, digest, changed, !moved, tally);
+            return Ok((report, Some(content)));
         }
 
         self.copy_content(
@@ -183,6 +150,104 @@ impl Transfer {
         }
         let report = report(tag, source_digest, digest, changed, false, tally);
         Ok((report, Some(content)))
+    }
+
+    /// The top manifest, read from the source and verified, and with the
+    /// request's platforms kept if it is an index (then with bytes and a
+    /// digest of its own).
+    async fn top_manifest<S: ContentSource>(
+        &self,
+        source: &S,
+        source_digest: &Digest,
+        platforms: &[Platform],
+    ) -> Result<TopManifest, TransferError> {
+        let (bytes, reported_type) = self.source_manifest(source, source_digest).await?;
+        let media_type = effective_media_type(&bytes, &reported_type);
+        let content = manifest::parse(&bytes, &media_type, source_digest)?;
+        let filtered = match &content {
+            ManifestContent::Index { children } if !platforms.is_empty() => {
+                filter_index(&bytes, source_digest, children, platforms)?
+            }
+            _ => None,
+        };
+        Ok(match filtered {
+            Some((new_bytes, kept)) => TopManifest {
+                digest: sha256_digest(&new_bytes),
+                bytes: new_bytes,
+                media_type,
+                content: ManifestContent::Index { children: kept },
+                changed: true,
+            },
+            None => TopManifest {
+                bytes,
+                media_type,
+                digest: source_digest.clone(),
+                content,
+                changed: false,
+            },
+        })
+    }
+
+    /// The tag a copy of `digest` goes under (the request's, else the
+    /// deterministic one) and where the target's tag points now: from
+    /// `asked` when that answer was about this same tag, else one HEAD.
+    async fn target_tag(
+        &self,
+        target: &RegistryClient,
+        request: &CopyRequest,
+        digest: &Digest,
+        asked: Option<(String, Option<Digest>)>,
+    ) -> Result<(String, Option<Digest>), TransferError> {
+        let tag = request
+            .tag
+            .clone()
+            .unwrap_or_else(|| deterministic_tag(digest));
+        let existing = match asked {
+            Some((asked_tag, existing)) if asked_tag == tag => existing,
+            _ => {
+                self.target_manifest(target, request.target.repository.as_str(), &tag)
+                    .await?
+            }
+        };
+        Ok((tag, existing))
+    }
+
+    /// What the target's `tag`, pointing at `existing`, means for a copy of
+    /// `digest`: `Some(wrote)` when it already points there (the request's
+    /// other tags are then pointed there too; `wrote`: whether any had to
+    /// be), `None` when the manifest is to be pushed; a tag that points
+    /// elsewhere and may not move is a conflict.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_tag<S: ContentSource>(
+        &self,
+        source: &S,
+        target: &RegistryClient,
+        request: &CopyRequest,
+        tag: &str,
+        existing: Option<&Digest>,
+        digest: &Digest,
+        manifest: Option<(&Bytes, &str)>,
+    ) -> Result<Option<bool>, TransferError> {
+        match tag_decision(existing, digest, request.allow_tag_move) {
+            TagDecision::UpToDate => self
+                .point_moved_tags(
+                    source,
+                    target,
+                    request.target.repository.as_str(),
+                    &request.moved_tags,
+                    digest,
+                    manifest,
+                )
+                .await
+                .map(Some),
+            TagDecision::Conflict(existing) => Err(TransferError::TagConflict {
+                repository: request.target.to_string(),
+                tag: tag.to_owned(),
+                existing: existing.to_string(),
+                wanted: digest.clone(),
+            }),
+            TagDecision::Push => Ok(None),
+        }
     }
 
     /// Points `tags` at `digest` in a target that already holds it: one
