@@ -342,7 +342,14 @@ check "restore killed still becomes Ready" k -n "$ns" wait --for=condition=Ready
 completed_once() {
   local jobs killed_pod; jobs="$(restore_jobs killed)"; killed_pod="$(cat "$work/killed-pod")"
   [[ "$(wc -l <<<"$jobs")" == 1 ]] || { echo "jobs: $jobs"; return 1; }
-  local j; j="$(k -n lifeboat-system get job "$jobs" -o json)"
+  # The restore reads the result from the pod's exit, which can be before the
+  # Job controller counts the pod: give it a few seconds to agree.
+  local j
+  for _ in $(seq 1 50); do
+    j="$(k -n lifeboat-system get job "$jobs" -o json)"
+    [[ "$(jq -r '.status.succeeded' <<<"$j")" == 1 ]] && break
+    sleep 0.2
+  done
   [[ "$(jq -r '.status.succeeded' <<<"$j")" == 1 ]] || { echo "succeeded: $(jq -c .status <<<"$j")"; return 1; }
   local winner; winner="$(k -n lifeboat-system get pods -l "job-name=$jobs" --field-selector=status.phase=Succeeded -o jsonpath='{.items[*].metadata.name}')"
   [[ -n "$winner" && "$winner" != "$killed_pod" ]] || { echo "succeeded pod '$winner', killed '$killed_pod'"; return 1; }

@@ -458,7 +458,7 @@ pub(super) fn node_job(
             name: Some(meta.name.clone()),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
-            annotations: Some(annotations),
+            annotations: Some(annotations.clone()),
             owner_references: meta.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -468,8 +468,11 @@ pub(super) fn node_job(
             ttl_seconds_after_finished: Some(TTL_SECONDS_AFTER_FINISHED),
             pod_failure_policy: Some(pod_failure_policy()),
             template: PodTemplateSpec {
+                // The pod names its restore too: its exit wakes the restore
+                // before the Job is marked Complete.
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: Some(annotations.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod(settings, &meta.node, args, &secrets, &meta.tolerations)),
@@ -638,6 +641,16 @@ mod tests {
             serde_json::json!([2, 3, 5])
         );
         assert_eq!(rules[1]["action"], "Ignore");
+        // Its pod names the restore too (its exit wakes the restore).
+        assert_eq!(
+            spec["template"]["metadata"]["annotations"][ANNOTATION_RESTORE],
+            value["metadata"]["annotations"][ANNOTATION_RESTORE]
+        );
+        assert!(
+            value["metadata"]["annotations"][ANNOTATION_RESTORE]
+                .as_str()
+                .is_some_and(|r| r.contains('/'))
+        );
         let pod = &spec["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");
         assert_eq!(pod["automountServiceAccountToken"], false);

@@ -34,6 +34,7 @@ use std::hash::{Hash as _, Hasher as _};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
@@ -172,10 +173,10 @@ impl RestoreController {
     }
 }
 
-/// The restore a Job belongs to (its annotation: the restore an export
-/// Job works for, or the one whose inventory it is).
-fn restore_of(job: Job) -> Option<ObjectRef<ImageRestore>> {
-    let text = job.annotations().get(jobs::ANNOTATION_RESTORE)?;
+/// The restore a Job or its pod belongs to (its annotation: the restore an
+/// export Job works for, or the one whose inventory it is).
+fn restore_of<K: ResourceExt>(object: K) -> Option<ObjectRef<ImageRestore>> {
+    let text = object.annotations().get(jobs::ANNOTATION_RESTORE)?;
     let (namespace, name) = text.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
 }
@@ -222,10 +223,35 @@ fn job_worth_a_look(event: watcher::Event<Job>) -> Option<Job> {
     }
 }
 
+/// The pod events a restore waits for: a Job's pod that exited 0 with its
+/// report, about a second before its Job is marked Complete (the reconcile
+/// then reads the result from the pod, `facts::job_state`).
+fn pod_worth_a_look(event: watcher::Event<Pod>) -> Option<Pod> {
+    match event {
+        watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)
+            if pod_exited_with_success(&pod) =>
+        {
+            Some(pod)
+        }
+        _ => None,
+    }
+}
+
+fn pod_exited_with_success(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == lifeboat_node_protocol::exit::OK)
+}
+
 /// Runs the controller until its watch of restores ends.
 pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
+    let context_namespace = context.config.namespace.clone();
     let controller = Arc::new(RestoreController::new(context));
     // Decoded per object: one undecodable restore is reported on itself
     // instead of stalling the watch of all of them. The cache sees every
@@ -254,8 +280,17 @@ pub(crate) async fn run(context: Arc<Context>) {
     )
     .default_backoff()
     .try_filter_map(|event| std::future::ready(Ok(job_worth_a_look(event))));
+    // The Jobs' pods, by the labels their template gives them.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &context_namespace);
+    let pod_changes = watcher(
+        pods,
+        watcher::Config::default().labels(&selector).any_semantic(),
+    )
+    .default_backoff()
+    .try_filter_map(|event| std::future::ready(Ok(pod_worth_a_look(event))));
     Controller::for_stream(restore_changes, store)
         .watches_stream(job_changes, restore_of)
+        .watches_stream(pod_changes, restore_of)
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(
@@ -358,6 +393,44 @@ mod tests {
         assert!(!woken(Event::Delete(job("inventory", Some("Complete")))));
         assert!(!woken(Event::Init) && !woken(Event::InitDone));
         let restore = restore_of(job("inventory", None)).unwrap();
+        assert_eq!(
+            (restore.name.as_str(), restore.namespace.as_deref()),
+            ("r", Some("shop"))
+        );
+    }
+
+    fn job_pod(state: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "j-x1",
+                "labels": {"app.kubernetes.io/component": "export", "job-name": "j"},
+                "annotations": {"lifeboat.dev/restore": "shop/r"},
+            },
+            "status": {"containerStatuses": [{
+                "name": "node-exporter", "image": "ne", "imageID": "", "ready": false,
+                "restartCount": 0, "state": state,
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_exited_0_wakes_its_restore_before_its_job_is_complete_nothing_else() {
+        use watcher::Event;
+        let exited = |code: i32| serde_json::json!({"terminated": {"exitCode": code}});
+        let woken = |event: Event<Pod>| pod_worth_a_look(event).is_some();
+        assert!(woken(Event::Apply(job_pod(exited(0)))));
+        assert!(woken(Event::InitApply(job_pod(exited(0)))));
+        assert!(!woken(Event::Apply(job_pod(exited(3)))), "not on the node");
+        assert!(!woken(Event::Apply(job_pod(exited(1)))), "failed");
+        assert!(!woken(Event::Apply(job_pod(
+            serde_json::json!({"running": {}})
+        ))));
+        assert!(
+            !woken(Event::Delete(job_pod(exited(0)))),
+            "gone: nothing to read"
+        );
+        let restore = restore_of(job_pod(exited(0))).unwrap();
         assert_eq!(
             (restore.name.as_str(), restore.namespace.as_deref()),
             ("r", Some("shop"))
