@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret, Toleration};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, Secret, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
@@ -358,6 +358,19 @@ pub(super) fn job_finished(job: &Job) -> Option<(bool, String)> {
         })
 }
 
+/// How a Job pod's container (node-exporter, its only one) ended, once it has.
+pub(super) fn node_exporter_exit(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
 /// The termination message of the Job's most telling pod: a succeeded one,
 /// else the newest that left a message.
 pub(super) async fn termination_message(
@@ -375,14 +388,7 @@ pub(super) async fn termination_message(
         )
     });
     for pod in list {
-        let terminated = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.terminated.as_ref());
-        if let Some(terminated) = terminated
+        if let Some(terminated) = node_exporter_exit(&pod)
             && let Some(message) = terminated.message.clone().filter(|m| !m.trim().is_empty())
         {
             return Ok(Some((message, Some(terminated.exit_code))));

@@ -238,13 +238,7 @@ fn pod_worth_a_look(event: watcher::Event<Pod>) -> Option<Pod> {
 }
 
 fn pod_exited_with_success(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref())
-        .is_some_and(|t| t.exit_code == lifeboat_node_protocol::exit::OK)
+    facts::node_exporter_exit(pod).is_some_and(|t| t.exit_code == lifeboat_node_protocol::exit::OK)
 }
 
 /// Runs the controller until its watch of restores ends.
