@@ -23,8 +23,9 @@ pub mod reasons;
 pub mod report;
 
 pub use args::{
-    CONTENT_STORE_MOUNT, CaBundleArgument, DEFAULT_CONTENT_STORE, ENV_CONTENT_STORE,
-    ExportArguments, ImportArguments, InventoryArguments, RelayArguments, ServeArguments,
+    CONTENT_STORE_MOUNT, CaBundleArgument, ContentStoreNotAbsolute, DEFAULT_CONTENT_STORE,
+    ENV_CONTENT_STORE, ExportArguments, ImportArguments, InventoryArguments, RelayArguments,
+    ServeArguments, content_store_setting,
 };
 pub use image::{Destination, ExportImage, ImageArgumentError, ImageSource, ImportImage};
 pub use lifeboat_reference::{Digest, ImageReference};
