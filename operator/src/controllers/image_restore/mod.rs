@@ -245,7 +245,7 @@ fn pod_exited_with_success(pod: &Pod) -> bool {
 pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
-    let context_namespace = context.config.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &context.config.namespace);
     let controller = Arc::new(RestoreController::new(context));
     // Decoded per object: one undecodable restore is reported on itself
     // instead of stalling the watch of all of them. The cache sees every
@@ -275,7 +275,6 @@ pub(crate) async fn run(context: Arc<Context>) {
     .default_backoff()
     .try_filter_map(|event| std::future::ready(Ok(job_worth_a_look(event))));
     // The Jobs' pods, by the labels their template gives them.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &context_namespace);
     let pod_changes = watcher(
         pods,
         watcher::Config::default().labels(&selector).any_semantic(),
