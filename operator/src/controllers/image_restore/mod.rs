@@ -237,6 +237,13 @@ fn pod_worth_a_look(event: watcher::Event<Pod>) -> Option<Pod> {
     }
 }
 
+/// The same for every event of one pod.
+fn pod_identity(pod: &Pod) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pod.metadata.uid.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 fn pod_exited_with_success(pod: &Pod) -> bool {
     facts::node_exporter_exit(pod).is_some_and(|t| t.exit_code == lifeboat_node_protocol::exit::OK)
 }
@@ -280,7 +287,10 @@ pub(crate) async fn run(context: Arc<Context>) {
         watcher::Config::default().labels(&selector).any_semantic(),
     )
     .default_backoff()
-    .try_filter_map(|event| std::future::ready(Ok(pod_worth_a_look(event))));
+    .try_filter_map(|event| std::future::ready(Ok(pod_worth_a_look(event))))
+    // Once per pod: an exited pod still changes (its Job's TTL, a
+    // deletion), and each change would wake its restore again.
+    .predicate_filter(pod_identity, Default::default());
     Controller::for_stream(restore_changes, store)
         .watches_stream(job_changes, restore_of)
         .watches_stream(pod_changes, restore_of)
