@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, Toleration};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
-use lifeboat_node_protocol::{RelayArguments, content_store_setting};
+use lifeboat_node_protocol::{DEFAULT_CONTENT_STORE, RelayArguments};
 use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -132,13 +132,19 @@ pub fn settings_from_env(
             .unwrap_or_else(|| "IfNotPresent".to_owned()),
         socket_template: value("LIFEBOAT_CONTAINERD_SOCKET")
             .unwrap_or_else(|| "/run/containerd/containerd.sock".to_owned()),
-        // As the operator reads it (set but empty is "off", not unset).
-        content_store_template: content_store_setting(
-            env.iter()
-                .find(|e| e.name == "LIFEBOAT_CONTAINERD_CONTENT_STORE")
-                .map(|e| e.value.clone().unwrap_or_default()),
-        )
-        .context("the operator's LIFEBOAT_CONTAINERD_CONTENT_STORE")?,
+        // As the operator reads it: unset is the default, empty is off.
+        content_store_template: match env
+            .iter()
+            .find(|e| e.name == "LIFEBOAT_CONTAINERD_CONTENT_STORE")
+            .map(|e| e.value.clone().unwrap_or_default())
+        {
+            None => Some(DEFAULT_CONTENT_STORE.to_owned()),
+            Some(path) if path.trim().is_empty() => None,
+            Some(path) if path.starts_with('/') => Some(path),
+            Some(other) => bail!(
+                "the operator's LIFEBOAT_CONTAINERD_CONTENT_STORE is not an absolute path: {other:?}"
+            ),
+        },
         tolerations,
     })
 }

@@ -36,27 +36,6 @@ pub const CONTENT_STORE_MOUNT: &str = "/var/lib/lifeboat/containerd-content";
 /// plugin under containerd's default root.
 pub const DEFAULT_CONTENT_STORE: &str = "/var/lib/containerd/io.containerd.content.v1.content";
 
-/// A content store setting that is neither empty nor an absolute path.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("must be an absolute path or empty, not {0:?}")]
-pub struct ContentStoreNotAbsolute(pub String);
-
-/// The node's content store as the operator's setting
-/// (`LIFEBOAT_CONTAINERD_CONTENT_STORE`) says, read the same way by the
-/// operator and by `kubectl lifeboat`: unset is [`DEFAULT_CONTENT_STORE`],
-/// empty turns reading its files off, anything else must be an absolute
-/// path (`{node}` stands for the node's name).
-pub fn content_store_setting(
-    value: Option<String>,
-) -> Result<Option<String>, ContentStoreNotAbsolute> {
-    match value {
-        None => Ok(Some(DEFAULT_CONTENT_STORE.to_owned())),
-        Some(path) if path.trim().is_empty() => Ok(None),
-        Some(path) if path.starts_with('/') => Ok(Some(path)),
-        Some(other) => Err(ContentStoreNotAbsolute(other)),
-    }
-}
-
 /// `node-exporter export --image SRC[=DEST]... [--plain-http HOST]...
 /// [--socket PATH] [--docker-config PATH]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -267,27 +246,5 @@ impl RelayArguments {
             args.extend([FLAG_SERVE_SECONDS.to_owned(), seconds.to_string()]);
         }
         args
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_content_store_setting_is_the_default_off_or_an_absolute_path() {
-        assert_eq!(
-            content_store_setting(None),
-            Ok(Some(DEFAULT_CONTENT_STORE.to_owned()))
-        );
-        assert_eq!(content_store_setting(Some(" ".to_owned())), Ok(None));
-        assert_eq!(
-            content_store_setting(Some("/nodes/{node}/content".to_owned())),
-            Ok(Some("/nodes/{node}/content".to_owned()))
-        );
-        assert_eq!(
-            content_store_setting(Some("relative/dir".to_owned())),
-            Err(ContentStoreNotAbsolute("relative/dir".to_owned()))
-        );
     }
 }

@@ -23,9 +23,8 @@ pub mod reasons;
 pub mod report;
 
 pub use args::{
-    CONTENT_STORE_MOUNT, CaBundleArgument, ContentStoreNotAbsolute, DEFAULT_CONTENT_STORE,
-    ENV_CONTENT_STORE, ExportArguments, ImportArguments, InventoryArguments, RelayArguments,
-    ServeArguments, content_store_setting,
+    CONTENT_STORE_MOUNT, CaBundleArgument, DEFAULT_CONTENT_STORE, ENV_CONTENT_STORE,
+    ExportArguments, ImportArguments, InventoryArguments, RelayArguments, ServeArguments,
 };
 pub use image::{Destination, ExportImage, ImageArgumentError, ImageSource, ImportImage};
 pub use lifeboat_reference::{Digest, ImageReference};

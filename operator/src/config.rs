@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use crate::error::OperatorError;
 use crate::telemetry::LogFormat;
 
+pub use lifeboat_node_protocol::DEFAULT_CONTENT_STORE;
+
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
     /// The namespace the operator runs in: policies here may select any
@@ -229,11 +231,16 @@ impl OperatorConfig {
         let containerd_socket = get("LIFEBOAT_CONTAINERD_SOCKET")
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| "/run/containerd/containerd.sock".to_owned());
-        let containerd_content_store =
-            lifeboat_node_protocol::content_store_setting(get("LIFEBOAT_CONTAINERD_CONTENT_STORE"))
-                .map_err(|e| {
-                    OperatorError::Config(format!("LIFEBOAT_CONTAINERD_CONTENT_STORE {e}"))
-                })?;
+        let containerd_content_store = match get("LIFEBOAT_CONTAINERD_CONTENT_STORE") {
+            None => Some(DEFAULT_CONTENT_STORE.to_owned()),
+            Some(path) if path.trim().is_empty() => None,
+            Some(path) if path.starts_with('/') => Some(path),
+            Some(other) => {
+                return Err(OperatorError::Config(format!(
+                    "LIFEBOAT_CONTAINERD_CONTENT_STORE must be an absolute path or empty, not {other:?}"
+                )));
+            }
+        };
         let node_exporter_tolerations = match get("LIFEBOAT_NODE_EXPORTER_TOLERATIONS") {
             None => Vec::new(),
             Some(text) if text.trim().is_empty() || text.trim() == "null" => Vec::new(),

@@ -397,6 +397,12 @@ pub(super) async fn termination_message(
     Ok(None)
 }
 
+/// Whether a pod's exit (its termination message and exit code) says its
+/// node-exporter finished the work.
+pub(super) fn exited_with_success(exited: &(String, Option<i32>)) -> bool {
+    exited.1 == Some(lifeboat_node_protocol::exit::OK)
+}
+
 pub(super) async fn job_state(
     controller: &RestoreController,
     name: &str,
@@ -407,22 +413,20 @@ pub(super) async fn job_state(
         return Ok(JobState::Missing);
     };
     let pods: Api<Pod> = Api::namespaced(controller.context.client.clone(), namespace);
-    let found = termination_message(&pods, name).await?;
-    let (succeeded, job_message) = match job_finished(&job) {
-        Some(finished) => finished,
-        // Not finished yet, but its pod may have, about a second before the
+    let finished = job_finished(&job);
+    let found = match &finished {
+        Some(_) => termination_message(&pods, name).await?,
+        // Not finished yet: its pod may have, about a second before the
         // Job controller marks the Job Complete (measured in
-        // docs/benchmarks.md, "Restore"). A pod that exited 0 with its
-        // report is a Job that succeeded: one completion, `restartPolicy:
-        // Never`, nothing can undo the exit.
-        None if found
-            .as_ref()
-            .is_some_and(|(_, code)| *code == Some(lifeboat_node_protocol::exit::OK)) =>
-        {
-            (true, String::new())
-        }
-        None => return Ok(JobState::Running),
+        // docs/benchmarks.md, "Restore").
+        None => match termination_message(&pods, name).await? {
+            Some(exited) if exited_with_success(&exited) => Some(exited),
+            _ => return Ok(JobState::Running),
+        },
     };
+    // A pod that exited 0 with its report is a Job that succeeded: one
+    // completion, `restartPolicy: Never`, nothing can undo the exit.
+    let (succeeded, job_message) = finished.unwrap_or((true, String::new()));
     let (read, message) = match found {
         Some((text, code)) => (
             Some(ExportReport::read(&text)),

@@ -237,13 +237,6 @@ fn pod_worth_a_look(event: watcher::Event<Pod>) -> Option<Pod> {
     }
 }
 
-/// The same for every event of one pod.
-fn pod_identity(pod: &Pod) -> Option<u64> {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    pod.metadata.uid.hash(&mut hasher);
-    Some(hasher.finish())
-}
-
 fn pod_exited_with_success(pod: &Pod) -> bool {
     facts::node_exporter_exit(pod).is_some_and(|t| t.exit_code == lifeboat_node_protocol::exit::OK)
 }
@@ -252,7 +245,7 @@ fn pod_exited_with_success(pod: &Pod) -> bool {
 pub(crate) async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &context.config.namespace);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &context.config.namespace);
+    let context_namespace = context.config.namespace.clone();
     let controller = Arc::new(RestoreController::new(context));
     // Decoded per object: one undecodable restore is reported on itself
     // instead of stalling the watch of all of them. The cache sees every
@@ -282,15 +275,13 @@ pub(crate) async fn run(context: Arc<Context>) {
     .default_backoff()
     .try_filter_map(|event| std::future::ready(Ok(job_worth_a_look(event))));
     // The Jobs' pods, by the labels their template gives them.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &context_namespace);
     let pod_changes = watcher(
         pods,
         watcher::Config::default().labels(&selector).any_semantic(),
     )
     .default_backoff()
-    .try_filter_map(|event| std::future::ready(Ok(pod_worth_a_look(event))))
-    // Once per pod: an exited pod still changes (its Job's TTL, a
-    // deletion), and each change would wake its restore again.
-    .predicate_filter(pod_identity, Default::default());
+    .try_filter_map(|event| std::future::ready(Ok(pod_worth_a_look(event))));
     Controller::for_stream(restore_changes, store)
         .watches_stream(job_changes, restore_of)
         .watches_stream(pod_changes, restore_of)
